@@ -1,0 +1,29 @@
+"""Command line: ``python -m rwkvlab run`` (run the book headless) and ``python -m rwkvlab toc``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rwkvlab", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run", help="execute every chapter in book order and report per chapter")
+    p_run.add_argument("chapters", nargs="*", help="only chapters whose file name contains one of these")
+    p_run.add_argument("--html", type=Path, default=None, help="also write each executed chapter as HTML here")
+    sub.add_parser("toc", help="print the table of contents (as README shows it)")
+    args = parser.parse_args(argv)
+
+    from . import book
+
+    if args.cmd == "run":
+        return book.run(args.chapters, html_dir=args.html)
+    if args.cmd == "toc":
+        print(book.toc_markdown())
+        return 0
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The book's manifest (``book.toml``) and a headless runner for its chapters.
+
+``python -m rwkvlab run`` executes every chapter in book order, exactly as
+``pytest --nbval notebooks`` does, and prints one line per chapter: did its checks hold and how
+long did it take. ``--html DIR`` also writes each executed chapter as an HTML page, the seed of
+the HTML edition of the book.
+"""
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+
+
+@dataclass(frozen=True)
+class Chapter:
+    part: str
+    file: str
+    title: str
+
+    @property
+    def path(self) -> Path:
+        return NOTEBOOKS / self.file
+
+    @property
+    def slug(self) -> str:
+        return Path(self.file).stem
+
+
+def manifest(path: Path | None = None) -> dict:
+    with open(path or ROOT / "book.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def chapters(path: Path | None = None) -> list[Chapter]:
+    """All chapters in book order."""
+    book = manifest(path)
+    return [Chapter(p["title"], c["file"], c["title"]) for p in book["parts"] for c in p["chapters"]]
+
+
+def toc_markdown(path: Path | None = None) -> str:
+    """The table of contents as README shows it (a test keeps the two equal)."""
+    lines, part = [], None
+    for ch in chapters(path):
+        if ch.part != part:
+            if part is not None:
+                lines.append("")
+            lines.append(f"**{ch.part}**")
+            lines.append("")
+            part = ch.part
+        lines.append(f"- [{ch.title}](notebooks/{ch.file})")
+    return "\n".join(lines)
+
+
+def read_notebook(path: Path):
+    """A chapter as an nbformat notebook, read through jupytext (the .py file is the source)."""
+    import jupytext
+
+    return jupytext.read(str(path))
+
+
+def run_chapter(ch: Chapter, timeout: int = 600, html_dir: Path | None = None) -> tuple[bool, float, str]:
+    """Execute one chapter in a fresh kernel; return (ok, seconds, first error line)."""
+    import nbclient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = read_notebook(ch.path)
+    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    t0 = time.perf_counter()
+    ok, err = True, ""
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        ok = False
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        err = lines[-1] if lines else "cell failed"
+    seconds = time.perf_counter() - t0
+    if html_dir is not None:
+        from nbconvert import HTMLExporter
+
+        html_dir.mkdir(parents=True, exist_ok=True)
+        body, _ = HTMLExporter().from_notebook_node(nb)
+        (html_dir / f"{ch.slug}.html").write_text(body, encoding="utf-8")
+    return ok, seconds, err
+
+
+def run(selected: list[str] | None = None, html_dir: Path | None = None) -> int:
+    from . import device
+
+    print(device.describe())
+    todo = [c for c in chapters() if not selected or any(s in c.file for s in selected)]
+    if not todo:
+        print(f"no chapter matches {selected}")
+        return 2
+    failures, total = 0, 0.0
+    for ch in todo:
+        ok, seconds, err = run_chapter(ch, html_dir=html_dir)
+        total += seconds
+        failures += not ok
+        mark = "ok" if ok else "FAILED"
+        print(f"{ch.slug:<28} {seconds:6.1f} s  {mark}" + (f"  ({err})" if err else ""), flush=True)
+    print(f"{len(todo) - failures}/{len(todo)} chapters passed in {total:.0f} s")
+    return 1 if failures else 0

@@ -1,0 +1,59 @@
+"""``check``: compare two rungs of the ladder and print one deterministic line."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def _flat(x) -> list[torch.Tensor]:
+    if x is None:
+        return []
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, Sequence):
+        out: list[torch.Tensor] = []
+        for item in x:
+            out.extend(_flat(item))
+        return out
+    raise TypeError(f"check: expected tensors or sequences of tensors, got {type(x).__name__}")
+
+
+def rel_err(got, ref) -> float:
+    """Relative error ‖got − ref‖ / ‖ref‖ in float64 (0 when both are zero).
+
+    Sequences (e.g. ``(o, final_state)``) are compared element by element and the largest
+    error is returned, so one small output cannot hide a wrong state.
+    """
+    gs, rs = _flat(got), _flat(ref)
+    if len(gs) != len(rs):
+        raise ValueError(f"check: got {len(gs)} tensors but the reference has {len(rs)}")
+    worst = 0.0
+    for g, r in zip(gs, rs):
+        if g.shape != r.shape:
+            raise ValueError(f"check: shape {tuple(g.shape)} differs from the reference's {tuple(r.shape)}")
+        g64, r64 = g.detach().double().cpu(), r.detach().double().cpu()
+        if not torch.isfinite(g64).all():
+            return float("inf")
+        num = torch.linalg.vector_norm(g64 - r64).item()
+        den = torch.linalg.vector_norm(r64).item()
+        worst = max(worst, num / den if den > 0 else num)
+    return worst
+
+
+def check(name: str, got, ref, tol: float = 1e-5, quiet: bool = False) -> float:
+    """Assert that ``got`` matches ``ref`` to relative error ``tol`` and print one line.
+
+    >>> check("wkv6 chunked vs naive", o_chunked, o_naive)   # doctest: +SKIP
+    wkv6 chunked vs naive: rel err 3.1e-07 (tol 1e-05)  ok
+
+    The error is printed with one significant digit so the line reads the same run to run on
+    one machine; the assertion compares the unrounded value.
+    """
+    err = rel_err(got, ref)
+    ok = err <= tol
+    if not quiet or not ok:
+        print(f"{name}: rel err {err:.0e} (tol {tol:.0e})  {'ok' if ok else 'FAILED'}")
+    if not ok:
+        raise AssertionError(f"{name}: relative error {err:.3e} exceeds {tol:.0e}")
+    return err
