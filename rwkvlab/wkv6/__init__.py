@@ -1,0 +1,10 @@
+"""RWKV-6 ("Finch") WKV: matrix state, bonus ``u``, data-dependent log decay ``w``.
+
+``naive`` (the token loop), ``chunked`` (plain-torch chunkwise-parallel form), ``step`` (one token
+of RNN mode); Triton kernels ``triton_recurrent`` and ``triton_chunked`` live in their own modules.
+All share the signature ``(r, k, v, w, u, scale=1.0, initial_state=None, output_final_state=False,
+cu_seqlens=None) -> (o, final_state | None)``.
+"""
+from .reference import naive, step  # noqa: F401
+
+__all__ = ["naive", "step"]
