@@ -1,0 +1,139 @@
+"""The small, elementwise pieces of an RWKV-7 block, in plain torch.
+
+These are the reference forms of the pieces that surround the WKV-7 state update (REFERENCES.md
+§4, RWKV-7 paper Eqs. 1–24, official code ``RWKV-v7``/``RWKV_Tmix_x070``). The whole model
+(:mod:`rwkvlab.model`) is built from them, and the Triton chapter fuses them; both must agree
+with what is written here.
+
+Shapes: ``x`` is ``[B, T, C]`` (or ``[B, C]`` for one token in RNN mode, except for
+:func:`token_shift`), ``C = H · N`` with ``H = n_head`` heads of ``N`` channels. Parameters
+are broadcastable to ``x`` (the official checkpoints store them as ``[1, 1, C]``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import validate
+
+__all__ = ["token_shift", "addcmul_mix", "k_update", "removal_key", "output_correction", "channel_mix"]
+
+
+def _heads(name: str, x: torch.Tensor, n_head) -> int:
+    if not isinstance(n_head, int) or n_head < 1:
+        raise ValueError(f"n_head: expected a positive int, got {n_head!r}")
+    if x.shape[-1] % n_head:
+        raise ValueError(f"n_head: {name} has {x.shape[-1]} channels, which {n_head} heads do not divide")
+    return x.shape[-1] // n_head
+
+
+def _broadcastable(name: str, p, x: torch.Tensor) -> torch.Tensor:
+    validate.tensor(name, p)
+    try:
+        torch.broadcast_shapes(p.shape, x.shape)
+    except RuntimeError:
+        raise ValueError(f"{name}: shape {tuple(p.shape)} does not broadcast to {tuple(x.shape)}") from None
+    if p.shape[-1] not in (1, x.shape[-1]):
+        raise ValueError(f"{name}: expected {x.shape[-1]} channels in the last dimension, got {tuple(p.shape)}")
+    return p
+
+
+def token_shift(x: torch.Tensor, shift_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous token's input: ``x_prev[:, t] = x[:, t-1]``, ``x_prev[:, 0] = shift_state``.
+
+    ``x`` is ``[B, T, C]``; ``shift_state`` is ``[B, C]`` (the last input of the previous
+    segment) or ``None`` for zeros, as at the start of a text. Returns ``(x_prev, last_x)``
+    where ``last_x = x[:, -1]`` is the shift state to carry to the next segment.
+    """
+    validate.tensor("x", x, ndim=3)
+    B, T, C = x.shape
+    if T < 1:
+        raise ValueError(f"x: expected T >= 1, got shape {tuple(x.shape)}")
+    if shift_state is None:
+        first = x.new_zeros(B, 1, C)
+    else:
+        validate.tensor("shift_state", shift_state, ndim=2)
+        if tuple(shift_state.shape) != (B, C):
+            raise ValueError(f"shift_state: expected shape (B, C) = {(B, C)}, got {tuple(shift_state.shape)}")
+        first = shift_state.to(x.dtype).unsqueeze(1)
+    x_prev = torch.cat([first, x[:, :-1]], dim=1)
+    return x_prev, x[:, -1]
+
+
+def addcmul_mix(x: torch.Tensor, x_prev: torch.Tensor, *mus: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``lerp(x, x_prev, μ) = x + (x_prev − x) ⊙ μ`` for each ``μ`` (paper Eq. 3).
+
+    μ weights the *previous* token (the v6/v7 convention, REFERENCES.md §0). One difference
+    ``x_prev − x`` is shared by all the mixes, which is why the official code computes it once.
+    """
+    validate.tensor("x", x)
+    validate.tensor("x_prev", x_prev)
+    if x_prev.shape != x.shape:
+        raise ValueError(f"x_prev: expected the shape of x {tuple(x.shape)}, got {tuple(x_prev.shape)}")
+    if not mus:
+        raise ValueError("mus: expected at least one mixing vector")
+    xx = x_prev - x
+    return tuple(x + xx * _broadcastable(f"mus[{i}]", mu, x) for i, mu in enumerate(mus))
+
+
+def k_update(k: torch.Tensor, a: torch.Tensor, k_a: torch.Tensor) -> torch.Tensor:
+    """The replacement key ``k̃ = k ⊙ (1 + (a − 1) ⊙ α)`` (paper Eq. 7, ``α = k_a``).
+
+    With ``α = 0`` the key is written at full strength; with ``α = 1`` it is scaled by the
+    in-context learning rate ``a``, so what is written matches what is removed.
+    """
+    validate.tensor("k", k)
+    validate.tensor("a", a)
+    if a.shape != k.shape:
+        raise ValueError(f"a: expected the shape of k {tuple(k.shape)}, got {tuple(a.shape)}")
+    return k * (1 + (a - 1) * _broadcastable("k_a", k_a, k))
+
+
+def removal_key(k: torch.Tensor, k_k: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The removal key ``κ̂ = normalize(k ⊙ ξ)`` per head (paper Eqs. 6 and 15, ``ξ = k_k``).
+
+    Unit length per head makes ``κ̂ᵀ(a ⊙ κ̂)`` remove at most what is stored along ``κ̂``.
+    """
+    validate.tensor("k", k)
+    N = _heads("k", k, n_head)
+    kk = k * _broadcastable("k_k", k_k, k)
+    kk = F.normalize(kk.reshape(*k.shape[:-1], n_head, N), dim=-1, p=2.0)
+    return kk.reshape(k.shape)
+
+
+def output_correction(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_k: torch.Tensor,
+                      n_head: int) -> torch.Tensor:
+    """The bonus ``u_t = (r_t · (ρ ⊙ k̃_t)) v_t`` per head (paper Eq. 20, ``ρ = r_k``).
+
+    ``r, k, v`` are ``[..., C]`` (``k`` the replacement key k̃), ``r_k`` is ``[H, N]`` (or
+    anything with ``C`` elements). RWKV-7 adds this *after* the per-head GroupNorm (Eq. 21).
+    """
+    for name, t in (("r", r), ("k", k), ("v", v)):
+        validate.tensor(name, t)
+        if t.shape != r.shape:
+            raise ValueError(f"{name}: expected the shape of r {tuple(r.shape)}, got {tuple(t.shape)}")
+    N = _heads("r", r, n_head)
+    validate.tensor("r_k", r_k)
+    if r_k.numel() != r.shape[-1]:
+        raise ValueError(f"r_k: expected {n_head} x {N} = {r.shape[-1]} elements (shape (H, N)), got {tuple(r_k.shape)}")
+    hs = (*r.shape[:-1], n_head, N)
+    score = (r.reshape(hs) * k.reshape(hs) * r_k.reshape(n_head, N)).sum(dim=-1, keepdim=True)
+    return (score * v.reshape(hs)).reshape(r.shape)
+
+
+def channel_mix(x: torch.Tensor, x_prev: torch.Tensor, mu_k: torch.Tensor, W_key: torch.Tensor,
+                W_value: torch.Tensor) -> torch.Tensor:
+    """RWKV-7's MLP: ``k' = lerp(x, x_prev, μ'_k) W_key``, ``o' = relu(k')² W_value`` (Eqs. 23–24).
+
+    ``W_key`` is ``[F, C]`` and ``W_value`` ``[C, F]`` as stored by ``nn.Linear``
+    (``ffn.key.weight``, ``ffn.value.weight``); F = 4C in the released models.
+    """
+    (xk,) = addcmul_mix(x, x_prev, mu_k)
+    validate.tensor("W_key", W_key, ndim=2)
+    validate.tensor("W_value", W_value, ndim=2)
+    C = x.shape[-1]
+    if W_key.shape[1] != C:
+        raise ValueError(f"W_key: expected shape (F, C) with C = {C}, got {tuple(W_key.shape)}")
+    if tuple(W_value.shape) != (C, W_key.shape[0]):
+        raise ValueError(f"W_value: expected shape (C, F) = {(C, W_key.shape[0])}, got {tuple(W_value.shape)}")
+    return torch.relu(xk @ W_key.t()).square() @ W_value.t()
