@@ -1,0 +1,8 @@
+"""RWKV-7 ("Goose"): the diagonal-plus-low-rank state update, on every rung of the ladder.
+
+``naive`` (a loop), ``step`` (one RNN step) and ``chunked`` (the chunkwise WY/UT form) live in
+:mod:`rwkvlab.wkv7.reference`; the Triton kernels are added beside them.
+"""
+from .reference import naive, step  # noqa: F401
+
+__all__ = ["naive", "step"]

@@ -1,0 +1,212 @@
+"""RWKV-7 torch rungs: ``naive`` against an independent loop in the paper's own (transposed)
+layout, ``chunked`` against ``naive``, gradients, varlen, ``step`` and input validation.
+
+Kernel engineer: add Triton implementations to ``IMPLS`` below (every test parametrised over it
+then covers them), or put interpreter-sized tests in tests/test_wkv7_triton.py.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+
+import rwkvlab  # noqa: F401  (selects the Triton mode before any kernel module is imported)
+from rwkvlab import wkv7
+from rwkvlab.checking import rel_err
+
+# Implementations compared against ``naive`` (name -> callable with the wkv7 contract).
+IMPLS = {
+    "chunked": wkv7.chunked if hasattr(wkv7, "chunked") else None,
+    "chunked_c4": functools.partial(wkv7.chunked, chunk_size=4) if hasattr(wkv7, "chunked") else None,
+}
+IMPLS = {n: f for n, f in IMPLS.items() if f is not None}
+
+
+def make_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay="rwkv7", model_like=True):
+    """Random RWKV-7 inputs. ``model_like``: a = -κ̂, b = κ̂·iclr as the models call it
+    (κ̂ unit-norm per head, iclr in (0, 1)), so the state stays bounded for any T.
+    ``decay``: "rwkv7" draws w ∈ (-e^{-0.5}, 0) like the model, or a float for a constant w."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    r, k = rnd(B, T, H, K), rnd(B, T, H, K)
+    v = rnd(B, T, H, V)
+    if decay == "rwkv7":
+        w = -math.exp(-0.5) * torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+    else:
+        w = torch.full((B, T, H, K), float(decay), dtype=torch.float64)
+    if model_like:
+        kappa = rnd(B, T, H, K)
+        kappa = kappa / kappa.norm(dim=-1, keepdim=True)
+        iclr = torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+        a, b = -kappa, kappa * iclr
+    else:
+        a, b = 0.5 * rnd(B, T, H, K), 0.5 * rnd(B, T, H, K)
+    return tuple(x.to(dtype) for x in (r, w, k, v, a, b))
+
+
+def paper_loop(r, w, k, v, a, b, scale=1.0, s0=None):
+    """The RWKV-7 paper / CUDA kernel form, written independently: state V×K (rows index values),
+    decay on the columns. With a = -κ̂ and b = κ̂⊙iclr this is
+    S_t = S_{t-1} diag(w_t) - (S_{t-1} κ̂ᵀ)(iclr⊙κ̂) + v_tᵀ k̃_t, y_t = S_t r_t. float64."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    S = torch.zeros(B, H, V, K, dtype=torch.float64) if s0 is None else s0.double().transpose(-1, -2).clone()
+    y = torch.zeros(B, T, H, V, dtype=torch.float64)
+    for bb in range(B):
+        for h in range(H):
+            for t in range(T):
+                wt = w[bb, t, h].double().exp()
+                at, bt = a[bb, t, h].double(), b[bb, t, h].double()
+                kt, vt, rt = k[bb, t, h].double(), v[bb, t, h].double(), r[bb, t, h].double()
+                Sbh = S[bb, h]
+                sa = Sbh @ at                                   # sa_i = Σ_j a_j S_ij
+                Sbh = Sbh * wt[None, :] + torch.outer(sa, bt) + torch.outer(vt, kt)
+                S[bb, h] = Sbh
+                y[bb, t, h] = scale * (Sbh @ rt)
+    return y, S.transpose(-1, -2)
+
+
+SHAPES = [  # (B, T, H, K, V)
+    (1, 1, 1, 4, 4),
+    (2, 7, 2, 4, 3),
+    (1, 13, 3, 5, 6),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("model_like", [True, False])
+def test_naive_matches_paper_layout_loop(shape, model_like):
+    x = make_inputs(*shape, seed=1, dtype=torch.float64, model_like=model_like)
+    B, T, H, K, V = shape
+    s0 = torch.randn(B, H, K, V, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    o, S = wkv7.naive(*x, scale=0.7, initial_state=s0, output_final_state=True)
+    o_ref, S_ref = paper_loop(*x, scale=0.7, s0=s0)
+    assert o.dtype == torch.float64 and S.dtype == torch.float64
+    assert rel_err(o, o_ref) < 1e-12 and rel_err(S, S_ref) < 1e-12
+
+
+def test_naive_float32_against_float64_and_dtypes():
+    x = make_inputs(2, 9, 2, 4, 4, seed=3, dtype=torch.float64)
+    o64, S64 = wkv7.naive(*x, output_final_state=True)
+    o32, S32 = wkv7.naive(*(t.float() for t in x), output_final_state=True)
+    assert o32.dtype == torch.float32 and S32.dtype == torch.float32
+    assert rel_err(o32, o64) < 1e-5 and rel_err(S32, S64) < 1e-5
+    obf, Sbf = wkv7.naive(*(t.bfloat16() for t in x), output_final_state=True)
+    assert obf.dtype == torch.bfloat16 and Sbf.dtype == torch.float32   # state accumulates in float32
+    assert rel_err(obf, o64) < 3e-2
+
+
+def test_no_final_state_unless_asked():
+    x = make_inputs(1, 3, 1, 4, 4)
+    assert wkv7.naive(*x)[1] is None
+
+
+def test_naive_varlen_equals_separate_runs():
+    lens = [3, 1, 6, 2]
+    T = sum(lens)
+    x = make_inputs(1, T, 2, 4, 3, seed=4)
+    cu = torch.tensor([0, 3, 4, 10, 12])
+    s0 = torch.randn(len(lens), 2, 4, 3, generator=torch.Generator().manual_seed(5))
+    o, S = wkv7.naive(*x, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+    for n, (bos, eos) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
+        on, Sn = wkv7.naive(*(t[:, bos:eos] for t in x), initial_state=s0[n:n + 1], output_final_state=True)
+        assert rel_err(o[:, bos:eos], on) == 0.0 and rel_err(S[n:n + 1], Sn) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_equals_last_position(dtype):
+    B, T, H, K, V = 2, 6, 2, 4, 5
+    x = make_inputs(B, T, H, K, V, seed=6, dtype=dtype)
+    s0 = torch.randn(B, H, K, V, generator=torch.Generator().manual_seed(7), dtype=torch.float32)
+    o, S = wkv7.naive(*x, initial_state=s0, output_final_state=True)
+    state = s0
+    for t in range(T):
+        o_t, state = wkv7.step(*(z[:, t] for z in x), state)
+        assert rel_err(o_t, o[:, t]) < 1e-6
+    assert o_t.dtype == dtype and rel_err(state, S) < 1e-6
+
+
+def test_step_rejects_bad_input():
+    x = [z[:, 0] for z in make_inputs(2, 1, 2, 4, 5)]
+    state = torch.zeros(2, 2, 4, 5)
+    with pytest.raises(ValueError, match="^state:"):
+        wkv7.step(*x, None)
+    with pytest.raises(ValueError, match="^state:"):
+        wkv7.step(*x, torch.zeros(2, 2, 5, 4))
+    with pytest.raises(ValueError, match="^r:"):
+        wkv7.step(x[0][None], *x[1:], state)
+    with pytest.raises(ValueError, match="^v:"):
+        wkv7.step(*x[:3], x[3][:1], *x[4:], state)
+    with pytest.raises(ValueError, match="^w:"):
+        wkv7.step(x[0], x[1].abs() + 0.1, *x[2:], state)
+
+
+ALL = {"naive": wkv7.naive, **IMPLS}
+
+
+BASE_SHAPE = (2, 5, 2, 4, 3)
+
+
+def _inputs():
+    return dict(zip(["r", "w", "k", "v", "a", "b"], make_inputs(*BASE_SHAPE, seed=9)))
+
+
+def _shape_mismatch(name):
+    def f(d):
+        d[name] = d[name][:, :, :, :-1] if name != "v" else d[name][:, :-1]
+        return d
+    return f
+
+
+def _set(name, fn):
+    def f(d):
+        d[name] = fn(d[name])
+        return d
+    return f
+
+
+BAD = [
+    *[(f"{n}-shape", _shape_mismatch(n), n) for n in ("w", "k", "a", "b", "v")],
+    ("r-rank", _set("r", lambda x: x[0]), "r"),
+    ("v-rank", _set("v", lambda x: x[0]), "v"),
+    ("w-positive", _set("w", lambda x: x.abs() + 0.01), "w"),
+    ("k-nan", _set("k", lambda x: x.index_put((torch.tensor([0]),), torch.tensor(float("nan")))), "k"),
+    ("b-inf", _set("b", lambda x: x.index_put((torch.tensor([1]),), torch.tensor(float("inf")))), "b"),
+    ("a-int", _set("a", lambda x: x.long()), "a"),
+    ("v-dtype-mix", _set("v", lambda x: x.double()), "v: expected one dtype"),
+    ("r-not-tensor", _set("r", lambda x: x.tolist()), "r"),
+    ("state-wrong-N", lambda d: {**d, "initial_state": torch.zeros(3, 2, 4, 3)}, "initial_state"),
+    ("state-wrong-K", lambda d: {**d, "initial_state": torch.zeros(2, 2, 3, 4)}, "initial_state"),
+    ("state-nan", lambda d: {**d, "initial_state": torch.full((2, 2, 4, 3), float("nan"))}, "initial_state"),
+    ("cu-with-B2", lambda d: {**d, "cu_seqlens": torch.tensor([0, 2, 5])}, "cu_seqlens"),
+    ("scale-str", lambda d: {**d, "scale": "1"}, "scale"),
+]
+BAD_B1 = [  # cu_seqlens errors need B == 1
+    ("cu-end", torch.tensor([0, 2, 4]), "cu_seqlens"),
+    ("cu-start", torch.tensor([1, 2, 5]), "cu_seqlens"),
+    ("cu-empty-seq", torch.tensor([0, 2, 2, 5]), "cu_seqlens"),
+    ("cu-float", torch.tensor([0.0, 5.0]), "cu_seqlens"),
+    ("cu-2d", torch.tensor([[0, 5]]), "cu_seqlens"),
+]
+
+
+@pytest.mark.parametrize("impl", list(ALL), ids=str)
+@pytest.mark.parametrize("case", BAD, ids=lambda c: c[0])
+def test_bad_inputs_name_the_argument(impl, case):
+    _, modify, argname = case
+    kwargs = modify(_inputs())
+    with pytest.raises(ValueError, match=argname if " " in argname else f"^{argname}:"):  # the message opens with the name
+        ALL[impl](**kwargs)
+
+
+@pytest.mark.parametrize("impl", list(ALL), ids=str)
+@pytest.mark.parametrize("case", BAD_B1, ids=lambda c: c[0])
+def test_bad_cu_seqlens(impl, case):
+    _, cu, argname = case
+    d = {n: x[:1] for n, x in _inputs().items()}
+    with pytest.raises(ValueError, match=f"^{argname}:"):
+        ALL[impl](**d, cu_seqlens=cu)
+    with pytest.raises(ValueError, match="^initial_state:"):   # one state per sequence
+        ALL[impl](**d, cu_seqlens=torch.tensor([0, 2, 5]), initial_state=torch.zeros(1, 2, 4, 3))
