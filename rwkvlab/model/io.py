@@ -1,0 +1,122 @@
+"""Reading and writing official RWKV-LM checkpoints (``.pth`` state dicts).
+
+``load`` tells x060 from x070 by the keys only a version has (``att.time_faaaa`` — the RWKV-6
+bonus u — versus ``att.r_k``, RWKV-7's ρ), reads every size from the shapes, builds the model
+on the ``meta`` device (no memory, no initialisation), compares the checkpoint with the
+model's own key list, and then hands the tensors over. A missing, unexpected or mis-shaped
+key is an error that names the key and the shape the model expected.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from . import x060, x070
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _need(sd: dict, key: str, ndim: int | None = None) -> torch.Tensor:
+    if key not in sd:
+        raise ValueError(f"checkpoint: missing key {key!r}, needed to read the model's sizes")
+    t = sd[key]
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"checkpoint: {key!r} is a {type(t).__name__}, expected a tensor")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"checkpoint: {key!r} has shape {tuple(t.shape)}, expected a {ndim}-d tensor")
+    return t
+
+
+def detect(sd: dict) -> str:
+    """``"x070"`` or ``"x060"`` from the keys of a state dict."""
+    if "blocks.0.att.r_k" in sd:
+        return "x070"
+    if "blocks.0.att.time_faaaa" in sd:
+        return "x060"
+    raise ValueError("checkpoint: neither an RWKV-7 (x070: blocks.0.att.r_k) nor an RWKV-6 "
+                     "(x060: blocks.0.att.time_faaaa) state dict")
+
+
+def config_from_state_dict(sd: dict):
+    """The version's ``Config``, every size read from a tensor shape."""
+    version = detect(sd)
+    V, C = _need(sd, "emb.weight", 2).shape
+    layers = {int(m.group(1)) for k in sd for m in [_BLOCK.match(k)] if m}
+    n_layer = max(layers) + 1
+    F = _need(sd, "blocks.0.ffn.key.weight", 2).shape[0]
+    if version == "x070":
+        H, N = _need(sd, "blocks.0.att.r_k", 2).shape
+        return x070.Config(vocab_size=V, n_embd=C, n_layer=n_layer, head_size=N, dim_ffn=F,
+                           d_decay=_need(sd, "blocks.0.att.w1", 2).shape[1],
+                           d_aaa=_need(sd, "blocks.0.att.a1", 2).shape[1],
+                           d_mv=_need(sd, f"blocks.{min(1, n_layer - 1)}.att.v1", 2).shape[1],
+                           d_gate=_need(sd, "blocks.0.att.g1", 2).shape[1])
+    H, N = _need(sd, "blocks.0.att.time_faaaa", 2).shape
+    return x060.Config(vocab_size=V, n_embd=C, n_layer=n_layer, head_size=N, dim_ffn=F,
+                       d_mix=_need(sd, "blocks.0.att.time_maa_w1", 2).shape[1] // 5,
+                       d_decay=_need(sd, "blocks.0.att.time_decay_w1", 2).shape[1])
+
+
+def build(cfg, device="cpu"):
+    """An uninitialised model for ``cfg`` (call ``init_weights`` or load a state dict into it)."""
+    cls = x070.RWKV7 if isinstance(cfg, x070.Config) else x060.RWKV6
+    with torch.device(device):
+        return cls(cfg)
+
+
+# RWKV-LM creates block 0's value-residual LoRA although block 0 never uses it; some exporters drop it
+_OPTIONAL = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+
+
+def load(path_or_state_dict, dtype: torch.dtype = torch.float32, device=None, impl: str | None = None):
+    """Build an x060 or x070 model from an official checkpoint (a path or a state dict).
+
+    Weights are converted to ``dtype`` (float32 by default: the book compares in float32)
+    and moved to ``device`` (the book's device by default). ``impl`` picks the WKV core of
+    parallel mode (default: ``chunked`` on CPU, the chunked Triton kernel on a GPU).
+    """
+    from .. import device as _dev
+
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        path = Path(path_or_state_dict)
+        if not path.is_file():
+            raise ValueError(f"path_or_state_dict: no checkpoint file at {str(path)!r}")
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    elif isinstance(path_or_state_dict, dict):
+        sd = path_or_state_dict
+    else:
+        raise ValueError(f"path_or_state_dict: expected a path or a state dict, got {type(path_or_state_dict).__name__}")
+    cfg = config_from_state_dict(sd)
+    model = build(cfg, device="meta")
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in want if k not in sd and k not in _OPTIONAL]
+    if missing:
+        raise ValueError(f"checkpoint: missing key {missing[0]!r} (expected shape {want[missing[0]]})"
+                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    unexpected = [k for k in sd if k not in want]
+    if unexpected:
+        raise ValueError(f"checkpoint: unexpected key {unexpected[0]!r} for an {cfg.__module__.rsplit('.', 1)[-1]} "
+                         f"model with {cfg.n_layer} blocks" + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    for k, shape in want.items():
+        if k in sd and tuple(sd[k].shape) != shape:
+            raise ValueError(f"checkpoint: key {k!r} has shape {tuple(sd[k].shape)}, expected {shape}")
+    dev = torch.device(device) if device is not None else _dev.device()
+    tensors = {k: sd[k].to(device=dev, dtype=dtype) if k in sd else torch.zeros(want[k], device=dev, dtype=dtype)
+               for k in want}
+    model.load_state_dict(tensors, assign=True)
+    model.cfg = cfg
+    if impl is not None:
+        model.impl = impl
+    return model
+
+
+def save(model, path) -> None:
+    """Write ``model``'s parameters under the official RWKV-LM names (a plain state dict)."""
+    from .common import LanguageModel
+
+    if not isinstance(model, LanguageModel):
+        raise ValueError(f"model: expected an rwkvlab RWKV6/RWKV7 model, got {type(model).__name__}")
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, Path(path))

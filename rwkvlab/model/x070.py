@@ -1,0 +1,230 @@
+"""RWKV-7 "Goose" (x070) language model, with the official RWKV-LM parameter names.
+
+One block (paper Eqs. 1–24; REFERENCES.md §4), x of shape [B, T, C], C = H·N::
+
+    x_prev          = token_shift(x)                          previous token's input
+    x_r … x_g       = x + (x_prev − x) ⊙ μ_□                 μ_□ = att.x_r, x_w, x_k, x_v, x_a, x_g
+    r, k, v         = x_r W_r, x_k W_k, x_v W_v               receptance / key / value.weight
+    d               = w0 + tanh(x_w w1) w2
+    log w           = −exp(−softplus(−d) − 0.5) = −e^{−0.5} σ(d)       ∈ (−0.607, 0)
+    v               = v + (v_first − v) ⊙ σ(v0 + x_v v1 v2)   (not in block 0, which sets v_first = v)
+    a               = σ(a0 + x_a a1 a2)                       in-context learning rate
+    g               = σ(x_g g1) g2                            output gate
+    κ̂               = normalize_per_head(k ⊙ k_k)             removal key
+    k̃               = k ⊙ (1 + (a − 1) ⊙ k_a)                 replacement key
+    S_t             = diag(e^{w_t}) S + b_t (a_tᵀ S) + k̃_t v_tᵀ     with a = −κ̂, b = κ̂ ⊙ a   (rwkvlab.wkv7)
+    o_t             = S_tᵀ r_t
+    p               = GroupNorm_H(o) + ((r ⊙ k̃ ⊙ r_k) summed per head) v       bonus AFTER the norm
+    att_out         = (g ⊙ p) W_o
+    ffn_out         = relu(lerp(x', x'_prev, ffn.x_k) W_key)² W_value
+
+Residual stream: ``x = ln0(emb)`` (block 0 only); ``x += att(ln1 x)``; ``x += ffn(ln2 x)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import rwkv7_ops as ops
+from .. import wkv7
+from .common import LanguageModel, LayerState, Sizes, random_init
+
+GROUPNORM_EPS = 64e-5   # 1e-5 · head_size_divisor² with divisor 8, as in RWKV-LM (REFERENCES.md §3, §4)
+
+
+def lora_rank(C: int, factor: float) -> int:
+    """RWKV-LM's suggested LoRA rank: factor·√C rounded to a multiple of 32, at least 32."""
+    return max(32, int(round(factor * C ** 0.5 / 32)) * 32)
+
+
+@dataclass
+class Config(Sizes):
+    """Sizes of an x070 model. LoRA ranks: decay (w), in-context rate (a), value residual (v), gate (g)."""
+    d_decay: int = 32
+    d_aaa: int = 32
+    d_mv: int = 32
+    d_gate: int = 32
+
+    @classmethod
+    def make(cls, vocab_size: int, n_embd: int, n_layer: int, head_size: int = 64, **kw) -> "Config":
+        """Sizes with RWKV-LM's defaults: FFN 4C and the suggested LoRA ranks (override with ``kw``)."""
+        d = dict(dim_ffn=4 * n_embd, d_decay=lora_rank(n_embd, 2.5), d_aaa=lora_rank(n_embd, 2.5),
+                 d_mv=lora_rank(n_embd, 1.7), d_gate=lora_rank(n_embd, 5))
+        d.update(kw)
+        return cls(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, head_size=head_size, **d)
+
+
+class TimeMix(nn.Module):
+    """``att``: the RWKV-7 time mix around the generalised-delta-rule state."""
+
+    def __init__(self, cfg: Config, layer_id: int):
+        super().__init__()
+        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+        self.layer_id, self.n_head = layer_id, H
+        vec = lambda: nn.Parameter(torch.zeros(1, 1, C))  # noqa: E731
+        self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g = (vec() for _ in range(6))
+        self.w0, self.w1, self.w2 = vec(), nn.Parameter(torch.zeros(C, cfg.d_decay)), nn.Parameter(torch.zeros(cfg.d_decay, C))
+        self.a0, self.a1, self.a2 = vec(), nn.Parameter(torch.zeros(C, cfg.d_aaa)), nn.Parameter(torch.zeros(cfg.d_aaa, C))
+        # RWKV-LM creates the value-residual LoRA in every block, block 0 included (where it is unused)
+        self.v0, self.v1, self.v2 = vec(), nn.Parameter(torch.zeros(C, cfg.d_mv)), nn.Parameter(torch.zeros(cfg.d_mv, C))
+        self.g1, self.g2 = nn.Parameter(torch.zeros(C, cfg.d_gate)), nn.Parameter(torch.zeros(cfg.d_gate, C))
+        self.k_k, self.k_a = vec(), vec()
+        self.r_k = nn.Parameter(torch.zeros(H, N))
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, C, eps=GROUPNORM_EPS)
+
+    def log_decay(self, xw: torch.Tensor) -> torch.Tensor:
+        """``log w = −exp(−softplus(−d) − 0.5)`` with ``d = w0 + tanh(x_w w1) w2``: in (−e^{−0.5}, 0)."""
+        d = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
+        return -torch.exp(-F.softplus(-d) - 0.5)
+
+    def projections(self, x: torch.Tensor, x_prev: torch.Tensor, v_first: torch.Tensor | None):
+        """Everything before the state update, for ``x`` [B, T, C]: a dict of [B, T, C] tensors."""
+        xr, xw, xk, xv, xa, xg = ops.addcmul_mix(x, x_prev, self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
+        r = self.receptance(xr)
+        k = self.key(xk)
+        v = self.value(xv)
+        if self.layer_id == 0:
+            v_first = v                                   # the value residual starts here
+        else:
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
+        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        kk = ops.removal_key(k, self.k_k, self.n_head)
+        k = ops.k_update(k, a, self.k_a)
+        return dict(r=r, w=self.log_decay(xw), k=k, v=v, a=a, g=g, kk=kk, v_first=v_first)
+
+    def forward(self, x, shift, S, v_first, core):
+        B, T, C = x.shape
+        H = self.n_head
+        x_prev, last = ops.token_shift(x, shift)
+        p = self.projections(x, x_prev, v_first)
+        heads = lambda t: t.reshape(B, T, H, C // H)  # noqa: E731
+        kk = heads(p["kk"])
+        o, S = core(heads(p["r"]), heads(p["w"]), heads(p["k"]), heads(p["v"]), -kk, kk * heads(p["a"]), S)
+        o = self.ln_x(o.reshape(B * T, C)).reshape(B, T, C)
+        o = o + ops.output_correction(p["r"], p["k"], p["v"], self.r_k, H)
+        return self.output(o * p["g"]), last, S, p["v_first"]
+
+
+class ChannelMix(nn.Module):
+    """``ffn``: token-shifted squared-ReLU MLP (no receptance gate in RWKV-7)."""
+
+    def __init__(self, cfg: Config, layer_id: int):
+        super().__init__()
+        self.x_k = nn.Parameter(torch.zeros(1, 1, cfg.n_embd))
+        self.key = nn.Linear(cfg.n_embd, cfg.dim_ffn, bias=False)
+        self.value = nn.Linear(cfg.dim_ffn, cfg.n_embd, bias=False)
+
+    def forward(self, x, shift):
+        x_prev, last = ops.token_shift(x, shift)
+        return ops.channel_mix(x, x_prev, self.x_k, self.key.weight, self.value.weight), last
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(cfg.n_embd)
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.att = TimeMix(cfg, layer_id)
+        self.ffn = ChannelMix(cfg, layer_id)
+
+    def forward(self, x, layer: LayerState | None, v_first, core):
+        att_shift, S, ffn_shift = layer if layer is not None else (None, None, None)
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        dx, att_shift, S, v_first = self.att(self.ln1(x), att_shift, S, v_first, core)
+        x = x + dx
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        return x + dx, LayerState(att_shift, S, ffn_shift), v_first
+
+
+class RWKV7(LanguageModel):
+    """An RWKV-7 (x070) language model; ``state_dict()`` uses the official names."""
+
+    version = "x070"
+    Block = Block
+    wkv_module = wkv7
+
+    def sequence_core(self, fn):
+        def core(r, w, k, v, a, b, S):
+            return fn(r, w, k, v, a, b, scale=1.0, initial_state=S, output_final_state=True)
+        return core
+
+    def step_core(self):
+        def core(r, w, k, v, a, b, S):
+            if S is None:                                  # a fresh sequence starts from zeros
+                S = torch.zeros(*r.shape[:1], *r.shape[2:], v.shape[-1], dtype=torch.float32, device=r.device)
+            o, S = wkv7.step(r[:, 0], w[:, 0], k[:, 0], v[:, 0], a[:, 0], b[:, 0], state=S)
+            return o[:, None], S
+        return core
+
+    @torch.no_grad()
+    def init_weights(self, scheme: str = "rwkv", seed: int = 0) -> "RWKV7":
+        """Fill the parameters. ``"rwkv"``: the recipe RWKV-LM trains from (zero output maps,
+        per-channel spread of token-shift weights and decay biases); ``"random"``: every
+        parameter non-zero and of moderate size, so that every path matters in a test."""
+        g = torch.Generator().manual_seed(seed)
+        cfg, C, N, L = self.cfg, self.cfg.n_embd, self.cfg.head_size, self.cfg.n_layer
+
+        def uniform(t, a):
+            t.copy_((torch.rand(t.shape, generator=g) * 2 - 1) * a)
+
+        if scheme == "random":
+            random_init(self, g)
+            return self
+        if scheme != "rwkv":
+            raise ValueError(f"scheme: expected 'rwkv' or 'random', got {scheme!r}")
+
+        ch = torch.arange(C, dtype=torch.float32)
+        frac = (ch / C).reshape(1, 1, C)                                 # 0 … (C−1)/C
+        linear = (ch / max(C - 1, 1) - 0.5).reshape(1, 1, C)             # −0.5 … 0.5
+        zig = ((ch % N) - (N - 1) / 2) / max((N - 1) / 2, 1e-9)
+        zig = (zig * zig.abs()).reshape(1, 1, C)                        # per-head zigzag in [−1, 1]
+
+        def ortho(t, scale):
+            nn.init.orthogonal_(t, gain=scale * (math.sqrt(t.shape[0] / t.shape[1]) if t.shape[0] > t.shape[1] else 1),
+                                generator=g)
+
+        uniform(self.emb.weight, 1e-4)
+        for i, blk in enumerate(self.blocks):
+            deep = i / max(L - 1, 1)                                     # 0 → 1 through the stack
+            shallow = 1.0 - i / L                                        # 1 → ~0
+            att, ffn = blk.att, blk.ffn
+            for mu, p in ((att.x_r, 0.2), (att.x_w, 0.9), (att.x_k, 0.7), (att.x_v, 0.7), (att.x_a, 0.9), (att.x_g, 0.2)):
+                mu.copy_(1.0 - frac ** (p * shallow))
+            decay_bias = -6 + 6 * (ch / max(C - 1, 1)) ** (1 + deep ** 0.3)
+            att.w0.copy_(decay_bias.reshape(1, 1, C) + 0.5 + zig * 2.5)
+            att.a0.copy_(-0.19 + zig * 0.3 + linear * 0.4)
+            att.v0.copy_(0.73 - linear * 0.4)
+            for lo, hi in ((att.w1, att.w2), (att.a1, att.a2), (att.v1, att.v2), (att.g1, att.g2)):
+                lo.zero_()
+                ortho(hi, 0.1)
+            att.k_k.copy_(0.71 - linear * 0.1)
+            att.k_a.fill_(1.02)
+            att.r_k.fill_(-0.04)
+            uniform(att.receptance.weight, 0.5 / C ** 0.5)
+            uniform(att.key.weight, 0.05 / C ** 0.5)
+            uniform(att.value.weight, 0.5 / C ** 0.5)
+            att.output.weight.zero_()
+            att.ln_x.weight.fill_(1.0)
+            att.ln_x.bias.zero_()
+            ffn.x_k.copy_(1.0 - frac ** (shallow ** 4))
+            uniform(ffn.key.weight, 0.5 / C ** 0.5)
+            ffn.value.weight.zero_()
+        for m in self.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+        ortho(self.head.weight, 0.5)
+        return self
