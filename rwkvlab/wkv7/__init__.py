@@ -6,3 +6,4 @@
 from .reference import naive, step  # noqa: F401
 
 __all__ = ["naive", "step"]
+from .kernels_recurrent import triton_recurrent  # noqa: E402

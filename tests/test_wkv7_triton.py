@@ -1,0 +1,178 @@
+"""RWKV-7 Triton kernels (fused recurrent and chunked) against the float64 loop ``wkv7.naive``.
+
+In interpreter mode (no GPU) the shapes are tiny and everything is float32; on a GPU the same
+tests also run larger shapes and bfloat16, with the bf16 tolerance stated below.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rwkvlab
+from rwkvlab import wkv7
+from rwkvlab.checking import rel_err
+
+GPU = rwkvlab.device.has_gpu()
+DEV = rwkvlab.device.device()
+IMPLS = {"recurrent": wkv7.triton_recurrent}
+if hasattr(wkv7, "triton_chunked"):
+    IMPLS["chunked"] = wkv7.triton_chunked
+
+TOL32 = 1e-4    # float32 kernel vs float64 loop (DESIGN.md)
+TOL_BF16 = 2e-2  # bfloat16 inputs: 8 bits of mantissa on every load, float32 accumulation
+
+
+def make_inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, n_state=None):
+    """Inputs shaped like a real RWKV-7 layer's: a = -κ̂, b = κ̂ ⊙ iclr with κ̂ unit-norm."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(B, T, H, K, generator=g)
+    w = -decay * torch.rand(B, T, H, K, generator=g)
+    k = torch.randn(B, T, H, K, generator=g) / K ** 0.5
+    v = torch.randn(B, T, H, V, generator=g)
+    kk = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g), dim=-1)
+    iclr = torch.rand(B, T, H, K, generator=g)
+    a, b = -kk, kk * iclr
+    h0 = torch.randn(n_state or B, H, K, V, generator=g)
+    return [x.to(DEV, dtype) for x in (r, w, k, v, a, b)], h0.to(DEV)
+
+
+def reference(xs, h0, cu=None, scale=1.0):
+    return wkv7.naive(*[x.double() for x in xs], scale=scale, initial_state=h0.double(),
+                      output_final_state=True, cu_seqlens=cu)
+
+
+SHAPES = [  # (B, T, H, K, V): T = 1, odd T, T not a multiple of the chunk, K != V, several heads
+    (1, 1, 1, 16, 16),
+    (2, 37, 2, 16, 32),
+    (1, 17, 2, 32, 16),
+]
+if GPU:
+    SHAPES += [(2, 300, 4, 64, 64), (1, 1000, 2, 128, 128), (3, 257, 3, 64, 32)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_matches_naive(impl, shape):
+    xs, h0 = make_inputs(*shape, seed=sum(shape))
+    o, ht = IMPLS[impl](*xs, scale=0.5, initial_state=h0, output_final_state=True)
+    o_ref, ht_ref = reference(xs, h0, scale=0.5)
+    assert o.dtype == xs[0].dtype and ht.dtype == torch.float32
+    assert rel_err(o, o_ref) <= TOL32, rel_err(o, o_ref)
+    assert rel_err(ht, ht_ref) <= TOL32, rel_err(ht, ht_ref)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_initial_state_and_no_final_state(impl):
+    xs, _ = make_inputs(1, 9, 2, 16, 16, seed=3)
+    o, ht = IMPLS[impl](*xs)
+    o_ref, _ = wkv7.naive(*[x.double() for x in xs])
+    assert ht is None
+    assert rel_err(o, o_ref) <= TOL32
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_strong_decay_stays_finite(impl):
+    # w = -8 on every channel: exp(w)^16 = e^-128 underflows float32; nothing may overflow
+    xs, h0 = make_inputs(1, 40, 2, 16, 16, seed=4)
+    xs[1] = torch.full_like(xs[1], -8.0)
+    o, ht = IMPLS[impl](*xs, initial_state=h0, output_final_state=True)
+    o_ref, ht_ref = reference(xs, h0)
+    assert torch.isfinite(o).all() and torch.isfinite(ht).all()
+    assert rel_err(o, o_ref) <= TOL32 and rel_err(ht, ht_ref) <= TOL32
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_varlen_matches_separate_sequences(impl):
+    cu = torch.tensor([0, 1, 18, 40], device=DEV)
+    xs, h0 = make_inputs(1, 40, 2, 16, 16, seed=5, decay=3.0, n_state=3)
+    o, ht = IMPLS[impl](*xs, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    o_ref, ht_ref = reference(xs, h0, cu=cu)
+    assert rel_err(o, o_ref) <= TOL32 and rel_err(ht, ht_ref) <= TOL32
+    # and each packed sequence equals that sequence run on its own
+    o1, ht1 = IMPLS[impl](*[x[:, 1:18] for x in xs], initial_state=h0[1:2], output_final_state=True)
+    assert rel_err(o1, o[:, 1:18]) <= 1e-6 and rel_err(ht1, ht[1:2]) <= 1e-6
+
+
+GRAD_CASES = [  # (B, T, H, K, V, varlen): T > 16 crosses checkpoints, T odd, K != V
+    (1, 21, 2, 16, 32, False),
+    (1, 40, 2, 16, 16, True),
+]
+if GPU:
+    GRAD_CASES += [(2, 200, 2, 64, 64, False), (1, 300, 2, 64, 32, True)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_gradients_of_every_input_match_autograd_through_naive(impl, case):
+    B, T, H, K, V, varlen = case
+    cu = torch.tensor([0, 7, 9, T], device=DEV) if varlen else None
+    xs, h0 = make_inputs(B, T, H, K, V, seed=T, decay=2.0, n_state=3 if varlen else B)
+    g = torch.Generator().manual_seed(99)
+    do = torch.randn(B, T, H, V, generator=g).to(DEV)
+    dht = torch.randn(h0.shape, generator=g).to(DEV)
+
+    leaves64 = [x.double().requires_grad_() for x in xs + [h0]]
+    o, ht = wkv7.naive(*leaves64[:6], scale=0.7, initial_state=leaves64[6], output_final_state=True, cu_seqlens=cu)
+    ref = torch.autograd.grad((o * do.double()).sum() + (ht * dht.double()).sum(), leaves64)
+
+    leaves = [x.clone().requires_grad_() for x in xs + [h0]]
+    o, ht = IMPLS[impl](*leaves[:6], scale=0.7, initial_state=leaves[6], output_final_state=True, cu_seqlens=cu)
+    got = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
+    for name, gg, rr in zip(["r", "w", "k", "v", "a", "b", "initial_state"], got, ref):
+        assert rel_err(gg, rr) <= TOL32, f"d{name}: rel err {rel_err(gg, rr):.2e}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradient_without_final_state_or_initial_state(impl):
+    xs, _ = make_inputs(1, 18, 1, 16, 16, seed=6)
+    leaves64 = [x.double().requires_grad_() for x in xs]
+    o, _ = wkv7.naive(*leaves64)
+    ref = torch.autograd.grad(o.square().sum(), leaves64)
+    leaves = [x.clone().requires_grad_() for x in xs]
+    o, ht = IMPLS[impl](*leaves)
+    assert ht is None
+    got = torch.autograd.grad(o.square().sum(), leaves)
+    for gg, rr in zip(got, ref):
+        assert rel_err(gg, rr) <= TOL32
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bfloat16(impl):
+    shape = rwkvlab.device.pick((1, 20, 1, 16, 16), (2, 513, 4, 64, 64))
+    xs, h0 = make_inputs(*shape, seed=7, dtype=torch.bfloat16)
+    o, ht = IMPLS[impl](*xs, initial_state=h0, output_final_state=True)
+    o_ref, ht_ref = reference(xs, h0)
+    assert o.dtype == torch.bfloat16
+    assert rel_err(o, o_ref) <= TOL_BF16 and rel_err(ht, ht_ref) <= TOL_BF16
+    leaves = [x.clone().requires_grad_() for x in xs]
+    o, _ = IMPLS[impl](*leaves, initial_state=h0)
+    got = torch.autograd.grad(o.float().square().sum(), leaves)
+    leaves64 = [x.double().requires_grad_() for x in xs]
+    o64, _ = wkv7.naive(*leaves64, initial_state=h0.double())
+    ref = torch.autograd.grad(o64.square().sum(), leaves64)
+    for name, gg, rr in zip("rwkvab", got, ref):
+        assert gg.dtype == torch.bfloat16
+        assert rel_err(gg, rr) <= TOL_BF16, f"d{name}: rel err {rel_err(gg, rr):.2e}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_inputs_raise_before_launch(impl):
+    f = IMPLS[impl]
+    xs, h0 = make_inputs(1, 5, 1, 16, 16, seed=8)
+    r, w, k, v, a, b = xs
+    with pytest.raises(ValueError, match="w"):
+        f(r, w.abs() + 0.1, k, v, a, b)                        # positive log decay
+    with pytest.raises(ValueError, match="k"):
+        f(r, w, k[..., :8], v, a, b)                           # K mismatch
+    with pytest.raises(ValueError, match="r"):
+        f(*make_inputs(1, 5, 1, 24, 16)[0])                    # K not a power of two
+    with pytest.raises(ValueError, match="v"):
+        f(*make_inputs(1, 5, 1, 16, 256)[0])                   # V above 128
+    with pytest.raises(ValueError, match="r"):
+        f(*[x.double() for x in xs])                           # float64 is for references
+    with pytest.raises(ValueError, match="initial_state"):
+        f(*xs, initial_state=h0[..., :8])
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        f(*[torch.cat([x, x]) for x in xs], cu_seqlens=torch.tensor([0, 2, 5], device=DEV))
+    with pytest.raises(ValueError, match="scale"):
+        f(*xs, scale="1")
