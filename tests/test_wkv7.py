@@ -17,11 +17,14 @@ from rwkvlab import wkv7
 from rwkvlab.checking import rel_err
 
 # Implementations compared against ``naive`` (name -> callable with the wkv7 contract).
+# Each is checked against ``naive`` in float32 to TOL[name] (default 1e-5) and for gradients.
 IMPLS = {
-    "chunked": wkv7.chunked if hasattr(wkv7, "chunked") else None,
-    "chunked_c4": functools.partial(wkv7.chunked, chunk_size=4) if hasattr(wkv7, "chunked") else None,
+    "chunked": wkv7.chunked,
+    "chunked_c1": functools.partial(wkv7.chunked, chunk_size=1),
+    "chunked_c4": functools.partial(wkv7.chunked, chunk_size=4),
+    "chunked_c7": functools.partial(wkv7.chunked, chunk_size=7),
 }
-IMPLS = {n: f for n, f in IMPLS.items() if f is not None}
+TOL: dict[str, float] = {}
 
 
 def make_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay="rwkv7", model_like=True):
@@ -210,3 +213,117 @@ def test_bad_cu_seqlens(impl, case):
         ALL[impl](**d, cu_seqlens=cu)
     with pytest.raises(ValueError, match="^initial_state:"):   # one state per sequence
         ALL[impl](**d, cu_seqlens=torch.tensor([0, 2, 5]), initial_state=torch.zeros(1, 2, 4, 3))
+
+
+# --------------------------------------------------------------------------- chunked (and IMPLS)
+IMPL_SHAPES = [  # (B, T, H, K, V): T = 1, odd T, T a multiple of 16, T < chunk, H >= 2, K != V
+    (1, 1, 1, 4, 4),
+    (2, 13, 2, 4, 6),
+    (1, 32, 2, 8, 8),
+    (2, 37, 3, 16, 5),
+]
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("shape", IMPL_SHAPES, ids=str)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_impl_matches_naive_float32(impl, shape, with_state):
+    B, T, H, K, V = shape
+    x = make_inputs(*shape, seed=10)
+    s0 = torch.randn(B, H, K, V, generator=torch.Generator().manual_seed(11)) if with_state else None
+    ref = wkv7.naive(*x, scale=0.5, initial_state=s0, output_final_state=True)
+    got = IMPLS[impl](*x, scale=0.5, initial_state=s0, output_final_state=True)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    assert rel_err(got, ref) <= TOL.get(impl, 1e-5)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("decay", [-8.0, -60.0, "rwkv7"])
+def test_strong_and_realistic_decay_finite_and_equal(impl, decay):
+    x = make_inputs(1, 40, 2, 16, 16, seed=12, decay=decay)
+    ref = wkv7.naive(*x, output_final_state=True)
+    got = IMPLS[impl](*x, output_final_state=True)
+    assert all(torch.isfinite(t).all() for t in got)
+    assert rel_err(got, ref) <= TOL.get(impl, 1e-5)
+
+
+def _grads(fn, x, s0, go, gs):
+    o, S = fn(*x, initial_state=s0, output_final_state=True)
+    return torch.autograd.grad((o * go).sum() + (S * gs).sum(), [*x, s0])
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("decay", ["rwkv7", -8.0])
+@pytest.mark.parametrize("model_like", [True, False])
+def test_gradients_match_autograd_through_naive(impl, decay, model_like):
+    """Gradients of r, w, k, v, a, b and initial_state, from o and from final_state, in float64
+    against autograd through the loop; and the float32 gradients against that reference."""
+    B, T, H, K, V = 2, 11, 2, 4, 3
+    g = torch.Generator().manual_seed(13)
+    go = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
+    gs = torch.randn(B, H, K, V, generator=g, dtype=torch.float64)
+    s0 = torch.randn(B, H, K, V, generator=g, dtype=torch.float64).requires_grad_()
+    x = [t.requires_grad_() for t in make_inputs(B, T, H, K, V, seed=14, dtype=torch.float64,
+                                                  decay=decay, model_like=model_like)]
+    ref = _grads(wkv7.naive, x, s0, go, gs)
+    got64 = _grads(IMPLS[impl], x, s0, go, gs)
+    names = ["r", "w", "k", "v", "a", "b", "initial_state"]
+    for n, gg, rr in zip(names, got64, ref):
+        assert torch.isfinite(gg).all() and rr.abs().max() > 0, n
+        assert rel_err(gg, rr) < 1e-10, (n, rel_err(gg, rr))
+    x32 = [t.detach().float().requires_grad_() for t in x]
+    s32 = s0.detach().float().requires_grad_()
+    got32 = _grads(IMPLS[impl], x32, s32, go.float(), gs.float())
+    for n, gg, rr in zip(names, got32, ref):
+        assert gg.dtype == torch.float32 and rel_err(gg, rr) < 1e-4, (n, rel_err(gg, rr))
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_impl_varlen_equals_separate_runs(impl):
+    lens = [5, 1, 17, 3]
+    cu = torch.tensor([0, 5, 6, 23, 26])
+    x = make_inputs(1, sum(lens), 2, 4, 3, seed=15)
+    s0 = torch.randn(len(lens), 2, 4, 3, generator=torch.Generator().manual_seed(16))
+    o, S = IMPLS[impl](*x, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+    c = cu.tolist()
+    for n, (bos, eos) in enumerate(zip(c, c[1:])):
+        on, Sn = wkv7.naive(*(t[:, bos:eos] for t in x), initial_state=s0[n:n + 1], output_final_state=True)
+        assert rel_err(o[:, bos:eos], on) <= TOL.get(impl, 1e-5)
+        assert rel_err(S[n:n + 1], Sn) <= TOL.get(impl, 1e-5)
+
+
+def test_chunked_bfloat16_output_dtype():
+    x = make_inputs(1, 20, 2, 8, 8, seed=17)
+    o, S = wkv7.chunked(*(t.bfloat16() for t in x), output_final_state=True)
+    ref = wkv7.naive(*x)[0]
+    assert o.dtype == torch.bfloat16 and S.dtype == torch.float32 and rel_err(o, ref) < 3e-2
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "16"])
+def test_chunked_rejects_bad_chunk_size(bad):
+    x = make_inputs(1, 4, 1, 4, 4)
+    with pytest.raises(ValueError, match="^chunk_size:"):
+        wkv7.chunked(*x, chunk_size=bad)
+
+
+@pytest.mark.parametrize("lead", [(), (3,), (2, 2)])
+def test_ut_transform_is_the_triangular_inverse(lead):
+    from rwkvlab.wkv7.reference import ut_transform
+    C = 9
+    A = torch.tril(torch.randn(*lead, C, C, generator=torch.Generator().manual_seed(18), dtype=torch.float64), -1)
+    I = torch.eye(C, dtype=torch.float64).expand(A.shape)
+    T = ut_transform(A)
+    ref = torch.linalg.solve_triangular(I - A, I, upper=False, unitriangular=True)
+    assert rel_err(T, ref) < 1e-12
+    assert torch.equal(torch.triu(T, 1), torch.zeros_like(T)) and torch.equal(torch.diagonal(T, dim1=-2, dim2=-1),
+                                                                              torch.ones(*lead, C, dtype=T.dtype))
+
+
+def test_segment_log_decays():
+    from rwkvlab.wkv7.reference import segment_log_decays
+    w = -torch.rand(6, 3, generator=torch.Generator().manual_seed(19), dtype=torch.float64)
+    L = segment_log_decays(w)
+    for t in range(6):
+        for i in range(6):
+            want = w[i + 1:t + 1].sum(0) if i <= t else torch.full((3,), float("-inf"), dtype=torch.float64)
+            assert torch.allclose(L[t, i], want, atol=1e-15, rtol=0), (t, i)

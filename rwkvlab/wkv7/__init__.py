@@ -3,7 +3,7 @@
 ``naive`` (a loop), ``step`` (one RNN step) and ``chunked`` (the chunkwise WY/UT form) live in
 :mod:`rwkvlab.wkv7.reference`; the Triton kernels are added beside them.
 """
-from .reference import naive, step  # noqa: F401
+from .reference import chunked, naive, step  # noqa: F401
 
-__all__ = ["naive", "step"]
+__all__ = ["naive", "chunked", "step"]
 from .kernels_recurrent import triton_recurrent  # noqa: E402
