@@ -8,3 +8,5 @@ cu_seqlens=None) -> (o, final_state | None)``.
 from .reference import attention_matrix, chunked, finch_log_decay, naive, step  # noqa: F401
 
 __all__ = ["naive", "chunked", "step", "attention_matrix", "finch_log_decay"]
+from .kernels_recurrent import triton_recurrent  # noqa: E402
+from .kernels_chunked import triton_chunked  # noqa: E402
