@@ -174,8 +174,13 @@ def recurrent_unstable(k, v, w, u):
     return torch.stack(ys, dim=1).to(v.dtype)
 
 
-def _stable_step(state: State, kt, vt, w, u):
-    """One token of the stable recurrence (App. D, Eqs. 23–28); returns (wkv_t, new state)."""
+def step(kt, vt, w, u, state: State):
+    """One token of the stable recurrence (App. D, Eqs. 23–28): the RNN mode's inner step.
+
+    kt, vt: [B, C]; w, u: [C]; state: a :class:`State` of [B, C] tensors (use :func:`empty_state`
+    for the first token). Returns (wkv_t [B, C], new State). No input checks: this runs once
+    per token; :func:`recurrent` checks a whole sequence and loops over it.
+    """
     a, b, p = state
     # output: rescale both terms by the larger exponent q so neither exp exceeds 1
     q = torch.maximum(p, u + kt)
@@ -202,7 +207,7 @@ def recurrent(k, v, w, u, initial_state=None, output_final_state=False):
     state = _state_or_empty(initial_state, B, C, cd, k.device)
     ys = []
     for t in range(T):
-        y, state = _stable_step(state, kc[:, t], vc[:, t], wc, uc)
+        y, state = step(kc[:, t], vc[:, t], wc, uc, state)
         ys.append(y)
     return torch.stack(ys, dim=1).to(v.dtype), (state if output_final_state else None)
 
