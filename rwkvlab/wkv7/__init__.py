@@ -7,3 +7,4 @@ from .reference import chunked, naive, step  # noqa: F401
 
 __all__ = ["naive", "chunked", "step"]
 from .kernels_recurrent import triton_recurrent  # noqa: E402
+from .kernels_chunked import triton_chunked  # noqa: E402
