@@ -150,7 +150,7 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
         o_t = scale · r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ),   S_t = diag(exp(w_t)) S_{t-1} + k_t v_tᵀ
     """
     B, T, H, K, V, N = _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens)
-    if chunk_size not in (16, 32, 64):
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_size: expected 16, 32 or 64 (tl.dot needs tiles of at least 16), got {chunk_size!r}")
     r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
     if initial_state is not None:

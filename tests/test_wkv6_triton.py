@@ -1,0 +1,224 @@
+"""RWKV-6 Triton kernels (``triton_recurrent``, ``triton_chunked``) against ``wkv6.naive``.
+
+In the interpreter (no GPU) shapes are tiny and everything is float32; on a GPU the same tests
+run larger shapes (``device.pick``) and a bfloat16 test checks the stated tolerance.
+References are ``wkv6.naive`` on float64 copies of the inputs; gradients are compared with
+autograd through that float64 naive loop.
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import rwkvlab  # noqa: F401  (selects the device mode before any kernel module is imported)
+from rwkvlab import device, rel_err, wkv6
+from rwkvlab.wkv6 import kernels_chunked, kernels_recurrent
+
+DEV = device.device()
+TOL = 1e-4  # float32, relative, Triton vs the float64 reference (DESIGN.md)
+BF16_TOL = 2e-2  # bfloat16 inputs/outputs vs float64 on the same (rounded) inputs
+
+IMPLS = [
+    ("recurrent", wkv6.triton_recurrent),
+    ("chunked16", functools.partial(wkv6.triton_chunked, chunk_size=16)),
+    ("chunked32", functools.partial(wkv6.triton_chunked, chunk_size=32)),
+]
+IDS = [n for n, _ in IMPLS]
+
+# (B, T, H, K, V): T = 1, odd T, T not a multiple of the chunk, H = 2, K != V, V split over blocks
+SHAPES = device.pick(
+    [(1, 1, 1, 16, 16), (2, 7, 2, 16, 32), (1, 37, 2, 16, 16), (1, 21, 1, 32, 64)],
+    [(1, 1, 1, 16, 16), (2, 7, 2, 16, 32), (2, 301, 3, 64, 64), (1, 130, 2, 128, 32), (2, 77, 2, 32, 256)],
+)
+
+
+def make_inputs(B, T, H, K, V, dtype=torch.float32, seed=0, decay=1.0, N=None, requires_grad=False):
+    """Seeded r, k, v, w, u, initial_state on the book's device; w = −decay·exp(N(0, 1))."""
+    g = torch.Generator().manual_seed(seed)
+    N = B if N is None else N
+    xs = [torch.randn(B, T, H, K, generator=g), torch.randn(B, T, H, K, generator=g),
+          torch.randn(B, T, H, V, generator=g), -decay * torch.exp(torch.randn(B, T, H, K, generator=g)),
+          torch.randn(H, K, generator=g)]
+    xs = [x.to(DEV, dtype) for x in xs] + [torch.randn(N, H, K, V, generator=g).to(DEV)]
+    if requires_grad:
+        xs = [x.requires_grad_() for x in xs]
+    return xs
+
+
+def reference(r, k, v, w, u, s0, **kw):
+    """wkv6.naive on float64 copies (a loop on the CPU: the exact answer to compare with)."""
+    xs = [None if x is None else x.detach().double().cpu() for x in (r, k, v, w, u, s0)]
+    return wkv6.naive(*xs[:5], initial_state=xs[5], **kw)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name,impl", IMPLS, ids=IDS)
+def test_forward_and_final_state_match_naive(name, impl, shape):
+    r, k, v, w, u, s0 = make_inputs(*shape)
+    o, ht = impl(r, k, v, w, u, scale=0.5, initial_state=s0, output_final_state=True)
+    o_ref, ht_ref = reference(r, k, v, w, u, s0, scale=0.5, output_final_state=True)
+    assert o.dtype == torch.float32 and ht.dtype == torch.float32 and ht.shape == ht_ref.shape
+    assert rel_err(o, o_ref) < TOL and rel_err(ht, ht_ref) < TOL
+
+
+@pytest.mark.parametrize("name,impl", IMPLS, ids=IDS)
+def test_zero_initial_state_is_the_default_and_final_state_is_optional(name, impl):
+    r, k, v, w, u, _ = make_inputs(1, 5, 2, 16, 16)
+    o, ht = impl(r, k, v, w, u)
+    assert ht is None
+    o2, _ = impl(r, k, v, w, u, initial_state=torch.zeros(1, 2, 16, 16, device=DEV))
+    assert rel_err(o, o2) == 0.0
+    assert rel_err(o, reference(r, k, v, w, u, None)[0]) < TOL
+
+
+@pytest.mark.parametrize("name,impl", IMPLS, ids=IDS)
+def test_varlen_with_initial_states_matches_naive(name, impl):
+    r, k, v, w, u, s0 = make_inputs(1, 29, 2, 16, 32, N=3)
+    cu = torch.tensor([0, 5, 22, 29], device=DEV)
+    o, ht = impl(r, k, v, w, u, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+    o_ref, ht_ref = reference(r, k, v, w, u, s0, output_final_state=True, cu_seqlens=cu.cpu())
+    assert rel_err(o, o_ref) < TOL and rel_err(ht, ht_ref) < TOL
+
+
+@pytest.mark.parametrize("name,impl", IMPLS, ids=IDS)
+def test_strong_decay_stays_finite_and_exact(name, impl):
+    """w = −8 for 40 tokens: a product (q e^{c})(k e^{−c}) would need e^{320}; the kernels never form it."""
+    r, k, v, w, u, s0 = make_inputs(1, 40, 2, 16, 16)
+    w = torch.full_like(w, -8.0)
+    w[:, ::7] = 0.0  # and some tokens with no decay at all (w = 0 is allowed)
+    o, ht = impl(r, k, v, w, u, initial_state=s0, output_final_state=True)
+    assert torch.isfinite(o).all() and torch.isfinite(ht).all()
+    o_ref, ht_ref = reference(r, k, v, w, u, s0, output_final_state=True)
+    assert rel_err(o, o_ref) < TOL and rel_err(ht, ht_ref) < TOL
+
+
+GRAD_CASES = device.pick(
+    [(2, 9, 2, 16, 32, None), (1, 18, 1, 16, 64, None), (1, 17, 2, 16, 16, [0, 4, 17])],
+    [(2, 70, 2, 64, 64, None), (1, 45, 2, 32, 128, None), (1, 100, 2, 64, 32, [0, 31, 64, 100])],
+)
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+@pytest.mark.parametrize("name,impl", IMPLS[:2], ids=IDS[:2])
+def test_gradients_of_every_input_match_autograd_through_naive(name, impl, case):
+    """dr, dk, dv, dw, du and d initial_state, with gradients flowing in through o and final_state."""
+    *shape, cu = case
+    N = shape[0] if cu is None else len(cu) - 1
+    xs = make_inputs(*shape, N=N, requires_grad=True, seed=1)
+    cu_t = None if cu is None else torch.tensor(cu, device=DEV)
+    o, ht = impl(*xs[:5], scale=0.7, initial_state=xs[5], output_final_state=True, cu_seqlens=cu_t)
+    g = torch.Generator().manual_seed(2)
+    do, dht = torch.randn(o.shape, generator=g).to(DEV), torch.randn(ht.shape, generator=g).to(DEV)
+    got = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), xs)
+
+    ref_xs = [x.detach().double().cpu().requires_grad_() for x in xs]
+    o_ref, ht_ref = wkv6.naive(*ref_xs[:5], scale=0.7, initial_state=ref_xs[5], output_final_state=True,
+                               cu_seqlens=None if cu_t is None else cu_t.cpu())
+    want = torch.autograd.grad((o_ref * do.double().cpu()).sum() + (ht_ref * dht.double().cpu()).sum(), ref_xs)
+    for arg, a, b, x in zip(["r", "k", "v", "w", "u", "initial_state"], got, want, xs):
+        assert a.shape == b.shape and a.dtype == x.dtype
+        assert rel_err(a, b) < TOL, f"d{arg}: rel err {rel_err(a, b):.2e}"
+
+
+@pytest.mark.parametrize("name,impl", IMPLS[:2], ids=IDS[:2])
+def test_gradient_without_final_state_or_initial_state(name, impl):
+    xs = make_inputs(1, 11, 2, 16, 16, requires_grad=True)[:5]
+    o, _ = impl(*xs)
+    got = torch.autograd.grad(o.square().sum(), xs)
+    ref_xs = [x.detach().double().cpu().requires_grad_() for x in xs]
+    want = torch.autograd.grad(wkv6.naive(*ref_xs)[0].square().sum(), ref_xs)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < TOL
+
+
+@pytest.mark.parametrize("name,impl", IMPLS[:2], ids=IDS[:2])
+def test_bfloat16_within_stated_tolerance(name, impl):
+    """bf16 in, bf16 out, float32 state; compared with float64 on the same bf16-rounded inputs."""
+    shape = device.pick((1, 24, 2, 16, 16), (4, 512, 4, 64, 64))
+    xs = make_inputs(*shape, dtype=torch.bfloat16, requires_grad=True)
+    o, ht = impl(*xs[:5], initial_state=xs[5], output_final_state=True)
+    assert o.dtype == torch.bfloat16 and ht.dtype == torch.float32
+    o_ref, ht_ref = reference(*xs, output_final_state=True)
+    assert rel_err(o, o_ref) < BF16_TOL and rel_err(ht, ht_ref) < BF16_TOL
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(3)).to(DEV, torch.bfloat16)
+    got = torch.autograd.grad((o * do).float().sum(), xs)
+    ref_xs = [x.detach().double().cpu().requires_grad_() for x in xs]
+    o64, _ = wkv6.naive(*ref_xs[:5], initial_state=ref_xs[5])
+    want = torch.autograd.grad((o64 * do.double().cpu()).sum(), ref_xs)
+    for a, b, x in zip(got, want, xs):
+        assert a.dtype == x.dtype and rel_err(a, b) < BF16_TOL
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: a ValueError naming the argument, raised before any kernel is launched
+# ------------------------------------------------------------------------------------------------
+
+class _NoLaunch:
+    def __getitem__(self, grid):
+        raise AssertionError("a kernel was launched before the input was validated")
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    for mod in (kernels_recurrent, kernels_chunked):
+        for name in dir(mod):
+            if name.startswith("wkv6_") and name.endswith("_kernel"):
+                monkeypatch.setattr(mod, name, _NoLaunch())
+
+
+def _good(B=2, T=6, H=2, K=16, V=16):
+    r, k, v, w, u, s0 = make_inputs(B, T, H, K, V)
+    return dict(r=r, k=k, v=v, w=w, u=u, initial_state=s0)
+
+
+def _spoil_state_nan(a):
+    a["initial_state"][0, 0, 0, 0] = float("nan")
+
+
+BAD = {
+    "k shape": (lambda a: a.update(k=a["k"][:, :5]), "k"),
+    "r rank": (lambda a: a.update(r=a["r"][0]), "r"),
+    "v shape": (lambda a: a.update(v=a["v"][:, :, :1]), "v"),
+    "w shape": (lambda a: a.update(w=a["w"][..., :3]), "w"),
+    "u shape": (lambda a: a.update(u=a["u"][:, :3]), "u"),
+    "u rank": (lambda a: a.update(u=a["u"][0]), "u"),
+    "positive w": (lambda a: a.update(w=a["w"].abs()), "w"),
+    "nan in k": (lambda a: a["k"].__setitem__((0, 0, 0, 0), float("nan")), "k"),
+    "int r": (lambda a: a.update(r=a["r"].long()), "r"),
+    "mixed dtypes": (lambda a: a.update(v=a["v"].half()), "v"),
+    "float64": (lambda a: a.update(**{n: a[n].double() for n in "rkvw"}), "r"),
+    "state wrong N": (lambda a: a.update(initial_state=a["initial_state"][:1]), "initial_state"),
+    "state bf16": (lambda a: a.update(initial_state=a["initial_state"].bfloat16()), "initial_state"),
+    "state nan": (_spoil_state_nan, "initial_state"),
+    "K too large": (lambda a: a.update(**{n: torch.zeros(2, 6, 2, 256, device=DEV) for n in "rkw"},
+                                       u=torch.zeros(2, 256, device=DEV),
+                                       initial_state=torch.zeros(2, 2, 256, 16, device=DEV)), "k"),
+    "cu with B > 1": (lambda a: a.update(cu_seqlens=torch.tensor([0, 6], device=DEV)), "cu_seqlens"),
+    "cu not ending at T": (lambda a: a.update(cu_seqlens=torch.tensor([0, 2, 5], device=DEV),
+                                              **{n: a[n][:1] for n in "rkvw"}, initial_state=None), "cu_seqlens"),
+    "scale tensor": (lambda a: a.update(scale=torch.tensor(1.0)), "scale"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+@pytest.mark.parametrize("name,impl", IMPLS[:2], ids=IDS[:2])
+def test_bad_input_raises_naming_the_argument_before_any_launch(name, impl, case, no_launch):
+    args = _good()
+    spoil, arg = BAD[case]
+    spoil(args)
+    with pytest.raises(ValueError, match=arg):
+        impl(**args)
+
+
+@pytest.mark.parametrize("chunk_size", [8, 48, 128, 16.0, "16"])
+def test_bad_chunk_size(chunk_size, no_launch):
+    with pytest.raises(ValueError, match="chunk_size"):
+        wkv6.triton_chunked(**_good(), chunk_size=chunk_size)
+
+
+def test_no_launch_fixture_does_catch_a_launch(no_launch):
+    """The fixture above is real: a valid call does reach a (patched) kernel and fails there."""
+    with pytest.raises(AssertionError, match="launched"):
+        wkv6.triton_recurrent(**_good())
