@@ -1,4 +1,5 @@
-"""Command line: ``python -m rwkvlab run`` (run the book headless) and ``python -m rwkvlab toc``."""
+"""Command line: ``python -m rwkvlab run`` (run the book headless), ``python -m rwkvlab toc``, and
+``python -m rwkvlab generate --model PATH.pth --prompt ...`` (stream text from an RWKV checkpoint)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("chapters", nargs="*", help="only chapters whose file name contains one of these")
     p_run.add_argument("--html", type=Path, default=None, help="also write each executed chapter as HTML here")
     sub.add_parser("toc", help="print the table of contents (as README shows it)")
+    from .model import cli as _generate_cli
+
+    _generate_cli.add_parser(sub)
     args = parser.parse_args(argv)
+
+    if args.cmd == "generate":
+        return _generate_cli.run(args)
 
     from . import book
 

@@ -1,0 +1,373 @@
+"""Whole RWKV-6/7 language models: the official formulas, the two modes, checkpoints, generate.
+
+The reference here is written independently of rwkvlab.model: it reads a state dict by the
+official RWKV-LM names and runs the RNN equations token by token in float64, with the state
+in the official orientation (rows = value channels, RWKV-LM's CUDA kernels) rather than the
+K×V layout rwkvlab uses. Agreement checks the names, the formulas and the layout at once.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rwkvlab
+from rwkvlab import model as M
+from rwkvlab import wkv7
+from rwkvlab.tokenizer import ByteTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- independent reference
+def _ln(x, sd, name, eps=1e-5):
+    return F.layer_norm(x, x.shape[-1:], sd[name + ".weight"], sd[name + ".bias"], eps)
+
+
+def _gn(x, sd, name, H):
+    # per-head LayerNorm with eps 64e-5 == GroupNorm(H groups)
+    xs = x.reshape(H, -1)
+    xs = (xs - xs.mean(-1, keepdim=True)) / torch.sqrt(xs.var(-1, unbiased=False, keepdim=True) + 64e-5)
+    return xs.reshape(-1) * sd[name + ".weight"] + sd[name + ".bias"]
+
+
+def official_x070(sd, tokens):
+    """RWKV-7 in RNN form for one sequence (list of ints) → logits [T, V], float64."""
+    sd = {k: v.double().squeeze(0).squeeze(0) if v.ndim == 3 else v.double() for k, v in sd.items()}
+    L = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    H, N = sd["blocks.0.att.r_k"].shape
+    C = H * N
+    prev_att = [torch.zeros(C, dtype=torch.float64) for _ in range(L)]
+    prev_ffn = [torch.zeros(C, dtype=torch.float64) for _ in range(L)]
+    S = [torch.zeros(H, N, N, dtype=torch.float64) for _ in range(L)]  # S[h, i(value), j(key)]
+    out = []
+    for tok in tokens:
+        x = sd["emb.weight"][tok]
+        x = _ln(x, sd, "blocks.0.ln0")
+        v_first = None
+        for i in range(L):
+            p = f"blocks.{i}.att."
+            xa = _ln(x, sd, f"blocks.{i}.ln1")
+            d = prev_att[i] - xa
+            prev_att[i] = xa
+            mix = {s: xa + d * sd[p + "x_" + s] for s in "rwkvag"}
+            r = sd[p + "receptance.weight"] @ mix["r"]
+            w = torch.exp(-torch.exp(-F.softplus(-(sd[p + "w0"] + torch.tanh(mix["w"] @ sd[p + "w1"]) @ sd[p + "w2"])) - 0.5))
+            k = sd[p + "key.weight"] @ mix["k"]
+            v = sd[p + "value.weight"] @ mix["v"]
+            if i == 0:
+                v_first = v
+            else:
+                v = v + (v_first - v) * torch.sigmoid(sd[p + "v0"] + (mix["v"] @ sd[p + "v1"]) @ sd[p + "v2"])
+            a = torch.sigmoid(sd[p + "a0"] + (mix["a"] @ sd[p + "a1"]) @ sd[p + "a2"])
+            g = torch.sigmoid(mix["g"] @ sd[p + "g1"]) @ sd[p + "g2"]
+            kk = (k * sd[p + "k_k"]).reshape(H, N)
+            kk = kk / kk.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            k = k * (1 + (a - 1) * sd[p + "k_a"])
+            rh, wh, kh, vh, ah = (t.reshape(H, N) for t in (r, w, k, v, a))
+            aa, bb = -kk, kk * ah
+            # CUDA kernel: sa = Σ_j a_j S_ij ; S_ij = S_ij w_j + sa b_j + v_i k_j ; y_i = Σ_j S_ij r_j
+            sa = torch.einsum("hij,hj->hi", S[i], aa)
+            S[i] = S[i] * wh[:, None, :] + sa[:, :, None] * bb[:, None, :] + vh[:, :, None] * kh[:, None, :]
+            y = torch.einsum("hij,hj->hi", S[i], rh).reshape(C)
+            y = _gn(y, sd, p + "ln_x", H)
+            y = y + ((rh * kh * sd[p + "r_k"]).sum(-1, keepdim=True) * vh).reshape(C)
+            x = x + sd[p + "output.weight"] @ (y * g)
+            f = f"blocks.{i}.ffn."
+            xf = _ln(x, sd, f"blocks.{i}.ln2")
+            kf = xf + (prev_ffn[i] - xf) * sd[f + "x_k"]
+            prev_ffn[i] = xf
+            x = x + sd[f + "value.weight"] @ torch.relu(sd[f + "key.weight"] @ kf) ** 2
+        out.append(sd["head.weight"] @ _ln(x, sd, "ln_out"))
+    return torch.stack(out)
+
+
+def official_x060(sd, tokens):
+    """RWKV-6 in RNN form for one sequence → logits [T, V], float64 (state S[h, key, value])."""
+    sd = {k: v.double().squeeze(0).squeeze(0) if v.ndim == 3 and v.shape[0] == 1 else v.double() for k, v in sd.items()}
+    L = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    H, N = sd["blocks.0.att.time_faaaa"].shape
+    C = H * N
+    prev_att = [torch.zeros(C, dtype=torch.float64) for _ in range(L)]
+    prev_ffn = [torch.zeros(C, dtype=torch.float64) for _ in range(L)]
+    S = [torch.zeros(H, N, N, dtype=torch.float64) for _ in range(L)]
+    out = []
+    for tok in tokens:
+        x = _ln(sd["emb.weight"][tok], sd, "blocks.0.ln0")
+        for i in range(L):
+            p = f"blocks.{i}.att."
+            xa = _ln(x, sd, f"blocks.{i}.ln1")
+            d = prev_att[i] - xa
+            prev_att[i] = xa
+            xxx = torch.tanh((xa + d * sd[p + "time_maa_x"]) @ sd[p + "time_maa_w1"]).reshape(5, -1)
+            m = torch.einsum("fd,fdc->fc", xxx, sd[p + "time_maa_w2"])
+            mix = {s: xa + d * (sd[p + "time_maa_" + s] + m[j]) for j, s in enumerate("wkvrg")}
+            r = sd[p + "receptance.weight"] @ mix["r"]
+            k = sd[p + "key.weight"] @ mix["k"]
+            v = sd[p + "value.weight"] @ mix["v"]
+            g = F.silu(sd[p + "gate.weight"] @ mix["g"])
+            w = torch.exp(-torch.exp(sd[p + "time_decay"] + torch.tanh(mix["w"] @ sd[p + "time_decay_w1"]) @ sd[p + "time_decay_w2"]))
+            rh, kh, vh, wh = (t.reshape(H, N) for t in (r, k, v, w))
+            kv = kh[:, :, None] * vh[:, None, :]
+            y = torch.einsum("hk,hkv->hv", rh, S[i] + sd[p + "time_faaaa"][:, :, None] * kv).reshape(C)
+            S[i] = wh[:, :, None] * S[i] + kv
+            x = x + sd[p + "output.weight"] @ (_gn(y, sd, p + "ln_x", H) * g)
+            f = f"blocks.{i}.ffn."
+            xf = _ln(x, sd, f"blocks.{i}.ln2")
+            df = prev_ffn[i] - xf
+            prev_ffn[i] = xf
+            kf = torch.relu(sd[f + "key.weight"] @ (xf + df * sd[f + "time_maa_k"])) ** 2
+            rf = torch.sigmoid(sd[f + "receptance.weight"] @ (xf + df * sd[f + "time_maa_r"]))
+            x = x + rf * (sd[f + "value.weight"] @ kf)
+        out.append(sd["head.weight"] @ _ln(x, sd, "ln_out"))
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------- tiny models
+def tiny(version, vocab=61, C=32, L=2, N=16, seed=0, scheme="random"):
+    if version == "x070":
+        cfg = M.Config7.make(vocab, C, L, head_size=N, d_decay=8, d_aaa=8, d_mv=8, d_gate=8, dim_ffn=48)
+        m = M.RWKV7(cfg)
+    else:
+        cfg = M.Config6.make(vocab, C, L, head_size=N, d_mix=4, d_decay=8, dim_ffn=48)
+        m = M.RWKV6(cfg)
+    return m.init_weights(scheme, seed=seed)
+
+
+def tokens(B, T, vocab=61, seed=0):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+VERSIONS = ["x070", "x060"]
+OFFICIAL = {"x070": official_x070, "x060": official_x060}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_matches_official_formulas(version, impl):
+    m = tiny(version, seed=3).double()
+    idx = tokens(2, 9, seed=1)
+    logits, _ = m(idx, impl=impl)
+    for b in range(2):
+        ref = OFFICIAL[version](m.state_dict(), idx[b].tolist())
+        rwkvlab.check(f"{version} {impl} vs official formulas, row {b}", logits[b], ref, 1e-10)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("B,T", [(1, 1), (2, 7), (3, 20)])
+def test_parallel_equals_rnn_mode(version, B, T):
+    m = tiny(version, seed=B + T)
+    idx = tokens(B, T, seed=T)
+    with torch.no_grad():
+        logits, state = m(idx)
+        st, steps = None, []
+        for t in range(T):
+            lt, st = m.step(idx[:, t], st)
+            steps.append(lt)
+    rwkvlab.check(f"{version} RNN vs parallel logits", torch.stack(steps, 1), logits, 1e-5)
+    for i, (a, b) in enumerate(zip(st, state)):
+        rwkvlab.check(f"{version} block {i} state", list(a), list(b), 1e-5)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("cut", [1, 6, 12])
+def test_split_and_continue_equals_whole(version, cut):
+    m = tiny(version, seed=7)
+    idx = tokens(2, 13, seed=2)
+    with torch.no_grad():
+        whole, s_whole = m(idx)
+        first, s = m(idx[:, :cut])
+        second, s = m(idx[:, cut:], s)
+    rwkvlab.check(f"{version} split at {cut}", torch.cat([first, second], 1), whole, 1e-5)
+    rwkvlab.check(f"{version} split state", [t for layer in s for t in layer], [t for layer in s_whole for t in layer], 1e-5)
+
+
+def test_training_recipe_init_runs_and_models_are_not_trivial():
+    for version in VERSIONS:
+        m = tiny(version, scheme="rwkv")
+        logits, _ = m(tokens(1, 5))
+        assert torch.isfinite(logits).all()
+        # the recipe zeroes the output maps: the stack then is emb → ln0 → ln_out → head
+        assert all(float(b.att.output.weight.detach().abs().max()) == 0 for b in m.blocks)
+    m = tiny("x070")
+    assert all(float(p.detach().abs().max()) > 0 for p in m.parameters())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_gradients_chunked_equal_naive(version):
+    m = tiny(version, seed=11).double()
+    idx = tokens(2, 10, seed=4)
+    grads = {}
+    for impl in ("naive", "chunked"):
+        m.zero_grad()
+        logits, _ = m(idx, impl=impl)
+        F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1)).backward()
+        grads[impl] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in m.parameters()]
+    rwkvlab.check(f"{version} parameter gradients chunked vs naive", grads["chunked"], grads["naive"], 1e-8)
+    assert any(float(g.abs().max()) > 0 for g in grads["naive"])
+
+
+TRITON = [n for n in ("triton_recurrent", "triton_chunked") if hasattr(wkv7, n)]
+
+
+@pytest.mark.parametrize("impl", TRITON)
+def test_x070_triton_core_in_the_model(impl):
+    m = tiny("x070", seed=5)
+    idx = tokens(1, 6, seed=5)
+    with torch.no_grad():
+        ref, _ = m(idx, impl="naive")
+        got, _ = m(idx, impl=impl)
+    rwkvlab.check(f"x070 model with {impl}", got, ref, 1e-4)
+
+
+# ---------------------------------------------------------------- checkpoints
+OFFICIAL_NAMES = {
+    "x070": ["emb.weight", "blocks.0.ln0.weight", "blocks.0.ln1.bias", "blocks.1.ln2.weight", "blocks.0.att.x_r",
+             "blocks.0.att.x_w", "blocks.0.att.x_k", "blocks.0.att.x_v", "blocks.0.att.x_a", "blocks.0.att.x_g",
+             "blocks.0.att.w0", "blocks.0.att.w1", "blocks.0.att.w2", "blocks.0.att.a0", "blocks.0.att.a1",
+             "blocks.0.att.a2", "blocks.1.att.v0", "blocks.1.att.v1", "blocks.1.att.v2", "blocks.0.att.g1",
+             "blocks.0.att.g2", "blocks.0.att.k_k", "blocks.0.att.k_a", "blocks.0.att.r_k",
+             "blocks.0.att.receptance.weight", "blocks.0.att.key.weight", "blocks.0.att.value.weight",
+             "blocks.0.att.output.weight", "blocks.0.att.ln_x.weight", "blocks.0.att.ln_x.bias",
+             "blocks.0.ffn.x_k", "blocks.0.ffn.key.weight", "blocks.0.ffn.value.weight", "ln_out.weight",
+             "head.weight"],
+    "x060": ["emb.weight", "blocks.0.ln0.bias", "blocks.0.att.time_maa_x", "blocks.0.att.time_maa_w",
+             "blocks.0.att.time_maa_k", "blocks.0.att.time_maa_v", "blocks.0.att.time_maa_r",
+             "blocks.0.att.time_maa_g", "blocks.0.att.time_maa_w1", "blocks.0.att.time_maa_w2",
+             "blocks.0.att.time_decay", "blocks.0.att.time_decay_w1", "blocks.0.att.time_decay_w2",
+             "blocks.0.att.time_faaaa", "blocks.0.att.gate.weight", "blocks.0.att.ln_x.weight",
+             "blocks.1.ffn.time_maa_k", "blocks.1.ffn.time_maa_r", "blocks.1.ffn.receptance.weight",
+             "blocks.1.ffn.key.weight", "blocks.1.ffn.value.weight", "ln_out.bias", "head.weight"],
+}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_save_load_round_trip_with_official_names(version, tmp_path):
+    m = tiny(version, seed=9)
+    path = tmp_path / "tiny.pth"
+    M.save(m, path)
+    sd = torch.load(path, weights_only=True)
+    missing = [k for k in OFFICIAL_NAMES[version] if k not in sd]
+    assert not missing, missing
+    assert "blocks.1.ln0.weight" not in sd          # ln0 only in block 0
+    assert tuple(sd["blocks.0.att.x_r" if version == "x070" else "blocks.0.att.time_maa_x"].shape) == (1, 1, 32)
+    assert M.detect(sd) == version
+    m2 = M.load(path)
+    assert type(m2) is type(m) and m2.cfg == m.cfg
+    idx = tokens(2, 5)
+    with torch.no_grad():
+        rwkvlab.check(f"{version} logits after save/load", m2(idx)[0], m(idx)[0], 0.0)
+
+
+def test_loader_reads_sizes_and_converts_dtype():
+    m = tiny("x070", vocab=40, C=64, L=3, N=32)
+    sd = {k: v.to(torch.bfloat16) for k, v in m.state_dict().items()}
+    m2 = M.load(sd)
+    c = m2.cfg
+    assert (c.vocab_size, c.n_embd, c.n_layer, c.n_head, c.head_size, c.dim_ffn, c.d_decay) == (40, 64, 3, 2, 32, 48, 8)
+    assert m2.emb.weight.dtype == torch.float32
+
+
+def test_loader_errors_name_the_key():
+    sd = tiny("x070").state_dict()
+    bad = dict(sd)
+    del bad["blocks.1.att.k_a"]
+    with pytest.raises(ValueError, match=r"blocks\.1\.att\.k_a.*\(1, 1, 32\)"):
+        M.load(bad)
+    bad = dict(sd, **{"blocks.0.att.bogus": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"unexpected key 'blocks\.0\.att\.bogus'"):
+        M.load(bad)
+    bad = dict(sd, **{"blocks.1.att.w0": torch.zeros(1, 1, 31)})
+    with pytest.raises(ValueError, match=r"blocks\.1\.att\.w0.*\(1, 1, 31\).*expected \(1, 1, 32\)"):
+        M.load(bad)
+    bad = dict(sd)
+    del bad["blocks.0.att.r_k"]
+    with pytest.raises(ValueError, match="neither an RWKV-7"):
+        M.load(bad)
+    with pytest.raises(ValueError, match="path_or_state_dict"):
+        M.load("/nonexistent/model.pth")
+    # block 0's unused value-residual LoRA may be absent (some exporters drop it)
+    ok = {k: v for k, v in sd.items() if k not in ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")}
+    assert isinstance(M.load(ok), M.RWKV7)
+
+
+def test_bad_inputs_raise_naming_the_argument():
+    m = tiny("x070")
+    with pytest.raises(ValueError, match="idx"):
+        m(torch.zeros(2, 3))                         # float ids
+    with pytest.raises(ValueError, match="idx"):
+        m(torch.tensor([[1, 2, 99]]))                # out of vocabulary
+    with pytest.raises(ValueError, match="token"):
+        m.step(torch.tensor([[1]]))                  # [B, 1] instead of [B]
+    with pytest.raises(ValueError, match="impl"):
+        m(tokens(1, 3), impl="fastest")
+    _, state = m(tokens(2, 3))
+    with pytest.raises(ValueError, match="state"):
+        m(tokens(3, 3), state)                       # batch mismatch
+    with pytest.raises(ValueError, match="head_size"):
+        M.Config7.make(10, 48, 1, head_size=32)._check()
+
+
+def test_state_size_does_not_grow_with_length():
+    m = tiny("x070")
+    _, s1 = m(tokens(1, 2))
+    _, s2 = m(tokens(1, 40))
+    C, L, N = 32, 2, 16
+    assert M.state_nbytes(s1) == M.state_nbytes(s2) == L * 4 * (2 * C + C * N)
+
+
+def test_sample():
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.9])
+    g = torch.Generator().manual_seed(0)
+    assert M.sample(logits, temperature=0) == 1
+    assert M.sample(logits, top_p=1e-6, generator=g) == 1        # nucleus of one token
+    draws = {M.sample(logits, temperature=1.0, top_p=0.9, generator=g) for _ in range(200)}
+    assert draws == {1, 3}                                       # 0 and 2 fall outside the 0.9 nucleus
+    with pytest.raises(ValueError, match="top_p"):
+        M.sample(logits, top_p=0)
+
+
+# ---------------------------------------------------------------- generate, end to end
+def _run_generate(*args):
+    return subprocess.run([sys.executable, "-m", "rwkvlab", "generate", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _greedy(m, ids, n):
+    return list(m.generate(ids, n, temperature=0))
+
+
+def test_generate_byte_model_end_to_end(tmp_path):
+    m = tiny("x070", vocab=256, seed=1)
+    path = tmp_path / "bytes.pth"
+    M.save(m, path)
+    prompt = "Hello"
+    res = _run_generate("--model", str(path), "--prompt", prompt, "--tokens", "12", "--temperature", "0")
+    assert res.returncode == 0, res.stderr
+    want = ByteTokenizer().decode(_greedy(m, list(prompt.encode()), 12))
+    assert res.stdout == prompt + want + "\n"
+    assert "x070" in res.stderr
+
+
+def test_generate_world_model_end_to_end(tmp_path):
+    from rwkvlab.tokenizer import WorldTokenizer
+
+    m = tiny("x060", vocab=65536, seed=2)
+    path = tmp_path / "world.pth"
+    M.save(m, path)
+    prompt = "The Eiffel tower is in"
+    res = _run_generate("--model", str(path), "--prompt", prompt, "--tokens", "6", "--temperature", "0")
+    assert res.returncode == 0, res.stderr
+    tok = WorldTokenizer()
+    want = tok.decode(_greedy(m, tok.encode(prompt), 6))
+    assert res.stdout == prompt + want + "\n"
+
+
+def test_generate_without_a_checkpoint_says_where_to_get_one():
+    res = _run_generate("--prompt", "hi")
+    assert res.returncode == 2
+    assert "huggingface.co/BlinkDL" in res.stderr and "--model" in res.stderr
