@@ -371,3 +371,26 @@ def test_generate_without_a_checkpoint_says_where_to_get_one():
     res = _run_generate("--prompt", "hi")
     assert res.returncode == 2
     assert "huggingface.co/BlinkDL" in res.stderr and "--model" in res.stderr
+
+
+# ---------------------------------------------------------------- the softmax baseline
+def test_transformer_baseline_parallel_equals_kv_cache_decoding():
+    from rwkvlab.model import transformer as tf
+
+    cfg = tf.Config(vocab_size=61, n_embd=32, n_layer=2, head_size=16, dim_ffn=48, max_len=16)
+    m = tf.Transformer(cfg).init_weights(seed=1)
+    with torch.no_grad():
+        for blk in m.blocks:                           # make the attention path matter
+            blk.proj.weight.normal_(0, 0.2)
+            blk.value.weight.normal_(0, 0.2)
+        idx = tokens(2, 9, seed=3)
+        logits, cache = m(idx)
+        c, outs = None, []
+        for t in range(9):
+            lt, c = m.step(idx[:, t], c)
+            outs.append(lt)
+    rwkvlab.check("softmax baseline: KV-cache decoding vs parallel", torch.stack(outs, 1), logits, 1e-5)
+    rwkvlab.check("softmax baseline: cache", [x for kv in c for x in kv], [x for kv in cache for x in kv], 1e-6)
+    assert tf.cache_nbytes(c) == 2 * 2 * 2 * 9 * 32 * 4    # B rows, K and V, L blocks, T tokens, C floats
+    with pytest.raises(ValueError, match="idx"):
+        m(tokens(1, 17))
