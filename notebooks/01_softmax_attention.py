@@ -107,7 +107,7 @@ assert torch.allclose(o_naive[:, 0], v[:, 0])
 
 k_same = torch.ones_like(k)
 running_mean = v.cumsum(1) / torch.arange(1, T + 1).view(1, T, 1, 1)
-rwkvlab.check("naive, equal keys vs running mean", attention.naive(q, k_same, v), running_mean, 1e-6)
+rwkvlab.check("attention naive, equal keys vs running mean", attention.naive(q, k_same, v), running_mean, 1e-6)
 
 # %% [markdown]
 # ## 3. The parallel rung: one masked $T\times T$ matrix
