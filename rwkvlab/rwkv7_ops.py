@@ -16,6 +16,13 @@ import torch.nn.functional as F
 
 from . import validate
 
+
+def _tensor(name, x, ndim=None):
+    # type, rank and dtype only: these pieces run on every token of RNN mode, and scanning whole
+    # weight matrices for NaN on each call would cost more than the arithmetic (the WKV cores
+    # check their inputs' finiteness themselves)
+    return validate.tensor(name, x, ndim=ndim, finite=False)
+
 __all__ = ["token_shift", "addcmul_mix", "k_update", "removal_key", "output_correction", "channel_mix"]
 
 
@@ -28,7 +35,7 @@ def _heads(name: str, x: torch.Tensor, n_head) -> int:
 
 
 def _broadcastable(name: str, p, x: torch.Tensor) -> torch.Tensor:
-    validate.tensor(name, p)
+    _tensor(name, p)
     try:
         torch.broadcast_shapes(p.shape, x.shape)
     except RuntimeError:
@@ -45,14 +52,14 @@ def token_shift(x: torch.Tensor, shift_state: torch.Tensor | None = None) -> tup
     segment) or ``None`` for zeros, as at the start of a text. Returns ``(x_prev, last_x)``
     where ``last_x = x[:, -1]`` is the shift state to carry to the next segment.
     """
-    validate.tensor("x", x, ndim=3)
+    _tensor("x", x, ndim=3)
     B, T, C = x.shape
     if T < 1:
         raise ValueError(f"x: expected T >= 1, got shape {tuple(x.shape)}")
     if shift_state is None:
         first = x.new_zeros(B, 1, C)
     else:
-        validate.tensor("shift_state", shift_state, ndim=2)
+        _tensor("shift_state", shift_state, ndim=2)
         if tuple(shift_state.shape) != (B, C):
             raise ValueError(f"shift_state: expected shape (B, C) = {(B, C)}, got {tuple(shift_state.shape)}")
         first = shift_state.to(x.dtype).unsqueeze(1)
@@ -66,8 +73,8 @@ def addcmul_mix(x: torch.Tensor, x_prev: torch.Tensor, *mus: torch.Tensor) -> tu
     μ weights the *previous* token (the v6/v7 convention, REFERENCES.md §0). One difference
     ``x_prev − x`` is shared by all the mixes, which is why the official code computes it once.
     """
-    validate.tensor("x", x)
-    validate.tensor("x_prev", x_prev)
+    _tensor("x", x)
+    _tensor("x_prev", x_prev)
     if x_prev.shape != x.shape:
         raise ValueError(f"x_prev: expected the shape of x {tuple(x.shape)}, got {tuple(x_prev.shape)}")
     if not mus:
@@ -82,8 +89,8 @@ def k_update(k: torch.Tensor, a: torch.Tensor, k_a: torch.Tensor) -> torch.Tenso
     With ``α = 0`` the key is written at full strength; with ``α = 1`` it is scaled by the
     in-context learning rate ``a``, so what is written matches what is removed.
     """
-    validate.tensor("k", k)
-    validate.tensor("a", a)
+    _tensor("k", k)
+    _tensor("a", a)
     if a.shape != k.shape:
         raise ValueError(f"a: expected the shape of k {tuple(k.shape)}, got {tuple(a.shape)}")
     return k * (1 + (a - 1) * _broadcastable("k_a", k_a, k))
@@ -94,7 +101,7 @@ def removal_key(k: torch.Tensor, k_k: torch.Tensor, n_head: int) -> torch.Tensor
 
     Unit length per head makes ``κ̂ᵀ(a ⊙ κ̂)`` remove at most what is stored along ``κ̂``.
     """
-    validate.tensor("k", k)
+    _tensor("k", k)
     N = _heads("k", k, n_head)
     kk = k * _broadcastable("k_k", k_k, k)
     kk = F.normalize(kk.reshape(*k.shape[:-1], n_head, N), dim=-1, p=2.0)
@@ -109,11 +116,11 @@ def output_correction(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_k: to
     anything with ``C`` elements). RWKV-7 adds this *after* the per-head GroupNorm (Eq. 21).
     """
     for name, t in (("r", r), ("k", k), ("v", v)):
-        validate.tensor(name, t)
+        _tensor(name, t)
         if t.shape != r.shape:
             raise ValueError(f"{name}: expected the shape of r {tuple(r.shape)}, got {tuple(t.shape)}")
     N = _heads("r", r, n_head)
-    validate.tensor("r_k", r_k)
+    _tensor("r_k", r_k)
     if r_k.numel() != r.shape[-1]:
         raise ValueError(f"r_k: expected {n_head} x {N} = {r.shape[-1]} elements (shape (H, N)), got {tuple(r_k.shape)}")
     hs = (*r.shape[:-1], n_head, N)
@@ -129,8 +136,8 @@ def channel_mix(x: torch.Tensor, x_prev: torch.Tensor, mu_k: torch.Tensor, W_key
     (``ffn.key.weight``, ``ffn.value.weight``); F = 4C in the released models.
     """
     (xk,) = addcmul_mix(x, x_prev, mu_k)
-    validate.tensor("W_key", W_key, ndim=2)
-    validate.tensor("W_value", W_value, ndim=2)
+    _tensor("W_key", W_key, ndim=2)
+    _tensor("W_value", W_value, ndim=2)
     C = x.shape[-1]
     if W_key.shape[1] != C:
         raise ValueError(f"W_key: expected shape (F, C) with C = {C}, got {tuple(W_key.shape)}")
