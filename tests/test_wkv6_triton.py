@@ -69,7 +69,7 @@ def test_zero_initial_state_is_the_default_and_final_state_is_optional(name, imp
     o, ht = impl(r, k, v, w, u)
     assert ht is None
     o2, _ = impl(r, k, v, w, u, initial_state=torch.zeros(1, 2, 16, 16, device=DEV))
-    assert rel_err(o, o2) == 0.0
+    assert rel_err(o, o2) < 1e-6  # (not bit-equal on a GPU: the compiler may fuse multiply-adds differently)
     assert rel_err(o, reference(r, k, v, w, u, None)[0]) < TOL
 
 

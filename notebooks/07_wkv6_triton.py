@@ -1,0 +1,627 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # RWKV-6 in Triton: recurrent and chunked kernels, and the backward pass
+#
+# Chapters 05 and 06 built RWKV-6's WKV twice in plain torch: as a token loop (`wkv6.naive`) and
+# in chunks (`wkv6.chunked`). This chapter writes the same operator as GPU kernels in Triton, and
+# then writes its gradient by hand. By the end of it you will be able to
+#
+# - say which part of the state each Triton *program instance* owns, and why the key dimension
+#   stays whole while the value dimension is split;
+# - read the fused recurrent kernel line by line, and the chunked kernel that puts the work on
+#   `tl.dot` without ever evaluating a positive exponent;
+# - derive the backward pass of RWKV-6 — $\partial r, \partial k, \partial v, \partial w,
+#   \partial u$ and the gradient of the initial state — and see why the decay gradient can be
+#   computed without keeping a single state in memory;
+# - weigh recomputing states against storing them, in bytes, for a real training shape.
+#
+# The whole idea is one recurrence per head, with the state $S_t \in \mathbb{R}^{K\times V}$,
+# $q_t = \mathrm{scale}\cdot r_t$ and log decay $w_t \le 0$:
+#
+# $$
+# o_t = q_t^\top\big(S_{t-1} + \mathrm{diag}(u)\,k_t v_t^\top\big), \qquad
+# S_t = \mathrm{diag}\big(e^{w_t}\big)\,S_{t-1} + k_t v_t^\top .
+# $$
+#
+# Column $j$ of $S$ only ever meets column $j$ of $k_t v_t^\top$, and output $o_t[j]$ only reads
+# column $j$. So the $V$ columns of the state are $V$ independent little machines, each a
+# $K$-vector walking through time. A kernel that gives each program a block of columns needs no
+# communication at all. That observation is the whole design of the forward kernel; the rest of
+# the chapter is about making it fast (chunks) and differentiable (the backward pass).
+
+# %%
+import rwkvlab
+
+print(rwkvlab.device.describe())
+
+# %%
+import functools
+import inspect
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.patches import Rectangle
+
+from rwkvlab import wkv6
+from rwkvlab.wkv6 import kernels_chunked as kc
+from rwkvlab.wkv6 import kernels_recurrent as kr
+
+DEV = rwkvlab.device.device()
+
+
+def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
+    """Seeded r, k, v, w, u, initial_state on the book's device; log decay w = -decay·exp(N(0,1))."""
+    g = torch.Generator().manual_seed(seed)
+    N = B if N is None else N
+    xs = [torch.randn(B, T, H, K, generator=g), torch.randn(B, T, H, K, generator=g),
+          torch.randn(B, T, H, V, generator=g), -decay * torch.exp(torch.randn(B, T, H, K, generator=g)),
+          torch.randn(H, K, generator=g)]
+    return [x.to(DEV, dtype) for x in xs] + [torch.randn(N, H, K, V, generator=g).to(DEV)]
+
+
+def reference(r, k, v, w, u, s0, **kw):
+    """wkv6.naive on float64 CPU copies: the answer every kernel is checked against."""
+    xs = [None if x is None else x.detach().double().cpu() for x in (r, k, v, w, u, s0)]
+    return wkv6.naive(*xs[:5], initial_state=xs[5], **kw)
+
+
+# %% [markdown]
+# ## 1. Who owns what
+#
+# A Triton kernel is launched on a *grid* of program instances; each instance runs the kernel
+# body once, on blocks of data it loads itself. The first decision is what one instance owns.
+#
+# For RWKV-6 we launch a two-dimensional grid `(NV, N·H)`:
+#
+# - `i_nh` indexes one sequence and one head (`N` sequences, `H` heads);
+# - `i_v` indexes a block of `BV` value columns, `NV = ⌈V / BV⌉` blocks in all.
+#
+# Program `(i_v, i_nh)` keeps the slice $S[:, \text{block } i_v]$ — all `K` rows, `BV` columns —
+# in registers, as a float32 tile `b_h` of shape `[BK, BV]`, and walks its sequence from the first
+# token to the last. At each step it loads four short vectors ($r_t, k_t, w_t$ of length `K`, and
+# the `BV` entries of $v_t$), updates the tile and writes `BV` outputs.
+#
+# Why split $V$ and not $K$? The output $o_t = q_t^\top(\dots)$ is a sum over the $K$ rows. If
+# two programs each held half of the rows, each would hold half of every output and they would
+# have to add their halves up through memory. Splitting the columns costs nothing, because the
+# columns never meet. With $K \le 128$ (RWKV-6 uses 64) a whole column of the state fits in one
+# tile: `BK = K` (rounded up to a power of two, the extra rows masked). The tile is
+# `BK × BV` float32 numbers — $64\times 64 = 4096$ of them, 16 KiB, spread over the registers of
+# a few warps. Larger $K$ would need the rows split and an extra reduction; the kernels refuse
+# $K > 128$ with a `ValueError` rather than silently doing something slower.
+#
+# The picture: one head's $K \times V$ state, cut into column blocks, one colour per program, and
+# the grid of programs, each looping over time.
+
+# %%
+K_pic, V_pic, BV_pic, NH_pic = 8, 16, 4, 3
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
+colors = plt.cm.tab10.colors
+for i_v in range(V_pic // BV_pic):
+    ax1.add_patch(Rectangle((i_v * BV_pic, 0), BV_pic, K_pic, color=colors[i_v], alpha=0.55))
+    ax1.text(i_v * BV_pic + BV_pic / 2, K_pic / 2, f"program\ni_v = {i_v}", ha="center", va="center", fontsize=9)
+ax1.set_xlim(0, V_pic), ax1.set_ylim(K_pic, 0)
+ax1.set_xticks(range(0, V_pic + 1, BV_pic)), ax1.set_yticks([0, K_pic])
+ax1.set_xlabel("value column (V), blocks of BV"), ax1.set_ylabel("key row (K): whole in one tile")
+ax1.set_title("one head's state S (K x V): who owns which columns")
+for i_nh in range(NH_pic):
+    for i_v in range(V_pic // BV_pic):
+        ax2.add_patch(Rectangle((i_v + 0.05, i_nh + 0.05), 0.9, 0.9, color=colors[i_v], alpha=0.55))
+        ax2.annotate("", xy=(i_v + 0.85, i_nh + 0.5), xytext=(i_v + 0.15, i_nh + 0.5),
+                     arrowprops=dict(arrowstyle="->"))
+        ax2.text(i_v + 0.5, i_nh + 0.3, "t = 1 .. T", ha="center", fontsize=8)
+ax2.set_xlim(0, V_pic // BV_pic), ax2.set_ylim(NH_pic, 0)
+ax2.set_xticks([x + 0.5 for x in range(V_pic // BV_pic)], [f"i_v={x}" for x in range(V_pic // BV_pic)])
+ax2.set_yticks([y + 0.5 for y in range(NH_pic)], [f"i_nh={y}" for y in range(NH_pic)])
+ax2.set_title("the launch grid (NV, N*H): each program loops over time")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# How much parallelism is that? For a training shape of $B = 4$ sequences, $H = 32$ heads and
+# $V = 64$ with `BV = 64`, the grid has $4\cdot 32 = 128$ programs — about one per streaming
+# multiprocessor of an H100 (132). Each one is a sequential loop of $T$ steps, so the recurrent
+# kernel's time grows linearly in $T$ with a large constant: every step waits for the previous
+# one. The chunked kernel of Section 5 keeps the same grid but makes each step cover many tokens.
+#
+# ## 2. The fused recurrent forward kernel
+#
+# The loop body is the recurrence with the state tile `b_h` in place of $S$. Masks (`m_k`,
+# `m_v`) switch off the lanes beyond `K` and `V` when they are not powers of two, and `bos`,
+# `eos` are the first and one-past-last rows of this program's sequence in the flattened
+# `[B·T]` time axis, which is what makes variable-length batches (`cu_seqlens`) free: a packed
+# batch is just a different `bos, eos` per program. The load of the initial state and the store
+# of the final state sit outside the loop.
+
+# %%
+print(inspect.getsource(kr.wkv6_fwd_recurrent_kernel.fn))
+
+# %% [markdown]
+# Two details are worth a second look.
+#
+# - **Order inside the step.** The output is read from `b_h` *before* the update: RWKV-6 reads
+#   $S_{t-1}$ plus the bonus, never $S_t$. Swapping the two lines gives a plausible-looking kernel
+#   that is wrong by exactly the difference between $u$ and $1$.
+# - **Float32 everywhere inside.** Every load is cast with `.to(tl.float32)`; the output is cast
+#   back to the input's dtype only at the store. With bfloat16 inputs the state still
+#   accumulates in float32 — a bf16 state would lose the small contributions of old tokens.
+#
+# The Python side validates everything *before* any launch (shapes, dtypes, `w ≤ 0`,
+# `cu_seqlens`, the state's shape) and picks the tiles:
+
+# %%
+print(inspect.getsource(kr.fwd))
+
+# %% [markdown]
+# Now the check. Each call below is compared with `wkv6.naive` run in float64 on the same
+# numbers; the shapes cover $T = 1$, an odd $T$, two heads, $K \ne V$, a value dimension split
+# over two programs (`V = 64` with `BV = 32` in the interpreter), an initial state, and a packed
+# batch of three sequences of different lengths.
+
+# %%
+for shape in [(1, 1, 1, 16, 16), (2, 7, 2, 16, 32), (1, 37, 2, 16, 16), (1, 21, 1, 32, 64)]:
+    r, k, v, w, u, s0 = inputs(*shape)
+    got = wkv6.triton_recurrent(r, k, v, w, u, scale=0.5, initial_state=s0, output_final_state=True)
+    rwkvlab.check(f"triton_recurrent vs naive {shape}", got,
+                  reference(r, k, v, w, u, s0, scale=0.5, output_final_state=True), 1e-4)
+
+r, k, v, w, u, s0 = inputs(1, 29, 2, 16, 32, N=3)
+cu = torch.tensor([0, 5, 22, 29], device=DEV)
+got = wkv6.triton_recurrent(r, k, v, w, u, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+rwkvlab.check("triton_recurrent varlen [5, 17, 7] vs naive", got,
+              reference(r, k, v, w, u, s0, output_final_state=True, cu_seqlens=cu.cpu()), 1e-4)
+
+# %% [markdown]
+# ## 3. The backward pass, derived
+#
+# Training needs the gradient of a loss $L$ with respect to every input. Write $\bar x$ for
+# $\partial L/\partial x$. We are given $\bar o_t$ for every token and $\bar S_T$, the gradient
+# flowing in through the final state (zero if the final state is not used). Everything follows
+# from the two equations of the recurrence and the chain rule.
+#
+# **The state's gradient runs backwards in time.** $S_{t-1}$ is used twice: by the output
+# $o_t$ (through $q_t^\top S_{t-1}$) and by the next state (through $\mathrm{diag}(e^{w_t})S_{t-1}$).
+# Adding both uses,
+#
+# $$ \bar S_{t-1} = \mathrm{diag}(e^{w_t})\,\bar S_t + q_t\,\bar o_t^\top, \qquad \bar S_T \text{ given.} $$
+#
+# It is the forward recurrence run in reverse: the same decay, and $q_t \bar o_t^\top$ playing
+# the part of $k_t v_t^\top$. The gradient of the initial state is simply $\bar S_0$.
+#
+# **Receptance.** $o_t$ is linear in $q_t$, so
+# $\bar q_t = S_{t-1}\bar o_t + u\odot k_t\,(v_t\cdot\bar o_t)$, and $\bar r_t = \mathrm{scale}\cdot\bar q_t$.
+# Note the state $S_{t-1}$: the receptance gradient needs the *forward* states.
+#
+# **Key and value.** $k_t v_t^\top$ enters the state $S_t$ (gradient $\bar S_t$) and the bonus
+# term of $o_t$:
+#
+# $$ \bar k_t = \bar S_t v_t + u\odot q_t\,(v_t\cdot \bar o_t), \qquad
+#    \bar v_t = \bar S_t^\top k_t + (q_t^\top \mathrm{diag}(u)\, k_t)\,\bar o_t . $$
+#
+# **Bonus.** $u$ is shared by all tokens: $\bar u = \sum_t q_t\odot k_t\,(v_t\cdot\bar o_t)$.
+#
+# **Decay.** Row $i$ of $S_{t-1}$ is multiplied by $e^{w_{t,i}}$, so
+#
+# $$ \bar w_t = e^{w_t}\odot \mathrm{rowsum}\big(\bar S_t \odot S_{t-1}\big). $$
+#
+# A remark on the seed notes this book started from. They give the decay gradient as
+# `dw = -sum(dS * S_prev) * exp(w) * exp(-exp(w))`. That is the right formula for a *different*
+# parameter: the raw `w` of RWKV-LM's CUDA kernel, where the decay factor is
+# $e^{-e^{w}}$ (so $w$ there is our $d$ with $w_\text{ours} = -e^{d}$, Finch's Eq. 18). For the
+# log decay this book and FLA pass to the kernels, the factor is $e^{w}$ and the gradient is the
+# formula above — no minus sign, no second exponential. The cell below checks all three claims
+# against autograd on a small float64 example: our formula matches, the seed's formula applied
+# to the log decay does not, and the seed's formula does match the gradient with respect to $d$.
+
+# %%
+T_, K_, V_ = 12, 4, 3
+r, k, v, w, u, s0 = (x.double().cpu() for x in inputs(1, T_, 1, K_, V_, seed=5))
+d = torch.log(-w).requires_grad_()            # Finch's raw parameter: w = -exp(d)
+w_log = -torch.exp(d)
+o, S_T = wkv6.naive(r, k, v, w_log, u, initial_state=s0, output_final_state=True)
+g = torch.Generator().manual_seed(6)
+do, dS_T = torch.randn(o.shape, generator=g, dtype=torch.float64), torch.randn(S_T.shape, generator=g, dtype=torch.float64)
+grad_w, grad_d = torch.autograd.grad((o * do).sum() + (S_T * dS_T).sum(), [w_log, d])
+
+# the states forward, then the state gradient backwards, for the one head
+q_, k_, v_, w_, do_ = r[0, :, 0], k[0, :, 0], v[0, :, 0], w_log.detach()[0, :, 0], do[0, :, 0]
+S = [s0[0, 0]]
+for t in range(T_):
+    S.append(torch.exp(w_[t])[:, None] * S[t] + torch.outer(k_[t], v_[t]))  # S[t+1] = S_t in the text
+dS = [None] * (T_ + 1)
+dS[T_] = dS_T[0, 0]
+for t in reversed(range(T_)):
+    dS[t] = torch.exp(w_[t])[:, None] * dS[t + 1] + torch.outer(q_[t], do_[t])
+dw_ours = torch.stack([torch.exp(w_[t]) * (dS[t + 1] * S[t]).sum(-1) for t in range(T_)])
+dw_seed = torch.stack([-(dS[t + 1] * S[t]).sum(-1) * torch.exp(w_[t]) * torch.exp(-torch.exp(w_[t]))
+                       for t in range(T_)])
+d_ = d.detach()[0, :, 0]
+dd_seed = torch.stack([-(dS[t + 1] * S[t]).sum(-1) * torch.exp(d_[t]) * torch.exp(-torch.exp(d_[t]))
+                       for t in range(T_)])
+
+rwkvlab.check("dw = exp(w) * rowsum(dS_t * S_{t-1}) vs autograd", dw_ours, grad_w[0, :, 0], 1e-12)
+seed_err = rwkvlab.rel_err(dw_seed, grad_w[0, :, 0])
+print(f"seed's formula applied to the log decay: rel err {seed_err:.2f}  (wrong parameter)")
+assert seed_err > 0.5
+rwkvlab.check("seed's formula as the gradient w.r.t. d, w = -exp(d)", dd_seed, grad_d[0, :, 0], 1e-12)
+rwkvlab.check("d initial_state = dS_0", dS[0], torch.autograd.grad(
+    (wkv6.naive(r, k, v, w_log.detach(), u, initial_state=s0.requires_grad_(), output_final_state=True)[0] * do).sum()
+    + (wkv6.naive(r, k, v, w_log.detach(), u, initial_state=s0, output_final_state=True)[1] * dS_T).sum(),
+    s0)[0][0, 0], 1e-12)
+
+# %% [markdown]
+# ### The decay gradient without the states
+#
+# Everything except $\bar w$ fits a two-pass plan: one forward-time pass that rebuilds
+# $S_{t-1}$ and emits $\bar r_t$, one reverse-time pass that carries $\bar S_t$ and emits
+# $\bar k_t, \bar v_t, \bar u$ and $\bar S_0$. The decay gradient is the odd one out: it needs
+# $\bar S_t$ *and* $S_{t-1}$ at the same time, but one pass runs forwards and the other
+# backwards. Rebuilding $S_{t-1}$ backwards from $S_t$ means dividing by $e^{w_t}$, which is
+# $e^{-8}\approx 3\cdot 10^{-4}$ for a strongly decaying channel and underflows to zero for a
+# very strong one: hopeless.
+#
+# There is a neater way, the one GLA and FLA use. Let $c_t = \sum_{s\le t} w_s$ be the cumulative
+# log decay. Unrolled, every use of the decays is through differences of $c$:
+#
+# $$ o_t = \big(q_t\odot e^{c_{t-1}}\big)^\top \Big(S_0 + \sum_{i<t} (k_i\odot e^{-c_i})\,v_i^\top\Big) + \text{bonus},
+#    \qquad S_T = \mathrm{diag}(e^{c_T})\Big(S_0 + \sum_{i\le T}(k_i\odot e^{-c_i})v_i^\top\Big). $$
+#
+# Treat $c_m$ as the variable. It appears in three places: in $\tilde q_{m+1} = q_{m+1}\odot
+# e^{c_m}$, in $\tilde k_m = k_m\odot e^{-c_m}$, and (for $m = T$) in the factor $e^{c_T}$ of the
+# final state. The derivative of $x\,e^{\pm c}$ with respect to $c$ is $\pm x\,e^{\pm c}$, so
+#
+# $$ \bar c_m = q_{m+1}\odot \bar q'_{m+1} \;-\; k_m\odot \bar k'_m \;+\; [m = T]\;\mathrm{rowsum}(\bar S_T\odot S_T), $$
+#
+# where $\bar q'$ and $\bar k'$ are the gradients *through the state only* ($\bar q'_t = S_{t-1}\bar o_t$,
+# $\bar k'_t = \bar S_t v_t$: the bonus terms left out, since the bonus does not involve the decay).
+# Finally $c_m = \sum_{t\le m} w_t$, so $\bar w_t = \sum_{m\ge t}\bar c_m$, a reverse cumulative sum:
+#
+# $$ \bar w_t = \mathrm{rowsum}(\bar S_T\odot S_T) + \sum_{m>t} r_m\odot\bar r'_m - \sum_{m\ge t} k_m\odot\bar k'_m $$
+#
+# (using $q\odot\bar q' = r\odot\bar r'$). Every term is something one of the two passes already
+# has: $\bar r'_m$ from the forward pass, $\bar k'_m$ from the reverse pass, and
+# $\mathrm{rowsum}(\bar S_T\odot S_T)$ at the end of the forward pass, where $S_T$ sits in
+# registers anyway. So the reverse pass keeps a running sum and writes $\bar w_t$ as it goes. No
+# state is ever stored. Let us confirm the identity on the same example before trusting a
+# kernel with it.
+
+# %%
+dq_state = torch.stack([S[t] @ do_[t] for t in range(T_)])              # q̄'_t = S_{t-1} ō_t
+dk_state = torch.stack([dS[t + 1] @ v_[t] for t in range(T_)])           # k̄'_t = S̄_t v_t
+seed_T = (dS[T_] * S[T_]).sum(-1)                                          # rowsum(S̄_T ⊙ S_T)
+dc = -k_ * dk_state
+dc[:-1] += q_[1:] * dq_state[1:]
+dc[-1] += seed_T
+dw_cumsum = dc.flip(0).cumsum(0).flip(0)                                   # w̄_t = Σ_{m≥t} c̄_m
+rwkvlab.check("dw by the cumulative-sum identity vs autograd", dw_cumsum, grad_w[0, :, 0], 1e-12)
+
+# %% [markdown]
+# ### The two backward kernels
+#
+# The forward-time pass is the forward kernel with the output replaced by $\bar r_t$ (and the
+# seed $\mathrm{rowsum}(\bar S_T\odot S_T)$ stored at the end):
+
+# %%
+print(inspect.getsource(kr.wkv6_bwd_dr_kernel.fn))
+
+# %% [markdown]
+# The reverse-time pass walks the tokens from last to first with $\bar S$ in registers. At each
+# step it first uses $\bar S_t$ (for $\bar k_t, \bar v_t$ and the running sum of $\bar w$), then
+# turns it into $\bar S_{t-1}$ — the mirror image of the forward kernel's "read, then update".
+
+# %%
+print(inspect.getsource(kr.wkv6_bwd_dkvw_kernel.fn))
+
+# %% [markdown]
+# One consequence of splitting $V$ across programs shows up here. $\bar r_t$, $\bar k_t$, $\bar w_t$
+# and $\bar u$ are sums over the value columns, and each program only has `BV` of them. Each
+# program therefore writes its *partial* sum into its own slab of a float32 buffer shaped
+# `[NV, B, T, H, K]`, and the launcher adds the `NV` slabs in torch afterwards. $\bar v_t$ and
+# $\bar S_0$ need no such step: they are per column. The whole backward is glued to autograd by a
+# `torch.autograd.Function`:
+
+# %%
+print(inspect.getsource(kr.bwd))
+print(inspect.getsource(kr._RecurrentFunction))
+
+# %% [markdown]
+# And the check: every input's gradient against autograd through `wkv6.naive` in float64, with
+# gradients flowing in through both the output and the final state, for a plain batch, a batch
+# with `V` split over two programs, and a packed batch.
+
+# %%
+def grad_check(impl, name, B, T, H, K, V, cu=None, seed=1):
+    N = B if cu is None else len(cu) - 1
+    xs = [x.requires_grad_() for x in inputs(B, T, H, K, V, seed=seed, N=N)]
+    cu_t = None if cu is None else torch.tensor(cu, device=DEV)
+    o, ht = impl(*xs[:5], scale=0.7, initial_state=xs[5], output_final_state=True, cu_seqlens=cu_t)
+    g = torch.Generator().manual_seed(seed + 1)
+    do, dht = torch.randn(o.shape, generator=g).to(DEV), torch.randn(ht.shape, generator=g).to(DEV)
+    got = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), xs)
+    ref = [x.detach().double().cpu().requires_grad_() for x in xs]
+    o_r, ht_r = wkv6.naive(*ref[:5], scale=0.7, initial_state=ref[5], output_final_state=True,
+                           cu_seqlens=None if cu is None else torch.tensor(cu))
+    want = torch.autograd.grad((o_r * do.double().cpu()).sum() + (ht_r * dht.double().cpu()).sum(), ref)
+    rwkvlab.check(f"{name} grads (r, k, v, w, u, initial_state) {(B, T, H, K, V)}{'' if cu is None else ' cu=' + str(cu)}",
+                  got, want, 1e-4)
+
+
+grad_check(wkv6.triton_recurrent, "triton_recurrent", 2, 9, 2, 16, 32)
+grad_check(wkv6.triton_recurrent, "triton_recurrent", 1, 18, 1, 16, 64)
+grad_check(wkv6.triton_recurrent, "triton_recurrent", 1, 17, 2, 16, 16, cu=[0, 4, 17])
+
+# %% [markdown]
+# ## 4. Recompute or store? The memory bill
+#
+# The backward pass above runs the forward recurrence a second time instead of keeping the
+# states. That is a choice, and the alternatives are worth pricing for a real training shape:
+# $B = 4$, $T = 4096$, $H = 32$, $K = V = 64$, bfloat16 activations, float32 states.
+#
+# - **Store every state.** The backward then needs no recompute, and $\bar w_t$ could use the
+#   direct formula. But there are $B\,T\,H$ states of $K V$ float32 numbers each.
+# - **Checkpoints every $C$ tokens.** Store $S$ at every $C$-th token; in the backward, rebuild
+#   the $C$ states of a segment from its checkpoint and sweep them backwards. $C$ times less
+#   memory, one extra forward's worth of work, and a scratch buffer per program.
+# - **Recompute everything (this chapter's kernels).** No states at all; the price is the second
+#   forward pass inside the backward and the float32 partial-sum buffers of Section 3 (three of
+#   them, $\bar r, \bar k, \bar w$, each `NV` slabs of $B\,T\,H\,K$).
+# - **FLA's chunked kernels** sit in between: the forward stores only the state at the start of
+#   each chunk of $C$ tokens ($B\,H\,\lceil T/C\rceil$ states), and the backward either reads them
+#   or recomputes them (a flag); the intra-chunk part is recomputed from the inputs either way.
+#
+# The cell computes the bytes.
+
+# %%
+Bm, Tm, Hm, Km, Vm = 4, 4096, 32, 64, 64
+MiB = 2 ** 20
+inputs_bytes = (3 * Bm * Tm * Hm * Km + Bm * Tm * Hm * Vm) * 2               # r, k, w, v in bf16
+state_bytes = Km * Vm * 4                                                    # one float32 state
+rows = {
+    "inputs r, k, v, w (bf16), for scale": inputs_bytes,
+    "store every state S_t": Bm * Tm * Hm * state_bytes,
+    "checkpoint every 64 tokens": Bm * (Tm // 64) * Hm * state_bytes,
+    "chunk-start states, C = 16": Bm * (Tm // 16) * Hm * state_bytes,
+    "chunk-start states, C = 64": Bm * (Tm // 64) * Hm * state_bytes,
+    "recompute (partials dr, dk, dw; NV = 1)": 3 * 1 * Bm * Tm * Hm * Km * 4,
+    "recompute (partials dr, dk, dw; NV = 2)": 3 * 2 * Bm * Tm * Hm * Km * 4,
+}
+print("| strategy | extra memory for the backward | vs the inputs |")
+print("| --- | ---: | ---: |")
+for name, nbytes in rows.items():
+    print(f"| {name} | {nbytes / MiB:,.0f} MiB | {nbytes / inputs_bytes:.2f}x |")
+assert rows["store every state S_t"] == 64 * rows["checkpoint every 64 tokens"]
+assert rows["store every state S_t"] / inputs_bytes == Km * Vm * 4 / (2 * (3 * Km + Vm)) == 32.0
+assert rows["recompute (partials dr, dk, dw; NV = 1)"] < rows["chunk-start states, C = 16"]
+
+# %% [markdown]
+# Storing every state costs 32 times the inputs — 8 GiB for one layer of one batch — which is
+# why no training kernel does it. Checkpoints and chunk-start states cost a few hundred MiB; our
+# recompute strategy costs a similar amount, not for states but for float32 partial sums (and
+# twice that when `V` is split over two programs: the price of parallelism in the backward is
+# memory). In time, recomputing is one extra sequential sweep over the tokens — for a
+# memory-bound recurrence roughly 1.5× the forward's traffic added to the backward. FLA's choice
+# of storing chunk-start states is attractive precisely because they also let the backward run
+# *in parallel over chunks*: with the state at every chunk boundary in memory, each chunk's
+# gradient is an independent little problem.
+#
+# ## 5. The chunked kernel: the same operator on `tl.dot`
+#
+# The recurrent kernel does $O(KV)$ work per token, all of it elementwise, in a loop of $T$
+# dependent steps. Chapter 06 showed how to cover a chunk of $C$ tokens at a time with matrix
+# products. Inside a chunk, let $c_i$ be the cumulative log decay from the chunk's start
+# (inclusive, so $c_{i-1}$ for the first token is 0) and $S$ the state at the start:
+#
+# $$ o_i = \underbrace{(q_i\odot e^{c_{i-1}})^\top S}_{\text{inter}}
+#        + \underbrace{\sum_{j<i} \Big(\sum_\kappa q_{i\kappa}k_{j\kappa}e^{c_{i-1,\kappa}-c_{j\kappa}}\Big) v_j}_{\text{intra}}
+#        + \underbrace{(q_i^\top\mathrm{diag}(u)k_i)\,v_i}_{\text{bonus}}, \qquad
+#    S \leftarrow \mathrm{diag}(e^{c_\text{last}})\,S + (k\odot e^{c_\text{last}-c})^\top V . $$
+#
+# Three of these are matrix products over the chunk: $\tilde Q S$ ($C\times K$ by $K\times BV$),
+# $A V$ ($C\times C$ by $C\times BV$, with $A$ the intra-chunk weights and the bonus on its
+# diagonal) and $\tilde K^\top V$ ($K\times C$ by $C\times BV$). Those go to `tl.dot`, i.e. to the
+# tensor cores on a GPU. Every exponent in them is $\le 0$: $c_{i-1}$, $c_\text{last}-c_j$, and
+# $c_{i-1}-c_j$ for $j<i$ are all sums of log decays.
+#
+# The intra-chunk weights are the delicate part. The tempting factorisation
+# $A = (Q\odot e^{c_{i-1}})(K\odot e^{-c})^\top$ would make $A$ a fourth matmul, but $e^{-c_j}$
+# grows without bound: with $w = -8$ it passes float32's largest value ($e^{88.7}$) after twelve
+# tokens. Chapter 06 took the pairwise exponent $c_{i-1}-c_j$ directly instead, and so does the
+# kernel: it builds $A$ one column $j$ at a time, each column a $C\times K$ elementwise product
+# with the exact exponent, masked to $j<i$ *before* the exponential (so no positive exponent is
+# ever evaluated, not even in a discarded lane). This costs $C^2K$ exponentials per chunk — the
+# same count as the matmul would have had multiply-adds, but on the slower special-function
+# units. A larger chunk size means fewer sequential steps but quadratically more of this work,
+# which is why 16 or 32 is the sweet spot; FLA gets the best of both with *sub-chunks*: exact
+# exponents on the diagonal blocks of 16 tokens, and matmuls relative to a sub-chunk boundary for
+# the off-diagonal ones. The plot shows the problem the exact form avoids.
+
+# %%
+C_pic = 32
+c_pic = torch.cumsum(torch.full((C_pic,), -8.0), 0)
+fig, ax = plt.subplots(figsize=(7, 3.2))
+ax.plot(range(C_pic), (-c_pic).tolist(), "o-", label=r"factorised: exponent $-c_j$ of $k_j e^{-c_j}$")
+ax.plot(range(C_pic), [0.0] * C_pic, "s-", label=r"exact: largest $c_{i-1}-c_j$ over $i>j$ (always 0)")
+ax.axhline(88.7, color="red", ls="--", label="float32 overflow, exp(88.7)")
+ax.set_xlabel("token j inside the chunk (w = -8 everywhere)"), ax.set_ylabel("exponent")
+ax.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+overflowing = torch.exp(-c_pic)
+assert not torch.isfinite(overflowing).all() and torch.isfinite(overflowing[:11]).all()
+
+# %% [markdown]
+# The kernel itself. One program per (sequence·head, value block), as before; the loop now steps
+# a chunk of `BT` tokens at a time and keeps the state tile in registers between chunks. State
+# passing and output therefore happen in one kernel and the state never touches memory.
+
+# %%
+print(inspect.getsource(kc.wkv6_fwd_chunked_kernel.fn))
+
+# %% [markdown]
+# A few choices in that listing:
+#
+# - **Padding the last chunk.** Rows past the end of the sequence are loaded as zeros, and their
+#   log decay as $0$ (factor 1). Zero keys and values add nothing; zero decay leaves $c_\text{last}$
+#   equal to the last real token's $c$. So any $T\ge 1$ works, with no special last-chunk code.
+# - **Precision of `tl.dot`.** With float32 inputs the products run in IEEE float32
+#   (`input_precision="ieee"`; the default on recent GPUs is TF32, whose 10-bit mantissa would
+#   miss the $10^{-4}$ target). With bfloat16 inputs on a GPU the operands are cast to bfloat16
+#   for the tensor cores while the state stays float32. In the interpreter everything stays
+#   float32, because `tl.dot` on bfloat16 operands gives wrong answers there (DESIGN.md).
+# - **One kernel instead of two.** FLA splits the work into a kernel that computes and stores
+#   every chunk's starting state, then an output kernel parallel over chunks. That is better when
+#   $B\cdot H\cdot NV$ is too small to fill the GPU (long single sequences, few heads), at the
+#   price of writing the states to memory. At training shapes with $B\cdot H \ge 128$ the single
+#   kernel already has a program per multiprocessor, and it is the easier one to read.
+#
+# **The backward of the chunked kernel** is, in this version, the recurrent backward of
+# Section 3: `triton_chunked` saves its inputs and, when autograd asks, runs the two recurrent
+# backward kernels. The gradients are exact (the check below and the tests assert it), but
+# training runs at the speed of a token-by-token sweep. A chunked backward — chunk-start states
+# stored by the forward (or recomputed), then per-chunk gradient matmuls — is Exercise 5.
+
+# %%
+for shape, C in [((1, 1, 1, 16, 16), 16), ((2, 7, 2, 16, 32), 16), ((1, 37, 2, 16, 16), 16),
+                 ((1, 40, 1, 32, 16), 32), ((1, 21, 1, 32, 64), 32)]:
+    r, k, v, w, u, s0 = inputs(*shape)
+    got = wkv6.triton_chunked(r, k, v, w, u, scale=0.5, initial_state=s0, output_final_state=True, chunk_size=C)
+    rwkvlab.check(f"triton_chunked C={C} vs naive {shape}", got,
+                  reference(r, k, v, w, u, s0, scale=0.5, output_final_state=True), 1e-4)
+
+r, k, v, w, u, s0 = inputs(1, 29, 2, 16, 32, N=3)
+got = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+rwkvlab.check("triton_chunked varlen [5, 17, 7] vs naive", got,
+              reference(r, k, v, w, u, s0, output_final_state=True, cu_seqlens=cu.cpu()), 1e-4)
+
+# strong decay: w = -8 (and a few w = 0) over 40 tokens; the factorised form would need e^{320}
+r, k, v, w, u, s0 = inputs(1, 40, 2, 16, 16)
+w = torch.full_like(w, -8.0)
+w[:, ::7] = 0.0
+o, ht = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True)
+assert torch.isfinite(o).all() and torch.isfinite(ht).all()
+rwkvlab.check("triton_chunked, w = -8, vs naive", (o, ht), reference(r, k, v, w, u, s0, output_final_state=True), 1e-4)
+
+grad_check(wkv6.triton_chunked, "triton_chunked", 2, 9, 2, 16, 32)
+
+# %% [markdown]
+# ## 6. Both kernels agree with everything else
+#
+# A last cross-check on the ladder: on one input, the naive loop, the torch chunked form of
+# chapter 06 and both kernels give the same output, in float32, to the book's tolerances.
+
+# %%
+r, k, v, w, u, s0 = inputs(2, 33, 2, 16, 32, seed=9)
+o_naive, h_naive = wkv6.naive(r, k, v, w, u, initial_state=s0, output_final_state=True)
+o_torch, h_torch = wkv6.chunked(r, k, v, w, u, initial_state=s0, output_final_state=True)
+o_rec, h_rec = wkv6.triton_recurrent(r, k, v, w, u, initial_state=s0, output_final_state=True)
+o_chk, h_chk = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True)
+rwkvlab.check("torch chunked vs naive (float32)", (o_torch, h_torch), (o_naive, h_naive), 1e-5)
+rwkvlab.check("triton_recurrent vs torch chunked", (o_rec, h_rec), (o_torch, h_torch), 1e-4)
+rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_rec), 1e-4)
+
+# %% [markdown]
+# ## 7. On a GPU: bfloat16 and speed
+#
+# Everything above ran wherever the book runs. On a CUDA machine the next cell checks a larger
+# bfloat16 problem against float64 and times the kernels. The stated tolerance for bfloat16 is a
+# relative error of $2\cdot 10^{-2}$ on outputs and gradients, compared with float64 on the same
+# (already bf16-rounded) inputs; bfloat16 keeps 8 bits of mantissa, so rounding the output alone
+# costs about $2^{-9}\approx 2\cdot 10^{-3}$.
+#
+# For the record, here is what `python3 benchmarks/bench_wkv6.py` measured on an NVIDIA H100
+# (compiled Triton 3.6.0, torch 2.11) at $B=4, T=4096, H=32, K=V=64$ in bfloat16, when this
+# chapter was written (medians of `triton.testing.do_bench`; the last column is the relative
+# difference of the output from the torch chunked form on the same inputs):
+#
+# | implementation | forward ms | forward+backward ms | rel. diff of $o$ |
+# | --- | ---: | ---: | ---: |
+# | torch chunked (`wkv6.chunked`, C = 16) | 28.3 | 266.7 | — |
+# | `triton_recurrent` | 9.3 | 21.6 | 2e-05 |
+# | `triton_chunked`, C = 16 | 4.5 | 16.7 | 3e-03 |
+# | `triton_chunked`, C = 32 | 5.1 | 17.4 | 3e-03 |
+# | `triton_chunked`, C = 64 | 6.8 | 19.5 | 3e-03 |
+#
+# Three things to read off it. The chunked kernel's forward is twice as fast as the recurrent
+# one, and chunks of 16 beat 32 and 64: the $C^2K$ exponentials of the intra-chunk weights grow
+# faster than the sequential steps shrink (Exercise 6). The forward+backward times differ by
+# less, because both use the same recurrent backward (about 12 ms of the total). And the
+# chunked kernel's bfloat16 output differs from the float32-state references by $3\cdot10^{-3}$
+# rather than $2\cdot10^{-5}$: its matmuls take bfloat16 operands (the decayed queries and a
+# bfloat16 copy of the state) for the tensor cores — well inside the stated tolerance, and the
+# price of using them. Against a memory-bound ideal (reading 320 MB of inputs and outputs takes
+# about 0.1 ms at 3 TB/s) both kernels are far from the limit: each program's sequential loop,
+# not bandwidth, is the bottleneck, which is what FLA's chunk-parallel design attacks.
+
+# %%
+if rwkvlab.device.has_gpu():
+    import triton
+
+    xs = [x.requires_grad_() for x in inputs(2, 1024, 4, 64, 64, dtype=torch.bfloat16)]
+    for name, impl in [("triton_recurrent", wkv6.triton_recurrent), ("triton_chunked", wkv6.triton_chunked)]:
+        o, ht = impl(*xs[:5], initial_state=xs[5], output_final_state=True)
+        rwkvlab.check(f"{name} bf16 (2, 1024, 4, 64, 64) vs float64", (o, ht),
+                      reference(*xs, output_final_state=True), 2e-2)
+    xb = inputs(4, 4096, 32, 64, 64, dtype=torch.bfloat16)[:5]
+    print("| implementation (B=4, T=4096, H=32, K=V=64, bf16) | forward ms |")
+    print("| --- | ---: |")
+    for name, impl in [("torch chunked (C=16)", wkv6.chunked), ("triton_recurrent", wkv6.triton_recurrent),
+                       ("triton_chunked (C=16)", wkv6.triton_chunked),
+                       ("triton_chunked (C=32)", functools.partial(wkv6.triton_chunked, chunk_size=32))]:
+        ms = triton.testing.do_bench(lambda: impl(*xb), warmup=10, rep=50)
+        print(f"| {name} | {ms:.2f} |")
+else:
+    print("no CUDA GPU: the bfloat16 check and the timings run only on a GPU "
+          "(python3 benchmarks/bench_wkv6.py prints the full table there)")
+
+# %% [markdown]
+# ## Summary
+#
+# - A Triton program owns a block of the state's *value columns* with all of its key rows:
+#   columns never interact, rows are summed by the output, so this split needs no communication.
+#   Grid `(⌈V/BV⌉, N·H)`, a `K×BV` float32 tile in registers, a loop over time.
+# - The forward kernel is the recurrence with the tile in place of $S$: read $S_{t-1}$ plus the
+#   bonus, then decay and add $k_tv_t^\top$. Variable-length batches are just per-program bounds.
+# - The backward is a reverse-time recurrence for $\bar S$, the forward recurrence's mirror
+#   image. $\bar r$ needs the forward states (a forward-time pass recomputes them); $\bar k, \bar v,
+#   \bar u, \bar S_0$ come from the reverse pass.
+# - The decay gradient $\bar w_t = e^{w_t}\odot\mathrm{rowsum}(\bar S_t\odot S_{t-1})$ can be
+#   rewritten as a reverse cumulative sum of $r\odot\bar r' - k\odot\bar k'$ plus a final-state
+#   term, so no state is ever stored. The seed notes' formula with $e^{-e^w}$ is the gradient
+#   for RWKV-LM's raw parameter $d$ ($w = -e^d$), not for the log decay.
+# - Storing every state would cost 32× the inputs at a real shape; checkpoints, chunk-start
+#   states and recomputation each cost a few hundred MiB, paid in different currencies.
+# - The chunked kernel moves three products per chunk onto `tl.dot` and keeps every exponent
+#   $\le 0$ by building the intra-chunk weights column by column with the exact relative decay;
+#   its backward in this version is the recurrent one.
+#
+# ## Exercises
+#
+# 1. Swap the two lines "compute `b_o`" and "update `b_h`" in a copy of the forward kernel. Which
+#    single input would you change so that the swapped kernel happens to give the right answer?
+#    Write a check that tells the two kernels apart on random input.
+# 2. Split the key dimension too: give each program a `BK × BV` tile with `BK = K/2`, write the
+#    partial outputs to a `[NK, B, T, H, V]` buffer and sum them in torch. Check it against
+#    `wkv6.naive`. How does the grid size change, and what does the extra buffer cost at
+#    $B=4, T=4096, H=32$?
+# 3. Implement the *direct* decay gradient $\bar w_t = e^{w_t}\odot\mathrm{rowsum}(\bar S_t\odot
+#    S_{t-1})$ with checkpoints every 16 tokens: the forward-time pass stores $S$ at every 16th
+#    token, and the reverse pass rebuilds each segment's 16 states into a scratch buffer before
+#    sweeping it backwards. Compare its memory with the table of Section 4.
+# 4. The cumulative-sum identity for $\bar w$ subtracts two large sums when the sequence is
+#    long. Measure its float32 error against float64 for $T = 64, 256, 1024$ (on a GPU) with
+#    $w$ close to 0. Does the error grow with $T$? Propose a fix.
+# 5. Write a chunked backward: let `triton_chunked` store the state at each chunk start
+#    (`[N, H, ⌈T/C⌉, K, V]` float32), then compute $\bar q, \bar k, \bar v$ per chunk with three
+#    matmuls each and $\bar w$ with the cumulative-sum identity inside the chunk. Check it against
+#    the recurrent backward and time both with `benchmarks/bench_wkv6.py`.
+# 6. Change `chunk_size` in `triton_chunked` to 64 on a GPU and time it. Explain the result with
+#    the count of exponentials per chunk ($C^2K$) against the number of sequential steps ($T/C$).
