@@ -1,0 +1,432 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Two modes, one model: parallel training, RNN inference
+#
+# Every RWKV model can be run two ways. In **parallel mode** it reads a whole sequence at once,
+# as a transformer does when it trains: the WKV state update runs in its chunked form
+# (chapters 6 and 10), and every position's logits come out together. In **RNN mode** it reads
+# one token, updates a fixed-size state, and emits the next logits — the form that generates
+# text in constant memory. They are the same function. This chapter proves that with the
+# book's own models and measures what each mode costs. At its end you will be able to
+#
+# * say exactly what an RWKV model remembers between tokens, and how many bytes that is;
+# * run `rwkvlab.model` in both modes, cut a text anywhere and continue from the state, and
+#   check all of it against the parallel forward;
+# * measure memory and time per token against the number of tokens already read, for RWKV and
+#   for a softmax transformer of the same width and depth decoding with a KV cache;
+# * predict from the shapes alone when the KV cache outgrows the RWKV state (for the
+#   width-768 configuration: after 33 tokens).
+#
+# The idea in one line: the state after $t$ tokens is a complete summary of them, so
+#
+# $$
+# \operatorname{model}(x_{1:t}) \;=\; \operatorname{model}\big(x_{s+1:t};\; \text{state}(x_{1:s})\big)
+# \qquad\text{for every } 0 \le s < t ,
+# $$
+#
+# and RNN mode is the case $t = s + 1$, applied over and over.
+
+# %%
+import rwkvlab
+
+print(rwkvlab.device.describe())
+
+# %%
+import inspect
+import statistics
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+from rwkvlab import attention
+from rwkvlab import model as M
+from rwkvlab import wkv7
+from rwkvlab.model import transformer as tf
+from rwkvlab.model import x070
+
+torch.manual_seed(0)
+gen = torch.Generator().manual_seed(0)
+
+# %% [markdown]
+# ## 1. What an RWKV model remembers
+#
+# Go through one block of chapter 12 and ask what each line needs from earlier tokens. The
+# token shift needs the previous token's input to the time mix, a vector of $C$ numbers. The
+# state update needs $S_{t-1}$, one $N\times N$ matrix per head, so $H N^2 = C N$ numbers. The
+# channel mix has its own token shift: $C$ more. Nothing else looks back. The state of a whole
+# model is therefore, per sequence,
+#
+# $$
+# \underbrace{L\,(2C + C N)}_{\text{numbers}} \quad\text{independent of how many tokens have been read.}
+# $$
+#
+# `rwkvlab.model` keeps it as a list with one `LayerState(att_shift, wkv, ffn_shift)` per block;
+# the WKV matrices are float32 (DESIGN.md), whatever the model's dtype.
+
+# %%
+cfg = M.Config7.make(vocab_size=256, n_embd=64, n_layer=2, head_size=32, d_decay=16, d_aaa=16, d_mv=16, d_gate=16)
+net = M.RWKV7(cfg).init_weights("random", seed=0)
+idx = torch.randint(0, 256, (2, 24), generator=gen)
+with torch.no_grad():
+    logits, state = net(idx)
+for i, layer in enumerate(state):
+    print(f"block {i}: " + ", ".join(f"{f} {tuple(t.shape)}" for f, t in zip(layer._fields, layer)))
+C, L, N = cfg.n_embd, cfg.n_layer, cfg.head_size
+per_sequence = 4 * L * (2 * C + C * N)
+print(f"state: {M.state_nbytes(state)} bytes for 2 sequences = {per_sequence} bytes each")
+assert M.state_nbytes(state) == 2 * per_sequence
+with torch.no_grad():
+    assert M.state_nbytes(net(idx[:, :3])[1]) == M.state_nbytes(state), "the state does not grow with T"
+
+# %% [markdown]
+# ## 2. The two modes in code
+#
+# Both modes run the same blocks. The model hands each block a *core*, the function that
+# applies the WKV update to `[B, T, H, N]` tensors: in parallel mode a sequence implementation
+# of `rwkvlab.wkv7` (`chunked` by default on CPU, the chunked Triton kernel on a GPU), in RNN
+# mode `wkv7.step` on a single token. Everything else — token shift, projections, norms, MLP —
+# is literally the same code, run on a sequence of length one.
+
+# %%
+print(inspect.getsource(M.LanguageModel.forward))
+print(inspect.getsource(M.LanguageModel.step))
+print(inspect.getsource(M.LanguageModel._run))
+print(inspect.getsource(x070.RWKV7.sequence_core))
+print(inspect.getsource(x070.RWKV7.step_core))
+
+# %% [markdown]
+# Now the claim. Feed the 24 tokens one at a time through `step` and compare every position's
+# logits, and the final state, with the parallel forward. Then cut the sequence at several
+# places, run each piece in parallel mode starting from the previous piece's state, and
+# compare again. The same holds for RWKV-6, whose core is `rwkvlab.wkv6`.
+
+# %%
+def rnn_mode(model, idx, state=None):
+    outs = []
+    with torch.no_grad():
+        for t in range(idx.shape[1]):
+            lt, state = model.step(idx[:, t], state)
+            outs.append(lt)
+    return torch.stack(outs, 1), state
+
+
+def flat(state):
+    return [t for layer in state for t in layer]
+
+
+def in_pieces(model, idx, cuts):
+    outs, state = [], None
+    with torch.no_grad():
+        for s, e in zip([0] + cuts, cuts + [idx.shape[1]]):
+            lt, state = model(idx[:, s:e], state)
+            outs.append(lt)
+    return torch.cat(outs, 1), state
+
+
+net6 = M.RWKV6(M.Config6.make(vocab_size=256, n_embd=64, n_layer=2, head_size=32, d_mix=8, d_decay=16))
+net6.init_weights("random", seed=1)
+for name, mdl in (("RWKV-7", net), ("RWKV-6", net6)):
+    with torch.no_grad():
+        ref, ref_state = mdl(idx)
+    got, got_state = rnn_mode(mdl, idx)
+    rwkvlab.check(f"{name}: RNN mode vs parallel, logits", got, ref, 1e-5)
+    rwkvlab.check(f"{name}: RNN mode vs parallel, final state", flat(got_state), flat(ref_state), 1e-5)
+    for cuts in ([1], [7, 8, 20], [5, 10, 15, 23]):
+        got, got_state = in_pieces(mdl, idx, cuts)
+        rwkvlab.check(f"{name}: pieces cut at {cuts}", [got] + flat(got_state), [ref] + flat(ref_state), 1e-5)
+
+# %% [markdown]
+# Why should they agree? Parallel mode is not an approximation of the recurrence: the chunked
+# WKV forms of chapters 6 and 10 are exact algebraic rearrangements of it, and every other
+# operation in the block acts on one position at a time (or, for the token shift, on two
+# neighbouring ones, which the shift state supplies across a cut). The only difference is the
+# order of floating-point additions, which is why the errors above are a few units of float32
+# rounding, $10^{-7}$, and do not grow with the length. That last point is worth a look:
+
+# %%
+T_long = rwkvlab.device.pick(96, 512)
+long_idx = torch.randint(0, 256, (1, T_long), generator=gen)
+with torch.no_grad():
+    par, _ = net(long_idx)
+seq, _ = rnn_mode(net, long_idx)
+err_by_pos = ((seq - par).norm(dim=-1) / par.norm(dim=-1))[0]
+fig, ax = plt.subplots(figsize=(7, 2.8))
+ax.semilogy(err_by_pos)
+ax.set_xlabel("position t")
+ax.set_ylabel("relative error of logits")
+ax.set_title("RNN mode vs parallel mode, float32")
+plt.tight_layout()
+plt.show()
+print(f"largest per-position error over {T_long} tokens: {err_by_pos.max():.0e}")
+assert float(err_by_pos.max()) < 1e-5
+
+# %% [markdown]
+# This equality is what makes RWKV practical. A chat application reads a long prompt in
+# parallel mode (fast, like a transformer's prefill), keeps only the state, and then
+# generates in RNN mode; the next user message is again read in parallel from the saved state.
+# `model.generate` does exactly the first two steps:
+
+# %%
+print(inspect.getsource(M.LanguageModel.generate))
+
+# %% [markdown]
+# ## 3. Memory per token: the state against a KV cache
+#
+# A softmax transformer decodes with a **KV cache**: to produce token $t+1$ it attends over the
+# keys and values of all $t$ earlier tokens, so it must keep them, $2C$ numbers per token per
+# layer (keys and values of all heads). For a transformer of the same width and depth:
+#
+# $$
+# \text{KV cache}(T) = 2\,L\,C\,T, \qquad \text{RWKV state} = L\,(2C + CN)
+# \quad\Longrightarrow\quad
+# \text{equal at } T^\ast = 1 + \tfrac{N}{2}.
+# $$
+#
+# The crossover depends only on the head size. With $N = 64$, as in every released RWKV-7,
+# a same-shaped KV cache is larger than the *entire* RWKV state after 33 tokens, in the same
+# precision; a bfloat16 cache against a float32 state moves that to 65. Past it, the cache
+# keeps growing and the state does not.
+#
+# We measure instead of trusting the formula: the softmax baseline of `rwkvlab.model.transformer`
+# (same residual layout and MLP as the RWKV models, `attention.kv_cache_step` for decoding) is
+# built with the same $C$, $L$ and heads as `net`, both generate 64 tokens, and we weigh the
+# objects each one holds after every token.
+
+# %%
+tcfg = tf.Config(vocab_size=256, n_embd=C, n_layer=L, head_size=N, dim_ffn=cfg.dim_ffn, max_len=128)
+base = tf.Transformer(tcfg).init_weights(seed=0)
+T_gen = 64
+toks = torch.randint(0, 256, (1, T_gen), generator=gen)
+rwkv_bytes, kv_bytes = [], []
+st, cache = None, None
+with torch.no_grad():
+    for t in range(T_gen):
+        _, st = net.step(toks[:, t], st)
+        _, cache = base.step(toks[:, t], cache)
+        rwkv_bytes.append(M.state_nbytes(st))
+        kv_bytes.append(tf.cache_nbytes(cache))
+tokens_read = list(range(1, T_gen + 1))
+crossover = next(t for t, a, b in zip(tokens_read, rwkv_bytes, kv_bytes) if b >= a)
+fig, ax = plt.subplots(figsize=(7, 3.2))
+ax.plot(tokens_read, [b / 1024 for b in rwkv_bytes], label="RWKV-7 state")
+ax.plot(tokens_read, [b / 1024 for b in kv_bytes], label="softmax KV cache")
+ax.axvline(crossover, ls=":", c="gray")
+ax.set_xlabel("tokens read")
+ax.set_ylabel("KiB per sequence")
+ax.set_title(f"C = {C}, L = {L}, N = {N}: the cache overtakes the state at T = {crossover}")
+ax.legend()
+plt.tight_layout()
+plt.show()
+assert len(set(rwkv_bytes)) == 1, "the RWKV state has one size"
+assert all(b == 2 * L * C * 4 * t for t, b in zip(tokens_read, kv_bytes)), "the cache grows by 2LC floats a token"
+assert crossover == 1 + N // 2
+print(f"measured crossover: {crossover} tokens = 1 + N/2")
+
+# %% [markdown]
+# For real model sizes the formula gives:
+
+# %%
+for name, (C_, L_, N_) in {"RWKV-7 0.1B (L12, C768)": (768, 12, 64), "RWKV-7 1.5B (L24, C2048)": (2048, 24, 64),
+                           "RWKV-7 7B-class (L32, C4096)": (4096, 32, 64)}.items():
+    state_mb = 4 * L_ * (2 * C_ + C_ * N_) / 2**20
+    kv_per_token_kb = 2 * 2 * L_ * C_ / 2**10                 # bfloat16 cache
+    print(f"{name:30s} state {state_mb:6.1f} MiB (float32) | same-shape bf16 KV cache: "
+          f"{kv_per_token_kb:5.0f} KiB/token, {kv_per_token_kb * 32768 / 2**20:6.2f} GiB at 32k tokens")
+
+# %% [markdown]
+# Two honest caveats. Real transformers shrink their caches with grouped-query attention
+# (several query heads share one key/value head), which divides the cache by the group size
+# but keeps it linear in $T$. And the RWKV state is small only per *sequence*: serving a batch
+# of $B$ sequences needs $B$ states — still nothing like $B$ caches of a long context.
+#
+# ## 4. Time per token while generating
+#
+# In RNN mode every token costs the same: a fixed number of matrix-vector products and one
+# $N\times N$ update per head. With a KV cache, token $t$ also computes $t$ attention scores
+# per head and reads $t$ keys and values: the cost per token grows linearly with the position,
+# and generating $T$ tokens costs $O(T^2)$ in all.
+#
+# First the token mixers alone, at the shape of the 0.1B model (12 heads of 64): one
+# `wkv7.step` against one `attention.kv_cache_step` over a cache that already holds $T$
+# tokens. Then the whole small models above. Times are medians of a few runs on this machine;
+# on the shared CPU where the book is tested they are noisy, so the only assertions are loose.
+
+# %%
+def median_time(fn, repeats=7):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+H0, N0 = 12, 64
+r_, w_, k_, v_ = (torch.randn(1, H0, N0, generator=gen) for _ in range(4))
+w_ = -0.6 * torch.sigmoid(w_)
+kk = torch.nn.functional.normalize(torch.randn(1, H0, N0, generator=gen), dim=-1)
+S = torch.zeros(1, H0, N0, N0)
+positions = rwkvlab.device.pick([16, 64, 256, 1024, 4096], [16, 64, 256, 1024, 4096, 16384, 65536])
+t_state = median_time(lambda: wkv7.step(r_, w_, k_, v_, -kk, 0.5 * kk, S))
+t_cache = []
+for T in positions:
+    cache_T = attention.KVCache(torch.randn(1, T, H0, N0), torch.randn(1, T, H0, N0))
+    t_cache.append(median_time(lambda: attention.kv_cache_step(r_, k_, v_, cache_T)))
+for T, tc in zip(positions, t_cache):
+    print(f"T = {T:6d}: wkv7.step {1e3 * t_state:7.3f} ms | kv_cache_step {1e3 * tc:7.3f} ms")
+assert all(t > 0 for t in t_cache) and t_state > 0
+assert t_cache[-1] > 2 * t_cache[0], "attention over 4096 cached tokens costs more than over 16"
+
+# %%
+dev = rwkvlab.device.device()
+big = M.RWKV7(M.Config7.make(vocab_size=256, n_embd=256, n_layer=4, head_size=64)).init_weights("rwkv").to(dev)
+bigtf = tf.Transformer(tf.Config(256, 256, 4, 64, 1024, max_len=max(positions) + 1)).init_weights().to(dev)
+tok = torch.tensor([7], device=dev)
+with torch.no_grad():
+    st0 = big.empty_state(1)
+    t_rwkv = median_time(lambda: big.step(tok, st0))
+    t_tf = []
+    for T in positions:
+        cache_T = [attention.KVCache(torch.randn(1, T, 4, 64, device=dev), torch.randn(1, T, 4, 64, device=dev))
+                   for _ in range(4)]
+        t_tf.append(median_time(lambda: bigtf.step(tok, cache_T), repeats=5))
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
+axes[0].loglog(positions, [1e3 * t_state] * len(positions), "o-", label="wkv7.step (state)")
+axes[0].loglog(positions, [1e3 * t for t in t_cache], "s-", label="kv_cache_step (T cached)")
+axes[0].set_title("token mixer only, 12 heads of 64")
+axes[1].loglog(positions, [1e3 * t_rwkv] * len(positions), "o-", label="RWKV-7 model.step")
+axes[1].loglog(positions, [1e3 * t for t in t_tf], "s-", label="softmax model.step")
+axes[1].set_title("whole model, C = 256, L = 4")
+for ax in axes:
+    ax.set_xlabel("tokens already read")
+    ax.set_ylabel("ms per generated token")
+    ax.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+print(f"RWKV-7 step: {1e3 * t_rwkv:.2f} ms at any position; softmax step: "
+      + ", ".join(f"{1e3 * t:.2f} ms at {T}" for T, t in zip(positions, t_tf)))
+
+# %% [markdown]
+# The RWKV curves are one measurement each, drawn flat: a step's inputs (one token, a state
+# of fixed shape) are the same size at every position, so there is nothing in it that could
+# grow; section 2 already ran it at every position of a 96-token text.
+#
+# Read the plots with the machine in mind. On a CPU in eager PyTorch the RWKV step is a few
+# dozen small operations per block, and at short contexts the transformer, with fewer
+# operations, is faster per token; its cost starts climbing once the cache is a few thousand
+# tokens long, while the RWKV step's does not move. On a GPU both are dominated by reading the
+# weights at small batch, the cache adds its own reads on top, and the crossover moves — but
+# the shapes of the two curves, flat against rising, are the structural fact; where they
+# cross is an engineering detail of the implementation.
+#
+# ## 5. Parallel mode: reading a whole sequence
+#
+# Training and prompt reading use parallel mode. Here the comparison is between reading $T$
+# tokens at once with the chunked core and reading them one `step` at a time: same results
+# (section 2), very different speed, because the parallel form turns $T$ matrix-vector
+# products into matrix-matrix products.
+
+# %%
+T_read = rwkvlab.device.pick([16, 64, 256], [256, 1024, 4096])
+rows = []
+with torch.no_grad():
+    for T in T_read:
+        ids = torch.randint(0, 256, (1, T), generator=gen).to(dev)
+        t_par = median_time(lambda: big(ids), repeats=3)
+        if T <= 64 or rwkvlab.device.has_gpu():
+            def steps():
+                s = None
+                for t in range(T):
+                    _, s = big.step(ids[:, t], s)
+            t_seq = median_time(steps, repeats=1)
+        else:
+            t_seq = t_rwkv * T                  # every step costs the same (section 4)
+        rows.append((T, t_par, t_seq))
+        print(f"T = {T:5d}: parallel {1e3 * t_par / T:7.3f} ms/token | one step at a time {1e3 * t_seq / T:7.3f} ms/token")
+assert all(tp > 0 and ts > 0 for _, tp, ts in rows)
+
+# %% [markdown]
+# The parallel form wins per token as soon as there is more than a handful of tokens to read,
+# and the gap widens with $T$ (on a GPU, with the Triton kernels, by orders of magnitude).
+# This is why a model trains in parallel mode and reads prompts in parallel mode, and falls
+# back to RNN mode only where it has no choice: one new token at a time.
+#
+# Against softmax attention, parallel mode has one more advantage that this CPU cannot show
+# at the sizes it can afford: the chunked WKV core is linear in $T$ (about $T\cdot C\cdot$
+# (chunk size $+ N$) multiply-adds per layer), while attention is quadratic ($\approx 2T^2 C$).
+# On the CPU at a few thousand tokens both are still dominated by overheads; the $T^2$ term
+# takes over at long contexts, and memory runs out first unless attention is computed in
+# blocks (chapter 1's flash form).
+
+# %%
+if rwkvlab.device.has_gpu():
+    for T in (1024, 4096, 16384):
+        q = torch.randn(1, T, 12, 64, device=dev)
+        kn = torch.nn.functional.normalize(torch.randn(1, T, 12, 64, device=dev), dim=-1)
+        lw = -0.6 * torch.rand(1, T, 12, 64, device=dev)
+        torch.cuda.synchronize()
+        def run_wkv():
+            wkv7.triton_chunked(q, lw, q, q, -kn, 0.5 * kn)
+            torch.cuda.synchronize()
+        def run_attn():
+            attention.triton_chunked(q, q, q)
+            torch.cuda.synchronize()
+        print(f"T = {T:6d}: wkv7 triton_chunked {1e3 * median_time(run_wkv):7.2f} ms | "
+              f"flash attention {1e3 * median_time(run_attn):7.2f} ms")
+else:
+    print("no GPU: the long-context parallel-mode comparison (Triton kernels at T up to 16k) runs only on a GPU")
+
+# %% [markdown]
+# ## 6. Which mode when
+#
+# | task | mode | why |
+# |---|---|---|
+# | training | parallel (chunked, Triton on a GPU) | all positions' losses at once; matrix-matrix products |
+# | reading a prompt ("prefill") | parallel, then keep the state | same as training, no gradients |
+# | generating | RNN (`model.step`) | one token exists at a time; O(1) memory and time per token |
+# | continuing a conversation | parallel from the saved state | the state summarises everything before |
+# | many independent sequences | parallel with `cu_seqlens`, or a batch of states | each sequence has its own state |
+#
+# The saved state is also a handle for tricks a transformer cannot do cheaply: store the
+# state after a long system prompt once and start every conversation from a copy of it, or
+# tune the initial state itself as a trainable parameter ("state tuning"), since it has the
+# same few megabytes whatever the prompt length.
+#
+# ## Summary
+#
+# * An RWKV model's memory of the past is $L(2C + CN)$ numbers per sequence: two token-shift
+#   vectors and one $N\times N$ matrix per head, per block. It does not grow.
+# * Parallel mode and RNN mode compute the same function; the book's models agree to float32
+#   rounding at every position, whether the text is read whole, token by token, or in
+#   arbitrary pieces.
+# * A same-shaped KV cache is larger than the whole RWKV state after $1 + N/2$ tokens (33 for
+#   $N = 64$), and keeps growing by $2LC$ numbers a token; its time per generated token grows
+#   with the position, while RNN mode's stays flat.
+# * Train and prefill in parallel mode; generate in RNN mode.
+#
+# ## Exercises
+#
+# 1. Derive the crossover $T^\ast$ for a transformer with grouped-query attention that has
+#    $H/g$ key/value heads. For which $g$ is the KV cache of 4k tokens as small as the RWKV state?
+# 2. RWKV-6 has the same state layout. Verify with `M.state_nbytes` that its state has the
+#    same size as RWKV-7's for the same $C$, $L$, $N$.
+# 3. Run the pieces check of section 2 with 1,000 random cut patterns. Is the largest error
+#    still below $10^{-5}$? Which cut pattern is worst, and why is it not the one with most cuts?
+# 4. Time `net(idx)` for `impl="naive"` and `impl="chunked"` at T = 16, 64, 256. Where does
+#    the chunked form start to pay off on this CPU?
+# 5. Store the state after a 100-token "system prompt", then generate from two different
+#    user prompts by starting both from copies of it. Check that each continuation equals
+#    reading system prompt + user prompt from scratch.
+# 6. The KV cache in `attention.kv_cache_step` grows by concatenation, copying the whole cache
+#    each token. Write a version with a preallocated buffer and measure how much of the
+#    per-token time at T = 4096 was the copy.
