@@ -1,0 +1,632 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # RWKV-7 in Triton: kernels, the backward pass, and the fused block pieces
+#
+# Chapter 10 turned RWKV-7's state update into matrix algebra that runs in plain torch. This
+# chapter puts the same operator on the GPU as Triton kernels. The result trains: the kernels
+# have a forward and a backward pass, and autograd gets gradients for every input.
+#
+# By the end of the chapter you will be able to
+#
+# - read and modify a *fused recurrent* RWKV-7 kernel, where one program keeps a slice of the
+#   state in registers and walks the sequence;
+# - derive the backward pass of the generalized delta rule by hand, from the adjoint of the
+#   state down to the gradient of the decay, and check it against autograd;
+# - decide between storing every state for the backward pass and recomputing it from
+#   checkpoints, with numbers for a real training shape;
+# - read the *chunked* kernel. It runs chapter 10's WY/UT algebra on `tl.dot`, with the
+#   triangular solve done by forward substitution inside the kernel, and no exponent that
+#   can overflow;
+# - fuse the small elementwise pieces of an RWKV-7 block, and count the bytes the fusion saves.
+#
+# The whole chapter rests on one observation about the recurrence (K×V layout, as everywhere in
+# the book):
+#
+# $$ S_t = \underbrace{\big(\mathrm{diag}(e^{w_t}) + b_t a_t^\top\big)}_{G_t\ (K\times K)}\, S_{t-1} + k_t v_t^\top,
+# \qquad o_t = \text{scale}\cdot S_t^\top r_t . $$
+#
+# The transition $G_t$ multiplies the state **from the left**. It mixes the rows of $S$ (the key
+# channels) but never its columns (the value channels). Column $j$ of the state evolves on its
+# own: $S_t[:, j] = G_t S_{t-1}[:, j] + v_t[j]\, k_t$. So the value dimension can be split
+# across independent programs, exactly as for RWKV-6, even though the transition is no longer
+# diagonal. The key dimension cannot be split: the term $a_t^\top S_{t-1}$ sums over all
+# the rows of a column, so every program needs whole columns.
+
+# %%
+import rwkvlab
+
+print(rwkvlab.device.describe())
+
+# %%
+import inspect
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.patches import FancyArrowPatch, Rectangle
+
+from rwkvlab import wkv7
+from rwkvlab.checking import rel_err
+from rwkvlab.wkv7 import kernels_chunked as kc
+from rwkvlab.wkv7 import kernels_recurrent as kr
+from rwkvlab.wkv7 import reference as ref
+
+DEV = rwkvlab.device.device()
+
+
+def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
+    """Seeded RWKV-7 inputs on the book's device, shaped like a trained layer's:
+    log decay w in (-decay, 0), a = -κ̂ and b = κ̂ ⊙ iclr with κ̂ unit-norm, plus an initial state."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(B, T, H, K, generator=g)
+    w = -decay * torch.rand(B, T, H, K, generator=g)
+    k = torch.randn(B, T, H, K, generator=g) / K ** 0.5
+    v = torch.randn(B, T, H, V, generator=g)
+    kappa = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g), dim=-1)
+    iclr = torch.rand(B, T, H, K, generator=g)
+    s0 = torch.randn(B if N is None else N, H, K, V, generator=g)
+    return [x.to(DEV, dtype) for x in (r, w, k, v, -kappa, kappa * iclr)] + [s0.to(DEV)]
+
+
+def reference(r, w, k, v, a, b, s0, **kw):
+    """wkv7.naive on float64 CPU copies: the answer every kernel is checked against."""
+    xs = [None if x is None else x.detach().double().cpu() for x in (r, w, k, v, a, b, s0)]
+    return wkv7.naive(*xs[:6], initial_state=xs[6], **kw)
+
+
+# %% [markdown]
+# ## 1. Who owns what
+#
+# The kernel runs on a two-dimensional grid `(NV, N·H)`. Program `(i_v, i_nh)` owns one
+# sequence and head (`i_nh`) and one block of `BV` value columns (`i_v`). It keeps the slice
+# $S[:, \text{block } i_v]$ as a float32 tile of shape `[BK, BV]`, with `BK = K`: all the key
+# rows are in one tile. At every step it loads six short vectors: $r_t, w_t, k_t, a_t, b_t$
+# (length `K`) and its `BV` entries of $v_t$. Two of its three operations reduce over `K`, down
+# the columns of its tile:
+#
+# - $sa = a_t^\top S_{t-1}$ (`BV` numbers: how much of $a_t$ each column holds),
+# - $o_t = \text{scale}\cdot S_t^\top r_t$ (the read-out, after the update).
+#
+# The update between them is elementwise on the tile: a per-row decay, plus two rank-one
+# terms, $b_t\, sa^\top$ and $k_t v_t^\top$. No program ever reads another program's columns.
+# The picture shows one head's state cut into column blocks, and what flows through one
+# program in one step.
+
+# %%
+K_pic, V_pic, BV_pic = 8, 16, 4
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1.5, 1]})
+colors = plt.cm.tab10.colors
+for i_v in range(V_pic // BV_pic):
+    ax1.add_patch(Rectangle((i_v * BV_pic, 0), BV_pic, K_pic, color=colors[i_v], alpha=0.5))
+    ax1.text(i_v * BV_pic + BV_pic / 2, K_pic / 2, f"program\ni_v = {i_v}", ha="center", va="center", fontsize=9)
+ax1.add_patch(Rectangle((-1.6, 0), 1, K_pic, color="0.8"))
+ax1.text(-1.1, K_pic / 2, "r w k a b\n(length K)", rotation=90, ha="center", va="center", fontsize=8)
+ax1.add_patch(Rectangle((BV_pic, -1.4), BV_pic, 0.8, color=colors[1], alpha=0.8))
+ax1.text(BV_pic * 1.5, -1.0, "v_t[block]", ha="center", va="center", fontsize=8)
+ax1.add_patch(FancyArrowPatch((BV_pic * 1.5, 0.3), (BV_pic * 1.5, K_pic - 0.3), arrowstyle="->", mutation_scale=14))
+ax1.text(BV_pic * 1.5 + 0.2, K_pic + 0.8, "sa = aᵀS and o = Sᵀr: sums down each column", ha="center", fontsize=8)
+ax1.set_xlim(-2, V_pic), ax1.set_ylim(K_pic + 1.5, -1.8)
+ax1.set_xticks(range(0, V_pic + 1, BV_pic)), ax1.set_yticks([0, K_pic])
+ax1.set_xlabel("value column j (V), blocks of BV"), ax1.set_ylabel("key row i (K), one tile")
+ax1.set_title("one head's state S (K x V): columns never mix")
+steps = ["load r,w,k,a,b (K)\nand v (BV)", "sa = aᵀ S\n(sum over K)", "S = e^w S + b saᵀ + k vᵀ\n(elementwise)",
+         "o = scale Sᵀ r\n(sum over K)", "store o (BV)"]
+for i, s in enumerate(steps):
+    ax2.add_patch(Rectangle((0.05, i + 0.1), 0.9, 0.8, color=colors[i % 10], alpha=0.35))
+    ax2.text(0.5, i + 0.5, s, ha="center", va="center", fontsize=8)
+ax2.set_xlim(0, 1), ax2.set_ylim(len(steps), 0), ax2.axis("off")
+ax2.set_title("one time step of one program")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The tile is `K·BV` float32 numbers: $64 \times 32 = 2048$ for RWKV-7's head size 64 on a GPU,
+# 8 KiB spread over the registers of a few warps. In the interpreter there is a single V-block
+# (`BV = V`), because each extra program costs time there. On a GPU, `BV = 32` doubles the
+# number of programs. A training batch of $B = 4$, $H = 32$ then has 256 programs, about two per
+# streaming multiprocessor of an H100, instead of one.
+#
+# ## 2. The fused recurrent forward kernel
+#
+# The loop body is the recurrence written on the tile. `bos` and `eos` bracket this program's
+# sequence on the flattened time axis, so a packed batch of different lengths (`cu_seqlens`)
+# only changes those two numbers. Every load is cast to float32, and the output goes back to
+# the input dtype only when it is stored. The `STORE_CKPT` branch writes the state every `C`
+# steps for the backward pass (Section 4).
+
+# %%
+print(inspect.getsource(kr._fwd_kernel.fn))
+
+# %% [markdown]
+# Three lines carry the whole recurrence: `sa` (a reduction down the columns), the update (a
+# per-row decay plus two outer products) and the read-out (another column reduction). They come
+# in the order the equation fixes. RWKV-7 reads the *updated* state $S_t$, unlike RWKV-6, which
+# reads $S_{t-1}$ plus a bonus. Put the read-out above the update and you get a plausible kernel
+# that is off by one token.
+#
+# Before anything is launched, the Python wrapper validates its input: shapes, one dtype,
+# `w ≤ 0`, `K` and `V` powers of two in 16..128, float64 refused, `cu_seqlens` well formed. A
+# bad argument raises `ValueError` naming it, and never reaches the kernel.
+
+# %%
+print(inspect.getsource(kr._check_inputs))
+try:
+    r, w, k, v, a, b, s0 = inputs(1, 4, 1, 16, 16)
+    wkv7.triton_recurrent(r, -w, k, v, a, b)
+    raise AssertionError("a positive log decay must be refused")
+except ValueError as err:
+    print("ValueError:", str(err)[:70], "...")
+    assert str(err).startswith("w:")
+
+# %% [markdown]
+# The check compares each call with `wkv7.naive` in float64 on the same numbers. The shapes
+# cover $T = 1$, odd $T$, two heads, $K \ne V$, an initial state with the final state returned,
+# and a packed batch of three sequences of lengths 1, 17 and 22.
+
+# %%
+for shape in [(1, 1, 1, 16, 16), (1, 37, 2, 16, 16), (2, 19, 2, 16, 32)]:
+    r, w, k, v, a, b, s0 = inputs(*shape, seed=sum(shape))
+    got = wkv7.triton_recurrent(r, w, k, v, a, b, scale=0.5, initial_state=s0, output_final_state=True)
+    rwkvlab.check(f"triton_recurrent vs naive {shape}", got,
+                  reference(r, w, k, v, a, b, s0, scale=0.5, output_final_state=True), 1e-4)
+
+r, w, k, v, a, b, s0 = inputs(1, 40, 2, 16, 16, seed=1, N=3)
+cu = torch.tensor([0, 1, 18, 40], device=DEV)
+got = wkv7.triton_recurrent(r, w, k, v, a, b, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+rwkvlab.check("triton_recurrent varlen [1, 17, 22] vs naive", got,
+              reference(r, w, k, v, a, b, s0, output_final_state=True, cu_seqlens=cu.cpu()), 1e-4)
+
+# %% [markdown]
+# ## 3. The backward pass, derived
+#
+# Write $\bar x$ for $\partial L / \partial x$. The loss arrives as $\bar o_t$ for every token,
+# plus $\bar S_T$ through the final state (zero if the final state is not used). It is cleanest
+# to write one step as two stages, because the transition's input is $S_{t-1}$ while the
+# read-out sees $S_t$:
+#
+# $$ S_t = G_t S_{t-1} + k_t v_t^\top,\quad G_t = \mathrm{diag}(e^{w_t}) + b_t a_t^\top;
+# \qquad o_t = \text{scale}\cdot S_t^\top r_t . $$
+#
+# Let $\bar S_t$ be the gradient that reaches $S_t$ from the future: through $S_{t+1}$, or
+# through the final state when $t = T$. Walking backwards, step $t$ does the following.
+#
+# **Read-out.** $o_t[j] = \text{scale}\sum_i S_t[i,j]\, r_t[i]$ is bilinear, so
+#
+# $$ \bar S_t \mathrel{+}= \text{scale}\cdot r_t\, \bar o_t^\top, \qquad \bar r_t = \text{scale}\cdot S_t\, \bar o_t . $$
+#
+# After this line, $\bar S_t$ is the *total* gradient of $S_t$: its read-out and its future.
+#
+# **The write $k_t v_t^\top$.** An outer product's gradient is the matrix applied to the
+# other factor:
+#
+# $$ \bar k_t = \bar S_t\, v_t, \qquad \bar v_t = \bar S_t^\top k_t . $$
+#
+# **The transition.** For a product $S_t = G_t S_{t-1}$ the matrix gradients are
+# $\bar G_t = \bar S_t S_{t-1}^\top$ (a $K\times K$ matrix) and $\bar S_{t-1} = G_t^\top \bar S_t$.
+# We never form $\bar G_t$. We only need its pieces along the three ways $G_t$ depends on the
+# inputs, $dG = \mathrm{diag}(e^{w}\odot dw) + db\, a^\top + b\, da^\top$:
+#
+# $$ \bar w_t = e^{w_t} \odot \mathrm{diag}(\bar G_t) = e^{w_t} \odot \mathrm{rowsum}\big(\bar S_t \odot S_{t-1}\big), $$
+# $$ \bar b_t = \bar G_t\, a_t = \bar S_t\,(S_{t-1}^\top a_t) = \bar S_t\, sa_t, \qquad
+#    \bar a_t = \bar G_t^\top b_t = S_{t-1}\,(\bar S_t^\top b_t). $$
+#
+# **Hand the gradient to the previous state.**
+#
+# $$ \bar S_{t-1} = G_t^\top \bar S_t = \mathrm{diag}(e^{w_t})\,\bar S_t + a_t\,(b_t^\top \bar S_t), $$
+#
+# and at the end $\overline{\text{initial\_state}} = \bar S_0$. This is the forward recurrence
+# transposed. The roles of $a$ and $b$ swap, and $\text{scale}\, r_t \bar o_t^\top$ plays the
+# part of $k_t v_t^\top$. The same column argument holds: $G_t^\top$ acts from the left, so the
+# columns of $\bar S$ are independent too, and the backward kernel uses the same grid as the
+# forward. Summed over columns, the $K$-sized gradients ($\bar r, \bar k, \bar w, \bar a,
+# \bar b$) come out of each program as partial sums over its V-block. They go to a
+# `[NV, B, T, H, K]` buffer and are added up afterwards. $\bar v$ is complete in one program,
+# because its sum runs over $K$.
+#
+# Before any kernel, here are the equations as a plain-torch loop for one head, checked against
+# autograd through `wkv7.naive` in float64. If the algebra above were wrong by one transpose,
+# this cell would fail.
+
+# %%
+def wkv7_backward_loop(r, w, k, v, a, b, S0, do, dST, scale):
+    """The adjoint equations above, for one head: inputs [T, K] / [T, V], states [K, V]."""
+    states = [S0]
+    for t in range(len(r)):                               # forward, keeping every state
+        S = states[-1]
+        states.append(w[t].exp()[:, None] * S + torch.outer(b[t], a[t] @ S) + torch.outer(k[t], v[t]))
+    grads = {n: torch.zeros_like(x) for n, x in zip("rwkvab", (r, w, k, v, a, b))}
+    dS = dST.clone()
+    for t in reversed(range(len(r))):
+        S_prev, S_t = states[t], states[t + 1]
+        dS = dS + scale * torch.outer(r[t], do[t])        # read-out
+        grads["r"][t] = scale * S_t @ do[t]
+        grads["k"][t] = dS @ v[t]                         # the write k v^T
+        grads["v"][t] = dS.T @ k[t]
+        grads["w"][t] = w[t].exp() * (dS * S_prev).sum(1)  # the decay
+        grads["b"][t] = dS @ (a[t] @ S_prev)              # the rank-one correction
+        grads["a"][t] = S_prev @ (dS.T @ b[t])
+        dS = w[t].exp()[:, None] * dS + torch.outer(a[t], b[t] @ dS)   # G_t^T dS
+    return grads, dS
+
+
+T1, K1, V1 = 13, 6, 5
+xs1 = [x[0, :, 0].double().cpu() for x in inputs(1, T1, 1, K1, V1, seed=2, decay=2.0)[:6]]
+S01 = torch.randn(K1, V1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+do1 = torch.randn(T1, V1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+dST1 = torch.randn(K1, V1, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+by_hand, dS01 = wkv7_backward_loop(*xs1, S01, do1, dST1, scale=0.7)
+
+leaves = [x.clone().requires_grad_() for x in xs1] + [S01.clone().requires_grad_()]
+o1, ST1 = wkv7.naive(*(x[None, :, None] for x in leaves[:6]), scale=0.7,
+                     initial_state=leaves[6][None, None], output_final_state=True)
+auto = torch.autograd.grad((o1[0, :, 0] * do1).sum() + (ST1[0, 0] * dST1).sum(), leaves)
+for name, g in zip("rwkvab", auto[:6]):
+    rwkvlab.check(f"d{name}: adjoint loop vs autograd", by_hand[name], g, 1e-12, quiet=True)
+rwkvlab.check("d initial_state: adjoint loop vs autograd", dS01, auto[6], 1e-12, quiet=True)
+print("adjoint equations == autograd for r, w, k, v, a, b and the initial state (float64)  ok")
+
+# %% [markdown]
+# ## 4. Recompute or store? The memory bill
+#
+# The backward pass walks time in reverse and needs $S_{t-1}$ and $S_t$ at every step. The loop
+# above kept all of them. That is $T$ states of $K \times V$ float32 numbers per sequence and
+# head. There are three ways to get them back.
+#
+# 1. **Store every state** in the forward pass. There is no extra arithmetic, but for a training
+#    shape the memory dwarfs the activations.
+# 2. **Invert the step**: compute $S_{t-1} = G_t^{-1}(S_t - k_t v_t^\top)$ going backwards.
+#    This is free in memory but useless in practice. $G_t$ is close to singular when the decay
+#    is strong ($e^{w}$ as small as $e^{-8}$ is legal input), and errors grow by $\|G_t^{-1}\|$
+#    at every step.
+# 3. **Checkpoint every $C$ steps**: store $S$ only before steps $0, C, 2C, \dots$. The backward
+#    pass takes the segments last to first. For each one it restarts from the checkpoint,
+#    recomputes the segment's $C$ states into a small scratch buffer owned by the program, then
+#    walks the segment backwards. The price is one extra forward pass (the state updates
+#    only, without read-out).
+#
+# The kernels take option 3, with $C = 16$. The table puts numbers on it, for the benchmark's
+# training shape.
+
+# %%
+Bm, Tm, Hm, Km, Vm = 4, 4096, 32, 64, 64
+GiB = 2 ** 30
+inputs_bytes = 6 * Bm * Tm * Hm * Km * 2                      # r, w, k, v, a, b in bfloat16
+rows = [("store all (C = 1)", Bm * Hm * Tm * Km * Vm * 4, 0, "none")]
+for C in (16, 64, 256):
+    ckpt = Bm * Hm * -(-Tm // C) * Km * Vm * 4                # one state per segment
+    scratch = Bm * Hm * (C + 1) * Km * Vm * 4                 # C + 1 states per program, all programs
+    rows.append((f"checkpoint every C = {C}", ckpt, scratch, "one forward (no read-out)"))
+print(f"B={Bm} T={Tm} H={Hm} K=V={Km}; the inputs r,w,k,v,a,b in bf16 take {inputs_bytes / GiB:.2f} GiB")
+print(f"{'strategy':26s} {'saved states':>13s} {'scratch':>9s} {'total':>9s}  extra compute")
+for name, saved, scratch, extra in rows:
+    print(f"{name:26s} {saved / GiB:9.3f} GiB {scratch / GiB:5.3f} GiB {(saved + scratch) / GiB:5.3f} GiB  {extra}")
+assert rows[0][1] == 8 * GiB                                   # storing all: 8 GiB for one layer
+assert rows[1][1] * 16 == rows[0][1]                           # C = 16 saves 16x
+assert min(r[1] + r[2] for r in rows) == rows[2][1] + rows[2][2]   # the sum is smallest near C = sqrt(T) = 64
+
+# %% [markdown]
+# Storing everything costs 8 GiB for *one layer* of one batch, 20 times the layer's inputs.
+# That settles it. Among the checkpoint spacings, the total (checkpoints $\propto T/C$ plus
+# scratch $\propto C$) is smallest near $C = \sqrt{T} = 64$. The kernels still use
+# $C = 16$, for a reason outside the table: 16 is the chunk size of the chunked kernel of
+# Section 5, and its forward pass produces the state at every chunk start anyway. Those states
+# *are* the checkpoints. So both forward kernels feed one backward kernel, and at 0.53 GiB the
+# checkpoints cost about 1.4 times the inputs they came from. Exercise 2 asks you to make $C$
+# a parameter and measure the trade-off.
+#
+# The recomputation also explains why the backward pass costs more than twice the forward pass:
+# per step it does one recomputed update (three tile operations), then about nine tile
+# operations for the gradients.
+#
+# ### The backward kernel
+#
+# Here is the kernel. The outer loop runs over segments from last to first. Phase 1 recomputes
+# the segment into `scratch`. Phase 2 walks it backwards with the equations of Section 3, in the
+# same order as the torch loop. `tl.debug_barrier()` separates the two phases. On a GPU, the
+# threads that read a scratch entry are not necessarily the ones that wrote it, so the writes
+# must be finished and visible first. The interpreter runs one program at a time and needs no
+# barrier, but the kernel is written for both.
+
+# %%
+print(inspect.getsource(kr._bwd_kernel.fn))
+
+# %% [markdown]
+# `torch.autograd.Function` glues the two kernels together. `forward` saves the inputs and the
+# checkpoints, and `backward` launches the backward kernel with the incoming $\bar o$ and
+# $\bar S_T$ (`None` when the final state was not requested):
+
+# %%
+print(inspect.getsource(kr._Recurrent))
+
+# %% [markdown]
+# Now the check that matters for training: the gradients of all seven tensor inputs, with
+# upstream gradients on both outputs, against autograd through `wkv7.naive` in float64. $T = 37$
+# crosses two checkpoint boundaries, and the second case is a packed batch whose middle
+# sequence is 2 tokens long.
+
+# %%
+def grad_check(impl, shape, name, cu=None, N=None, **kw):
+    xs = inputs(*shape, seed=7, decay=2.0, N=N)
+    gen = torch.Generator().manual_seed(8)
+    do = torch.randn(*shape[:3], shape[4], generator=gen).to(DEV)
+    dST = torch.randn(xs[6].shape, generator=gen).to(DEV)
+    x64 = [x.detach().double().cpu().requires_grad_() for x in xs]
+    o, S = wkv7.naive(*x64[:6], scale=0.7, initial_state=x64[6], output_final_state=True,
+                      cu_seqlens=None if cu is None else cu.cpu())
+    want = torch.autograd.grad((o * do.cpu().double()).sum() + (S * dST.cpu().double()).sum(), x64)
+    xk = [x.clone().requires_grad_() for x in xs]
+    o, S = impl(*xk[:6], scale=0.7, initial_state=xk[6], output_final_state=True, cu_seqlens=cu, **kw)
+    got = torch.autograd.grad((o * do).sum() + (S * dST).sum(), xk)
+    worst = max(rel_err(g, w_) for g, w_ in zip(got, want))
+    rwkvlab.check(f"{name}: grads of r, w, k, v, a, b, initial_state vs autograd(naive)", got, want, 1e-4)
+    return worst
+
+
+grad_check(wkv7.triton_recurrent, (1, 37, 2, 16, 32), "triton_recurrent (1, 37, 2, 16, 32)")
+grad_check(wkv7.triton_recurrent, (1, 40, 2, 16, 16), "triton_recurrent varlen [7, 2, 31]",
+           cu=torch.tensor([0, 7, 9, 40], device=DEV), N=3);
+
+# %% [markdown]
+# ## 5. The chunked kernel: chapter 10's algebra on `tl.dot`
+#
+# The recurrent kernel does $O(KV)$ work per token in a chain of $T$ dependent steps. Its inner
+# operations are reductions and outer products, which tensor cores cannot run. The chunked form
+# of chapter 10 reorganizes the same arithmetic. Inside a chunk of $C$ tokens everything is a
+# matrix product; only the hand-off from chunk to chunk is sequential. In chapter 10's symbols,
+# with $c_t = \sum_{j \le t} w_j$ the running log decay inside the chunk:
+#
+# $$ A_{ab}[t,i] = \textstyle\sum_\kappa a_{t\kappa}\, e^{c_{t-1,\kappa} - c_{i\kappa}}\, b_{i\kappa}\ (i<t), \qquad
+#    A_{rk}[t,i] = \textstyle\sum_\kappa r_{t\kappa}\, e^{c_{t\kappa} - c_{i\kappa}}\, k_{i\kappa}\ (i\le t), $$
+#
+# with $A_{ak}$ and $A_{rb}$ defined likewise. Then
+#
+# $$ \mathcal T = (I - A_{ab})^{-1},\quad W = \mathcal T\,(a \odot e^{c_{t-1}}),\quad U = \mathcal T A_{ak} V,\quad
+#    E = W S + U, $$
+# $$ O = \text{scale}\cdot\big((r\odot e^{c_t}) S + A_{rk} V + A_{rb} E\big),\qquad
+#    S \leftarrow \mathrm{diag}(e^{c_C}) S + (k \odot e^{c_C - c})^\top V + (b \odot e^{c_C - c})^\top E . $$
+#
+# The kernel keeps the recurrent kernel's grid: program `(i_v, i_nh)` walks its sequence chunk
+# by chunk, with its state tile in registers. Per chunk it does four things.
+#
+# 1. **Pairwise matrices, without overflow.** Chapter 10's first trap: writing
+#    $e^{c_t - c_i} = e^{c_t} e^{-c_i}$ turns $A_{rk}$ into one matrix product, but $e^{-c_i}$
+#    overflows float32 once $-c_i > 88.7$. A 16-token chunk with $w = -8$ gets there. The kernel
+#    forms a `[BT, BT, BK]` block of exponents $c_t - c_i$ and masks it to $-\infty$ *before*
+#    exponentiating, so every exponent it evaluates is $\le 0$. Then it multiplies and sums over
+#    $\kappa$. That is $4C^2K$ multiply-adds per chunk outside the tensor cores, small next to
+#    the state products when $C = 16$.
+# 2. **The UT transform by forward substitution.** $\mathcal T = (I - A_{ab})^{-1}$ is unit
+#    lower triangular. Row $t$ is $e_t + \sum_{i<t} A_{ab}[t,i]\,\mathcal T_i$, which needs only
+#    the rows above it. The kernel builds it in a `tl.static_range` loop of $C - 1$ steps. Each
+#    step pulls row $t$ of $A_{ab}$ out of the register tile with a masked sum and updates row
+#    $t$ of $\mathcal T$ with `tl.where`. Registers cannot be indexed by a runtime row, so rows
+#    are selected by masks.
+# 3. **The state products on `tl.dot`.** $W$, $U$, $E$, the three terms of $O$ and the two
+#    terms of the hand-off are nine matrix products of sizes $C\times C$, $C\times K$ and
+#    $K \times V$. These are the tensor-core work.
+# 4. **Store $O$, hand $S$ on.** The state at each chunk start is also written out as the
+#    backward pass's checkpoint.
+#
+# Two interpreter facts shape the code. `tl.dot` needs every tile dimension $\ge 16$, so the
+# chunk is 16, 32 or 64. `tl.dot` on bfloat16 operands returns garbage in the interpreter. Every
+# operand here is computed in float32 anyway, so the kernel never feeds bf16 to `tl.dot`. On
+# a GPU the precision is chosen per dtype: float32 inputs get full-precision (`"ieee"`) dots, so
+# that they meet the 1e-4 budget; 16-bit inputs get tf32 tensor cores.
+#
+# The cell shows trap 1 on one chunk. The factorized form overflows, and the pairwise form
+# stays finite and matches float64.
+
+# %%
+C16 = 16
+r, w, k, v, a, b, s0 = inputs(1, C16, 1, 16, 16, seed=9)
+w = torch.full_like(w, -8.0)
+c = w[0, :, 0].double().cpu().float().cumsum(0)                       # [C, K] running log decay
+factorized = torch.tril((r[0, :, 0].cpu() * c.exp()) @ (k[0, :, 0].cpu() * (-c).exp()).T)
+print(f"w = -8 over a chunk of {C16}: -c_C = {-c[-1, 0].item():.0f}, e^(-c_C) in float32 = {(-c[-1, 0]).exp().item()}")
+assert not torch.isfinite(factorized).all()                             # inf * 0 = nan
+got = wkv7.triton_chunked(r, w, k, v, a, b, initial_state=s0, output_final_state=True)
+assert all(torch.isfinite(x).all() for x in got)
+rwkvlab.check("triton_chunked, w = -8 everywhere, vs naive", got,
+              reference(r, w, k, v, a, b, s0, output_final_state=True), 1e-4)
+
+# %% [markdown]
+# Chapter 10 has a second trap: gradients through differences of running sums, $c_t - c_i$,
+# lose the tiny gradient of a strongly decaying channel to cancellation. The kernel computes its
+# exponents as such differences (`c[:, None, :] - c[None, :, :]`), because a cumulative sum is
+# one instruction, `tl.cumsum`, and segment sums would need a `[BT, BT, BK]` scan. In the
+# forward pass that is harmless: within a chunk of 16, $|c| \le 16\cdot|w|$, and float32
+# rounding perturbs each exponent by about $|c|\cdot 6\times 10^{-8}$, a relative error far
+# inside the $10^{-4}$ budget. The cancellation trap concerns only gradients taken *through*
+# those differences, and the kernel never takes any (see Section 6).
+#
+# Here is the chunked kernel. Match each block of lines to the four steps above.
+
+# %%
+print(inspect.getsource(kc._chunk_fwd_kernel.fn))
+
+# %% [markdown]
+# A picture of what one chunk computes: the four pairwise matrices, and the UT transform of
+# $A_{ab}$, for one 16-token chunk of realistic inputs. They are made with the package's torch
+# functions, `reference.intra_chunk_matrices` and `reference.ut_transform`, which compute the
+# same matrices as the kernel's registers. $A_{rk}$ and $A_{rb}$ are lower triangular *with*
+# the diagonal (a token reads its own write). $A_{ab}$ and $A_{ak}$ are strictly lower (the
+# removal at $t$ sees only earlier writes). $\mathcal T$ is unit lower triangular.
+
+# %%
+r, w, k, v, a, b, s0 = inputs(1, C16, 1, 16, 16, seed=10)
+mats = ref.intra_chunk_matrices(*(x[0, :, 0].cpu() for x in (r, w, k, a, b)))
+Tut = ref.ut_transform(mats["A_ab"])
+fig, axes = plt.subplots(1, 5, figsize=(15, 3.2))
+for ax, (name, M) in zip(axes, [("A_rk (i ≤ t)", mats["A_rk"]), ("A_rb (i ≤ t)", mats["A_rb"]),
+                                ("A_ak (i < t)", mats["A_ak"]), ("A_ab (i < t)", mats["A_ab"]),
+                                ("T = (I - A_ab)^-1", Tut)]):
+    lim = M.abs().max().item()
+    ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_title(name, fontsize=10), ax.set_xlabel("i (source token)"), ax.set_ylabel("t")
+plt.tight_layout()
+plt.show()
+assert torch.equal(torch.triu(mats["A_ab"]), torch.zeros(C16, C16))          # strictly lower
+assert torch.allclose(torch.diagonal(Tut), torch.ones(C16))                  # unit diagonal
+assert torch.allclose(Tut @ (torch.eye(C16) - mats["A_ab"]), torch.eye(C16), atol=1e-5)
+
+# %% [markdown]
+# And the check, on the same shapes as the recurrent kernel plus two more. $T = 37$ is not a
+# multiple of the chunk. Its last chunk is loaded with masked rows, whose zeros ($w = 0$,
+# $k = a = b = 0$) leave the state unchanged. The packed batch has a sequence of one token.
+
+# %%
+for shape in [(1, 1, 1, 16, 16), (1, 37, 2, 16, 16), (2, 19, 2, 16, 32), (1, 33, 1, 32, 16)]:
+    r, w, k, v, a, b, s0 = inputs(*shape, seed=sum(shape))
+    got = wkv7.triton_chunked(r, w, k, v, a, b, scale=0.5, initial_state=s0, output_final_state=True)
+    rwkvlab.check(f"triton_chunked vs naive {shape}", got,
+                  reference(r, w, k, v, a, b, s0, scale=0.5, output_final_state=True), 1e-4)
+
+r, w, k, v, a, b, s0 = inputs(1, 40, 2, 16, 16, seed=1, N=3)
+got = wkv7.triton_chunked(r, w, k, v, a, b, initial_state=s0, output_final_state=True, cu_seqlens=cu)
+rwkvlab.check("triton_chunked varlen [1, 17, 22] vs naive", got,
+              reference(r, w, k, v, a, b, s0, output_final_state=True, cu_seqlens=cu.cpu()), 1e-4)
+
+# %% [markdown]
+# ## 6. The chunked kernel's backward pass
+#
+# A chunked backward kernel would differentiate chapter 10's algebra: the pairwise matrices,
+# the triangular solve (whose adjoint is another triangular solve, with $\mathcal T^\top$) and
+# the nine products. This book does **not** ship one. `triton_chunked`'s backward runs the
+# recurrent backward kernel of Section 4. That works because the chunked forward stores the
+# state at every chunk start, and with a chunk of 16 those are exactly the checkpoints the
+# recurrent backward restarts from. Each chunk is recomputed step by step into scratch and
+# walked backwards. The gradients are exact (the same equations as Section 3), but their
+# cost is the recurrent kernel's: a sequential walk, with no tensor cores. The training step's
+# forward runs on `tl.dot`; its backward does not.
+
+# %%
+print(inspect.getsource(kc._Chunked.backward))
+grad_check(wkv7.triton_chunked, (1, 37, 2, 16, 32), "triton_chunked (1, 37, 2, 16, 32)")
+grad_check(wkv7.triton_chunked, (1, 40, 2, 16, 16), "triton_chunked varlen [7, 2, 31]",
+           cu=torch.tensor([0, 7, 9, 40], device=DEV), N=3);
+
+# %% [markdown]
+# ## 7. Every rung agrees
+#
+# On one input, the four implementations of RWKV-7 in the package: the loop, the torch chunked
+# form of chapter 10, and the two kernels of this chapter. All are compared with the float64
+# loop.
+
+# %%
+r, w, k, v, a, b, s0 = inputs(2, 29, 2, 16, 16, seed=11)
+want = reference(r, w, k, v, a, b, s0, output_final_state=True)
+for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
+    got = getattr(wkv7, name)(r, w, k, v, a, b, initial_state=s0, output_final_state=True)
+    rwkvlab.check(f"wkv7.{name} (float32) vs naive (float64)", got, want, 1e-4 if name.startswith("triton") else 1e-5)
+
+# %% [markdown]
+# ## 8. On a GPU: bfloat16 and speed
+#
+# With a GPU the same kernels compile, and the checks move to training-sized shapes in
+# bfloat16. A bf16 input keeps 8 significant bits, a relative rounding of $2^{-9} \approx 2\times
+# 10^{-3}$ per number. The kernels accumulate in float32, so that rounding does not compound,
+# and the book's stated tolerance for bf16 outputs and gradients is $2\times 10^{-2}$ relative to
+# a float64 loop on the same (rounded) inputs. The test suite checks the same bound.
+#
+# Measured on an NVIDIA H100 (Triton 3.6, torch 2.11) with
+# `python3 benchmarks/bench_wkv7.py` (B = 4, T = 4096, H = 32, K = V = 64, bfloat16;
+# `triton.testing.do_bench` medians, in one run):
+#
+# | kernel | forward ms | forward + backward ms | speed-up vs torch chunked (fwd / fwd+bwd) |
+# |---|---|---|---|
+# | `wkv7.triton_recurrent` | 9.5 | 24.0 | 8.6× / 22.6× |
+# | `wkv7.triton_chunked` | 14.7 | 33.7 | 5.5× / 16.1× |
+# | `wkv7.chunked` (torch, chapter 10) | 81.1 | 541.6 | 1 / 1 |
+#
+# Both kernels beat the torch form by a wide margin. Most of that is fusion: the torch version
+# writes every intermediate ($A$ matrices, $\mathcal T$, $W$, $U$) to memory and runs its
+# backward through autograd. The chunked kernel is *slower* than the recurrent one, and that
+# deserves a plain explanation. Each of its programs recomputes the pairwise `[16, 16, 64]`
+# blocks and the forward substitution for its own V-block: with `BV = 32` that work is done
+# twice per head, in registers, before any tensor core gets busy. The products are also tiny
+# ($16 \times 64$ by $64 \times 32$). Production kernels such as FLA's split the work into
+# several launches. A kernel parallel over *all chunks at once* computes $A$, $\mathcal T$, $W$
+# and $U$; a short sequential kernel passes the states; a third produces the outputs. Exercise 4
+# asks for that split. The recurrent kernel, for its part, is close to memory-bound here. It
+# reads each input once and keeps the state in registers, which is why it does so well at
+# head size 64.
+#
+# The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,
+# it prints a note: the interpreter would take hours at these shapes.
+
+# %%
+if rwkvlab.device.has_gpu():
+    import triton
+
+    xs = inputs(2, 1024, 4, 64, 64, seed=12, dtype=torch.bfloat16)
+    want = reference(*xs, output_final_state=True)
+    for name in ("triton_recurrent", "triton_chunked"):
+        f = getattr(wkv7, name)
+        rwkvlab.check(f"{name} bf16 (2, 1024, 4, 64, 64) vs naive float64",
+                      f(*xs[:6], initial_state=xs[6], output_final_state=True), want, 2e-2)
+    xb = inputs(4, 4096, 32, 64, 64, seed=13, dtype=torch.bfloat16)[:6]
+    print(f"{'kernel':24s} forward ms (B=4, T=4096, H=32, K=V=64, bf16)")
+    for name in ("triton_recurrent", "triton_chunked", "chunked"):
+        f = getattr(wkv7, name)
+        with torch.no_grad():
+            ms = triton.testing.do_bench(lambda: f(*xb), warmup=10, rep=50)
+        print(f"{name:24s} {ms:8.2f}")
+else:
+    print("no GPU: the bf16 check and the timing run only on a GPU (see the table above and "
+          "tests/test_wkv7_triton.py, which switches to large bf16 shapes there)")
+
+# %% [markdown]
+# ## Summary
+#
+# - RWKV-7's transition $G_t = \mathrm{diag}(e^{w_t}) + b_t a_t^\top$ acts on the state's rows,
+#   so the state's *columns* are independent. Both kernels split the value dimension across
+#   programs and keep all the key rows of a column in one tile.
+# - The fused recurrent kernel is the recurrence written on a register tile: one column
+#   reduction ($a^\top S$), one elementwise update with two rank-one terms, one column reduction
+#   for the read-out of the updated state.
+# - The backward pass is the transposed recurrence: $\bar S_{t-1} = \mathrm{diag}(e^{w_t})\bar S_t
+#   + a_t (b_t^\top \bar S_t)$, with the read-out's $\text{scale}\,r_t\bar o_t^\top$ injected at
+#   every step. The gradients of $w, a, b$ pair $\bar S_t$ with $S_{t-1}$, and those of $r, k, v$
+#   pair it with $S_t$, $v_t$ and $k_t$.
+# - The states the backward pass needs are recomputed from checkpoints every 16 steps. That costs
+#   one extra forward pass and saves 16× the memory of storing all states (8 GiB → 0.5 GiB per
+#   layer at B = 4, T = 4096, H = 32).
+# - The chunked kernel runs chapter 10's WY/UT algebra with the nine state products on
+#   `tl.dot`. It forms the pairwise decays with every exponent $\le 0$ and builds the UT transform
+#   by forward substitution in registers. Its backward reuses the recurrent backward kernel
+#   from the chunk-start states.
+# - On an H100 both kernels are 5–9× faster than the torch chunked form in the forward pass
+#   and 16–23× in forward + backward. The single-kernel chunked design is slower than the
+#   recurrent kernel at this shape; the fix is to split it into several launches.
+#
+# ## Exercises
+#
+# 1. **A transposed bug.** In `wkv7_backward_loop`, replace the last line's
+#    `torch.outer(a[t], b[t] @ dS)` by `torch.outer(b[t], a[t] @ dS)` (the forward's order).
+#    Which gradients does the check catch as wrong, and which stay right? Explain why from
+#    Section 3.
+# 2. **Checkpoint spacing.** Add a `checkpoint_every` argument to `triton_recurrent` (the
+#    kernels already take `C` as a constant). Tabulate the saved bytes for $C \in \{8, 16, 64,
+#    256\}$ at $T = 4096$, and on a GPU time the backward pass for each. Where is the best
+#    trade-off, and why is it not exactly at $\sqrt{T}$?
+# 3. **Splitting K.** For $K = 256$ one tile no longer fits. Sketch a kernel with two K-blocks
+#    per column. Which of the three per-step operations need the two programs to communicate?
+#    (Hint: $a^\top S$ and $S^\top r$ do; the update does not.)
+# 4. **A faster chunked kernel.** Split `_chunk_fwd_kernel` into (a) a kernel over the grid
+#    (chunks × heads) that writes $W$, $U$, $A_{rk}V$ and $A_{rb}$ for every chunk, (b) a
+#    sequential kernel that computes only the chunk-start states, and (c) a parallel kernel for
+#    the outputs. Check it against `wkv7.naive` and time it with `benchmarks/bench_wkv7.py`.
+# 5. **Inverting the step.** Write $S_{t-1} = G_t^{-1}(S_t - k_t v_t^\top)$ with the
+#    Sherman–Morrison formula for $G_t^{-1}$, run it backwards from $S_T$ in float32 with
+#    $w = -8$, and measure how fast the reconstructed states diverge from the true ones.
+# 6. **Strong decay in half precision.** With float16 inputs, what is the smallest log decay
+#    whose factor $e^{w}$ survives the load? Does the kernel lose anything by computing
+#    `tl.exp(b_w)` in float32 after the load?
