@@ -21,10 +21,19 @@ registers between them: state passing and output in one kernel. (FLA splits this
 that writes every chunk's starting state to memory and an output kernel parallel over chunks;
 that wins when B·H·V/BV is too small to fill the GPU, at the price of storing the states.)
 
-Backward: the gradient is computed by the recurrent backward kernels of
-:mod:`rwkvlab.wkv6.kernels_recurrent` (Triton, a forward-time pass that recomputes the states and
-a reverse-time pass for ``dS``), not by chunked kernels. It is exact, but its sequential loop is
-over tokens, not chunks, so training speed is that of the recurrent kernel.
+Backward (chapter 07 derives it). Two launches: the forward kernel again, writing only the state
+at every chunk start (``[chunks, H, K, V]`` float32: recomputed rather than kept from the forward,
+so nothing but the inputs is saved for autograd), then a kernel that walks the chunks in reverse
+with ``dS`` (the gradient of the state at the chunk's end) in registers. Per chunk, with
+``Q~ = q ⊙ exp(c_{i-1})``, ``K~ = k ⊙ exp(c_last - c)`` and ``dA = dO Vᵀ`` (causal, diagonal kept):
+
+    dq = (dO Sᵀ) ⊙ exp(c_{i-1}) + Σ_{j<i} dA_ij k_j ⊙ exp(c_{i-1} - c_j) + dA_ii u ⊙ k_i
+    dk = (V dSᵀ) ⊙ exp(c_last - c) + Σ_{i>j} dA_ij q_i ⊙ exp(c_{i-1} - c_j) + dA_jj u ⊙ q_j
+    dv = Aᵀ dO + K~ dS,    du = Σ_i dA_ii q_i ⊙ k_i,    dS ← diag(exp(c_last)) dS + Q~ᵀ dO
+
+and ``dw`` from the gradients of the cumulative decays ``c_i``, ``c_{i-1}`` and ``c_last`` by
+reverse cumulative sums inside the chunk. As in the forward, every exponent is ≤ 0. ``dq, dk,
+dw, du`` are sums over V and come back as one partial sum per V-block, added up in torch.
 """
 from __future__ import annotations
 
@@ -40,14 +49,25 @@ __all__ = ["triton_chunked"]
 
 
 @triton.jit
-def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, cu_seqlens, scale, T,
+def _first_chunk(chunk_offsets, i_n, T, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """Index of sequence ``i_n``'s first chunk among all chunks of the batch."""
+    if VARLEN:
+        boc = tl.load(chunk_offsets + i_n).to(tl.int64)
+    else:
+        boc = i_n.to(tl.int64) * tl.cdiv(T, BT)
+    return boc
+
+
+@triton.jit
+def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, hs, cu_seqlens, chunk_offsets, scale, T,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                             USE_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr,
-                            LOW_PREC_DOT: tl.constexpr):
+                            LOW_PREC_DOT: tl.constexpr, STORE_O: tl.constexpr, STORE_STATES: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    boc = _first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
 
     o_i = tl.arange(0, BT)  # token index inside a chunk (rows of A)
     o_k = tl.arange(0, BK)
@@ -62,6 +82,9 @@ def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, cu_seqlens, scale, T,
         b_h += tl.load(h0 + p_state, mask=m_kv, other=0.)
 
     for t0 in range(bos, eos, BT):
+        if STORE_STATES:  # the backward's forward-time pass: keep the state at every chunk start
+            p_hs = ((boc + (t0 - bos) // BT) * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+            tl.store(hs + p_hs, b_h, mask=m_kv)
         o_t = t0 + o_i
         m_t = o_t < eos
         p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
@@ -97,50 +120,213 @@ def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, cu_seqlens, scale, T,
             b_vf = b_v.to(tl.float32)
             b_o = tl.dot(b_qg, b_h, input_precision="ieee") + tl.dot(b_A, b_vf, input_precision="ieee")
             b_h = b_h * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_kg), b_vf, input_precision="ieee")
-        tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_tv)
+        if STORE_O:
+            tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_tv)
 
     if STORE_HT:
         tl.store(ht + p_state, b_h, mask=m_kv)
 
 
-def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
-    B, T, H, K = r.shape
-    V = v.shape[-1]
+@triton.jit
+def wkv6_bwd_chunked_kernel(r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du, dh0, cu_seqlens, chunk_offsets,
+                            scale, T, rows,
+                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr,
+                            LOW_PREC_DOT: tl.constexpr):
+    """Chunks in reverse order, dS (the gradient of the state at the chunk's end) in registers."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    boc = _first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
+    NT = tl.num_programs(1)
+
+    o_i = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    p_part = i_v.to(tl.int64) * rows * H * K  # this V-block's slab of the partial-sum buffers
+    m_low = o_i[:, None] >= o_i[None, :]      # causal, diagonal included (the bonus lives there)
+
+    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += tl.load(dht + p_state, mask=m_kv, other=0.)
+    b_du = tl.zeros([BK], dtype=tl.float32)
+
+    n_chunks = tl.cdiv(eos - bos, BT)
+    for i in range(0, n_chunks):
+        i_c = n_chunks - 1 - i
+        t0 = bos + i_c * BT
+        o_t = t0 + o_i
+        m_t = o_t < eos
+        p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+        p_v = (o_t[:, None] * H + i_h) * V + o_v[None, :]
+        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
+        b_q = tl.load(r + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+        b_k = tl.load(k + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = tl.load(w + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_v = tl.load(v + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_do = tl.load(do + p_v, mask=m_tv, other=0.).to(tl.float32)
+        b_c = tl.cumsum(b_w, axis=0)
+        b_cp = b_c - b_w
+        b_clast = tl.sum(b_w, axis=0)
+        p_hs = ((boc + i_c) * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        b_h = tl.load(hs + p_hs, mask=m_kv, other=0.)        # S at the chunk start
+        b_qg = b_q * tl.exp(b_cp)                              # Q~ = q ⊙ exp(c_{i-1})
+        b_kg = b_k * tl.exp(b_clast[None, :] - b_c)            # K~ = k ⊙ exp(c_last - c_j)
+
+        if LOW_PREC_DOT:
+            dt = v.dtype.element_ty
+            b_dA = tl.dot(b_do.to(dt), tl.trans(b_v).to(dt))                 # dA = dO Vᵀ
+            b_dqg = tl.dot(b_do.to(dt), tl.trans(b_h).to(dt))                # dQ~ = dO Sᵀ
+            b_dkg = tl.dot(b_v.to(dt), tl.trans(b_dh).to(dt))                # dK~ = V dSᵀ
+            b_dv = tl.dot(b_kg.to(dt), b_dh.to(dt))                          # K~ dS
+        else:
+            b_dA = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
+            b_dqg = tl.dot(b_do, tl.trans(b_h), input_precision="ieee")
+            b_dkg = tl.dot(b_v, tl.trans(b_dh), input_precision="ieee")
+            b_dv = tl.dot(b_kg, b_dh, input_precision="ieee")
+        b_dA = tl.where(m_low, b_dA, 0.)
+
+        # intra-chunk: rebuild A column by column (exact exponents) and push dA into dq, dk
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)
+        b_dq_in = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dk_in = tl.zeros([BT, BK], dtype=tl.float32)
+        for j in range(0, BT):
+            t_j = t0 + j + 0 * o_k
+            b_kj = tl.load(k + (t_j * H + i_h) * K + o_k, mask=m_k & (t_j < eos), other=0.).to(tl.float32)
+            b_cj = tl.sum(tl.where(o_i[:, None] == j, b_c, 0.), axis=0)
+            b_e = tl.exp(tl.where(o_i[:, None] > j, b_cp - b_cj[None, :], float("-inf")))
+            b_A = tl.where(o_i[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_e, axis=1)[:, None], b_A)
+            b_dAj = tl.sum(tl.where(o_i[None, :] == j, b_dA, 0.), axis=1)       # column j of dA
+            b_dq_in += b_dAj[:, None] * b_kj[None, :] * b_e
+            b_dk_in = tl.where(o_i[:, None] == j, tl.sum(b_dAj[:, None] * b_q * b_e, axis=0)[None, :], b_dk_in)
+        b_dAd = tl.sum(b_do * b_v, axis=1)                                      # dA[i, i] = do_i · v_i
+        b_A = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], b_A)
+
+        # dq, dk (this V-block's share), dv, du
+        b_dq = b_dqg * tl.exp(b_cp) + b_dq_in + b_dAd[:, None] * b_u[None, :] * b_k
+        b_dk = b_dkg * tl.exp(b_clast[None, :] - b_c) + b_dk_in + b_dAd[:, None] * b_u[None, :] * b_q
+        if LOW_PREC_DOT:
+            b_dv += tl.dot(tl.trans(b_A).to(v.dtype.element_ty), b_do.to(v.dtype.element_ty))
+        else:
+            b_dv += tl.dot(tl.trans(b_A), b_do, input_precision="ieee")
+        b_du += tl.sum(b_dAd[:, None] * b_q * b_k, axis=0)
+
+        # dw: gradients of the cumulative decays c_i, c_{i-1}, c_last, then back to each w_m
+        b_dcp = b_qg * b_dqg + b_q * b_dq_in
+        b_dc = -b_k * b_dk_in - b_kg * b_dkg
+        b_dclast = tl.sum(b_kg * b_dkg, axis=0) + tl.exp(b_clast) * tl.sum(b_dh * b_h, axis=1)
+        # w_m enters c_i for i >= m, c_{i-1} for i > m, and c_last: reverse cumulative sums
+        b_dw = (tl.sum(b_dc, axis=0)[None, :] - tl.cumsum(b_dc, axis=0) + b_dc
+                + tl.sum(b_dcp, axis=0)[None, :] - tl.cumsum(b_dcp, axis=0) + b_dclast[None, :])
+
+        tl.store(dr + p_part + p_k, b_dq * scale, mask=m_tk)
+        tl.store(dk + p_part + p_k, b_dk, mask=m_tk)
+        tl.store(dw + p_part + p_k, b_dw, mask=m_tk)
+        tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+        # dS at the chunk start: diag(exp(c_last)) dS + Q~ᵀ dO
+        if LOW_PREC_DOT:
+            b_dh = b_dh * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_qg).to(v.dtype.element_ty),
+                                                              b_do.to(v.dtype.element_ty))
+        else:
+            b_dh = b_dh * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision="ieee")
+
+    tl.store(du + (i_v.to(tl.int64) * NT + i_nh) * K + o_k, b_du, mask=m_k)
+    if STORE_DH0:
+        tl.store(dh0 + p_state, b_dh, mask=m_kv)
+
+
+def _tiles(K, V):
     # tl.dot needs every tile side >= 16; smaller K or V are padded with masked lanes
     BK = max(16, triton.next_power_of_2(K))
     BV = max(16, min(triton.next_power_of_2(V), 64 if device.has_gpu() else 32))
-    NV = triton.cdiv(V, BV)
-    o = torch.empty_like(v)
-    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if output_final_state else None
+    return BK, BV, triton.cdiv(V, BV)
+
+
+def _chunk_offsets(cu_seqlens, BT, dev):
+    """Index of each sequence's first chunk (varlen), and the total number of chunks."""
+    lens = cu_seqlens[1:] - cu_seqlens[:-1]
+    n = (lens + BT - 1) // BT
+    offs = torch.cat([n.new_zeros(1), n.cumsum(0)])
+    return offs.to(device=dev, dtype=torch.int32), int(offs[-1])
+
+
+def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size,
+        store_o=True, store_states=False):
+    """Launch the chunked forward; with ``store_states`` also return every chunk's starting state."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    BK, BV, NV = _tiles(K, V)
     varlen = cu_seqlens is not None
+    if varlen:
+        offs, n_chunks = _chunk_offsets(cu_seqlens, chunk_size, r.device)
+    else:
+        offs, n_chunks = torch.zeros(1, dtype=torch.int32, device=r.device), B * triton.cdiv(T, chunk_size)
+    o = torch.empty_like(v) if store_o else None
+    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if output_final_state else None
+    hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=r.device) if store_states else None
+    dummy = v
     low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_fwd_chunked_kernel[(NV, N * H)](
-        r, k, v, w, u, o, initial_state if initial_state is not None else o, ht if ht is not None else o,
-        _rec._cu(cu_seqlens, r.device), float(scale), B * T if varlen else T,
+        r, k, v, w, u, o if o is not None else dummy, initial_state if initial_state is not None else dummy,
+        ht if ht is not None else dummy, hs if hs is not None else dummy, _rec._cu(cu_seqlens, r.device), offs,
+        float(scale), B * T if varlen else T,
         H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_H0=initial_state is not None,
-        STORE_HT=output_final_state, VARLEN=varlen, LOW_PREC_DOT=low_prec)
-    return o, ht
+        STORE_HT=output_final_state, VARLEN=varlen, LOW_PREC_DOT=low_prec, STORE_O=store_o,
+        STORE_STATES=store_states)
+    return o, ht, hs, offs
+
+
+def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, chunk_size, do, dht):
+    """Two launches: the forward again (storing chunk-start states only), then chunks in reverse."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    BK, BV, NV = _tiles(K, V)
+    dev, f32 = r.device, torch.float32
+    varlen = cu_seqlens is not None
+    _, _, hs, offs = fwd(r, k, v, w, u, scale, initial_state, False, cu_seqlens, N, chunk_size,
+                         store_o=False, store_states=True)
+    do = do.contiguous()
+    dht = dht.contiguous() if dht is not None else None
+    dr, dk, dw = (torch.empty(NV, B, T, H, K, dtype=f32, device=dev) for _ in range(3))
+    du = torch.empty(NV, N, H, K, dtype=f32, device=dev)
+    dv = torch.empty_like(v)
+    dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev) if initial_state is not None else None
+    low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
+    wkv6_bwd_chunked_kernel[(NV, N * H)](
+        r, k, v, w, u, do, hs, dht if dht is not None else hs, dr, dk, dv, dw, du,
+        dh0 if dh0 is not None else hs, _rec._cu(cu_seqlens, dev), offs, float(scale),
+        B * T if varlen else T, B * T,
+        H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
+        VARLEN=varlen, LOW_PREC_DOT=low_prec)
+    dr, dk, dw = (x.sum(0) if NV > 1 else x[0] for x in (dr, dk, dw))
+    du = du.sum((0, 1))
+    return dr.to(r.dtype), dk.to(k.dtype), dv, dw.to(w.dtype), du.to(u.dtype), dh0
 
 
 class _ChunkedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
-        o, ht = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size)
+        o, ht, _, _ = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size)
         ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens)
-        ctx.scale, ctx.N = scale, N
+        ctx.scale, ctx.N, ctx.chunk_size = scale, N, chunk_size
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         r, k, v, w, u, initial_state, cu_seqlens = ctx.saved_tensors
-        # the recurrent backward kernels (see the module docstring)
-        dr, dk, dv, dw, du, dh0 = _rec.bwd(r, k, v, w, u, ctx.scale, initial_state, cu_seqlens, ctx.N, do, dht)
+        dr, dk, dv, dw, du, dh0 = bwd(r, k, v, w, u, ctx.scale, initial_state, cu_seqlens, ctx.N,
+                                      ctx.chunk_size, do, dht)
         return dr, dk, dv, dw, du, None, dh0, None, None, None, None
 
 
 def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
                    chunk_size=16):
-    """RWKV-6 with the chunked Triton kernel (forward); backward through the recurrent kernels.
+    """RWKV-6 with the chunked Triton kernels (forward and backward).
 
     ``r, k, w``: [B, T, H, K]; ``v``: [B, T, H, V]; ``u``: [H, K]; ``w`` is the log decay (≤ 0);
     ``initial_state``: [N, H, K, V] float32 or None; ``cu_seqlens``: [N + 1] int, with B == 1;
