@@ -176,3 +176,49 @@ def test_bad_inputs_raise_before_launch(impl):
         f(*[torch.cat([x, x]) for x in xs], cu_seqlens=torch.tensor([0, 2, 5], device=DEV))
     with pytest.raises(ValueError, match="scale"):
         f(*xs, scale="1")
+
+
+# ----------------------------------------------------------------------------- fused block pieces
+FUSED_CASES = [(2, 7, 48, True), (1, 1, 16, False), (3, 33, 100, True)]
+if GPU:
+    FUSED_CASES += [(4, 1024, 2048, True), (2, 513, 768, False)]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=str)
+def test_fused_addcmul_matches_rwkv7_ops_forward_and_backward(case):
+    from rwkvlab import rwkv7_ops
+    from rwkvlab.wkv7.kernels_fused import fused_addcmul
+
+    B, T, C, with_shift = case
+    g = torch.Generator().manual_seed(C)
+    x = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+    mus = [torch.rand(1, 1, C, generator=g, dtype=torch.float64) for _ in range(6)]
+    shift = torch.randn(B, C, generator=g, dtype=torch.float64) if with_shift else None
+    douts = [torch.randn(B, T, C, generator=g, dtype=torch.float64).to(DEV) for _ in range(6)]
+    leaves64 = [t.to(DEV).requires_grad_() for t in [x, *mus] + ([shift] if with_shift else [])]
+    x_prev, _ = rwkv7_ops.token_shift(leaves64[0], leaves64[7] if with_shift else None)
+    want = rwkv7_ops.addcmul_mix(leaves64[0], x_prev, *leaves64[1:7])
+    dwant = torch.autograd.grad(sum((o * d).sum() for o, d in zip(want, douts)), leaves64)
+
+    leaves = [t.detach().float().requires_grad_() for t in leaves64]
+    got = fused_addcmul(leaves[0], *leaves[1:7], shift_state=leaves[7] if with_shift else None)
+    assert len(got) == 6 and all(o.dtype == torch.float32 and o.shape == (B, T, C) for o in got)
+    dgot = torch.autograd.grad(sum((o * d.float()).sum() for o, d in zip(got, douts)), leaves)
+    assert rel_err(got, want) <= 1e-6
+    for name, gg, rr in zip(["x"] + [f"mu{i}" for i in range(6)] + ["shift_state"], dgot, dwant):
+        assert rel_err(gg, rr) <= 1e-5, f"d{name}: rel err {rel_err(gg, rr):.2e}"
+
+
+def test_fused_addcmul_bad_inputs():
+    from rwkvlab.wkv7.kernels_fused import fused_addcmul
+
+    x = torch.randn(2, 5, 16, device=DEV)
+    mu = torch.rand(16, device=DEV)
+    with pytest.raises(ValueError, match="x"):
+        fused_addcmul(x[0], mu)
+    with pytest.raises(ValueError, match="mus"):
+        fused_addcmul(x)
+    with pytest.raises(ValueError, match=r"mus\[1\]"):
+        fused_addcmul(x, mu, mu[:8])
+    with pytest.raises(ValueError, match="shift_state"):
+        fused_addcmul(x, mu, shift_state=torch.zeros(3, 16, device=DEV))

@@ -1,0 +1,145 @@
+"""The token shift and all of an RWKV-7 block's mixes in one pass: ``fused_addcmul``.
+
+An RWKV-7 time-mixing block starts by mixing each token with the one before it, once per
+projection (paper Eq. 3; ``rwkvlab.rwkv7_ops.token_shift`` and ``addcmul_mix``)::
+
+    x_prev[:, t] = x[:, t-1]   (x_prev[:, 0] = shift_state, zeros at a text's start)
+    x_m = x + (x_prev − x) ⊙ μ_m        for m = r, w, k, v, a, g   (six mixes)
+
+In eager torch that is a shifted copy, a difference and two elementwise kernels per mix, each
+reading and writing whole ``[B, T, C]`` tensors. Here one program loads a block of rows of
+``x`` and the rows just above them, and writes all the mixes: ``x`` is read once and each mix
+written once. The backward is one kernel too::
+
+    dx[t]        = Σ_m dx_m[t] ⊙ (1 − μ_m) + Σ_m dx_m[t+1] ⊙ μ_m     (t+1 in the same sequence)
+    d shift      = Σ_m dx_m[0] ⊙ μ_m
+    dμ_m         = Σ_{b,t} dx_m[t] ⊙ (x_prev[t] − x[t])
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import device, validate
+
+__all__ = ["fused_addcmul"]
+
+
+@triton.jit
+def _mix_fwd_kernel(x, shift, mu, out, n_rows, T, C: tl.constexpr, M: tl.constexpr,
+                    BR: tl.constexpr, BC: tl.constexpr, USE_SHIFT: tl.constexpr):
+    i_r, i_c = tl.program_id(0), tl.program_id(1)
+    rows = i_r * BR + tl.arange(0, BR)                 # flattened b*T + t
+    cols = i_c * BC + tl.arange(0, BC)
+    m_r = rows < n_rows
+    m_c = cols < C
+    m = m_r[:, None] & m_c[None, :]
+    t = rows % T
+    b_x = tl.load(x + rows[:, None] * C + cols[None, :], mask=m, other=0.).to(tl.float32)
+    # the previous token: the row above, or the shift state at a sequence's first token
+    m_prev = m & (t > 0)[:, None]
+    b_xp = tl.load(x + (rows - 1)[:, None] * C + cols[None, :], mask=m_prev, other=0.).to(tl.float32)
+    if USE_SHIFT:
+        m_first = m & (t == 0)[:, None]
+        b_xp += tl.load(shift + (rows // T)[:, None] * C + cols[None, :], mask=m_first, other=0.).to(tl.float32)
+    xx = b_xp - b_x
+    for i_m in tl.static_range(M):
+        b_mu = tl.load(mu + i_m * C + cols, mask=m_c, other=0.).to(tl.float32)
+        tl.store(out + (i_m * n_rows + rows[:, None]) * C + cols[None, :],
+                 (b_x + xx * b_mu[None, :]).to(out.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _mix_bwd_kernel(x, shift, mu, dout, dx, dshift, dmu, n_rows, T, C: tl.constexpr, M: tl.constexpr,
+                    BR: tl.constexpr, BC: tl.constexpr, USE_SHIFT: tl.constexpr):
+    i_r, i_c = tl.program_id(0), tl.program_id(1)
+    rows = i_r * BR + tl.arange(0, BR)
+    cols = i_c * BC + tl.arange(0, BC)
+    m_r = rows < n_rows
+    m_c = cols < C
+    m = m_r[:, None] & m_c[None, :]
+    t = rows % T
+    b_x = tl.load(x + rows[:, None] * C + cols[None, :], mask=m, other=0.).to(tl.float32)
+    m_prev = m & (t > 0)[:, None]
+    m_first = m & (t == 0)[:, None]
+    b_xp = tl.load(x + (rows - 1)[:, None] * C + cols[None, :], mask=m_prev, other=0.).to(tl.float32)
+    if USE_SHIFT:
+        b_xp += tl.load(shift + (rows // T)[:, None] * C + cols[None, :], mask=m_first, other=0.).to(tl.float32)
+    xx = b_xp - b_x
+    # row t+1 uses x[t] as its previous token, unless it starts a new sequence
+    m_next = m & ((t + 1) < T)[:, None] & ((rows + 1) < n_rows)[:, None]
+    b_dx = tl.zeros([BR, BC], dtype=tl.float32)
+    b_ds = tl.zeros([BR, BC], dtype=tl.float32)
+    for i_m in tl.static_range(M):
+        b_mu = tl.load(mu + i_m * C + cols, mask=m_c, other=0.).to(tl.float32)
+        p = dout + (i_m * n_rows + rows[:, None]) * C + cols[None, :]
+        d_here = tl.load(p, mask=m, other=0.).to(tl.float32)
+        d_next = tl.load(p + C, mask=m_next, other=0.).to(tl.float32)
+        b_dx += d_here * (1. - b_mu[None, :]) + d_next * b_mu[None, :]
+        b_ds += tl.where(m_first, d_here * b_mu[None, :], 0.)
+        # dμ: this block's partial sum over its rows, one slot per row-block
+        tl.store(dmu + (i_r * M + i_m) * C + cols, tl.sum(d_here * xx, 0), mask=m_c)
+    tl.store(dx + rows[:, None] * C + cols[None, :], b_dx.to(dx.dtype.element_ty), mask=m)
+    if USE_SHIFT:
+        tl.store(dshift + (rows // T)[:, None] * C + cols[None, :], b_ds, mask=m_first)
+
+
+def _blocks(C):
+    return (16, min(triton.next_power_of_2(C), 64)) if device.interpreting() else (32, min(triton.next_power_of_2(C), 128))
+
+
+class _FusedAddcmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, shift, mu):
+        B, T, C = x.shape
+        M = mu.shape[0]
+        BR, BC = _blocks(C)
+        out = torch.empty(M, B, T, C, dtype=x.dtype, device=x.device)
+        grid = (triton.cdiv(B * T, BR), triton.cdiv(C, BC))
+        _mix_fwd_kernel[grid](x, shift, mu, out, B * T, T, C=C, M=M, BR=BR, BC=BC, USE_SHIFT=shift is not None)
+        ctx.save_for_backward(x, shift, mu)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, shift, mu = ctx.saved_tensors
+        B, T, C = x.shape
+        M = mu.shape[0]
+        BR, BC = _blocks(C)
+        n_rb = triton.cdiv(B * T, BR)
+        dx = torch.empty_like(x)
+        dshift = torch.zeros(B, C, dtype=torch.float32, device=x.device) if shift is not None else None
+        dmu = torch.empty(n_rb, M, C, dtype=torch.float32, device=x.device)
+        _mix_bwd_kernel[(n_rb, triton.cdiv(C, BC))](x, shift, mu, dout.contiguous(), dx, dshift, dmu, B * T, T,
+                                                    C=C, M=M, BR=BR, BC=BC, USE_SHIFT=shift is not None)
+        return (dx, None if dshift is None else dshift.to(shift.dtype), dmu.sum(0).to(mu.dtype))
+
+
+def fused_addcmul(x, *mus, shift_state=None):
+    """Token shift and ``len(mus)`` mixes ``x + (x_prev − x) ⊙ μ`` in one Triton pass.
+
+    ``x`` [B, T, C]; each ``μ`` has C elements (e.g. the checkpoints' [1, 1, C]);
+    ``shift_state`` [B, C] is the last input of the previous segment (None: zeros).
+    Returns a tuple of ``len(mus)`` tensors [B, T, C] in x's dtype, equal to
+    ``rwkv7_ops.addcmul_mix(x, rwkv7_ops.token_shift(x, shift_state)[0], *mus)``; the shift state
+    for the next segment is ``x[:, -1]``. Differentiable in ``x``, every ``μ`` and ``shift_state``.
+    """
+    validate.tensor("x", x, ndim=3, dtypes=(torch.float32, torch.float16, torch.bfloat16))
+    B, T, C = x.shape
+    if T < 1:
+        raise ValueError(f"x: expected T >= 1, got shape {tuple(x.shape)}")
+    if not mus:
+        raise ValueError("mus: expected at least one mixing vector")
+    for i, mu in enumerate(mus):
+        validate.tensor(f"mus[{i}]", mu)
+        if mu.numel() != C:
+            raise ValueError(f"mus[{i}]: expected {C} elements (one per channel), got shape {tuple(mu.shape)}")
+    if shift_state is not None:
+        validate.tensor("shift_state", shift_state, ndim=2)
+        if tuple(shift_state.shape) != (B, C):
+            raise ValueError(f"shift_state: expected shape (B, C) = {(B, C)}, got {tuple(shift_state.shape)}")
+        shift_state = shift_state.to(x.dtype).contiguous()
+    validate.same_device({"x": x, "shift_state": shift_state, **{f"mus[{i}]": m for i, m in enumerate(mus)}})
+    mu = torch.stack([m.reshape(C).to(x.dtype) for m in mus]).contiguous()
+    return tuple(_FusedAddcmul.apply(x.contiguous(), shift_state, mu).unbind(0))
