@@ -265,7 +265,8 @@ qt, kt, vt = (randn(1, Tt, Ht, 16, seed=s).to(dev) for s in (5, 6, 7))
 ref_t = attention.naive(qt.double().cpu(), kt.double().cpu(), vt.double().cpu())
 o_triton = attention.triton_chunked(qt, kt, vt)
 rwkvlab.check("attention triton_chunked vs naive", o_triton, ref_t, 1e-4)
-rwkvlab.check("attention triton_chunked, T=37 (ragged) vs naive", attention.triton_chunked(q, k, v), ref64, 1e-4)
+rwkvlab.check("attention triton_chunked, T=37 (ragged) vs naive",
+              attention.triton_chunked(q.to(dev), k.to(dev), v.to(dev)), ref64, 1e-4)
 assert not attention.triton_chunked(*(x.requires_grad_() for x in (qt, kt, vt))).requires_grad  # forward only
 
 # %% [markdown]

@@ -43,6 +43,14 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     # float64 inputs stay float64 (references); everything else accumulates in float32
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
+def _kernel_device(name: str, x: torch.Tensor) -> None:
+    """Triton kernels run where the mode says: CUDA tensors on a GPU, CPU tensors in the interpreter."""
+    want = device.device()
+    if x.device.type != want.type:
+        raise ValueError(f"{name}: the Triton kernel runs on {want.type} in this mode "
+                         f"({device.select()}), got a tensor on {x.device}; use .to(rwkvlab.device.device())")
+
+
 
 def naive(q, k, v, scale=None):
     """Causal softmax attention, one query position at a time.
@@ -151,7 +159,7 @@ def _flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, T, H, K, V, scale,
             b_k = b_k.to(tl.float32)
             b_v = b_v.to(tl.float32)
         # scores s = scale · q kᵀ for this tile, −∞ where the key is in the future or past T
-        b_s = tl.dot(b_q, tl.trans(b_k)) * scale
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * scale   # ieee: no TF32 rounding
         keep = (o_s[None, :] <= o_t[:, None]) & m_s[None, :]
         b_s = tl.where(keep, b_s, float("-inf"))
         # online softmax: raise the max, rescale the old sums by exp(m − m'), add the new tile
@@ -159,7 +167,7 @@ def _flash_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, T, H, K, V, scale,
         alpha = tl.exp(b_m - m_new)
         b_p = tl.exp(b_s - m_new[:, None])
         b_l = b_l * alpha + tl.sum(b_p, axis=1)
-        b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v).to(tl.float32)
+        b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision="ieee").to(tl.float32)
         b_m = m_new
 
     b_o = b_acc / b_l[:, None]
@@ -179,6 +187,7 @@ def triton_chunked(q, k, v, scale=None, block_size: int = 16):
     B, T, H, K, V, scale = _check(q, k, v, scale)
     if not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"block_size: expected a power of two >= 16, got {block_size!r}")
+    _kernel_device("q", q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     BK = max(16, triton.next_power_of_2(K))

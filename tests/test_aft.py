@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import rwkvlab
+
+DEV = rwkvlab.device.device()  # the Triton kernels run here: CUDA with a GPU, CPU in the interpreter
 from rwkvlab import aft as F
 
 SHAPES = [(2, 37, 20), (1, 1, 5), (1, 16, 16), (3, 9, 1), (1, 40, 33)]
@@ -60,7 +62,7 @@ def test_large_logits_do_not_overflow(impl):
     k, w = k * 100, w * 100
     assert not torch.isfinite(torch.exp(k + w.diagonal()[:, None])).all()
     ref = _paper_formula(q, k, v, w)  # float64 holds e^{600}
-    got = getattr(F, impl)(q, k, v, w)
+    got = getattr(F, impl)(*(x.to(DEV) for x in (q, k, v, w))) if impl == "triton_chunked" else getattr(F, impl)(q, k, v, w)
     assert torch.isfinite(got).all()
     assert rwkvlab.rel_err(got, ref) < 1e-4
 
@@ -96,7 +98,7 @@ def test_gradients_match_autograd_through_naive(impl):
 def test_triton_kernel_matches_naive(shape):
     q, k, v, w = _inputs(*shape, seed=6)
     ref = F.naive(q.double(), k.double(), v.double(), w.double())
-    got = F.triton_chunked(q, k, v, w)
+    got = F.triton_chunked(*(x.to(DEV) for x in (q, k, v, w)))
     assert got.dtype == torch.float32 and got.shape == ref.shape
     assert rwkvlab.rel_err(got, ref) < 1e-4
 
@@ -104,8 +106,8 @@ def test_triton_kernel_matches_naive(shape):
 def test_triton_kernel_other_blocks_and_forward_only():
     q, k, v, w = _inputs(1, 30, 12, seed=7)
     ref = F.naive(q.double(), k.double(), v.double(), w.double())
-    assert rwkvlab.rel_err(F.triton_chunked(q, k, v, w, block_size=32, block_d=4), ref) < 1e-4
-    assert not F.triton_chunked(*[x.requires_grad_() for x in (q, k, v, w)]).requires_grad
+    assert rwkvlab.rel_err(F.triton_chunked(*(x.to(DEV) for x in (q, k, v, w)), block_size=32, block_d=4), ref) < 1e-4
+    assert not F.triton_chunked(*[x.to(DEV).requires_grad_() for x in (q, k, v, w)]).requires_grad
 
 
 def test_simple_is_full_with_zero_bias_and_noncausal_is_a_global_softmax():

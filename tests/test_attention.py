@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import rwkvlab
+
+DEV = rwkvlab.device.device()  # the Triton kernels run here: CUDA with a GPU, CPU in the interpreter
 from rwkvlab import attention as A
 
 SHAPES = [(2, 37, 2, 16, 16), (1, 1, 1, 8, 12), (1, 33, 3, 5, 7), (2, 16, 1, 32, 16)]
@@ -92,7 +94,7 @@ def test_gradients_match_autograd_through_naive(impl):
 def test_triton_kernel_matches_naive(shape):
     q, k, v = _inputs(*shape, seed=7)
     ref = A.naive(q.double(), k.double(), v.double())
-    got = A.triton_chunked(q, k, v)
+    got = A.triton_chunked(q.to(DEV), k.to(DEV), v.to(DEV))
     assert got.dtype == torch.float32 and got.shape == ref.shape
     assert rwkvlab.rel_err(got, ref) < 1e-4
 
@@ -100,11 +102,11 @@ def test_triton_kernel_matches_naive(shape):
 def test_triton_kernel_block_32_and_custom_scale():
     q, k, v = _inputs(1, 40, 2, 16, 16, seed=8)
     ref = A.naive(q.double(), k.double(), v.double(), scale=0.2)
-    assert rwkvlab.rel_err(A.triton_chunked(q, k, v, scale=0.2, block_size=32), ref) < 1e-4
+    assert rwkvlab.rel_err(A.triton_chunked(q.to(DEV), k.to(DEV), v.to(DEV), scale=0.2, block_size=32), ref) < 1e-4
 
 
 def test_triton_kernel_is_forward_only():
-    q, k, v = [x.requires_grad_() for x in _inputs(1, 16, 1, 16, 16, seed=9)]
+    q, k, v = [x.to(DEV).requires_grad_() for x in _inputs(1, 16, 1, 16, 16, seed=9)]
     assert not A.triton_chunked(q, k, v).requires_grad
 
 
