@@ -17,9 +17,13 @@ overflows for any ``w ≤ 0``; the four pairwise matrices are formed pair by pai
 [BT, BT, BK] block of exponents instead of as a product ``e^{c_t} e^{−c_i}`` (which overflows
 once −c passes ~88). The products with the state and with V run on ``tl.dot``.
 
-Backward: not a chunked kernel. The forward stores the state at every chunk start, which is
-exactly the checkpoint the fused recurrent backward (:mod:`.kernels_recurrent`) restarts from,
-so gradients go through that kernel (one recomputed forward per chunk, then a reverse walk).
+Backward (``_chunk_bwd_kernel``): the same grid, walking the chunks from last to first with
+``dS`` in registers. The forward stores the state at every chunk start; per chunk the backward
+reloads it, recomputes the pairwise matrices, ``T``, ``W``, ``U`` and ``E``, and runs the
+adjoint of every line above (the triangular inverse's adjoint is ``dA_ab = Tᵀ dT Tᵀ``). The
+decay gradient collects, for each ``w_j``, the exponents whose interval contains ``j``; it
+leaves out the exponents that are 0 by construction and sums intervals with 0/1 matrices, so no
+O(1) terms cancel and a strong decay's tiny gradient survives in float32.
 """
 from __future__ import annotations
 
@@ -120,6 +124,161 @@ def _chunk_fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
         tl.store(ht + p_s, S, mask=m_kv)
 
 
+@triton.jit
+def _chunk_bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
+                      dr, dw, dk, dv, da, db, dh0, scale, part_stride,
+                      T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr,
+                      DOT_PREC: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    if VARLEN:
+        bos = tl.load(cu + i_n).to(tl.int32)
+        eos = tl.load(cu + i_n + 1).to(tl.int32)
+        i_b = 0
+        c0 = tl.load(ck_off + i_n).to(tl.int32)
+    else:
+        bos = 0
+        eos = T
+        i_b = i_n
+        c0 = i_n * tl.cdiv(T, BT)
+    L = eos - bos
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    p_s = i_nh * K * V + p_kv
+    incl = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        dS += tl.load(dht + p_s, mask=m_kv, other=0.).to(tl.float32)
+    base_k = (i_b * T + bos) * H * K + i_h * K
+    base_v = (i_b * T + bos) * H * V + i_h * V
+    n_c = tl.cdiv(L, BT)
+    for i_rev in range(0, n_c):
+        i_c = n_c - 1 - i_rev
+        # ---- recompute the chunk's forward quantities from its start state (the checkpoint)
+        S = tl.load(ckpt + ((c0 + i_c) * H + i_h) * K * V + p_kv, mask=m_kv, other=0.)
+        m_t = (i_c * BT + o_t) < L
+        off_k = base_k + (i_c * BT + o_t)[:, None] * H * K + o_k[None, :]
+        off_v = base_v + (i_c * BT + o_t)[:, None] * H * V + o_v[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_r = tl.load(r + off_k, mask=m_tk, other=0.).to(tl.float32)
+        b_w = tl.load(w + off_k, mask=m_tk, other=0.).to(tl.float32)
+        b_k = tl.load(k + off_k, mask=m_tk, other=0.).to(tl.float32)
+        b_a = tl.load(a + off_k, mask=m_tk, other=0.).to(tl.float32)
+        b_b = tl.load(b + off_k, mask=m_tk, other=0.).to(tl.float32)
+        b_v = tl.load(v + off_v, mask=m_tv, other=0.).to(tl.float32)
+        b_do = tl.load(do + off_v, mask=m_tv, other=0.).to(tl.float32) * scale
+        c = tl.cumsum(b_w, 0)
+        c_prev = c - b_w
+        c_last = tl.sum(tl.where(o_t[:, None] == BT - 1, c, 0.), 0)
+        x_r = tl.exp(tl.where(incl[:, :, None], c[:, None, :] - c[None, :, :], float("-inf")))
+        x_a = tl.exp(tl.where(strict[:, :, None], c_prev[:, None, :] - c[None, :, :], float("-inf")))
+        A_rb = tl.sum(b_r[:, None, :] * x_r * b_b[None, :, :], 2)
+        A_rk = tl.sum(b_r[:, None, :] * x_r * b_k[None, :, :], 2)
+        A_ab = tl.sum(b_a[:, None, :] * x_a * b_b[None, :, :], 2)
+        A_ak = tl.sum(b_a[:, None, :] * x_a * b_k[None, :, :], 2)
+        Tm = eye
+        for t in tl.static_range(1, BT):
+            a_row = tl.sum(tl.where(o_t[:, None] == t, A_ab, 0.), 0)
+            new = tl.sum(a_row[:, None] * Tm, 0)
+            Tm = tl.where(o_t[:, None] == t, Tm + new[None, :], Tm)
+        a_dec = b_a * tl.exp(c_prev)                 # ã = a ⊙ e^{c_{t-1}}
+        r_dec = b_r * tl.exp(c)                      # r̃ = r ⊙ e^{c_t}
+        to_end = tl.where(m_tk, tl.exp(c_last[None, :] - c), 0.)
+        k_end = b_k * to_end                         # k̄, b̄: decayed to the chunk's end
+        b_end = b_b * to_end
+        W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
+        AkV = tl.dot(A_ak, b_v, input_precision=DOT_PREC)
+        E = tl.dot(W, S, input_precision=DOT_PREC) + tl.dot(Tm, AkV, input_precision=DOT_PREC)
+        # ---- adjoints of O = r̃ S + A_rk V + A_rb E and S' = γ S + k̄ᵀ V + b̄ᵀ E (dS holds dS')
+        dE = tl.dot(tl.trans(A_rb), b_do, input_precision=DOT_PREC) \
+            + tl.dot(b_end, dS, input_precision=DOT_PREC)
+        dA_rb = tl.where(incl, tl.dot(b_do, tl.trans(E), input_precision=DOT_PREC), 0.)
+        dA_rk = tl.where(incl, tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC), 0.)
+        d_rdec = tl.dot(b_do, tl.trans(S), input_precision=DOT_PREC)
+        d_kend = tl.dot(b_v, tl.trans(dS), input_precision=DOT_PREC)
+        d_bend = tl.dot(E, tl.trans(dS), input_precision=DOT_PREC)
+        d_gam = tl.sum(S * dS, 1)
+        # ---- through E = W S + T A_ak V with W = T ã, and T = (I - A_ab)^{-1}
+        dW = tl.dot(dE, tl.trans(S), input_precision=DOT_PREC)
+        dAkV = tl.dot(tl.trans(Tm), dE, input_precision=DOT_PREC)
+        b_dv = tl.dot(tl.trans(A_rk), b_do, input_precision=DOT_PREC) \
+            + tl.dot(k_end, dS, input_precision=DOT_PREC) \
+            + tl.dot(tl.trans(A_ak), dAkV, input_precision=DOT_PREC)
+        tl.store(dv + off_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+        d_adec = tl.dot(tl.trans(Tm), dW, input_precision=DOT_PREC)
+        dTm = tl.dot(dW, tl.trans(a_dec), input_precision=DOT_PREC) \
+            + tl.dot(dE, tl.trans(AkV), input_precision=DOT_PREC)
+        dA_ak = tl.where(strict, tl.dot(dAkV, tl.trans(b_v), input_precision=DOT_PREC), 0.)
+        dA_ab = tl.where(strict, tl.dot(tl.dot(tl.trans(Tm), dTm, input_precision=DOT_PREC), tl.trans(Tm),
+                                        input_precision=DOT_PREC), 0.)
+        # hand dS to the previous chunk: dS = γ dS' + r̃ᵀ dO + Wᵀ dE
+        dS = tl.exp(c_last)[:, None] * dS + tl.dot(tl.trans(r_dec), b_do, input_precision=DOT_PREC) \
+            + tl.dot(tl.trans(W), dE, input_precision=DOT_PREC)
+        # ---- the pairwise matrices: one [t, i, κ] block per exponent family
+        g_r = x_r * (dA_rb[:, :, None] * b_b[None, :, :] + dA_rk[:, :, None] * b_k[None, :, :])
+        g_a = x_a * (dA_ab[:, :, None] * b_b[None, :, :] + dA_ak[:, :, None] * b_k[None, :, :])
+        h_r = x_r * b_r[:, None, :]
+        h_a = x_a * b_a[:, None, :]
+        b_dr = tl.sum(g_r, 1) + d_rdec * tl.exp(c)
+        b_da = tl.sum(g_a, 1) + d_adec * tl.exp(c_prev)
+        b_dk = tl.sum(dA_rk[:, :, None] * h_r, 0) + tl.sum(dA_ak[:, :, None] * h_a, 0) + d_kend * to_end
+        b_db = tl.sum(dA_rb[:, :, None] * h_r, 0) + tl.sum(dA_ab[:, :, None] * h_a, 0) + d_bend * to_end
+        # gradients of the log decays. Every exponent above is a sum of w over an interval, and
+        # dw_j collects the terms whose interval contains j. Summing "+ at t, − at i" and then
+        # cumulating would cancel O(1) terms (the diagonal e^0 = 1) and bury the tiny gradient
+        # of a strong decay, so exponents that are 0 by construction are left out, and the
+        # interval sums are taken with 0/1 matrices on tl.dot instead of running differences.
+        P_r = tl.where(strict[:, :, None], b_r[:, None, :] * g_r, 0.)        # exponent c_t − c_i, i < t
+        P_a = tl.where((o_t[:, None] > o_t[None, :] + 1)[:, :, None], b_a[:, None, :] * g_a, 0.)  # c_{t-1} − c_i
+        d_c = tl.sum(P_r, 1) - tl.sum(P_r, 0) - tl.sum(P_a, 0) + d_rdec * r_dec   # ∂/∂c_t
+        d_cp = tl.sum(P_a, 1) + d_adec * a_dec                                    # ∂/∂c_{t-1}
+        q = d_kend * k_end + d_bend * b_end                                       # exponent c_C − c_t
+        f_incl = tl.where(incl, 1., 0.)
+        f_strict = tl.where(strict, 1., 0.)
+        b_dw = tl.dot(tl.trans(f_incl), d_c, input_precision=DOT_PREC) \
+            + tl.dot(tl.trans(f_strict), d_cp, input_precision=DOT_PREC) \
+            + tl.dot(f_strict, q, input_precision=DOT_PREC) + (d_gam * tl.exp(c_last))[None, :]
+        off_p = i_v * part_stride + off_k
+        tl.store(dr + off_p, b_dr, mask=m_tk)
+        tl.store(dw + off_p, b_dw, mask=m_tk)
+        tl.store(dk + off_p, b_dk, mask=m_tk)
+        tl.store(da + off_p, b_da, mask=m_tk)
+        tl.store(db + off_p, b_db, mask=m_tk)
+    if STORE_DH0:
+        tl.store(dh0 + p_s, dS, mask=m_kv)
+
+
+def backward(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size):
+    """Launch the chunked backward kernel. Returns (dr, dw, dk, dv, da, db, dh0)."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    N, _, cu, ck_off = _rec._layout(B, T, cu_seqlens, chunk_size, r.device)
+    BV = _rec._block_v(V)
+    NV = triton.cdiv(V, BV)
+    f32 = dict(dtype=torch.float32, device=r.device)
+    dr, dw, dk, da, db = (torch.empty(NV, B, T, H, K, **f32) for _ in range(5))
+    dv = torch.empty_like(v)
+    dh0 = torch.empty(N, H, K, V, **f32) if need_dh0 else None
+    prec = "ieee" if r.dtype == torch.float32 else "tf32"
+    _chunk_bwd_kernel[(NV, N * H)](r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
+                                   dr, dw, dk, dv, da, db, dh0, scale, B * T * H * K,
+                                   T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV,
+                                   USE_DHT=dht is not None, STORE_DH0=need_dh0,
+                                   VARLEN=cu_seqlens is not None, DOT_PREC=prec)
+    dr, dw, dk, da, db = (x.sum(0).to(r.dtype) for x in (dr, dw, dk, da, db))
+    return dr, dw, dk, dv, da, db, dh0
+
+
 def forward(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size):
     """Launch the chunked forward on contiguous tensors. Returns (o, final_state, checkpoints),
     the checkpoints being the state at every chunk start (the recurrent backward's layout)."""
@@ -153,10 +312,10 @@ class _Chunked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         r, w, k, v, a, b, ckpt, cu_seqlens = ctx.saved_tensors
-        # the chunk-start states are the recurrent backward's checkpoints (segment = chunk)
-        dr, dw, dk, dv, da, db, dh0 = _rec.backward(
+        # the chunk-start states saved by the forward are where each chunk's recomputation starts
+        dr, dw, dk, dv, da, db, dh0 = backward(
             r, w, k, v, a, b, do.contiguous(), None if dht is None else dht.contiguous(), ckpt,
-            ctx.scale, cu_seqlens, need_dh0=ctx.has_h0, C=ctx.chunk_size)
+            ctx.scale, cu_seqlens, need_dh0=ctx.has_h0, chunk_size=ctx.chunk_size)
         return dr, dw, dk, dv, da, db, None, dh0, None, None, None
 
 
@@ -171,7 +330,7 @@ def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final
 
         S_t = diag(exp(w_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,   o_t = scale · S_t^T r_t
 
-    The backward runs the fused recurrent backward kernel from the chunk-start states.
+    The backward is a chunked Triton kernel too, restarting each chunk from its saved start state.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
             or chunk_size not in (16, 32, 64):
