@@ -237,6 +237,8 @@ def kv_cache_step(q_t, k_t, v_t, cache: KVCache | None = None, scale=None):
     V = v_t.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(K)
+    elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
     if cache is None:
         keys, values = k_t[:, None], v_t[:, None]
     else:

@@ -163,3 +163,5 @@ def test_kv_cache_bad_inputs():
         A.kv_cache_step(q[:, 1, :1], k[:, 1, :1], v[:, 1, :1], cache)
     with pytest.raises(ValueError, match="cache"):
         A.kv_cache_step(q[:, 1], k[:, 1], v[:, 1], (cache.keys, cache.values, 0))
+    with pytest.raises(ValueError, match="^scale:"):
+        A.kv_cache_step(q[:, 1], k[:, 1], v[:, 1], cache, scale=float("inf"))
