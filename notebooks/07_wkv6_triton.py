@@ -483,12 +483,9 @@ print(inspect.getsource(kc.wkv6_fwd_chunked_kernel.fn))
 #   price of writing the states to memory. At training shapes with $B\cdot H \ge 128$ the single
 #   kernel already has a program per multiprocessor, and it is the easier one to read.
 #
-# **The backward of the chunked kernel** is, in this version, the recurrent backward of
-# Section 3: `triton_chunked` saves its inputs and, when autograd asks, runs the two recurrent
-# backward kernels. The gradients are exact (the check below and the tests assert it), but
-# training runs at the speed of a token-by-token sweep. A chunked backward — chunk-start states
-# stored by the forward (or recomputed), then per-chunk gradient matmuls — is Exercise 5.
-
+# The forward check comes first: chunk sizes 16 and 32, sequences that end inside a chunk, a
+# packed batch, and the strong decay that would overflow the factorised form.
+#
 # %%
 for shape, C in [((1, 1, 1, 16, 16), 16), ((2, 7, 2, 16, 32), 16), ((1, 37, 2, 16, 16), 16),
                  ((1, 40, 1, 32, 16), 32), ((1, 21, 1, 32, 64), 32)]:
@@ -510,7 +507,65 @@ o, ht = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=
 assert torch.isfinite(o).all() and torch.isfinite(ht).all()
 rwkvlab.check("triton_chunked, w = -8, vs naive", (o, ht), reference(r, k, v, w, u, s0, output_final_state=True), 1e-4)
 
-grad_check(wkv6.triton_chunked, "triton_chunked", 2, 9, 2, 16, 32)
+# %% [markdown]
+# ### The chunked backward
+#
+# The gradient of the chunked form follows from Section 3's rules applied to the chunk
+# equations instead of the token ones. Inside a chunk write $\tilde Q = Q\odot e^{c_{i-1}}$,
+# $\tilde K = K\odot e^{c_\text{last}-c}$, let $S$ be the state at the chunk's start and $\bar S$
+# the gradient of the state at its end. Since $O = \tilde Q S + AV$ and
+# $S_\text{end} = \mathrm{diag}(e^{c_\text{last}})S + \tilde K^\top V$, the matrix rules
+# ($\overline{XY}$ gives $\bar X = \bar{(XY)}\,Y^\top$ and $\bar Y = X^\top\bar{(XY)}$) give
+#
+# $$ \bar{\tilde Q} = \bar O S^\top,\quad \bar A = \bar O V^\top \ (\text{causal part}),\quad
+#    \bar{\tilde K} = V\bar S^\top,\quad \bar V = A^\top\bar O + \tilde K\bar S,\quad
+#    \bar S_\text{start} = \mathrm{diag}(e^{c_\text{last}})\bar S + \tilde Q^\top \bar O . $$
+#
+# Five more matmuls per chunk. The intra-chunk weights are again handled column by column with
+# the exact exponent: $\bar q_i \mathrel{+}= \sum_{j<i}\bar A_{ij}\,k_j\odot e^{c_{i-1}-c_j}$ and
+# $\bar k_j \mathrel{+}= \sum_{i>j}\bar A_{ij}\,q_i\odot e^{c_{i-1}-c_j}$; the diagonal
+# $\bar A_{ii} = \bar o_i\cdot v_i$ feeds the bonus terms of $\bar q, \bar k$ and $\bar u$ as
+# before. For the decay, the cumulative-sum argument of Section 3 now runs *inside* the chunk:
+# collect the gradient of every $c_i$ (through $\tilde K$ and the intra weights), of every
+# $c_{i-1}$ (through $\tilde Q$ and the intra weights) and of $c_\text{last}$ (through $\tilde K$
+# and the factor $e^{c_\text{last}}$ that decays $S$), and push each back to the $w_m$ it sums:
+# $c_i$ to $m\le i$, $c_{i-1}$ to $m<i$, $c_\text{last}$ to every token of the chunk. Two reverse
+# cumulative sums over the chunk's rows do it.
+#
+# The reverse kernel needs $S$ at every chunk start, which brings back Section 4's choice. The
+# forward keeps nothing (autograd saves only the inputs); the backward first re-runs the forward
+# kernel with its output switched off and a flag that writes the state at every chunk start,
+# $\lceil T/C\rceil$ states per sequence and head, then sweeps the chunks in reverse order with
+# $\bar S$ in registers — FLA's "recompute the states in the backward" option. It costs one
+# extra forward in time and, for $C = 16$ at the shape of Section 4, the 512 MiB row of the table
+# (plus the float32 partial sums of $\bar r, \bar k, \bar w$, as in the recurrent backward).
+
+# %%
+print(inspect.getsource(kc.wkv6_bwd_chunked_kernel.fn))
+print(inspect.getsource(kc.bwd))
+
+# %% [markdown]
+# Every gradient against autograd through the float64 naive loop: chunks of 16 and 32,
+# sequences that end inside a chunk, a packed batch, and the strong decay (where every gradient
+# must also be finite). The tests in `tests/test_wkv6_triton.py` add more shapes, among them a
+# value dimension split over two programs.
+
+# %%
+grad_check(wkv6.triton_chunked, "triton_chunked C=16", 2, 9, 2, 16, 32)
+grad_check(functools.partial(wkv6.triton_chunked, chunk_size=32), "triton_chunked C=32", 1, 37, 1, 16, 16)
+grad_check(wkv6.triton_chunked, "triton_chunked C=16", 1, 33, 1, 16, 16, cu=[0, 3, 20, 33])
+
+xs = [x.requires_grad_() for x in inputs(1, 40, 1, 16, 16)]
+with torch.no_grad():
+    xs[3].fill_(-8.0)
+    xs[3][:, ::7] = 0.0
+o, ht = wkv6.triton_chunked(*xs[:5], initial_state=xs[5], output_final_state=True)
+got = torch.autograd.grad(o.sum() + ht.sum(), xs)
+ref = [x.detach().double().cpu().requires_grad_() for x in xs]
+o64, ht64 = wkv6.naive(*ref[:5], initial_state=ref[5], output_final_state=True)
+want = torch.autograd.grad(o64.sum() + ht64.sum(), ref)
+assert all(torch.isfinite(g).all() for g in got)
+rwkvlab.check("triton_chunked grads, w = -8, vs naive", got, want, 1e-4)
 
 # %% [markdown]
 # ## 6. Both kernels agree with everything else
@@ -544,22 +599,25 @@ rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_re
 #
 # | implementation | forward ms | forward+backward ms | rel. diff of $o$ |
 # | --- | ---: | ---: | ---: |
-# | torch chunked (`wkv6.chunked`, C = 16) | 28.3 | 266.7 | — |
+# | torch chunked (`wkv6.chunked`, C = 16) | 27.9 | 264.3 | — |
 # | `triton_recurrent` | 9.3 | 21.6 | 2e-05 |
-# | `triton_chunked`, C = 16 | 4.5 | 16.7 | 3e-03 |
-# | `triton_chunked`, C = 32 | 5.1 | 17.4 | 3e-03 |
-# | `triton_chunked`, C = 64 | 6.8 | 19.5 | 3e-03 |
+# | `triton_chunked`, C = 16 | 4.5 | 11.8 | 3e-03 |
+# | `triton_chunked`, C = 32 | 4.9 | 13.5 | 3e-03 |
+# | `triton_chunked`, C = 64 | 6.7 | 29.1 | 3e-03 |
 #
-# Three things to read off it. The chunked kernel's forward is twice as fast as the recurrent
-# one, and chunks of 16 beat 32 and 64: the $C^2K$ exponentials of the intra-chunk weights grow
-# faster than the sequential steps shrink (Exercise 6). The forward+backward times differ by
-# less, because both use the same recurrent backward (about 12 ms of the total). And the
-# chunked kernel's bfloat16 output differs from the float32-state references by $3\cdot10^{-3}$
-# rather than $2\cdot10^{-5}$: its matmuls take bfloat16 operands (the decayed queries and a
-# bfloat16 copy of the state) for the tensor cores — well inside the stated tolerance, and the
-# price of using them. Against a memory-bound ideal (reading 320 MB of inputs and outputs takes
-# about 0.1 ms at 3 TB/s) both kernels are far from the limit: each program's sequential loop,
-# not bandwidth, is the bottleneck, which is what FLA's chunk-parallel design attacks.
+# A few things to read off it. The chunked kernels beat the recurrent ones by about 2× in both
+# directions, and chunks of 16 beat 32 and 64: the $C^2K$ exponentials of the intra-chunk weights
+# grow faster than the sequential steps shrink (Exercise 6); at $C = 64$ the backward, with its
+# $64\times 64$ tiles $A$ and $\bar A$ and a 64-step column loop per chunk, even falls behind the
+# recurrent one. The plain-torch chunked form, which
+# materialises the pairwise decay tensor and lets autograd store everything, is 6× slower in the
+# forward and over 20× slower in training. And the chunked kernel's bfloat16 output differs from
+# the float32-state references by $3\cdot10^{-3}$ rather than $2\cdot10^{-5}$: its matmuls take
+# bfloat16 operands (the decayed queries and a bfloat16 copy of the state) for the tensor cores —
+# well inside the stated tolerance, and the price of using them. Against a memory-bound ideal
+# (reading and writing about 320 MiB takes roughly 0.1 ms at 3 TB/s) both kernels are far from the
+# limit: each program's sequential loop, not bandwidth, is the bottleneck. That is what FLA's
+# design attacks by making the output and gradient kernels parallel over chunks.
 
 # %%
 if rwkvlab.device.has_gpu():
@@ -600,8 +658,9 @@ else:
 # - Storing every state would cost 32× the inputs at a real shape; checkpoints, chunk-start
 #   states and recomputation each cost a few hundred MiB, paid in different currencies.
 # - The chunked kernel moves three products per chunk onto `tl.dot` and keeps every exponent
-#   $\le 0$ by building the intra-chunk weights column by column with the exact relative decay;
-#   its backward in this version is the recurrent one.
+#   $\le 0$ by building the intra-chunk weights column by column with the exact relative decay.
+#   Its backward recomputes the chunk-start states, then sweeps the chunks in reverse with five
+#   more matmuls per chunk and the same cumulative-sum trick for the decay, inside each chunk.
 #
 # ## Exercises
 #
@@ -619,9 +678,9 @@ else:
 # 4. The cumulative-sum identity for $\bar w$ subtracts two large sums when the sequence is
 #    long. Measure its float32 error against float64 for $T = 64, 256, 1024$ (on a GPU) with
 #    $w$ close to 0. Does the error grow with $T$? Propose a fix.
-# 5. Write a chunked backward: let `triton_chunked` store the state at each chunk start
-#    (`[N, H, ⌈T/C⌉, K, V]` float32), then compute $\bar q, \bar k, \bar v$ per chunk with three
-#    matmuls each and $\bar w$ with the cumulative-sum identity inside the chunk. Check it against
-#    the recurrent backward and time both with `benchmarks/bench_wkv6.py`.
+# 5. The chunked backward recomputes the chunk-start states. Add a `store_states` option to
+#    `triton_chunked` that keeps them from the forward instead (saved on `ctx`), and measure on a
+#    GPU what the backward gains in time and what the forward+backward costs in peak memory
+#    (`torch.cuda.max_memory_allocated`).
 # 6. Change `chunk_size` in `triton_chunked` to 64 on a GPU and time it. Explain the result with
 #    the count of exponentials per chunk ($C^2K$) against the number of sequential steps ($T/C$).
