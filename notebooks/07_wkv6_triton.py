@@ -374,9 +374,10 @@ grad_check(wkv6.triton_recurrent, "triton_recurrent", 1, 17, 2, 16, 16, cu=[0, 4
 # - **Recompute everything (this chapter's kernels).** No states at all; the price is the second
 #   forward pass inside the backward and the float32 partial-sum buffers of Section 3 (three of
 #   them, $\bar r, \bar k, \bar w$, each `NV` slabs of $B\,T\,H\,K$).
-# - **FLA's chunked kernels** sit in between: the forward stores only the state at the start of
-#   each chunk of $C$ tokens ($B\,H\,\lceil T/C\rceil$ states), and the backward either reads them
-#   or recomputes them (a flag); the intra-chunk part is recomputed from the inputs either way.
+# - **Chunk-start states** (FLA's chunked kernels, and this chapter's chunked backward in
+#   Section 5) sit in between: only the state at the start of each chunk of $C$ tokens is kept
+#   ($B\,H\,\lceil T/C\rceil$ states), either stored by the forward or recomputed at the start of
+#   the backward (a flag in FLA); the intra-chunk part is recomputed from the inputs either way.
 #
 # The cell computes the bytes.
 
@@ -407,8 +408,9 @@ assert rows["recompute (partials dr, dk, dw; NV = 1)"] < rows["chunk-start state
 # why no training kernel does it. Checkpoints and chunk-start states cost a few hundred MiB; our
 # recompute strategy costs a similar amount, not for states but for float32 partial sums (and
 # twice that when `V` is split over two programs: the price of parallelism in the backward is
-# memory). In time, recomputing is one extra sequential sweep over the tokens — for a
-# memory-bound recurrence roughly 1.5× the forward's traffic added to the backward. FLA's choice
+# memory). In time, recomputing is one extra sequential sweep over the tokens, about the cost
+# of the forward itself (the measurements of Section 7 put the recurrent backward at 1.3× the
+# forward). FLA's choice
 # of storing chunk-start states is attractive precisely because they also let the backward run
 # *in parallel over chunks*: with the state at every chunk boundary in memory, each chunk's
 # gradient is an independent little problem.
@@ -485,7 +487,7 @@ print(inspect.getsource(kc.wkv6_fwd_chunked_kernel.fn))
 #
 # The forward check comes first: chunk sizes 16 and 32, sequences that end inside a chunk, a
 # packed batch, and the strong decay that would overflow the factorised form.
-#
+
 # %%
 for shape, C in [((1, 1, 1, 16, 16), 16), ((2, 7, 2, 16, 32), 16), ((1, 37, 2, 16, 16), 16),
                  ((1, 40, 1, 32, 16), 32), ((1, 21, 1, 32, 64), 32)]:
