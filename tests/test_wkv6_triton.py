@@ -18,7 +18,7 @@ from rwkvlab.wkv6 import kernels_chunked, kernels_recurrent
 
 DEV = device.device()
 TOL = 1e-4  # float32, relative, Triton vs the float64 reference (DESIGN.md)
-BF16_TOL = 2e-2  # bfloat16 inputs/outputs vs float64 on the same (rounded) inputs
+BF16_TOL = 2e-2  # bfloat16 (and float16) inputs/outputs vs float64 on the same (rounded) inputs
 
 IMPLS = [
     ("recurrent", wkv6.triton_recurrent),
@@ -142,16 +142,17 @@ def test_gradient_without_final_state_or_initial_state(name, impl):
         assert rel_err(a, b) < TOL
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("name,impl", IMPLS[:2], ids=IDS[:2])
-def test_bfloat16_within_stated_tolerance(name, impl):
-    """bf16 in, bf16 out, float32 state; compared with float64 on the same bf16-rounded inputs."""
+def test_16_bit_inputs_within_stated_tolerance(name, impl, dtype):
+    """bf16/fp16 in and out, float32 state; compared with float64 on the same rounded inputs."""
     shape = device.pick((1, 24, 2, 16, 16), (4, 512, 4, 64, 64))
-    xs = make_inputs(*shape, dtype=torch.bfloat16, requires_grad=True)
+    xs = make_inputs(*shape, dtype=dtype, requires_grad=True)
     o, ht = impl(*xs[:5], initial_state=xs[5], output_final_state=True)
-    assert o.dtype == torch.bfloat16 and ht.dtype == torch.float32
+    assert o.dtype == dtype and ht.dtype == torch.float32
     o_ref, ht_ref = reference(*xs, output_final_state=True)
     assert rel_err(o, o_ref) < BF16_TOL and rel_err(ht, ht_ref) < BF16_TOL
-    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(3)).to(DEV, torch.bfloat16)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(3)).to(DEV, dtype)
     got = torch.autograd.grad((o * do).float().sum(), xs)
     ref_xs = [x.detach().double().cpu().requires_grad_() for x in xs]
     o64, _ = wkv6.naive(*ref_xs[:5], initial_state=ref_xs[5])

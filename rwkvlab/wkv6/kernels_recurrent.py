@@ -255,7 +255,9 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N):
 def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht):
     B, T, H, K = r.shape
     V = v.shape[-1]
-    BK, BV, NV = _blocks(K, V, 32 if device.has_gpu() else 32)
+    # narrower V-blocks than the forward's: twice the programs for the two sequential sweeps, at
+    # the price of twice the float32 partial-sum buffers (chapter 07, Section 4)
+    BK, BV, NV = _blocks(K, V, 32)
     dev, f32 = r.device, torch.float32
     varlen = cu_seqlens is not None
     T_arg = B * T if varlen else T
