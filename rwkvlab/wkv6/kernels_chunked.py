@@ -12,7 +12,7 @@ chunk's start (``c_{-1} = 0``, so ``c_{i-1} - c_j ≤ 0`` whenever ``j < i``):
 Every exponent above is ≤ 0, so nothing overflows for any ``w ≤ 0``: the intra-chunk weights are
 computed column by column with the exact exponent ``c_{i-1} - c_j`` rather than as a product
 ``(q ⊙ e^{c})(k ⊙ e^{-c})ᵀ``, whose factor ``e^{-c_j}`` overflows float32 once ``-c_j > 88``
-(e.g. 11 tokens of ``w = -8``). Three matmuls per chunk run on ``tl.dot``: ``q̃ S``, ``A V`` and
+(e.g. 12 tokens of ``w = -8``). Three matmuls per chunk run on ``tl.dot``: ``q̃ S``, ``A V`` and
 ``k̃ᵀ V``.
 
 Who owns what. One program instance per (sequence·head, block of BV value columns), as in the
