@@ -323,9 +323,11 @@ assert min(r[1] + r[2] for r in rows) == rows[2][1] + rows[2][2]   # the sum is 
 # the inputs they came from. Exercise 2 asks you to make $C$
 # a parameter and measure the trade-off.
 #
-# The recomputation also explains why the backward pass costs more than twice the forward pass:
-# per step it does one recomputed update (three tile operations), then about nine tile
-# operations for the gradients.
+# The recomputation also explains why the backward pass costs more than the forward pass. Per
+# step it does one recomputed update (three tile operations), then about nine tile operations
+# for the gradients, where the forward did four. On an H100 (Section 8) the measured ratio is
+# smaller than that count suggests, 15 ms against 9 ms, because both kernels spend much of
+# their time waiting on loads rather than computing.
 #
 # ### The backward kernel
 #
@@ -598,17 +600,22 @@ for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
 #
 # | kernel | forward ms | forward + backward ms | speed-up vs torch chunked (fwd / fwd+bwd) |
 # |---|---|---|---|
-# | `wkv7.triton_recurrent` | 9.5 | 24.0 | 8.6× / 22.6× |
-# | `wkv7.triton_chunked` | 14.7 | 33.7 | 5.5× / 16.1× |
-# | `wkv7.chunked` (torch, chapter 10) | 81.1 | 541.6 | 1 / 1 |
+# | `wkv7.triton_recurrent` | 8.9 | 23.9 | 8.2× / 22.6× |
+# | `wkv7.triton_chunked` | 14.5 | 65.1 | 5.0× / 8.3× |
+# | `wkv7.chunked` (torch, chapter 10) | 73.2 | 538.4 | 1 / 1 |
 #
 # Both kernels beat the torch form by a wide margin. Most of that is fusion: the torch version
 # writes every intermediate ($A$ matrices, $\mathcal T$, $W$, $U$) to memory and runs its
-# backward through autograd. The chunked kernel is *slower* than the recurrent one, and that
-# deserves a plain explanation. Each of its programs recomputes the pairwise `[16, 16, 64]`
+# backward through autograd. The chunked kernel is *slower* than the recurrent one, forward and
+# backward. Its backward alone takes about 50 ms against the recurrent backward's 15. In an
+# earlier run on the same kind of machine, `triton_chunked` with its backward routed through the
+# recurrent backward kernel (the checkpoint layouts match, so that works) measured 33.7 ms for
+# forward + backward. That deserves a plain explanation. Each of its programs recomputes the pairwise `[16, 16, 64]`
 # blocks and the forward substitution for its own V-block: with `BV = 32` that work is done
 # twice per head, in registers, before any tensor core gets busy. The products are also tiny
-# ($16 \times 64$ by $64 \times 32$). Production kernels such as FLA's split the work into
+# ($16 \times 64$ by $64 \times 32$). The backward is worse: five such blocks and about two
+# dozen tiny products per chunk, all held in registers. Production kernels such as FLA's split
+# the work into
 # several launches. A kernel parallel over *all chunks at once* computes $A$, $\mathcal T$, $W$
 # and $U$; a short sequential kernel passes the states; a third produces the outputs. Exercise 4
 # asks for that split. The recurrent kernel, for its part, is close to memory-bound here. It
@@ -704,10 +711,20 @@ assert eager.ops == 15 and round(eager.total / unit) == 35
 # `xx·μ`, reads it back with `x`, and writes the result. The fused kernel moves **8**. It
 # reads each block of `x` twice, once at the block's rows and once one row up (the second
 # read mostly hits the cache), and it writes the six mixes once each. The mixing vectors are a
-# few KiB. So the fusion cuts memory traffic by $35/8 \approx 4.4\times$, and for a
-# memory-bound operation time follows bytes. At $B = 4$, $T = 4096$, $C = 2048$ in bfloat16 a
-# pass is 64 MiB: 2.2 GiB eager against 0.5 GiB fused, about 0.8 ms against 0.2 ms at the
-# ~3 TB/s an H100 sustains for a device-to-device copy.
+# few KiB. So the fusion cuts memory traffic by $35/8 \approx 4.4\times$. At $B = 4$,
+# $T = 4096$, $C = 2048$ in bfloat16 a pass is 64 MiB: 2.2 GiB eager against 0.5 GiB fused. If
+# time followed bytes at the ~3 TB/s an H100 sustains for a device-to-device copy, that would
+# be about 0.8 ms against 0.2 ms.
+#
+# It does not, yet. Measured on an H100 (the GPU cell at the end of this section), eager takes
+# 1.17 ms and the fused kernel 1.00 ms: only 1.2× faster. The eager elementwise kernels
+# stream at about 2 TB/s. The fused kernel moves a quarter of the bytes but reaches only about
+# 0.5 TB/s effective. Part of both times is argument validation, which the byte count leaves
+# out: every call checks its inputs for NaN, which costs a full read and a host
+# synchronization. The rest is a kernel that does not yet stream at full speed. The bytes are
+# saved; turning them into time is left to Exercise 8. This section's lesson is the
+# accounting: the byte count gives the *bound*, and a measurement tells you how far a kernel
+# is from it.
 #
 # The backward kernel is fused the same way. $\bar x_t$ collects
 # $\sum_m \bar x_{m,t}\odot(1-\mu_m)$ from its own row and $\sum_m \bar x_{m,t+1}\odot\mu_m$ from the
@@ -759,6 +776,9 @@ if rwkvlab.device.has_gpu():
     t_fused = triton.testing.do_bench(lambda: kf.fused_addcmul(xg, *mug))
     print(f"token shift + 6 mixes, B=4 T=4096 C=2048 bf16: eager {t_eager:.3f} ms, fused {t_fused:.3f} ms "
           f"({t_eager / t_fused:.1f}x)")
+    pass_bytes = xg.numel() * xg.element_size()
+    print(f"effective bandwidth: eager {35 * pass_bytes / t_eager / 1e9:.2f} TB/s, "
+          f"fused {8 * pass_bytes / t_fused / 1e9:.2f} TB/s")
 else:
     print("no GPU: the timing of eager vs fused mixing runs only on a GPU")
 
@@ -784,11 +804,13 @@ else:
 #   start state and runs the adjoint of every line, with $\bar A_{ab} = \mathcal T^\top \bar{\mathcal T}
 #   \mathcal T^\top$ for the triangular inverse. Its decay gradient uses interval sums, so it
 #   stays exact for strong decays.
-# - On an H100 both kernels are 5–9× faster than the torch chunked form in the forward pass
-#   and 16–23× in forward + backward. The single-kernel chunked design is slower than the
-#   recurrent kernel at this shape; the fix is to split it into several launches.
+# - On an H100 both kernels are 5–8× faster than the torch chunked form in the forward pass
+#   and 8–23× in forward + backward. The single-kernel chunked design is slower than the
+#   recurrent kernel at this shape, its backward most of all; the fix is to split it into
+#   several launches.
 # - The small pieces of the block are memory-bound, so count bytes. Token shift with six mixes
-#   moves 35 tensor-sized passes in eager torch and 8 in one fused kernel.
+#   moves 35 tensor-sized passes in eager torch and 8 in one fused kernel. That is a bound on
+#   the gain; the measured gain (1.2× on an H100) shows how far this kernel still is from it.
 #
 # ## Exercises
 #
@@ -817,3 +839,7 @@ else:
 # 7. **Strong decay in half precision.** With float16 inputs, what is the smallest log decay
 #    whose factor $e^{w}$ survives the load? Does the kernel lose anything by computing
 #    `tl.exp(b_w)` in float32 after the load?
+# 8. **Close the gap.** On a GPU, time `kf._FusedAddcmul.apply` alone (no validation) next to
+#    the eager ops without `validate`, and profile the fused kernel with Nsight Compute
+#    (`ncu --set full`). Is it limited by DRAM, by the six strided stores, or by the number of
+#    programs? Try other `BR`, `BC` and `num_warps`, and report the bandwidth you reach.
