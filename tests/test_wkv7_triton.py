@@ -176,8 +176,20 @@ def test_bfloat16(impl):
         assert rel_err(gg, rr) <= TOL_BF16, f"d{name}: rel err {rel_err(gg, rr):.2e}"
 
 
+class _NoLaunch:
+    """Stands in for a kernel: any launch fails the test, so errors must come from validation."""
+
+    def __getitem__(self, grid):
+        raise AssertionError("a kernel was launched before the input was validated")
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-def test_bad_inputs_raise_before_launch(impl):
+def test_bad_inputs_raise_before_launch(impl, monkeypatch):
+    from rwkvlab.wkv7 import kernels_chunked, kernels_recurrent
+
+    for mod, name in ((kernels_recurrent, "_fwd_kernel"), (kernels_recurrent, "_bwd_kernel"),
+                      (kernels_chunked, "_chunk_fwd_kernel"), (kernels_chunked, "_chunk_bwd_kernel")):
+        monkeypatch.setattr(mod, name, _NoLaunch())
     f = IMPLS[impl]
     xs, h0 = make_inputs(1, 5, 1, 16, 16, seed=8)
     r, w, k, v, a, b = xs

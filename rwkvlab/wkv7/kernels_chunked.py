@@ -33,7 +33,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import device
 from . import kernels_recurrent as _rec
 
 __all__ = ["triton_chunked"]

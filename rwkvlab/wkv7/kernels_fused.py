@@ -86,7 +86,9 @@ def _mix_bwd_kernel(x, shift, mu, dout, dx, dshift, dmu, n_rows, T, C: tl.conste
 
 
 def _blocks(C):
-    return (16, min(triton.next_power_of_2(C), 64)) if device.interpreting() else (32, min(triton.next_power_of_2(C), 128))
+    """(rows, channels) per program: small tiles in the interpreter, wider ones on a GPU."""
+    BC = min(triton.next_power_of_2(C), 64 if device.interpreting() else 128)
+    return (16 if device.interpreting() else 32), BC
 
 
 class _FusedAddcmul(torch.autograd.Function):
