@@ -716,16 +716,30 @@ assert eager.ops == 15 and round(eager.total / unit) == 35
 # time followed bytes at the ~3 TB/s an H100 sustains for a device-to-device copy, that would
 # be about 0.8 ms against 0.2 ms.
 #
-# It does not, yet. Measured on an H100 (the GPU cell at the end of this section), eager takes
-# 1.17 ms and the fused kernel 1.00 ms: only 1.2× faster. The eager elementwise kernels
-# stream at about 2 TB/s. The fused kernel moves a quarter of the bytes but reaches only about
-# 0.5 TB/s effective. Part of both times is argument validation, which the byte count leaves
-# out: every call checks its inputs for NaN, which costs a full read and a host
-# synchronization. The rest is a kernel that does not yet stream at full speed. The bytes are
-# saved; turning them into time is left to Exercise 8. This section's lesson is the
-# accounting: the byte count gives the *bound*, and a measurement tells you how far a kernel
-# is from it.
-#
+# The first measurement on an H100 fell far short of that: eager 1.17 ms, fused 1.00 ms, only
+# 1.2× faster. Counting bytes found the culprit, and it was outside the kernel. The fused
+# function's argument checks then included the book's usual NaN scan,
+# `torch.isfinite(x).all()`. That is five more eager kernels (abs, compare, compare, multiply,
+# reduce), about 8 tensor-sized passes of their own, and a host synchronization for `x` and for
+# each of the six $\mu$. The kernel's 8 passes had become 16, plus seven round trips to the
+# CPU. The torch pieces skip that scan on purpose (`rwkv7_ops` checks types and shapes only;
+# its comment says why). The eager side had no such cost, and 35 passes in 1.17 ms is about
+# 2 TB/s, so it was running near the memory's speed. The fused function now validates the
+# way `rwkv7_ops` does: types and shapes, no scan, no synchronization. When a GPU is present,
+# the cell at the end of this section prints the current times and effective bandwidths. The
+# lesson is about accounting. The byte count gives the *bound*, and when a measurement misses
+# it, count the bytes of *everything* the call does, not only the kernel you wrote. The same
+# counter measures the scan on a bfloat16 `x`:
+
+# %%
+x_bf16 = x.bfloat16()
+with CountBytes() as scan:
+    rwkvlab.validate.tensor("x", x_bf16)                 # the NaN scan the fused wrapper used to do
+passes = scan.total / (x_bf16.numel() * x_bf16.element_size())
+print(f"NaN scan of x: {scan.ops} ops (the last one copies the answer to the CPU), {passes:.1f} passes")
+assert scan.ops == 6 and round(passes) == 8
+
+# %% [markdown]
 # The backward kernel is fused the same way. $\bar x_t$ collects
 # $\sum_m \bar x_{m,t}\odot(1-\mu_m)$ from its own row and $\sum_m \bar x_{m,t+1}\odot\mu_m$ from the
 # row below (unless that row starts a new sequence). The shift state gets the first row's
@@ -810,7 +824,8 @@ else:
 #   several launches.
 # - The small pieces of the block are memory-bound, so count bytes. Token shift with six mixes
 #   moves 35 tensor-sized passes in eager torch and 8 in one fused kernel. That is a bound on
-#   the gain; the measured gain (1.2× on an H100) shows how far this kernel still is from it.
+#   the gain, and a measurement that misses it means some bytes went uncounted: here, a NaN
+#   scan in the argument checks that cost as much as the kernel.
 #
 # ## Exercises
 #
@@ -839,7 +854,7 @@ else:
 # 7. **Strong decay in half precision.** With float16 inputs, what is the smallest log decay
 #    whose factor $e^{w}$ survives the load? Does the kernel lose anything by computing
 #    `tl.exp(b_w)` in float32 after the load?
-# 8. **Close the gap.** On a GPU, time `kf._FusedAddcmul.apply` alone (no validation) next to
-#    the eager ops without `validate`, and profile the fused kernel with Nsight Compute
-#    (`ncu --set full`). Is it limited by DRAM, by the six strided stores, or by the number of
-#    programs? Try other `BR`, `BC` and `num_warps`, and report the bandwidth you reach.
+# 8. **How close to the bound?** On a GPU, time `kf._FusedAddcmul.apply` alone next to
+#    `kf.fused_addcmul` and to the eager pieces, and profile the kernel with Nsight Compute
+#    (`ncu --set full`). What fraction of the DRAM bandwidth does it reach? Try other `BR`, `BC`
+#    and `num_warps`. Then put the NaN scan back and measure what it costs.

@@ -127,18 +127,20 @@ def fused_addcmul(x, *mus, shift_state=None):
     ``rwkv7_ops.addcmul_mix(x, rwkv7_ops.token_shift(x, shift_state)[0], *mus)``; the shift state
     for the next segment is ``x[:, -1]``. Differentiable in ``x``, every ``μ`` and ``shift_state``.
     """
-    validate.tensor("x", x, ndim=3, dtypes=(torch.float32, torch.float16, torch.bfloat16))
+    # type, rank, dtype and shape only, as in rwkv7_ops: a NaN scan of x would be five extra
+    # kernels and a host synchronization, more memory traffic than the fused kernel itself
+    validate.tensor("x", x, ndim=3, dtypes=(torch.float32, torch.float16, torch.bfloat16), finite=False)
     B, T, C = x.shape
     if T < 1:
         raise ValueError(f"x: expected T >= 1, got shape {tuple(x.shape)}")
     if not mus:
         raise ValueError("mus: expected at least one mixing vector")
     for i, mu in enumerate(mus):
-        validate.tensor(f"mus[{i}]", mu)
+        validate.tensor(f"mus[{i}]", mu, finite=False)
         if mu.numel() != C:
             raise ValueError(f"mus[{i}]: expected {C} elements (one per channel), got shape {tuple(mu.shape)}")
     if shift_state is not None:
-        validate.tensor("shift_state", shift_state, ndim=2)
+        validate.tensor("shift_state", shift_state, ndim=2, finite=False)
         if tuple(shift_state.shape) != (B, C):
             raise ValueError(f"shift_state: expected shape (B, C) = {(B, C)}, got {tuple(shift_state.shape)}")
         shift_state = shift_state.to(x.dtype).contiguous()
