@@ -333,15 +333,23 @@ def random_word(n: int, length: int, generator: torch.Generator | None = None) -
     return [pairs[m] for m in idx]
 
 
-def reflection_args(word, n: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def _eta(eta) -> float:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 < eta <= 2:
+        raise ValueError(f"eta: expected a number in (0, 2], got {eta!r}")
+    return float(eta)
+
+
+def reflection_args(word, n: int, dtype: torch.dtype = torch.float32, eta: float = 2.0) -> dict[str, torch.Tensor]:
     """``wkv7`` arguments (B = H = 1, K = V = n) that apply one reflection per letter.
 
-    Letter (i j) becomes ``k̂ = (e_i − e_j)/√2``, ``a = −k̂``, ``b = 2k̂``, ``w = 0`` and writes
-    nothing (k = v = 0), so ``G = I − 2k̂k̂ᵀ``: the permutation matrix that swaps rows i and j.
+    Letter (i j) becomes ``k̂ = (e_i − e_j)/√2``, ``a = −k̂``, ``b = η k̂`` with ``η = 2``, ``w = 0``
+    and writes nothing (k = v = 0), so ``G = I − 2k̂k̂ᵀ``: the permutation matrix that swaps rows
+    i and j. (Any other ``η`` ∈ (0, 2] gives ``I − η k̂k̂ᵀ``, e.g. an RWKV-7 iclr < 1: no swap.)
     The read-out key is ``r = (0, 1, …, n−1)`` at every step: with ``S_t = P_{π_t}`` (the matrix
     with ``P e_i = e_{π(i)}``), ``o_t = S_tᵀ r`` has entries ``r_{π_t(i)} = π_t(i)``.
     """
     letters = check_word(word, n)
+    eta = _eta(eta)
     T = len(letters)
     kh = torch.zeros(1, T, 1, n, dtype=dtype)
     for t, (i, j) in enumerate(letters):
@@ -349,17 +357,18 @@ def reflection_args(word, n: int, dtype: torch.dtype = torch.float32) -> dict[st
         kh[0, t, 0, j] = -1 / math.sqrt(2)
     zeros = torch.zeros_like(kh)
     r = torch.arange(n, dtype=dtype).expand(1, T, 1, n).contiguous()
-    return dict(r=r, w=zeros, k=zeros, v=zeros, a=-kh, b=2 * kh)
+    return dict(r=r, w=zeros, k=zeros, v=zeros, a=-kh, b=eta * kh)
 
 
-def track(word, n: int, dtype: torch.dtype = torch.float32) -> tuple[list[tuple[int, ...]], float]:
+def track(word, n: int, dtype: torch.dtype = torch.float32, eta: float = 2.0) -> tuple[list[tuple[int, ...]], float]:
     """Run ``word`` through ``rwkvlab.wkv7.naive`` from ``S_0 = I`` and read each prefix's permutation.
 
     Returns ``(perms, drift)``: the permutation read after every token (rounded read-out
     ``o_t = S_tᵀ (0, …, n−1)``) and the largest distance of any read-out from an integer
     (the floating-point error of the reflections, which rounding removes while it is < 0.5).
+    ``eta`` is passed to :func:`reflection_args` (2: exact reflections).
     """
-    args = reflection_args(word, n, dtype=dtype)
+    args = reflection_args(word, n, dtype=dtype, eta=eta)
     S0 = torch.eye(n, dtype=dtype)[None, None]                 # [N=1, H=1, K, V]: the identity
     o, _ = wkv7.naive(args["r"], args["w"], args["k"], args["v"], args["a"], args["b"], initial_state=S0)
     out = o[0, :, 0].double()                                  # [T, n]

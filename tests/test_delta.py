@@ -248,3 +248,12 @@ def test_bad_arguments_raise_value_errors_naming_them():
         delta.released_transitions(0, 4)
     with pytest.raises(ValueError, match="log_decay_of"):
         delta.diagonal_track([(0, 1)], 3, log_decay_of={(1, 2): torch.zeros(3)})
+
+
+def test_released_range_iclr_below_one_cannot_swap():
+    word = delta.random_word(5, 60, gen(9))
+    perms, drift = delta.track(word, 5, eta=0.99)            # G = I − 0.99 k̂k̂ᵀ: eigenvalue 0.01, not −1
+    assert perms != delta.compose(word, 5)
+    assert drift > 0.05
+    with pytest.raises(ValueError, match="eta"):
+        delta.track(word, 5, eta=2.5)
