@@ -218,6 +218,16 @@ rwkvlab.check("triton_recurrent varlen [1, 17, 22] vs naive", got,
 # $$ \bar b_t = \bar G_t\, a_t = \bar S_t\,(S_{t-1}^\top a_t) = \bar S_t\, sa_t, \qquad
 #    \bar a_t = \bar G_t^\top b_t = S_{t-1}\,(\bar S_t^\top b_t). $$
 #
+# The seed notes this book grew from state the decay gradient differently:
+#
+# > Gradient of decay w.r.t. w: `dw = -sum(dS * S_prev) * exp(w) * exp(-exp(w))`
+#
+# Both are right, for different parameterizations. The seed's $w$ lives in "log-log" space, with
+# the decay factor $e^{-e^{w}}$, and $\frac{d}{dw}e^{-e^{w}} = -e^{w}e^{-e^{w}}$ produces its two
+# exponentials. The kernels here follow FLA and take the *log* decay, factor $e^{w}$, whose
+# derivative is $e^{w}$ itself. A model that keeps the log-log parameter applies the extra
+# chain-rule factor $-e^{w'}$ outside the kernel, where autograd does it for free.
+#
 # **Hand the gradient to the previous state.**
 #
 # $$ \bar S_{t-1} = G_t^\top \bar S_t = \mathrm{diag}(e^{w_t})\,\bar S_t + a_t\,(b_t^\top \bar S_t), $$
