@@ -1,0 +1,593 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The state becomes a matrix; decay becomes data-dependent
+#
+# RWKV-4 kept, for every channel, two running numbers: a decayed sum of `e^{k} v` and a
+# decayed sum of `e^{k}`, and divided one by the other. RWKV-5 ("Eagle") and RWKV-6 ("Finch")
+# (Peng et al. 2024, arXiv 2404.05892) replace that pair by a **matrix** per head, drop the
+# division, and — in RWKV-6 — let every token choose how fast each row of that matrix forgets.
+#
+# By the end of this chapter you will be able to
+#
+# 1. write the RWKV-6 recurrence for one head, with its K×V state, its bonus `u` and its
+#    per-token, per-channel decay, and say which state the read-out uses (and why the popular
+#    "`o_t = r_t h_t`" transcription is off by one);
+# 2. run `rwkvlab.wkv6.naive`, the token loop every later rung is checked against, in batched,
+#    variable-length and one-token (RNN) form;
+# 3. explain where RWKV-4's denominator went (into a per-head GroupNorm), compute Finch's
+#    data-dependent decay from its low-rank map, and say why the kernels take the decay as a log;
+# 4. draw the T×T "attention matrix" one WKV-6 head computes and compare it with softmax's.
+#
+# The whole chapter is one pair of equations. Per head, with `r_t, k_t, w_t ∈ R^K`,
+# `v_t ∈ R^V`, `u ∈ R^K` and the state `S ∈ R^{K×V}`:
+#
+# $$
+# o_t = r_t^\top\big(S_{t-1} + \operatorname{diag}(u)\,k_t v_t^\top\big), \qquad
+# S_t = \operatorname{diag}(e^{w_t})\,S_{t-1} + k_t v_t^\top .
+# $$
+#
+# Read it as a memory: every token writes the rank-one matrix `k_t v_tᵀ` (the value `v_t`
+# filed under the key `k_t`); between tokens each key channel `κ` shrinks its row of the
+# memory by the factor `e^{w_t[κ]} ∈ (0, 1]`; the receptance `r_t` — RWKV's query — reads the
+# memory as it was *before* the current token, and the current token is added on the side,
+# weighted per channel by the bonus `u`.
+
+# %%
+import rwkvlab
+
+print(rwkvlab.device.describe())
+
+# %%
+import inspect
+
+import matplotlib.pyplot as plt
+import torch
+
+from rwkvlab import attention, wkv6
+
+torch.set_printoptions(precision=4, sci_mode=False)
+
+
+def inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=1.0):
+    """Seeded r, k, v, log decay w = −decay·exp(N(0, 1)) ≤ 0, and bonus u, in the book's layout."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(B, T, H, K, generator=g)
+    k = torch.randn(B, T, H, K, generator=g)
+    v = torch.randn(B, T, H, V, generator=g)
+    w = -decay * torch.exp(torch.randn(B, T, H, K, generator=g))
+    u = torch.randn(H, K, generator=g)
+    return [x.to(dtype) for x in (r, k, v, w, u)]
+
+
+# %% [markdown]
+# ## 1. From two numbers per channel to a matrix per head
+#
+# Recall RWKV-4's operator from chapter 3, for one channel:
+#
+# $$
+# \mathrm{wkv}_t = \frac{\sum_{i<t} e^{-(t-1-i)w + k_i} v_i + e^{u+k_t} v_t}
+#                       {\sum_{i<t} e^{-(t-1-i)w + k_i} + e^{u+k_t}} .
+# $$
+#
+# Three things about it limit what a layer can store. Each channel is its own little memory of
+# one number (plus its normaliser), so a layer of width `D` remembers `D` numbers. The key
+# enters only through `e^{k_i}` — a positive weight — so there is no way to *address* the
+# memory: the receptance `σ(r_t)` gates the result afterwards but cannot ask for a particular
+# past token. And every channel forgets at a fixed rate `w`, whatever the text says.
+#
+# The Eagle/Finch paper (App. B) names the first change in one sentence:
+#
+# > The main change from RWKV-4 to RWKV-5 is the elimination of denominator and incorporation
+# > of matrix states.
+#
+# Split the `D` channels into `H` heads of size `K = V = D/H` (64 in the released models).
+# Inside a head the key is no longer a weight but a *vector address*: the outer product
+# `k_t v_tᵀ` stores the whole value vector in every key row, in proportion to that row's key
+# component. The receptance becomes a query: `r_tᵀ S` mixes the rows of the memory by how much
+# `r_t` agrees with each key channel, exactly as `q_t·k_i` does in linear attention. Unrolled,
+# with a constant decay (RWKV-5, Eq. 6 of the paper),
+#
+# $$
+# o_t = \sum_{i<t} \big(r_t \odot e^{(t-1-i)w} \odot k_i\big)^\top \mathbf 1 \; v_i
+#       \;+\; (r_t \odot u \odot k_t)^\top \mathbf 1 \; v_t ,
+# $$
+#
+# which is linear attention with a per-channel, exponentially decaying relative position
+# weight: the score of the pair `(t, i)` is `Σ_κ r_t[κ] k_i[κ] e^{(t−1−i) w[κ]}`. A head now
+# remembers `K·V` numbers instead of `K`: for `D = 2048` and `K = 64`, a layer's memory grows
+# from 2 048 numbers to 131 072.
+#
+# RWKV-6 changes one more thing: the decay `w` becomes `w_t`, computed from the token (section
+# 5). Unrolled (Eq. 19 of the paper), the past token `i` is seen by token `t` through the product
+# of the decays of the tokens strictly *between* them:
+#
+# $$
+# S_{t-1} = \sum_{i<t} \operatorname{diag}\Big(\prod_{j=i+1}^{t-1} e^{w_j}\Big) k_i v_i^\top .
+# $$
+#
+# The product starts at `j = i + 1` (token `i`'s own decay never touches its own write) and
+# ends at `t − 1` (token `t`'s decay is applied only when `S_t` is formed, after token `t` has
+# read). We will check both ends numerically in section 3.
+#
+# The package's loop is the recurrence, one token at a time, batched over heads:
+
+# %%
+print(inspect.getsource(wkv6.naive))
+
+# %% [markdown]
+# Three details in that code matter later. The state is kept in float32 (float64 inputs stay in
+# float64, which turns the same function into a high-precision reference); the output comes
+# back in the input dtype. The state is never updated in place, so autograd can differentiate
+# every argument, `initial_state` included — the chunked and Triton rungs will be checked against
+# these gradients. And `cu_seqlens` packs several sequences of different lengths into one row
+# (`B == 1`), each with its own initial and final state, the layout FlashAttention and
+# flash-linear-attention (FLA) use.
+#
+# A first check: the package against the matrix equations written out literally — one head
+# at a time, explicit `diag` matrices and outer products, in float64 — on inputs with several
+# heads, `K ≠ V`, an odd length and a random initial state.
+
+# %%
+def matrix_loop(r, k, v, w, u, S0):
+    """o_t = r_tᵀ(S_{t−1} + diag(u) k_t v_tᵀ), S_t = diag(e^{w_t}) S_{t−1} + k_t v_tᵀ, literally, float64."""
+    B, T, H, K = r.shape
+    o = torch.zeros(B, T, H, v.shape[-1], dtype=torch.float64)
+    S_final = torch.zeros_like(S0, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            S = S0[b, h].double()
+            for t in range(T):
+                kv = torch.outer(k[b, t, h].double(), v[b, t, h].double())
+                o[b, t, h] = r[b, t, h].double() @ (S + torch.diag(u[h].double()) @ kv)
+                S = torch.diag(torch.exp(w[b, t, h].double())) @ S + kv
+            S_final[b, h] = S
+    return o, S_final
+
+
+r, k, v, w, u = inputs(2, 23, 2, 8, 6)
+S0 = torch.randn(2, 2, 8, 6, generator=torch.Generator().manual_seed(1))
+o, S = wkv6.naive(r, k, v, w, u, initial_state=S0, output_final_state=True)
+print("o", tuple(o.shape), o.dtype, "| final state", tuple(S.shape), S.dtype)
+rwkvlab.check("wkv6 naive vs float64 matrix loop", (o, S), matrix_loop(r, k, v, w, u, S0), 1e-5)
+
+# %% [markdown]
+# ## 2. Which state does the read-out use?
+#
+# One of the source notes this book started from writes the recurrence as
+#
+# > ```
+# > h_t = h_{t-1} * exp(w_t) + k_t ⊗ v_t       # Decay + outer product update
+# > o_t = sum((h_t + u * k_t ⊗ v_t) * r_t)     # Readout with current-token bonus
+# > ```
+#
+# and, a few lines later, quotes code that reads `h` *before* updating it. The two disagree, and
+# the code is right. The paper's recurrent form (Eqs. 8–9) is `wkv' = s + diag(u) kᵀv`,
+# `s' = diag(w) s + kᵀv`: the read-out uses `s`, the state before the token. The official CUDA
+# kernel (`RWKV-LM/RWKV-v5/cuda/wkv6_cuda.cu`) does the same: it accumulates `r·(u·kv + s)` into
+# the output and only then sets `s = s·w + kv`. So does FLA's reference loop.
+#
+# What does the `h_t` transcription compute? Substitute the update into it:
+#
+# $$
+# r_t^\top(S_t + \operatorname{diag}(u) k_t v_t^\top)
+#   = (r_t \odot e^{w_t})^\top S_{t-1} + r_t^\top \operatorname{diag}(1 + u)\, k_t v_t^\top .
+# $$
+#
+# Two things go wrong at once. The current token is counted twice — once through `S_t`, which
+# already holds `k_t v_tᵀ`, and once through the bonus — so its weight is `1 + u` instead of `u`.
+# And the past is decayed one step too far, by the current token's `e^{w_t}`. The first error
+# alone would be harmless (a model would just learn `u − 1`); the second is not a
+# reparametrisation of RWKV-6 at all when `w_t` changes from token to token.
+#
+# We assert each of these statements: the `h_t` version differs from the official one; with no
+# decay (`w = 0`) it equals the official one with `u + 1`; with a constant decay (RWKV-5's case)
+# it equals the official one with `r ⊙ e^{w}` and `u' = (1 + u) e^{−w}`; and with RWKV-6's
+# data-dependent decay, no constant `u'` can repair it.
+
+# %%
+def readout_after_update(r, k, v, w, u):
+    """The seed's transcription: update first, then read h_t (plus the bonus). Not RWKV-6."""
+    B, T, H, K = r.shape
+    S = torch.zeros(B, H, K, v.shape[-1], dtype=torch.float64)
+    out = []
+    for t in range(T):
+        kv = k[:, t, :, :, None].double() * v[:, t, :, None, :].double()
+        S = torch.exp(w[:, t].double())[..., None] * S + kv
+        out.append(torch.einsum("bhk,bhkv->bhv", r[:, t].double(), S + u.double()[None, :, :, None] * kv))
+    return torch.stack(out, 1)
+
+
+r, k, v, w, u = [x.double() for x in inputs(1, 16, 2, 4, 4, seed=2)]
+official = wkv6.naive(r, k, v, w, u)[0]
+seed_form = readout_after_update(r, k, v, w, u)
+gap = rwkvlab.rel_err(seed_form, official)
+print(f"h_t read-out vs official RWKV-6: rel diff {gap:.2f}")
+assert gap > 0.1
+
+# no decay: only the double count remains, and it is exactly a bonus of u + 1
+w0 = torch.zeros_like(w)
+rwkvlab.check("h_t read-out, w = 0  ==  official with u+1",
+              readout_after_update(r, k, v, w0, u), wkv6.naive(r, k, v, w0, u + 1)[0], 1e-12)
+
+# constant decay (RWKV-5): also the past is decayed once more, a fixed rescaling of r and u
+w_const = w[:, :1].expand_as(w).contiguous()
+rwkvlab.check("h_t read-out, constant w  ==  official with r·e^w, (1+u)·e^-w",
+              readout_after_update(r, k, v, w_const, u),
+              wkv6.naive(r * torch.exp(w_const), k, v, w_const, (1 + u) * torch.exp(-w_const[0, 0]))[0], 1e-12)
+
+# data-dependent decay: even the best constant bonus does not repair it
+err_u1 = rwkvlab.rel_err(seed_form, wkv6.naive(r, k, v, w, u + 1)[0])
+print(f"h_t read-out vs official with u+1 under data-dependent w: rel diff {err_u1:.2f}")
+assert err_u1 > 0.1
+
+# %% [markdown]
+# The same off-by-one lurks in the unrolled sum: the weight of past token `i` seen from token
+# `t` is `∏_{j=i+1}^{t−1} e^{w_j}`. We can read it off the package by feeding a single nonzero
+# key at position `i` and probing with `r = 1`: the output at `t` is then exactly that product
+# (times `v_i`).
+
+# %%
+T, i0 = 10, 3
+r1, k1, v1, w1, u1 = [x.double() for x in inputs(1, T, 1, 1, 1, seed=3, decay=0.1)]
+k1 = torch.zeros_like(k1)
+k1[0, i0] = 1.0
+r1, v1 = torch.ones_like(r1), torch.ones_like(v1)
+seen = wkv6.naive(r1, k1, v1, w1, u1)[0][0, :, 0, 0]
+expected = torch.tensor([0.0] * i0 + [u1[0, 0].item()] +
+                        [torch.exp(w1[0, i0 + 1:t, 0, 0].sum()).item() for t in range(i0 + 1, T)], dtype=torch.float64)
+print("weight of token 3 seen from t = 0..9:", [f"{x:.3f}" for x in seen.tolist()])
+rwkvlab.check("unrolled weight = u at t = i, then prod_{j=i+1}^{t-1} e^{w_j}", seen, expected, 1e-12)
+
+# %% [markdown]
+# Token 3 is invisible before it arrives, is seen with the bonus `u` at its own position, with
+# weight exactly 1 by the next token (no decay has been applied yet: `e^{w_3}` never touches it)
+# and then shrinks by one factor per token in between.
+#
+# ## 3. The bonus `u`
+#
+# Why treat the current token separately at all? Without `u` the recurrence would either ignore
+# the current token (read before the update) or give it weight 1 in every channel (read after).
+# The bonus lets each key channel decide how much the token being processed should count,
+# relative to the memory: `u[κ]` can be larger than the weight of anything in the past, or
+# negative. In RWKV-4 the bonus sat inside the exponent, `e^{u + k_t}`; now that keys are
+# addresses rather than log-weights it multiplies linearly, `r_t ⊙ u ⊙ k_t`. In the effective
+# attention matrix (section 7) it is the diagonal.
+#
+# One consequence we use in chapter 6: the bonus term never enters the state, so a chunked
+# algorithm can compute it as a separate, purely local diagonal.
+#
+# ## 4. Where the denominator went: heads and GroupNorm
+#
+# RWKV-4 divided by the decayed sum of key weights; its output was a weighted *average* of
+# values, at most as large as the largest value. RWKV-6's output is a weighted *sum*, and the
+# size of that sum depends on the decays: with constant factor `e^{w}` the stationary state holds
+# about `1/(1 − e^{w})` tokens' worth of `k vᵀ` — 1.6 tokens at `e^{w} = 0.37`, 1 000 at
+# `e^{w} = 0.999`. The normalisation moved *after* the read-out: the block applies a LayerNorm
+# to each head's output separately (the paper notes this is a GroupNorm with `H` groups),
+# Eq. 7: `o_t = concat(SiLU(g_t) ⊙ LayerNorm(r_t · wkv_t)) W_o`. In the official code the norm's
+# epsilon is `1e-5 · 8² = 64e-5`.
+#
+# A per-head norm removes any positive factor that multiplies a head's whole output. The WKV
+# output is linear in the values and the initial state together, so scaling both by `c` (or
+# anything else that scales a head's memory uniformly) scales the output by `c`, and the norm
+# undoes it. With `eps = 0` the invariance is exact for every `c`. With the official
+# `eps = 64e-5` it holds while the head's output variance is well above `eps`, and fails
+# deliberately when the output is tiny: `eps` is the floor that stops the norm from blowing
+# noise up to unit size. We assert both sides.
+
+# %%
+def head_norm(o, eps=64e-5):
+    """Per-head LayerNorm without affine weights, as GroupNorm(H groups) over the H·V channels."""
+    B, T, H, V = o.shape
+    return torch.nn.functional.group_norm(o.reshape(B * T, H * V), H, eps=eps).reshape(B, T, H, V)
+
+
+r, k, v, w, u = inputs(1, 32, 2, 8, 8, seed=4)
+S0 = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+o = wkv6.naive(r, k, v, w, u, initial_state=S0)[0]
+for c in (0.01, 10.0, 1000.0):
+    o_c = wkv6.naive(r, k, c * v, w, u, initial_state=c * S0)[0]
+    rwkvlab.check(f"GroupNorm(eps=0) unchanged when v, S0 are scaled by {c:g}", head_norm(o_c, eps=0), head_norm(o, eps=0), 1e-6)
+    if c >= 1:
+        rwkvlab.check(f"GroupNorm(eps=64e-5) unchanged when v, S0 are scaled by {c:g}", head_norm(o_c), head_norm(o), 1e-3)
+    else:
+        err = rwkvlab.rel_err(head_norm(o_c), head_norm(o))
+        print(f"GroupNorm(eps=64e-5) at scale {c:g}: rel diff {err:.1f} (output variance now below eps)")
+        assert err > 0.1
+base = head_norm(o)
+# per head the normalised output has mean 0 and variance ~1, whatever the scale
+assert base.mean(-1).abs().max() < 1e-5 and (base.var(-1, unbiased=False) - 1).abs().max() < 1e-2
+
+# %%
+factors = torch.linspace(0.3, 0.995, 30)
+r, k, v, _, u = inputs(1, 256, 1, 16, 16, seed=6)
+raw_rms, normed_rms = [], []
+for f in factors:
+    w_f = torch.full_like(r, float(torch.log(f)))
+    o_f = wkv6.naive(r, k, v, w_f, u)[0][:, 128:]            # after the warm-up
+    raw_rms.append(o_f.pow(2).mean().sqrt().item())
+    normed_rms.append(head_norm(o_f).pow(2).mean().sqrt().item())
+fig, ax = plt.subplots(figsize=(6, 3.2))
+ax.semilogy(factors.numpy(), raw_rms, "o-", label="raw WKV output")
+ax.semilogy(factors.numpy(), normed_rms, "s-", label="after per-head GroupNorm")
+ax.set_xlabel("decay factor $e^{w}$ (constant)")
+ax.set_ylabel("RMS of output")
+ax.set_title("The output's size follows the memory length; the norm removes it")
+ax.legend()
+plt.tight_layout()
+plt.show()
+assert raw_rms[-1] > 3 * raw_rms[0]                       # slow decay: a much larger sum
+assert max(abs(x - 1) for x in normed_rms) < 1e-2          # normalised: unit size throughout
+
+# %% [markdown]
+# The raw output grows several-fold as the memory lengthens (its size follows the square root
+# of the number of remembered tokens, since random values add up like a random walk); after the
+# norm every decay gives the same unit-sized output. Note where the bonus sits: inside the norm
+# in RWKV-5/6 (it is part of `r_t · wkv_t`), but added *after* the norm in RWKV-7 (Eq. 21 of
+# the RWKV-7 paper) — a detail to get right when we build that block in chapter 12.
+#
+# ## 5. Data-dependent decay: Finch's low-rank map
+#
+# In RWKV-5 each channel of each head had one learned decay. Finch computes it from the token.
+# Per the paper (Eqs. 14–18), the token-shifted input `x` (a data-dependent mix of `x_t` and
+# `x_{t−1}`, see chapter 4 and chapter 12) goes through a small two-layer map of rank 64:
+#
+# $$
+# d_t = \lambda + \tanh(x A)\,B, \qquad w_t = \exp(-\exp(d_t)) \in (0, 1) ,
+# $$
+#
+# with `A ∈ R^{D×64}`, `B ∈ R^{64×D}` and a learned offset `λ`. The paper's `w_t` is the factor;
+# the kernels (ours, FLA's) take its **log**, `log w_t = −exp(d_t) ≤ 0`, and that is what
+# `rwkvlab` calls `w`. The source note this book started from says decay is "stored in log-log
+# space"; that is true of the model's parameter `d`, not of what the kernel receives. Two
+# `exp`s, three different objects: keep the names straight.
+#
+# `rwkvlab.wkv6.finch_log_decay` computes the kernel's `w` from `x` (we leave out the token
+# shift, which is a separate piece):
+
+# %%
+print(inspect.getsource(wkv6.finch_log_decay))
+
+# %% [markdown]
+# With random weights — `λ` spread like the official initialisation, from fast to slow channels
+# — here is what a short "text" of random embeddings does to four channels. The left panel shows
+# the per-token factor `e^{w_t}`; the right one the product of factors since token 0, i.e. how
+# much of token 0 each channel still holds at time `t`, on a log scale. A constant decay would
+# give straight lines on the right; data-dependent decay bends them — a channel can hold on to a
+# token for a while and then drop it.
+
+# %%
+g = torch.Generator().manual_seed(7)
+D, R, T = 16, 4, 48
+x = torch.randn(T, D, generator=g)
+lam = torch.linspace(-6.0, 1.0, D)                  # offsets from slow (d = −6) to fast (d = 1) channels
+A = 0.5 * torch.randn(D, R, generator=g)
+Bm = 0.4 * torch.randn(R, D, generator=g)
+w_t = wkv6.finch_log_decay(x, lam, A, Bm).double()  # [T, D], the log decay the kernels take
+factor = torch.exp(w_t)
+assert torch.all(w_t < 0) and torch.all((factor > 0) & (factor < 1))
+kept = torch.exp(torch.cumsum(w_t, 0))              # Π_{j≤t} e^{w_j}: the memory of token 0
+assert torch.all(kept[1:] <= kept[:-1])             # memory never grows back
+
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+for ch in (0, 5, 10, 15):
+    a1.plot(factor[:, ch].numpy(), label=f"channel {ch} (λ = {lam[ch]:.1f})")
+    a2.semilogy(kept[:, ch].numpy())
+a2.set_ylim(1e-30, 2)
+a1.set_xlabel("token t"); a1.set_ylabel("decay factor $e^{w_t}$"); a1.set_title("per-token decay")
+a2.set_xlabel("token t"); a2.set_ylabel("$\\prod_{j\\leq t} e^{w_j}$"); a2.set_title("what is left of token 0")
+a1.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The fast channels forget a token in one or two steps; the slow ones hold it across the whole
+# window, and every channel's rate wanders with the input. In a trained model that freedom is
+# what lets a head keep a name across a paragraph and flush it at a full stop.
+#
+# ## 6. Why the decay lives in log space
+#
+# Three reasons, each of which we can check.
+#
+# **Products become sums.** What matters is the decay *between* two tokens, a product of many
+# factors; in logs it is a difference of cumulative sums, `c_{t−1} − c_i` with `c_t = Σ_{j≤t} w_j`.
+# Chapter 6's chunked algorithm is built on that difference, and on the fact that it is never
+# positive.
+#
+# **Slow decays survive low precision.** The slowest channels matter most, and their factors
+# sit just below 1, where a 16-bit float has few values: bfloat16's spacing there is
+# `2^{-8} ≈ 0.004`. A factor of `0.9975` (`d = −6`) is stored as `0.99609` or `1.0`; either is
+# a different memory length. The log `−0.0025` is stored with bfloat16's full relative
+# precision. Below we compute how much of a token is left after 500 steps, from the factor
+# rounded to bfloat16 and from the log rounded to bfloat16:
+
+# %%
+d = torch.tensor(-6.0, dtype=torch.float64)
+log_factor = -torch.exp(d)                                   # the kernel's w
+true_left = torch.exp(500 * log_factor)
+from_factor = torch.exp(500 * torch.log(torch.exp(log_factor).to(torch.bfloat16).double()))
+from_log = torch.exp(500 * log_factor.to(torch.bfloat16).double())
+print(f"left after 500 steps: exact {true_left:.4f} | from bf16 factor {from_factor:.4f} | from bf16 log {from_log:.4f}")
+assert abs(from_log / true_left - 1) < 0.01 and abs(from_factor / true_left - 1) > 0.5
+
+# %% [markdown]
+# **The sign is built in.** `w = −exp(d)` is negative for every `d`, so no parameter value can
+# make the memory grow; a factor computed as, say, a sigmoid would do the same job but cannot
+# reach the tiny decays as cheaply. The package refuses a positive log decay outright:
+
+# %%
+try:
+    wkv6.naive(*inputs(1, 4, 1, 4, 4)[:3], torch.full((1, 4, 1, 4), 0.1), torch.zeros(1, 4))
+except ValueError as e:
+    print("ValueError:", e)
+else:
+    raise AssertionError("a positive log decay must be rejected")
+
+# %% [markdown]
+# The same source note gives the gradient of the loss with respect to the decay as
+# `dw = −Σ(dS ⊙ S_prev) · exp(w) · exp(−exp(w))`. Read with its `w` being the model's `d`, that
+# is right; with respect to the kernel's log decay the chain rule stops one step earlier:
+# `∂L/∂w_t[κ] = e^{w_t[κ]} Σ_v dS_t[κ, v] S_{t−1}[κ, v]`. Both are checked against autograd on a
+# single step:
+
+# %%
+g = torch.Generator().manual_seed(8)
+S_prev = torch.randn(4, 3, generator=g, dtype=torch.float64)
+kv = torch.randn(4, 3, generator=g, dtype=torch.float64)
+dS = torch.randn(4, 3, generator=g, dtype=torch.float64)           # upstream gradient of S_t
+d_param = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_()
+w_log = (-torch.exp(d_param)).detach().requires_grad_()
+for p, wl in ((d_param, -torch.exp(d_param)), (w_log, w_log)):
+    (torch.exp(wl)[:, None] * S_prev + kv).mul(dS).sum().backward()
+grad_w = torch.exp(w_log.detach()) * (dS * S_prev).sum(1)
+grad_d = -(dS * S_prev).sum(1) * torch.exp(d_param.detach()) * torch.exp(-torch.exp(d_param.detach()))
+rwkvlab.check("dL/dw (log decay) = e^w · Σ_v dS·S_prev", w_log.grad, grad_w, 1e-12)
+rwkvlab.check("dL/dd (Finch parameter) = −Σ dS·S_prev · e^d · e^(−e^d)", d_param.grad, grad_d, 1e-12)
+
+# %% [markdown]
+# ## 7. The attention matrix a WKV-6 head computes
+#
+# Starting from a zero state, the output of a head is a linear map of its values, `o = A v`,
+# with a lower-triangular `T × T` matrix:
+#
+# $$
+# A_{tj} = \sum_{\kappa} r_t[\kappa]\, k_j[\kappa]\, e^{\,c_{t-1}[\kappa] - c_j[\kappa]} \;\; (j < t), \qquad
+# A_{tt} = \sum_\kappa r_t[\kappa]\, u[\kappa]\, k_t[\kappa], \qquad A_{tj} = 0 \;\; (j > t),
+# $$
+#
+# with `c_t = Σ_{m≤t} w_m` the cumulative log decay. It is causal like masked softmax attention,
+# but it is not a probability matrix: its rows do not sum to one, entries can be negative, and
+# each score is a *sum over channels* of products that each fade at their own rate. Computing
+# `A` costs `T²K` and is the heart of chapter 6 — there, restricted to one chunk.
+# `rwkvlab.wkv6.attention_matrix` forms it directly (every exponent `c_{t−1} − c_j ≤ 0`):
+
+# %%
+print(inspect.getsource(wkv6.attention_matrix))
+
+# %%
+T, K = 24, 8
+r, k, v, w, u = inputs(1, T, 1, K, K, seed=9, decay=0.3)
+u = u.abs() * 2                                   # a visible, positive bonus on the diagonal
+A = wkv6.attention_matrix(r, k, w, u)[0, 0]
+rwkvlab.check("attention matrix · v == wkv6 naive", torch.einsum("ij,jv->iv", A, v[0, :, 0]),
+              wkv6.naive(r, k, v, w, u)[0][0, :, 0], 1e-5)
+
+# softmax attention on the same queries (r) and keys, causal, scale K^-1/2
+scores = (r[0, :, 0] @ k[0, :, 0].T) / K ** 0.5
+P = torch.softmax(scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")), -1)
+rwkvlab.check("softmax matrix · v == rwkvlab.attention.parallel", (P @ v[0, :, 0])[None, :, None],
+              attention.parallel(r, k, v)[..., :K], 1e-5)
+
+assert torch.all(A.triu(1) == 0) and torch.all(P.triu(1) == 0)          # both causal
+assert torch.allclose(P.sum(-1), torch.ones(T))                          # softmax rows: probabilities
+assert (A.sum(-1) - 1).abs().max() > 0.5 and (A < 0).any()               # WKV rows: neither
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+lim = A.abs().max().item()
+im0 = axes[0].imshow(A.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+axes[0].set_title("WKV-6 head: $A_{tj}$ (diagonal = bonus $u$)")
+im1 = axes[1].imshow(P.numpy(), cmap="viridis")
+axes[1].set_title("causal softmax attention: $P_{tj}$")
+for ax, im in zip(axes, (im0, im1)):
+    ax.set_xlabel("key position j"); ax.set_ylabel("query position t")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# On the left: the strong diagonal is the bonus; just below it, the recent past with weights of
+# either sign; further left, the entries fade — at a different speed in every row, because the
+# decay depends on the tokens in between. On the right: softmax spreads a unit of probability
+# over the past, and nothing forces it to fade with distance. The WKV matrix is what makes the
+# recurrence possible: because every entry factors through a diagonal decay, the whole lower
+# triangle can be carried forward in a `K × V` state instead of recomputed from all keys.
+#
+# ## 8. RNN mode and packed sequences
+#
+# At inference a model processes one token at a time, keeping only `S` per head. `wkv6.step`
+# is that single step; fed token by token it must reproduce the parallel forward exactly:
+
+# %%
+print(inspect.getsource(wkv6.step))
+
+# %%
+r, k, v, w, u = inputs(2, 12, 2, 8, 4, seed=10)
+S0 = torch.randn(2, 2, 8, 4, generator=torch.Generator().manual_seed(11))
+o_full, S_full = wkv6.naive(r, k, v, w, u, initial_state=S0, output_final_state=True)
+S, outs = S0, []
+for t in range(12):
+    o_t, S = wkv6.step(r[:, t], k[:, t], v[:, t], w[:, t], u, S)
+    outs.append(o_t)
+rwkvlab.check("wkv6 step, token by token, vs full forward", (torch.stack(outs, 1), S), (o_full, S_full), 1e-6)
+
+# %% [markdown]
+# And the packed layout: three sequences of lengths 5, 1 and 10 in one row, each with its own
+# initial state, must give what three separate calls give.
+
+# %%
+cu = torch.tensor([0, 5, 6, 16])
+r, k, v, w, u = inputs(1, 16, 2, 4, 4, seed=12)
+S0 = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(13))
+o_pack, S_pack = wkv6.naive(r, k, v, w, u, initial_state=S0, output_final_state=True, cu_seqlens=cu)
+sep = [wkv6.naive(r[:, a:b], k[:, a:b], v[:, a:b], w[:, a:b], u, initial_state=S0[n:n + 1], output_final_state=True)
+       for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
+rwkvlab.check("wkv6 varlen (cu_seqlens) vs separate runs",
+              (o_pack, S_pack), (torch.cat([s[0] for s in sep], 1), torch.cat([s[1] for s in sep], 0)), 1e-6)
+
+# %% [markdown]
+# ## 9. A glance up the ladder
+#
+# The loop costs `T` sequential steps of `O(HKV)` work each — ideal for generating text, hopeless
+# for training on a GPU, which wants large matrix products. Chapter 6 rewrites the same
+# operator in chunks: a `C × C` masked matrix like the one in section 7 inside each chunk, and
+# the state passed between chunks. Chapter 7 turns both into Triton kernels. As a preview, the
+# chunked rung already agrees with the loop:
+
+# %%
+r, k, v, w, u = inputs(2, 45, 2, 8, 8, seed=14)
+rwkvlab.check("wkv6 chunked (C=16) vs naive", wkv6.chunked(r, k, v, w, u, chunk_size=16)[0], wkv6.naive(r, k, v, w, u)[0], 1e-5)
+
+# %% [markdown]
+# ## Summary
+#
+# - RWKV-5/6 replace RWKV-4's per-channel numerator and denominator by a `K × V` matrix per
+#   head, written by rank-one outer products `k_t v_tᵀ` and read by the receptance `r_t` as a
+#   query: linear attention with a per-channel decay.
+# - The read-out uses the state **before** the current token, plus the bonus
+#   `r_tᵀ diag(u) k_t v_t`. Reading `h_t` instead double counts the current token and decays the
+#   past one step too far; with data-dependent decay no choice of `u` repairs it.
+# - The division is gone; a per-head GroupNorm (eps 64e-5) normalises the output instead, which
+#   makes the block insensitive to the overall scale of each head's memory.
+# - Finch's decay is data-dependent: `d_t = λ + tanh(xA)B`, factor `exp(−exp(d_t))`. Kernels take
+#   the log of the factor, `w_t = −exp(d_t) ≤ 0`; products of decays become differences of
+#   cumulative sums, and slow decays keep their precision.
+# - One head computes `o = A v` with a causal, unnormalised, decay-weighted score matrix; the
+#   recurrence is what lets it run in constant memory.
+#
+# ## Exercises
+#
+# 1. Show that with `K = V = 1`, `r = 1`, constant `w` and `u`, RWKV-6's head computes the
+#    numerator of RWKV-4's WKV for keys `e^{k}`. Use `wkv6.naive` and `wkv4.naive` to check it
+#    numerically (mind the two decay conventions: `wkv4` takes `w ≥ 0` with factor `e^{−w}`).
+# 2. For a constant decay, show that the strictly lower part of `A` (section 7) equals the
+#    strictly lower part of the rank-`K` product `(r ⊙ e^{c−w})(k ⊙ e^{−c})ᵀ`, and check it
+#    with `wkv6.attention_matrix`. Then make `T` large and the decay strong: which factor
+#    overflows first in float32? (Chapter 6 is about this.)
+# 3. Write the "read after update" recurrence of section 2 for GLA (`o_t = q_tᵀ S_t`, no bonus).
+#    Which choice of `r` and `u` in `wkv6.naive` reproduces it exactly when the decay is constant?
+# 4. The GroupNorm check in section 4 used tolerance `2e-3`. Derive how the error depends on the
+#    scale `c` and the head's output variance, and confirm it by setting `eps=0`.
+# 5. In section 5, change `λ` so that every channel has factor above 0.99. How long is the
+#    memory of token 0 now? Plot the two panels again.
+# 6. Use `wkv6.step` to generate 100 outputs from a random stream, then start again from the
+#    state after 50 tokens. Check that the last 50 outputs agree — the property an inference
+#    server relies on when it caches a prompt's state.
