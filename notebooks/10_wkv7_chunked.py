@@ -1,0 +1,720 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The chunked form of RWKV-7: WY representation and the UT transform
+#
+# RWKV-7 updates its matrix state with a transition that is no longer diagonal: every token
+# decays the state channel by channel *and* subtracts a rank-one piece that depends on what the
+# state currently holds. The loop from the previous chapters still works, but it walks the
+# sequence one token at a time. This chapter builds the form that trains fast: cut the sequence
+# into chunks of $C$ tokens, do everything inside a chunk with matrix products, and pass only one
+# state from chunk to chunk.
+#
+# By the end of the chapter you will be able to
+#
+# - derive the chunkwise-parallel form of RWKV-7 (a *diagonal-plus-low-rank*, "DPLR", delta
+#   rule) in matrix form, with the decay inside, and say where every exponent comes from;
+# - name and compute the four state-independent intra-chunk matrices $A_{ab}, A_{ak}, A_{rb},
+#   A_{rk}$ and explain what each one measures;
+# - invert the unit lower-triangular matrix $I - A_{ab}$ by forward substitution (the *UT
+#   transform*) and read the result as a WY representation of a product of transitions;
+# - spot the two numerical traps of this algebra in float32 (an overflow in the forward pass and
+#   a cancellation in the backward pass) and avoid both;
+# - check the result against the loop: outputs, final states and gradients.
+#
+# The whole idea fits in one line. Inside a chunk that starts from the state $S_0$, call
+# $e_t^\top = a_t^\top S_{t-1}$ the row that the low-rank term reads from the state. Stack those
+# rows into a matrix $E$ ($C \times V$). They depend on the state, but only through an affine map
+# whose coefficients can be computed for all chunks at once, in parallel:
+#
+# $$E \;=\; (I - A_{ab})^{-1}\big(\tilde A\, S_0 + A_{ak} V\big) \;=\; W S_0 + U .$$
+#
+# Once $E$ is known, RWKV-7 inside a chunk is just RWKV-6-style linear attention with one extra
+# key ($b$) and one extra value ($E$) per token.
+
+# %%
+import rwkvlab
+
+print(rwkvlab.device.describe())
+
+# %%
+import inspect
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+from rwkvlab import wkv7
+from rwkvlab.checking import rel_err
+from rwkvlab.wkv7 import reference as ref
+
+torch.set_printoptions(precision=3, sci_mode=False)
+
+
+def rwkv7_inputs(B, T, H, K, V, seed=0, w_const=None, dtype=torch.float32):
+    """Random inputs shaped as the RWKV-7 model feeds the kernel: a = -κ̂, b = κ̂·iclr with κ̂ a
+    unit vector per head and iclr in (0, 1); log decay w in (-e^{-0.5}, 0) as in the paper's
+    Eq. 12 (or a constant, for stress tests)."""
+    g = torch.Generator().manual_seed(seed)
+    r, k, kappa = (torch.randn(B, T, H, K, generator=g, dtype=torch.float64) for _ in range(3))
+    v = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
+    kappa_hat = kappa / kappa.norm(dim=-1, keepdim=True)
+    iclr = torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+    if w_const is None:
+        w = -math.exp(-0.5) * torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+    else:
+        w = torch.full((B, T, H, K), float(w_const), dtype=torch.float64)
+    return tuple(x.to(dtype) for x in (r, w, k, v, -kappa_hat, kappa_hat * iclr))
+
+
+# %% [markdown]
+# ## 1. The recurrence, and which way round the state is stored
+#
+# We keep the book's layout (the one FLA uses): the state $S$ is $K \times V$, rows indexed by
+# key channels, and `w` is the **log** decay, so the per-channel factor is $e^{w_t} \in (0, 1]$.
+# Write $D_t = \operatorname{diag}(e^{w_t})$. One token does
+#
+# $$S_t = D_t S_{t-1} + b_t\,(a_t^\top S_{t-1}) + k_t v_t^\top,
+# \qquad o_t = \text{scale}\cdot S_t^\top r_t .$$
+#
+# Two things differ from RWKV-6. The middle term reads the state: $a_t^\top S_{t-1}$ is a row of
+# length $V$, a weighted sum of the state's key rows, and $b_t$ writes it back (in the models
+# $a = -\hat\kappa$ and $b = \hat\kappa \odot \text{iclr}$, so the term removes what the state
+# currently stores along the unit direction $\hat\kappa$, at a per-channel rate). And the
+# read-out sees the *updated* state $S_t$, so a token reads its own write; RWKV-6 read the old
+# state and added a bonus $u$ instead. In RWKV-7 the bonus lives outside this kernel (paper
+# Eq. 20), so there is no $u$ here.
+#
+# Equivalently, $S_t = G_t S_{t-1} + k_t v_t^\top$ with the transition
+# $G_t = D_t + b_t a_t^\top$: a diagonal matrix plus a rank-one one.
+#
+# > **Orientation.** The RWKV-7 paper writes the state the other way round, $V \times K$, with
+# > row vectors and the decay acting on the *columns*:
+# > $\mathit{wkv}_t = \mathit{wkv}_{t-1}\big(\operatorname{diag}(w_t) - \hat\kappa_t^\top(a_t \odot \hat\kappa_t)\big) + v_t^\top \tilde k_t$
+# > (Eq. 17, with $w_t$ the factor itself and $a_t$ the in-context learning rate), and the paper
+# > notes that its wkv is transposed to match the code. The official CUDA kernel stores it the
+# > same way. Our $S$ is the transpose of theirs; the two agree once you map our $(k, a, b)$ to
+# > their $(\tilde k, -\hat\kappa, \hat\kappa \odot \text{iclr})$ and our $e^{w}$ to their $w$.
+# > The seed notes for this book mix the two layouts in one formula (a left-multiplied decay next
+# > to a right-multiplied low-rank term) and write the decay as $\exp(-\exp(w))$, the raw RWKV-6
+# > parameterization; the kernels in this book take the log decay itself.
+#
+# Here is the package's loop. `_update` is the one-token step, shared by `naive` and `step`.
+
+# %%
+print(inspect.getsource(ref._update))
+print(inspect.getsource(wkv7.naive))
+
+# %% [markdown]
+# Before building on it, a cross-check of the orientation. The cell below runs the paper's form
+# directly: a $V \times K$ state, decay on the columns, $\hat\kappa$ and the learning rate as
+# the paper names them, the read-out $\mathit{wkv}_t\, r_t$. Transposed, its state must equal
+# ours.
+
+# %%
+B, T, H, K, V = 1, 9, 2, 4, 3
+r, w, k, v, a, b = rwkv7_inputs(B, T, H, K, V, seed=1, dtype=torch.float64)
+kappa_hat, iclr = -a, b / (-a)                         # undo a = -κ̂, b = κ̂ ⊙ iclr
+
+wkv = torch.zeros(H, V, K, dtype=torch.float64)        # the paper's layout: values × keys
+y = torch.zeros(T, H, V, dtype=torch.float64)
+for t in range(T):
+    for h in range(H):
+        kh, lr = kappa_hat[0, t, h], iclr[0, t, h]
+        G = torch.diag(w[0, t, h].exp()) - torch.outer(kh, lr * kh)     # diag(w) − κ̂ᵀ(a ⊙ κ̂)
+        wkv[h] = wkv[h] @ G + torch.outer(v[0, t, h], k[0, t, h])
+        y[t, h] = wkv[h] @ r[0, t, h]
+
+o, S = wkv7.naive(r, w, k, v, a, b, output_final_state=True)
+rwkvlab.check("naive (K×V) vs the paper's V×K loop: outputs", o[0], y, 1e-12)
+rwkvlab.check("naive (K×V) vs the paper's V×K loop: state is the transpose", S[0], wkv.transpose(-1, -2), 1e-12)
+
+# %% [markdown]
+# ## 2. Why the RWKV-6 chunk trick is not enough
+#
+# For RWKV-6 (chapter 6) the state after a chunk is the decayed start state plus a sum of
+# decayed outer products $k_i v_i^\top$, and every one of those pieces is known before the chunk
+# starts. That is what lets all chunks compute their internal attention in parallel; only the
+# $K \times V$ states are passed along.
+#
+# RWKV-7 breaks this in one place. Unroll the recurrence from the start of a chunk:
+#
+# $$S_t = G_t G_{t-1}\cdots G_1 S_0 + \sum_{i \le t} G_t \cdots G_{i+1}\, k_i v_i^\top .$$
+#
+# The transitions $G_j$ are no longer diagonal, so their products are dense $K \times K$
+# matrices, different for every pair $(t, i)$. Forming them costs $O(K^2)$ to $O(K^3)$ per pair.
+# The DeltaNet paper (Yang et al., NeurIPS 2024) met the same problem for
+# $G_t = I - \beta_t k_t k_t^\top$. Its answer was to keep products of such matrices in a
+# *WY representation*: identity plus a sum of a few outer products, with the vectors found by a
+# short triangular recursion (Bischof & Van Loan, 1987). Chapter 8 tells that story for the plain
+# delta rule. Here we need the version with a per-channel decay in every step and with
+# independent vectors $a_t \neq b_t$. We derive it directly, because the route through $E$
+# makes the decay easy to handle.
+#
+# **Name the state-dependent part.** Let $e_t^\top := a_t^\top S_{t-1}$, the row the low-rank
+# term reads. Then the update is
+#
+# $$S_t = D_t S_{t-1} + b_t e_t^\top + k_t v_t^\top ,$$
+#
+# which *looks* like RWKV-6 with a diagonal transition and two writes per token: $k_t v_t^\top$
+# and $b_t e_t^\top$. The catch is that $e_t$ is unknown until $S_{t-1}$ is. The rest of the
+# derivation computes all the $e_t$ of a chunk at once.
+
+# %% [markdown]
+# ## 3. The derivation in matrix form
+#
+# Work inside one chunk, with its tokens numbered $t = 1, \dots, C$ (the code counts from 0) and
+# its start state $S_0$. Let
+#
+# $$c_t = \sum_{j \le t} w_j \quad (c_0 = 0), \qquad
+# \Gamma_t = \operatorname{diag}(e^{c_t}), \qquad
+# \Gamma_{t \leftarrow i} = D_t D_{t-1} \cdots D_{i+1} = \operatorname{diag}\big(e^{c_t - c_i}\big)\ \ (i \le t).$$
+#
+# $c_t$ is the cumulative log decay from the chunk's start through token $t$, one value per key
+# channel. Every exponent we will meet is a $c_t - c_i$ with $i \le t$, a sum of log decays over
+# a stretch of time, so it is $\le 0$ and its exponential lies in $[0, 1]$.
+#
+# **Step 1: unroll with the diagonal transitions only.** Because $D_t$ is diagonal, the
+# unrolled update is a plain decayed sum:
+#
+# $$S_t = \Gamma_t S_0 + \sum_{i=1}^{t} \Gamma_{t \leftarrow i}\,\big(k_i v_i^\top + b_i e_i^\top\big). \tag{1}$$
+#
+# The package computes all the pairwise exponents $c_t - c_i$ of a chunk at once. It computes
+# each one as a sum over its own interval, $\sum_{i<j\le t} w_j$, not as a difference of two
+# running sums; section 6 shows why that matters.
+
+# %%
+print(inspect.getsource(ref.segment_log_decays))
+
+# %%
+w_chunk = rwkv7_inputs(1, 6, 1, 3, 2, seed=2, dtype=torch.float64)[1][0, :, 0]   # [C, K]
+L = ref.segment_log_decays(w_chunk)
+c = w_chunk.cumsum(0)
+lower = torch.tril(torch.ones(6, 6, dtype=torch.bool))
+assert torch.isneginf(L[~lower]).all()                       # future tokens: e^{-inf} = 0
+rwkvlab.check("segment sums == c_t - c_i on i <= t", L[lower], (c[:, None] - c[None])[lower], 1e-12)
+
+# %% [markdown]
+# **Step 2: what the removal reads.** Apply (1) at $t - 1$ and multiply by $a_t^\top$:
+#
+# $$e_t^\top = a_t^\top \Gamma_{t-1} S_0
+# + \sum_{i < t} \big(a_t^\top \Gamma_{t-1 \leftarrow i}\, k_i\big)\, v_i^\top
+# + \sum_{i < t} \big(a_t^\top \Gamma_{t-1 \leftarrow i}\, b_i\big)\, e_i^\top .$$
+#
+# The numbers in brackets are the first two of our four matrices, and the vector in front of
+# $S_0$ is $a_t$ decayed back to the chunk's start:
+#
+# $$A_{ab}[t, i] = \sum_\kappa a_{t\kappa}\, e^{c_{t-1,\kappa} - c_{i\kappa}}\, b_{i\kappa},\qquad
+# A_{ak}[t, i] = \sum_\kappa a_{t\kappa}\, e^{c_{t-1,\kappa} - c_{i\kappa}}\, k_{i\kappa}\qquad (i < t),$$
+#
+# $$\tilde a_t = a_t \odot e^{c_{t-1}} .$$
+#
+# Both matrices are **strictly** lower triangular: $e_t$ reads $S_{t-1}$, which holds only the
+# writes of tokens before $t$. Stacking the rows ($E$ and $V$ are $C \times V$, $\tilde A$ is
+# $C \times K$):
+#
+# $$E = \tilde A S_0 + A_{ak} V + A_{ab} E
+# \quad\Longleftrightarrow\quad
+# (I - A_{ab})\,E = \tilde A S_0 + A_{ak} V. \tag{2}$$
+#
+# **Step 3: what the read-out sees.** Apply (1) at $t$ and multiply by $r_t^\top$:
+#
+# $$o_t^\top = \text{scale}\cdot\Big(\tilde r_t^\top S_0 + \sum_{i \le t} A_{rk}[t, i]\, v_i^\top + \sum_{i \le t} A_{rb}[t, i]\, e_i^\top\Big),$$
+#
+# $$A_{rk}[t, i] = \sum_\kappa r_{t\kappa}\, e^{c_{t\kappa} - c_{i\kappa}}\, k_{i\kappa},\qquad
+# A_{rb}[t, i] = \sum_\kappa r_{t\kappa}\, e^{c_{t\kappa} - c_{i\kappa}}\, b_{i\kappa}\qquad (i \le t),
+# \qquad \tilde r_t = r_t \odot e^{c_t}.$$
+#
+# These two include the diagonal $i = t$, because the read-out sees the updated state. That is
+# the one place where "read after write" shows up in the algebra. In matrix form:
+#
+# $$O = \text{scale}\cdot\big(\tilde R S_0 + A_{rk} V + A_{rb} E\big). \tag{3}$$
+#
+# **Step 4: the hand-off.** Apply (1) at $t = C$:
+#
+# $$S_C = \operatorname{diag}(\gamma)\, S_0 + \hat K^\top V + \hat B^\top E,\qquad
+# \gamma = e^{c_C},\quad \hat k_i = k_i \odot e^{c_C - c_i},\quad \hat b_i = b_i \odot e^{c_C - c_i}. \tag{4}$$
+#
+# The four $C \times C$ matrices and the five decayed vectors depend only on the chunk's own
+# inputs, never on the state. One function computes them for every chunk of every head at once.
+
+# %%
+print(inspect.getsource(ref.intra_chunk_matrices))
+
+# %% [markdown]
+# Each matrix should equal its definition, computed here the slow way, one pair $(t, i)$ at a
+# time, straight from the cumulative sums.
+
+# %%
+C, K, Vd = 8, 4, 3
+xs = rwkv7_inputs(1, C, 1, K, Vd, seed=3, dtype=torch.float64)         # one chunk, one head
+r1, w1, k1, v1, a1, b1 = (x[0, :, 0] for x in xs)
+M = ref.intra_chunk_matrices(r1, w1, k1, a1, b1)
+c1 = w1.cumsum(0)
+c1_prev = torch.cat([torch.zeros(1, K, dtype=torch.float64), c1[:-1]])      # c_{t-1}
+
+
+def by_definition(x, c_row, y, strict):
+    out = torch.zeros(C, C, dtype=torch.float64)
+    for t in range(C):
+        for i in range(t if strict else t + 1):
+            out[t, i] = (x[t] * torch.exp(c_row[t] - c1[i]) * y[i]).sum()
+    return out
+
+
+for name, want in [("A_ab", by_definition(a1, c1_prev, b1, True)), ("A_ak", by_definition(a1, c1_prev, k1, True)),
+                   ("A_rb", by_definition(r1, c1, b1, False)), ("A_rk", by_definition(r1, c1, k1, False))]:
+    rwkvlab.check(f"{name} by definition", M[name], want, 1e-12)
+assert torch.all(torch.diagonal(M["A_ab"]) == 0) and torch.all(torch.diagonal(M["A_ak"]) == 0)
+
+# %% [markdown]
+# ## 4. The UT transform: solving (2) by forward substitution
+#
+# Equation (2) asks for $(I - A_{ab})^{-1}$. Two facts make this easy.
+#
+# - $I - A_{ab}$ is **unit lower triangular**: ones on the diagonal, zeros above. Its
+#   determinant is 1, so it is invertible whatever $a$, $b$ and $w$ are, and its inverse is
+#   unit lower triangular too.
+# - The inverse $\mathcal T = (I - A_{ab})^{-1}$ satisfies $\mathcal T = I + A_{ab}\mathcal T$.
+#   Row $t$ of that identity reads
+#
+# $$\mathcal T_{t,:} = e_t^\top + \sum_{i<t} A_{ab}[t, i]\, \mathcal T_{i,:},$$
+#
+# so row $t$ needs only the rows above it. Building the rows one after another is forward
+# substitution. There are no divisions, because the diagonal is 1, and no pivoting. The cost is
+# $O(C^3)$ per chunk, which is small next to the $O(C^2 K)$ of the matrices when $C \lesssim K$.
+# DeltaNet calls this step the *UT transform* (after Joffrain et al., 2006): it turns the
+# recursion into one triangular matrix that then multiplies everything else. The package's
+# version is an explicit loop over rows, written without in-place writes so autograd can
+# differentiate through it.
+
+# %%
+print(inspect.getsource(ref.ut_transform))
+
+# %%
+A_ab = M["A_ab"]
+T_ut = ref.ut_transform(A_ab)
+I_C = torch.eye(C, dtype=torch.float64)
+rwkvlab.check("UT transform vs torch.linalg.solve_triangular",
+              T_ut, torch.linalg.solve_triangular(I_C - A_ab, I_C, upper=False, unitriangular=True), 1e-12)
+rwkvlab.check("(I - A_ab) @ T == I", (I_C - A_ab) @ T_ut, I_C, 1e-12)
+
+# %% [markdown]
+# **What the entries of $\mathcal T$ mean.** Expand $(I - A)^{-1} = I + A + A^2 + \cdots$; the
+# series stops after $C$ terms because $A$ is strictly lower triangular. The entry
+# $(A^m)[t, i]$ sums over paths $t \leftarrow j_1 \leftarrow \dots \leftarrow i$, and each hop
+# contributes $a^\top(\text{decays})\,b$. Adding all the paths rebuilds the full transitions:
+#
+# $$\mathcal T[t, i] = a_t^\top\, G_{t-1} G_{t-2} \cdots G_{i+1}\, b_i \qquad (i < t).$$
+#
+# So $\mathcal T$ carries the chunk's products of DPLR transitions, squeezed into $C^2$ numbers.
+# It stays as tame as those products are. With the model's inputs ($\|a_t\| = 1$,
+# $\|b_i\| \le 1$, and transitions whose eigenvalues lie strictly inside the unit circle) its
+# entries below the diagonal stay below one in size. Let us check the formula.
+
+# %%
+G = [torch.diag(w1[j].exp()) + torch.outer(b1[j], a1[j]) for j in range(C)]   # G_j = D_j + b_j a_jᵀ
+T_paths = torch.eye(C, dtype=torch.float64)
+for t in range(C):
+    for i in range(t):
+        P = torch.eye(K, dtype=torch.float64)
+        for j in range(i + 1, t):
+            P = G[j] @ P
+        T_paths[t, i] = a1[t] @ P @ b1[i]
+rwkvlab.check("T[t, i] == a_tᵀ G_{t-1}···G_{i+1} b_i", T_ut, T_paths, 1e-12)
+off_diagonal = torch.tril(T_ut, -1).abs().max().item()
+print(f"largest |T[t, i]|, i < t, with the model's inputs: {off_diagonal:.2f}")
+assert off_diagonal < 1
+
+# %% [markdown]
+# **The WY representation.** Solve (2) with $\mathcal T$:
+#
+# $$E = \underbrace{\mathcal T \tilde A}_{W}\, S_0 + \underbrace{\mathcal T A_{ak} V}_{U} = W S_0 + U. \tag{5}$$
+#
+# $W$ ($C \times K$) and $U$ ($C \times V$) are the "w" and "u" of DeltaNet's WY form, with the
+# decay built in, and neither depends on the state. The name comes from what (5) says about the
+# chunk's transition. Put $V = 0$ into (4) and (5) to get $S_C = (\operatorname{diag}(\gamma) + \hat B^\top W)\,S_0$:
+#
+# $$G_C G_{C-1} \cdots G_1 \;=\; \operatorname{diag}(\gamma) + \sum_{i=1}^{C} \hat b_i\, w_i^\top ,$$
+#
+# a product of $C$ diagonal-plus-rank-one matrices written as one diagonal plus a sum of $C$
+# outer products. This is the DPLR analogue of DeltaNet's
+# $\prod_t (I - \beta_t k_t k_t^\top) = I - \sum_t w_t k_t^\top$. The next cell checks both
+# claims: the product of transitions, and the rows $E$ against $a_t^\top S_{t-1}$ recorded from
+# the loop.
+
+# %%
+W_wy = T_ut @ M["a_start"]
+P_chunk = torch.eye(K, dtype=torch.float64)
+for j in range(C):
+    P_chunk = G[j] @ P_chunk
+rwkvlab.check("G_C···G_1 == diag(γ) + B̂ᵀ W", P_chunk, torch.diag(M["gamma"]) + M["b_end"].T @ W_wy, 1e-12)
+
+S0 = torch.randn(1, 1, K, Vd, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+state, rows = S0, []
+for t in range(C):
+    rows.append(a1[t] @ state[0, 0])                                # e_tᵀ = a_tᵀ S_{t-1}, before the step
+    _, state = wkv7.step(*(x[:, t] for x in xs), state)
+U_wy = T_ut @ (M["A_ak"] @ v1)
+rwkvlab.check("E = W S_0 + U reproduces a_tᵀ S_{t-1}", W_wy @ S0[0, 0] + U_wy, torch.stack(rows), 1e-12)
+
+# %% [markdown]
+# ## 5. A picture of the decomposition
+#
+# With a zero start state, the map from values to outputs is linear and acts on each value
+# channel separately: $o_t = \sum_s M[t, s]\, v_s$ for a lower-triangular $T \times T$ matrix
+# $M$, RWKV-7's "attention matrix". Feed the loop the one-hot values $v_s = \mathbf e_s$ (so
+# $V = T$) and its output *is* $M$. The chunked form splits $M$ into blocks:
+#
+# - the **diagonal blocks** come from the chunk's own tokens, by (2), (3) and (5) with
+#   $S_0 = 0$: $M_{nn} = A_{rk} + A_{rb}\,\mathcal T A_{ak}$, all in parallel over chunks;
+# - every block **below the diagonal** reaches token $t$ through the state $S_{[n]}$ handed
+#   over at the chunk boundary. The chunked form never builds these blocks; it carries one
+#   $K \times V$ state instead.
+#
+# The next cell draws $|M|$ on a log scale, outlines the chunks, and asserts that each diagonal
+# block is exactly what the intra-chunk matrices predict.
+
+# %%
+Tm, Cm, Km = 48, 16, 16
+rm, wm, km, _, am, bm = rwkv7_inputs(1, Tm, 1, Km, 1, seed=5, dtype=torch.float64)
+onehot = torch.eye(Tm, dtype=torch.float64)[None, :, None, :]          # v_s = e_s, [1, T, 1, V=T]
+M_full = wkv7.naive(rm, wm, km, onehot, am, bm)[0][0, :, 0, :]        # o_t[s] = M[t, s]
+for n in range(Tm // Cm):
+    blk = slice(n * Cm, (n + 1) * Cm)
+    Mi = ref.intra_chunk_matrices(*(x[0, blk, 0] for x in (rm, wm, km, am, bm)))
+    predicted = Mi["A_rk"] + Mi["A_rb"] @ ref.ut_transform(Mi["A_ab"]) @ Mi["A_ak"]
+    rwkvlab.check(f"diagonal block {n} == A_rk + A_rb T A_ak", M_full[blk, blk], predicted, 1e-12)
+assert torch.all(torch.triu(M_full, 1) == 0)                            # causal: nothing from the future
+
+fig, ax = plt.subplots(figsize=(6.2, 5.2))
+img = ax.imshow(torch.log10(M_full.abs() + 1e-12).numpy(), cmap="magma", vmin=-6, vmax=1)
+for n in range(Tm // Cm):
+    lo = n * Cm - 0.5
+    ax.add_patch(plt.Rectangle((lo, lo), Cm, Cm, fill=False, ec="cyan", lw=2))
+    if n:
+        ax.add_patch(plt.Rectangle((-0.5, lo), n * Cm, Cm, fill=False, ec="white", lw=1, ls="--"))
+        ax.annotate("", xy=(lo, lo + 2), xytext=(lo - Cm + 2, lo + 2),
+                    arrowprops=dict(arrowstyle="->", color="white"))
+ax.text(Cm / 2, 2 * Cm + Cm / 2, "through\nthe state $S_{[n]}$", color="white", ha="center", va="center", fontsize=9)
+ax.text(2 * Cm + Cm / 2, 2 * Cm - 3, "intra-chunk:\n$A_{rk}+A_{rb}\\mathcal{T}A_{ak}$", color="cyan",
+        ha="center", va="bottom", fontsize=9)
+ax.set_xlabel("value position s")
+ax.set_ylabel("output position t")
+ax.set_title(f"RWKV-7's effective attention matrix |M[t, s]| (log10), chunks of C = {Cm}")
+fig.colorbar(img, ax=ax, shrink=0.8)
+plt.show()
+
+# %% [markdown]
+# The four matrices of one chunk, and $\mathcal T$, look like this. The two "removal" matrices
+# are strictly lower triangular and the two "read-out" matrices include the diagonal. With the
+# model's inputs every entry of $A_{ab}$ is at most 1 in size: $\|a_t\| = 1$,
+# $\|b_i\| \le 1$, and the decays between them are factors $\le 1$. $\mathcal T$ is unit
+# lower triangular, and its entries below the diagonal are small.
+
+# %%
+Mi = ref.intra_chunk_matrices(*(x[0, :Cm, 0] for x in (rm, wm, km, am, bm)))
+panels = [("$A_{ab}$", Mi["A_ab"]), ("$A_{ak}$", Mi["A_ak"]), ("$A_{rb}$", Mi["A_rb"]), ("$A_{rk}$", Mi["A_rk"]),
+          ("$\\mathcal{T}=(I-A_{ab})^{-1}$", ref.ut_transform(Mi["A_ab"]))]
+fig, axes = plt.subplots(1, 5, figsize=(15, 3.2))
+for ax, (title, mat) in zip(axes, panels):
+    lim = mat.abs().max().item()
+    ax.imshow(mat.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.suptitle("one chunk's state-independent matrices (red > 0, blue < 0; rows t, columns i)")
+plt.show()
+assert torch.all(torch.diagonal(Mi["A_rk"]) != 0) and torch.all(torch.triu(Mi["A_ab"]) == 0)
+assert Mi["A_ab"].abs().max() <= 1
+
+# %% [markdown]
+# ## 6. Numerics: two traps and how the package avoids them
+#
+# **Trap 1: factorizing the decay.** In RWKV-6 and GLA it is tempting to split
+# $e^{c_t - c_i} = e^{c_t}\cdot e^{-c_i}$, because then $A_{rk} = (R \odot e^{C})(K \odot e^{-C})^\top$
+# is a single matrix product, the shape tensor cores like. But $-c_i$ grows with the length of
+# the chunk and the strength of the decay. In float32, $e^{x}$ overflows once $x > 88.7$. A chunk
+# of 16 tokens with log decay $-8$ (a factor of $3\times 10^{-4}$ per step: a channel that
+# forgets almost at once) reaches $-c_{16} = 128$. The factorized form then multiplies
+# $0 \times \infty$ and returns NaN. The pairwise form exponentiates each $c_t - c_i \le 0$ on its
+# own and cannot overflow for any $w \le 0$. Kernels that want tensor cores use a middle road:
+# they factorize relative to a point inside the chunk and split chunks into sub-chunks, so that
+# the exponents stay bounded. Chapter 11 does that.
+#
+# The realistic RWKV-7 decays are much milder: $w \in (-e^{-0.5}, 0) \approx (-0.61, 0)$, so a
+# 16-token chunk reaches at most $-c \approx 9.7$. Still, a book's reference should not break on
+# legal input, and the validation accepts any $w \le 0$.
+
+# %%
+def A_rk_factorized(r, w, k):
+    """The tempting (unstable) form: (r ⊙ e^{c}) (k ⊙ e^{-c})ᵀ, masked to i ≤ t."""
+    c = w.cumsum(-2)
+    return torch.tril((r * c.exp()) @ (k * (-c).exp()).transpose(-1, -2))
+
+
+C16, K16 = 16, 16
+r2, w2, k2, v2, a2, b2 = (x[0, :, 0] for x in rwkv7_inputs(1, C16, 1, K16, 4, seed=6, w_const=-8.0))
+unstable = A_rk_factorized(r2, w2, k2)
+stable = ref.intra_chunk_matrices(r2, w2, k2, a2, b2)["A_rk"]
+reference64 = ref.intra_chunk_matrices(*(x.double() for x in (r2, w2, k2, a2, b2)))["A_rk"]
+print(f"w = -8, C = 16: largest -c_t = {-w2.cumsum(0).min().item():.0f} > 88.7 = log(float32 max)")
+assert not torch.isfinite(unstable).all()                                # the factorized form breaks
+assert torch.isfinite(stable).all()
+rwkvlab.check("pairwise A_rk (float32, w = -8) vs float64", stable, reference64, 1e-6)
+
+x_strong = rwkv7_inputs(1, 40, 2, 16, 16, seed=7, w_const=-8.0)
+rwkvlab.check("chunked vs naive, w = -8 everywhere", wkv7.chunked(*x_strong, output_final_state=True),
+              wkv7.naive(*x_strong, output_final_state=True), 1e-5)
+
+# %% [markdown]
+# **Trap 2: differences of running sums, seen by the gradient.** Computing $c_t - c_i$ as the
+# difference of two cumulative sums avoids overflow and gives a fine forward pass. Its
+# gradient is another matter. Take the diagonal $i = t$: the value $e^{c_t - c_t} = 1$ does not
+# depend on $w$ at all, but autograd sees $c_t$ enter twice, with $+$ and $-$, and routes two
+# $O(1)$ contributions into the same running sum, where they cancel. The true gradient of a
+# strongly decaying channel is tiny (about $e^{w}$). After the cancellation it is buried under
+# float32 rounding of the $O(1)$ terms, about $10^{-7}$. The package avoids the subtraction:
+# `segment_log_decays` sums each interval $\sum_{i<j\le t} w_j$ directly (a cumulative sum of a
+# masked $C \times C$ grid), so the diagonal is a constant 0, and `intra_chunk_matrices` takes
+# $e^{c_{t-1} - c_i}$ by shifting rows instead of subtracting $w_t$. The cell measures the
+# gradient $\partial/\partial w$ of $\langle G, A_{rk}\rangle$ in float32 both ways, against
+# float64.
+
+# %%
+def A_rk_by_differences(r, w, k):
+    c = w.cumsum(-2)
+    d = (c.unsqueeze(-2) - c.unsqueeze(-3)).masked_fill(~torch.tril(torch.ones(len(w), len(w), dtype=torch.bool))[..., None], -math.inf)
+    return torch.einsum("tk,tik,ik->ti", r, d.exp(), k)
+
+
+def A_rk_by_segments(r, w, k):
+    return torch.einsum("tk,tik,ik->ti", r, ref.segment_log_decays(w).exp(), k)
+
+
+def grad_w(fn, w, dtype):
+    w = w.to(dtype).requires_grad_()
+    weight = torch.linspace(-1, 1, C16 * C16, dtype=dtype).reshape(C16, C16)
+    return torch.autograd.grad((fn(r2.to(dtype), w, k2.to(dtype)) * weight).sum(), w)[0]
+
+
+print("log decay | grad rel err: differences  segment sums")
+errors = {}
+for wv in (-0.5, -2.0, -8.0, -20.0):
+    w_test = torch.full((C16, K16), wv, dtype=torch.float64)
+    exact = grad_w(A_rk_by_segments, w_test, torch.float64)
+    errors[wv] = [rel_err(grad_w(f, w_test, torch.float32), exact) for f in (A_rk_by_differences, A_rk_by_segments)]
+    print(f"{wv:9.1f} | {errors[wv][0]:22.0e} {errors[wv][1]:13.0e}")
+assert all(seg < 1e-5 for _, seg in errors.values())                       # segment sums: float32-accurate
+assert errors[-8.0][0] > 1e-4 and errors[-20.0][0] > 0.5                   # differences: lost
+
+# %% [markdown]
+# ## 7. The whole algorithm
+#
+# Put (2)–(5) together. For every chunk $n$, in parallel:
+#
+# $$\mathcal T = (I - A_{ab})^{-1},\qquad W = \mathcal T \tilde A,\qquad U = \mathcal T A_{ak} V,$$
+#
+# then, one chunk after another, starting from the initial state:
+#
+# $$E = W S + U,\qquad O = \text{scale}\cdot(\tilde R S + A_{rk} V + A_{rb} E),\qquad
+# S \leftarrow \operatorname{diag}(\gamma)\, S + \hat K^\top V + \hat B^\top E .$$
+#
+# A sequence whose length is not a multiple of $C$ is padded with tokens that do nothing:
+# $w = 0$ (factor 1), $k = a = b = 0$. Such a token leaves the state exactly as it was, so the
+# final state is unaffected and the padded outputs are dropped. Sequences packed with
+# `cu_seqlens` run one after another, each with its own initial state, so no chunk straddles two
+# sequences.
+
+# %%
+print(inspect.getsource(ref._chunked_one))
+print(inspect.getsource(wkv7.chunked))
+
+# %% [markdown]
+# Now the ladder's check: the chunked form against the loop in float32, for several shapes
+# (one token; odd lengths that are not a multiple of the chunk; several heads; $K \neq V$),
+# several chunk sizes, with and without an initial state. The tolerance is the book's $10^{-5}$.
+
+# %%
+cases = [  # (B, T, H, K, V, chunk_size)
+    (1, 1, 1, 4, 4, 16),
+    (2, 13, 2, 8, 6, 4),
+    (1, 37, 2, 16, 16, 16),
+    (2, 50, 2, 16, 8, 7),
+    (1, 64, 1, 16, 32, 64),
+]
+for Bc, Tc, Hc, Kc, Vc, Cc in cases:
+    x = rwkv7_inputs(Bc, Tc, Hc, Kc, Vc, seed=Tc)
+    s0 = torch.randn(Bc, Hc, Kc, Vc, generator=torch.Generator().manual_seed(Cc))
+    got = wkv7.chunked(*x, scale=0.5, initial_state=s0, output_final_state=True, chunk_size=Cc)
+    want = wkv7.naive(*x, scale=0.5, initial_state=s0, output_final_state=True)
+    assert got[0].dtype == torch.float32 and got[1].shape == (Bc, Hc, Kc, Vc)
+    rwkvlab.check(f"chunked vs naive B={Bc} T={Tc} H={Hc} K={Kc} V={Vc} C={Cc}", got, want, 1e-5)
+
+# %% [markdown]
+# Packed variable-length input: four sequences in one row, each with its own initial state,
+# must give exactly what four separate runs give.
+
+# %%
+cu = torch.tensor([0, 5, 6, 23, 30])
+x = rwkv7_inputs(1, 30, 2, 8, 8, seed=8)
+s0 = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(9))
+o_packed, S_packed = wkv7.chunked(*x, initial_state=s0, output_final_state=True, cu_seqlens=cu, chunk_size=8)
+bounds = cu.tolist()
+o_sep, S_sep = zip(*(wkv7.naive(*(t[:, lo:hi] for t in x), initial_state=s0[n:n + 1], output_final_state=True)
+                     for n, (lo, hi) in enumerate(zip(bounds, bounds[1:]))))
+rwkvlab.check("chunked varlen vs separate naive runs", (o_packed, S_packed), (torch.cat(o_sep, 1), torch.cat(S_sep, 0)), 1e-5)
+
+# %% [markdown]
+# Half-precision inputs accumulate in float32: the output comes back in the input dtype and the
+# state in float32. The error is then set by bf16's 8-bit mantissa, about $4\times10^{-3}$ per
+# rounding, not by the algorithm. We allow 3e-2 relative against the float32 loop on
+# bf16-rounded inputs.
+
+# %%
+xb = tuple(t.bfloat16() for t in rwkv7_inputs(1, 40, 2, 16, 16, seed=10))
+ob, Sb = wkv7.chunked(*xb, output_final_state=True)
+assert ob.dtype == torch.bfloat16 and Sb.dtype == torch.float32
+rwkvlab.check("chunked bf16 vs naive float32 (same rounded inputs)", ob, wkv7.naive(*(t.float() for t in xb))[0], 3e-2)
+
+# %% [markdown]
+# ## 8. Gradients
+#
+# `chunked` is plain torch, so autograd differentiates it: through the pairwise exponentials,
+# the row-by-row UT transform and the loop over chunks. Both rungs must give the same gradient
+# for every input: $r, w, k, v, a, b$, the initial state, and the final state as a second output
+# that carries its own upstream gradient. In float64 the two agree to rounding. The float32
+# gradients of the chunked form are compared with that float64 reference, with a tolerance of
+# 1e-4 (a backward pass rounds more than a forward pass).
+
+# %%
+Bg, Tg, Hg, Kg, Vg = 2, 11, 2, 4, 3
+xg = [t.requires_grad_() for t in rwkv7_inputs(Bg, Tg, Hg, Kg, Vg, seed=11, dtype=torch.float64)]
+gen = torch.Generator().manual_seed(12)
+s0g = torch.randn(Bg, Hg, Kg, Vg, generator=gen, dtype=torch.float64).requires_grad_()
+do, dS = torch.randn(Bg, Tg, Hg, Vg, generator=gen, dtype=torch.float64), torch.randn(Bg, Hg, Kg, Vg, generator=gen, dtype=torch.float64)
+
+
+def grads(fn, inputs, state):
+    o, S = fn(*inputs, initial_state=state, output_final_state=True)
+    return torch.autograd.grad((o * do.to(o.dtype)).sum() + (S * dS.to(S.dtype)).sum(), [*inputs, state])
+
+
+g_naive = grads(wkv7.naive, xg, s0g)
+g_chunk = grads(lambda *z, **kw: wkv7.chunked(*z, chunk_size=4, **kw), xg, s0g)
+x32 = [t.detach().float().requires_grad_() for t in xg]
+g_chunk32 = grads(lambda *z, **kw: wkv7.chunked(*z, chunk_size=4, **kw), x32, s0g.detach().float().requires_grad_())
+for name, g64, gref, g32 in zip(["r", "w", "k", "v", "a", "b", "initial_state"], g_chunk, g_naive, g_chunk32):
+    assert gref.abs().max() > 0
+    rwkvlab.check(f"d/d{name}: chunked vs naive (float64)", g64, gref, 1e-10, quiet=True)
+    rwkvlab.check(f"d/d{name}: chunked float32 vs float64", g32, gref, 1e-4, quiet=True)
+print("gradients of r, w, k, v, a, b, initial_state (from o and final_state): chunked == naive  ok")
+
+# %% [markdown]
+# ## 9. One step at a time: inference
+#
+# At inference the state is carried from token to token and the chunked form is not needed.
+# `step` applies the same `_update` as the loop to one token, with vectors `[B, H, K]` and the
+# state `[B, H, K, V]`, and returns the new state. Run over a sequence, it must reproduce
+# every position of the full forward and its final state.
+
+# %%
+print(inspect.getsource(wkv7.step))
+x = rwkv7_inputs(2, 10, 2, 8, 4, seed=13)
+s0 = torch.randn(2, 2, 8, 4, generator=torch.Generator().manual_seed(14))
+o_full, S_full = wkv7.chunked(*x, initial_state=s0, output_final_state=True)
+state, o_steps = s0, []
+for t in range(10):
+    o_t, state = wkv7.step(*(z[:, t] for z in x), state)
+    o_steps.append(o_t)
+rwkvlab.check("step, token by token, vs chunked", (torch.stack(o_steps, 1), state), (o_full, S_full), 1e-5)
+
+# %% [markdown]
+# ## 10. What it costs
+#
+# Count the multiply-adds per head for a sequence of $T$ tokens in chunks of $C$:
+#
+# | piece | per chunk | over the sequence |
+# |---|---|---|
+# | four matrices $A_{ab}, A_{ak}, A_{rb}, A_{rk}$ (pairwise exponents) | $4C^2K$ | $4TCK$ |
+# | UT transform (forward substitution) | $\approx C^3/3$ | $TC^2/3$ |
+# | $W = \mathcal T\tilde A$, $U = \mathcal T (A_{ak}V)$ | $C^2K + 2C^2V$ | $TC(K + 2V)$ |
+# | $E = WS$, $\tilde R S$, $\hat K^\top V$, $\hat B^\top E$ | $4CKV$ | $4TKV$ |
+# | $A_{rk}V$, $A_{rb}E$ | $2C^2V$ | $2TCV$ |
+#
+# In total $O(TC(K+V) + TKV)$, plus $TC^2$ for the solve, which is small when $C \le K$. The
+# loop costs about $3TKV$, and all of it is sequential. The chunked form does a little more
+# arithmetic, but only $T/C$ of its steps are sequential, and the rest are matrix products that
+# GPUs run well. (The seed notes give the chunked cost as $O(BTHKV/C)$. That is not right: the
+# state-sized work $TKV$ does not shrink with $C$. What shrinks is the number of *sequential*
+# steps.) The pairwise exponent tensor has $C^2K$ entries per chunk, $TCK$ in all. Here it is
+# built in memory; a kernel builds it tile by tile in registers and never writes it out.
+#
+# The cell evaluates the table for a typical RWKV-7 head ($K = V = 64$) at a few chunk sizes.
+
+# %%
+def chunked_cost(T, C, K, V):
+    return 4 * T * C * K + T * C * C / 3 + T * C * (K + 2 * V) + 4 * T * K * V + 2 * T * C * V
+
+
+Tk, Kk, Vk = 4096, 64, 64
+loop_cost = 3 * Tk * Kk * Vk
+print(" C | multiply-adds vs the loop | sequential steps")
+for Ck in (1, 16, 32, 64):
+    print(f"{Ck:2d} | {chunked_cost(Tk, Ck, Kk, Vk) / loop_cost:25.2f} | {Tk // Ck:5d}")
+assert chunked_cost(Tk, 16, Kk, Vk) < 3 * loop_cost                       # a small constant more arithmetic
+
+# %% [markdown]
+# ## Summary
+#
+# - RWKV-7's transition $G_t = D_t + b_t a_t^\top$ couples each step to the state through the
+#   row $e_t^\top = a_t^\top S_{t-1}$. With those rows named, a chunk looks like decayed linear
+#   attention with two writes per token, $k_t v_t^\top$ and $b_t e_t^\top$.
+# - Inside a chunk the rows satisfy $(I - A_{ab})E = \tilde A S_0 + A_{ak}V$. The matrix
+#   $I - A_{ab}$ is unit lower triangular, so forward substitution (the UT transform) inverts it
+#   without divisions, whatever the inputs.
+# - $E = WS_0 + U$ with state-independent $W = \mathcal T\tilde A$ and $U = \mathcal T A_{ak}V$.
+#   This is the WY representation: a chunk's product of DPLR transitions equals
+#   $\operatorname{diag}(\gamma) + \hat B^\top W$.
+# - Four $C \times C$ matrices carry all the within-chunk interactions. $A_{ab}$ and $A_{ak}$
+#   (strictly lower triangular) serve the removal; $A_{rb}$ and $A_{rk}$ (diagonal included,
+#   because the read-out sees the updated state) serve the output.
+# - Every exponent is a sum of log decays over a forward interval, hence $\le 0$. Formed pair
+#   by pair, and as interval sums rather than differences, they neither overflow in the forward
+#   pass nor cancel in the backward pass.
+# - The chunked form matches the loop to about $10^{-7}$ in float32 (outputs, states and all
+#   gradients), costs $O(TC(K+V) + TKV)$, and has only $T/C$ sequential steps.
+#
+# ## Exercises
+#
+# 1. **Read before write.** Suppose the read-out used the old state, $o_t = S_{t-1}^\top r_t$,
+#    as in RWKV-6. Which of the four matrices change, and how do their masks change? Modify a
+#    copy of `intra_chunk_matrices` and check it against a modified loop.
+# 2. **Back to RWKV-6.** Set $a = b = 0$. Which terms of (2)–(5) vanish? Show that what remains
+#    is the chunked form of chapter 6 without the bonus, up to the read-before-write difference
+#    of exercise 1.
+# 3. **Paths.** Prove $\mathcal T[t, i] = a_t^\top G_{t-1}\cdots G_{i+1} b_i$ by induction on
+#    $t - i$, using $\mathcal T = I + A_{ab}\mathcal T$.
+# 4. **Blocked UT transform.** For $C = 32$, invert the two $16 \times 16$ diagonal blocks of
+#    $I - A_{ab}$ with `ut_transform`, then combine them using
+#    $\begin{pmatrix} X & 0 \\ Y & Z \end{pmatrix}^{-1} = \begin{pmatrix} X^{-1} & 0 \\ -Z^{-1} Y X^{-1} & Z^{-1} \end{pmatrix}$.
+#    Check the result against `ut_transform` on the whole chunk. Why do GPU kernels like this
+#    form?
+# 5. **The state-only scan.** Form the chunk transition $P_n = \operatorname{diag}(\gamma) + \hat B^\top W$
+#    ($K \times K$) and the chunk's input $Q_n = \hat K^\top V + \hat B^\top U$, and scan
+#    $S \leftarrow P_n S + Q_n$. Compare the cost with the $E$ route. Which one would you use when
+#    only the final state is wanted?
+# 6. **Chunk size and accuracy.** For the model's decays and for $w = -8$, plot the float32
+#    error of `chunked` against `naive` (float64) as $C$ goes through 1, 4, 16, 64, 256. Does the
+#    error grow with $C$? Explain what you see with the path reading of $\mathcal T$.
+# 7. **Breaking the bound.** Replace $a = -\hat\kappa$, $b = \hat\kappa\,\text{iclr}$ by
+#    unnormalized random vectors of norm 3. Watch $\max|\mathcal T|$ and the states grow with
+#    $C$ and $T$. Which property of the model's parameterization was keeping them bounded?
