@@ -90,6 +90,32 @@ def test_naive_matches_paper_layout_loop(shape, model_like):
     assert rel_err(o, o_ref) < 1e-12 and rel_err(S, S_ref) < 1e-12
 
 
+def test_naive_matches_the_papers_equation_in_its_own_variables():
+    """Eq. 17 of the RWKV-7 paper, V×K state: wkv_t = wkv_{t-1}(diag(w_t) − κ̂_tᵀ(iclr_t⊙κ̂_t)) + v_tᵀk̃_t,
+    read-out wkv_t r_t, with w_t the decay *factor*; the kernel gets a = −κ̂, b = κ̂⊙iclr, log w."""
+    g = torch.Generator().manual_seed(20)
+    T, H, K, V = 9, 2, 5, 3
+    kappa = torch.randn(1, T, H, K, generator=g, dtype=torch.float64)
+    kappa_hat = kappa / kappa.norm(dim=-1, keepdim=True)
+    iclr = torch.rand(1, T, H, K, generator=g, dtype=torch.float64)
+    k_tilde, r = torch.randn(1, T, H, K, generator=g, dtype=torch.float64), torch.randn(1, T, H, K, generator=g, dtype=torch.float64)
+    v = torch.randn(1, T, H, V, generator=g, dtype=torch.float64)
+    factor = torch.exp(-math.exp(-0.5) * torch.sigmoid(torch.randn(1, T, H, K, generator=g, dtype=torch.float64)))
+    wkv = torch.zeros(H, V, K, dtype=torch.float64)
+    ys = []
+    for t in range(T):
+        y_t = []
+        for h in range(H):
+            kh = kappa_hat[0, t, h]
+            wkv[h] = wkv[h] @ (torch.diag(factor[0, t, h]) - torch.outer(kh, iclr[0, t, h] * kh)) \
+                + torch.outer(v[0, t, h], k_tilde[0, t, h])
+            y_t.append(wkv[h] @ r[0, t, h])
+        ys.append(torch.stack(y_t))
+    o, S = wkv7.naive(r, factor.log(), k_tilde, v, -kappa_hat, kappa_hat * iclr, output_final_state=True)
+    assert rel_err(o[0], torch.stack(ys)) < 1e-12
+    assert rel_err(S[0], wkv.transpose(-1, -2)) < 1e-12
+
+
 def test_naive_float32_against_float64_and_dtypes():
     x = make_inputs(2, 9, 2, 4, 4, seed=3, dtype=torch.float64)
     o64, S64 = wkv7.naive(*x, output_final_state=True)
