@@ -264,8 +264,10 @@ assert rwkvlab.rel_err(S_model, S_step) > 1e-3      # with the decoupled key it 
 # and the read-out $S r$ treats the state as V×K. The RWKV-7 paper (§4.1) and its CUDA kernel
 # keep the state as V×K (rows are values) and multiply the transition from the **right**:
 # $\mathit{wkv}_t = \mathit{wkv}_{t-1}\,(\operatorname{diag}(w_t) - \hat\kappa_t^\top
-# (a_t\odot\hat\kappa_t)) + v_t^\top\tilde k_t$ in the paper's row-vector notation, and the
-# loss is written $\tfrac12\|S k^\top - v^\top\|^2$. This book, like flash-linear-attention,
+# (\mathrm{iclr}_t\odot\hat\kappa_t)) + v_t^\top\tilde k_t$ in the paper's row-vector notation
+# (its $w_t$ is the decay factor and its $a_t$ the iclr), with the state applied to the key
+# in the loss. The seed's second rendering, `S_t = S_{t-1} D_t + S_{t-1} α_t β_t^T + v_t k_t^T`,
+# is consistent: that is this V×K layout. This book, like flash-linear-attention,
 # stores the transpose, K×V, so the same transition acts from the **left**:
 # $S_t = G_t S_{t-1} + k_t v_t^\top$ with $G_t = \operatorname{diag}(e^{w_t}) + b_t a_t^\top$,
 # and $o_t = S_t^\top r_t$. The seed's $\alpha, \beta$ are the kernel's $a, b$ (with

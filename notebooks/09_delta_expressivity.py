@@ -392,7 +392,8 @@ assert perms_rel != delta.compose(word5, 5) and drift_rel > 0.05
 #   $[0, 1]$ (diagonal gates in $(0,1)$, DeltaNet with $\beta \in [0,1]$) cannot. Their fix
 #   widens the range to $[-1, 1]$: for DeltaNet, $\beta \in [0, 2]$, exactly the $\eta = 2$
 #   reflection of this chapter. Thm 2 adds that counting modulo $m$ (for $m$ not a power of 2)
-#   needs non-real eigenvalues, which real diagonal or symmetric-like transitions never have.
+#   needs some product of transitions with a non-real eigenvalue, which real diagonal (or
+#   triangular) transitions never produce, negative eigenvalues or not.
 #
 # **Lower bounds (what a model can do).**
 #
@@ -405,8 +406,8 @@ assert perms_rel != delta.compose(word5, 5) and drift_rel > 0.05
 #   reductions ($S_5$ via swaps, one layer), and Theorem 3 that every regular language is
 #   recognised by a 4-layer RWKV-7. Also according to that appendix as quoted, the proofs use
 #   the transition $\operatorname{diag}(w_t) - c\,\hat\kappa^\top(a\odot\hat\kappa)$ with
-#   $c = 2$, whereas the architecture uses $c = 1$. With $c = 2$, $w = 1$ and $a = 1$ the
-#   transition is the exact reflection; that is the construction of §3.
+#   $c = 2$, whereas the architecture uses $c = 1$ (there $w_t$ is the decay factor and $a$ the
+#   iclr). With $c = 2$, decay factor 1 and iclr 1 the transition is the exact reflection; that is the construction of §3.
 # * Grazzi et al., Thm 3: products of generalised Householder matrices with eigenvalues in
 #   $\{-1, 1\}$ implement any group automaton in one layer, with at most $n - 1$ factors per
 #   letter for permutations of $n$ elements (our `decompose` count). Thm 4: any regular
