@@ -150,7 +150,7 @@ def _chunked_one(r, k, v, w, u, S0, scale, C, stable):
     c = w.cumsum(-2)                       # inclusive cumulative log decay inside each chunk, ≤ 0
     c_last = c[..., -1:, :]                # log decay across the whole chunk    [B, H, n, 1, K]
 
-    # (1) intra-chunk, strictly below the diagonal: Σ_{j<i} (r_i ⊙ e^{c_i − w_i − c_j} ⊙ k_j)·1  v_j
+    # (2) intra-chunk, strictly below the diagonal: Σ_{j<i} (r_i ⊙ e^{c_i − w_i − c_j} ⊙ k_j)·1  v_j
     if stable:
         A = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", r, k, _pairwise_decay(c, w))
     else:
@@ -159,7 +159,7 @@ def _chunked_one(r, k, v, w, u, S0, scale, C, stable):
         # −c_j > 88.7 (e.g. w = −8 over 12 tokens)
         below = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
         A = ((r * torch.exp(c - w)) @ (k * torch.exp(-c)).transpose(-1, -2)) * below
-    # (2) the diagonal: the current token with the bonus u
+    # (3) the diagonal: the current token with the bonus u
     bonus = (r * u[None, :, None, None, :] * k).sum(-1)                      # [B, H, n, C]
     o = (A + torch.diag_embed(bonus)) @ v                                    # [B, H, n, C, V]
 
@@ -177,7 +177,7 @@ def _chunked_one(r, k, v, w, u, S0, scale, C, stable):
         S = decay[:, :, i] * S + dS[:, :, i]
     S_start = torch.stack(starts, 2)                                         # [B, H, n, K, V]
 
-    # (3) inter-chunk read-out: the state at the chunk start, decayed up to (not including) token i
+    # (1) inter-chunk read-out: the state at the chunk start, decayed up to (not including) token i
     o = o + (r * torch.exp(c - w)) @ S_start
     o = scale * o.permute(0, 2, 3, 1, 4).reshape(B, n * C, H, V)[:, :T]
     return o, S

@@ -1,0 +1,498 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The chunked form of RWKV-6 and its numerics
+#
+# Chapter 5 ran RWKV-6 one token at a time: `T` sequential steps, each a handful of
+# `K × V` elementwise operations. A GPU is idle on such work; it wants large matrix products.
+# This chapter rewrites the same operator so that almost all of it is matrix products, and
+# only `T / C` steps remain sequential — the **chunked** (chunkwise-parallel) form that RWKV-6
+# is trained with. Then it faces the one place where the rewrite can go numerically wrong.
+#
+# By the end of this chapter you will be able to
+#
+# 1. derive the chunked form in matrix notation, as four pieces: the inter-chunk read-out, the
+#    intra-chunk masked attention, the bonus diagonal, and the state hand-off;
+# 2. read `rwkvlab.wkv6.chunked` and check it against `naive` — forward, final state and
+#    gradients — for any `T` and any chunk size;
+# 3. explain why the textbook factorisation through "`K` divided by the cumulative decay"
+#    overflows in float32, predict exactly when, and use a formulation that never does;
+# 4. count the work as a function of the chunk size `C` and say what a good `C` is.
+#
+# The idea in one picture: the `T × T` matrix `A` of chapter 5 (`o = A v`), cut into
+# `C × C` blocks. Blocks on the diagonal are computed directly, as small masked attention
+# matrices. Every block *below* the diagonal never exists: its effect reaches the chunk through
+# a `K × V` state, handed from chunk to chunk.
+
+# %%
+import rwkvlab
+
+print(rwkvlab.device.describe())
+
+# %%
+import inspect
+import math
+
+import matplotlib.pyplot as plt
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rwkvlab import wkv6
+from rwkvlab.wkv6 import reference
+
+torch.set_printoptions(precision=4, sci_mode=False)
+
+
+def inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=1.0):
+    """Seeded r, k, v, log decay w = −decay·exp(N(0, 1)) ≤ 0, and bonus u, in the book's layout."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(B, T, H, K, generator=g)
+    k = torch.randn(B, T, H, K, generator=g)
+    v = torch.randn(B, T, H, V, generator=g)
+    w = -decay * torch.exp(torch.randn(B, T, H, K, generator=g))
+    u = torch.randn(H, K, generator=g)
+    return [x.to(dtype) for x in (r, k, v, w, u)]
+
+
+# %% [markdown]
+# ## 1. The chunk decomposition
+#
+# Take one head of 32 tokens and cut it into chunks of `C = 8`. Below, on the left, the
+# magnitude of its attention matrix `A` (from `wkv6.attention_matrix`, chapter 5) with the chunk
+# grid drawn over it; on the right, which of the four pieces derived in section 2 computes each
+# entry.
+
+# %%
+T, C, K = 32, 8, 8
+r, k, v, w, u = inputs(1, T, 1, K, K, seed=1, decay=0.15)
+A = wkv6.attention_matrix(r, k, w, u)[0, 0]
+
+i_idx, j_idx = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
+piece = torch.zeros(T, T)                                             # 0: above the diagonal, never needed
+piece[(i_idx // C > j_idx // C)] = 1                                  # earlier chunk: through the state
+piece[(i_idx // C == j_idx // C) & (j_idx < i_idx)] = 2               # same chunk, strictly earlier: intra
+piece[i_idx == j_idx] = 3                                             # the token itself: bonus diagonal
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+axes[0].imshow(A.abs().log1p().numpy(), cmap="magma")
+axes[0].set_title("|A| (log scale) with the chunk grid, C = 8")
+cmap = plt.matplotlib.colors.ListedColormap(["white", "#9ecae1", "#fdae6b", "#d62728"])
+axes[1].imshow(piece.numpy(), cmap=cmap, vmin=0, vmax=3)
+axes[1].set_title("blue: inter-chunk (state)  orange: intra  red: bonus")
+for ax in axes:
+    for b in range(0, T + 1, C):
+        ax.axhline(b - 0.5, color="gray", lw=0.8)
+        ax.axvline(b - 0.5, color="gray", lw=0.8)
+    ax.set_xlabel("key position j"); ax.set_ylabel("query position t")
+plt.tight_layout()
+plt.show()
+assert torch.all(A[piece == 0] == 0)        # everything above the diagonal is zero: causality
+
+# %% [markdown]
+# The blue region holds `T²/2 − TC/2` entries and is never formed: for each chunk it is replaced
+# by one `C × K` by `K × V` product with the state. The orange triangles hold `TC/2` entries,
+# computed as `T / C` small dense matrices. As `C` grows, work moves from the first kind to the
+# second; section 6 counts it.
+#
+# ## 2. Derivation in matrix form
+#
+# Fix one head and one chunk, and number its tokens `i = 0 … C−1`. Let `S` be the state when
+# the chunk starts (after the previous chunk's last token), and define the **inclusive
+# cumulative log decay inside the chunk**
+#
+# $$
+# c_i = \sum_{m=0}^{i} w_m \in \mathbb R^K, \qquad c_i \le 0 ,\; c_i \text{ non-increasing in } i .
+# $$
+#
+# *State before token `i`.* Unroll the recurrence from the chunk start. Token `j < i` wrote
+# `k_j v_jᵀ`, which was then decayed by the tokens `j+1, …, i−1`, i.e. by `e^{c_{i−1} − c_j}`;
+# the chunk-start state was decayed by tokens `0, …, i−1`, i.e. by `e^{c_{i−1}}`. With
+# `c_{i−1} = c_i − w_i` (which also covers `i = 0`, where `c_{−1} = 0`):
+#
+# $$
+# S_{i-1} = \operatorname{diag}(e^{c_i - w_i})\,S + \sum_{j<i} \operatorname{diag}(e^{c_i - w_i - c_j})\,k_j v_j^\top .
+# $$
+#
+# *Output.* Substitute into `o_i = r_iᵀ(S_{i−1} + diag(u) k_i v_iᵀ)`. Three pieces appear:
+#
+# $$
+# o_i = \underbrace{(r_i \odot e^{c_i - w_i})^\top S}_{\text{(1) inter-chunk}}
+#     + \underbrace{\sum_{j<i} \Big(\sum_\kappa r_{i\kappa}\, k_{j\kappa}\, e^{c_{i\kappa} - w_{i\kappa} - c_{j\kappa}}\Big) v_j^\top}_{\text{(2) intra-chunk}}
+#     + \underbrace{(r_i^\top \operatorname{diag}(u)\, k_i)\, v_i^\top}_{\text{(3) bonus}} .
+# $$
+#
+# In matrix form, with the chunk's rows stacked into `R, K, W, Cum ∈ R^{C×K}` and `V ∈ R^{C×V}`:
+#
+# $$
+# O = (R \odot e^{Cum - W})\,S \;+\; (P \odot M)\,V \;+\; \operatorname{diag}\big((R \odot K)\,u\big)\,V,
+# \qquad P_{ij} = \sum_\kappa R_{i\kappa} K_{j\kappa}\, e^{Cum_{i\kappa} - W_{i\kappa} - Cum_{j\kappa}} ,
+# $$
+#
+# with `M` the **strictly** lower-triangular mask (`M_ij = 1` iff `j < i`). Compare linear
+# attention (GLA paper §2.2), where the mask includes the diagonal: in RWKV-6 the diagonal is
+# not read from the state but supplied by the bonus.
+#
+# *(4) Hand-off.* The state after the chunk's last token (`i = C−1`, `c_last = c_{C−1}`) is
+# the same unrolling, taken one token further:
+#
+# $$
+# S \leftarrow \operatorname{diag}(e^{c_{\text{last}}})\,S + \big(K \odot e^{c_{\text{last}} - Cum}\big)^\top V .
+# $$
+#
+# These are the four pieces of FLA's reference `chunk_naive` for RWKV-6 (inter read-out with
+# `e^{c−w}`, strict mask with `e^{c_i − w_i − c_j}`, bonus diagonal, hand-off with
+# `e^{c_last − c}`), derived here from the recurrence.
+#
+# Before reading the package, we verify the derivation piece by piece on the picture of
+# section 1: for one chunk in the middle, each piece, computed from the formulas above, must
+# equal the corresponding region of `A` applied to `v`.
+
+# %%
+n = 2                                                   # the third chunk: tokens 16..23
+sl = slice(n * C, (n + 1) * C)
+R_, K_, V_, W_ = (x[0, sl, 0].double() for x in (r, k, v, w))
+Cum = W_.cumsum(0)
+S_start = wkv6.naive(r[:, :n * C], k[:, :n * C], v[:, :n * C], w[:, :n * C], u,
+                     output_final_state=True)[1][0, 0].double()   # the state handed over by chunk 1
+A64, v64 = A.double(), v[0, :, 0].double()
+
+inter = (R_ * torch.exp(Cum - W_)) @ S_start                                         # (1)
+expo = (Cum - W_)[:, None, :] - Cum[None, :, :]                                     # c_i − w_i − c_j
+mask = torch.ones(C, C, dtype=torch.bool).tril(-1)
+P = torch.einsum("ik,jk,ijk->ij", R_, K_, torch.exp(expo.masked_fill(~mask[..., None], -math.inf)))
+intra = P @ V_                                                                       # (2)
+bonus = ((R_ * u[0].double() * K_).sum(-1))[:, None] * V_                           # (3)
+
+rwkvlab.check("(1) inter-chunk == earlier-chunk blocks of A", inter, A64[sl, :n * C] @ v64[:n * C], 1e-5)
+rwkvlab.check("(2) intra-chunk == strictly lower diagonal block", intra, A64[sl, sl].tril(-1) @ v64[sl], 1e-5)
+rwkvlab.check("(3) bonus == diagonal of A", bonus, torch.diag(A64[sl, sl])[:, None] * V_, 1e-5)
+
+S_end = torch.exp(Cum[-1])[:, None] * S_start + (K_ * torch.exp(Cum[-1] - Cum)).T @ V_   # (4)
+rwkvlab.check("(4) hand-off == state after 3 chunks",
+              S_end, wkv6.naive(r[:, :3 * C], k[:, :3 * C], v[:, :3 * C], w[:, :3 * C], u, output_final_state=True)[1][0, 0], 1e-5)
+
+# %% [markdown]
+# ## 3. The package's chunked rung
+#
+# `wkv6.chunked` does the same for every chunk of every head at once. The sequence is padded to
+# a multiple of `C` with tokens that have `r = k = v = 0` and `w = 0` (decay factor 1), which
+# change neither the outputs nor the state, so any `T` works. The pairwise decays of piece (2)
+# come from a small helper:
+
+# %%
+print(inspect.getsource(reference._pairwise_decay))
+
+# %% [markdown]
+# and the body, one tensor of shape `[B, H, n_chunks, C, ·]` per input:
+
+# %%
+print(inspect.getsource(reference._chunked_one))
+
+# %% [markdown]
+# Only the hand-off loop is sequential, `T / C` steps of a `K × V` multiply-add. Everything else
+# is batched over chunks. (A fused GPU kernel, chapter 7, goes one step further and runs the
+# hand-off inside the kernel, keeping `S` in registers.) The public function validates its
+# input, handles packed variable-length sequences (chunks never straddle two sequences) and the
+# dtype policy:
+
+# %%
+print(inspect.getsource(wkv6.chunked))
+
+# %% [markdown]
+# ## 4. Checks: forward and gradients
+#
+# The chunked form must agree with the loop in float32 to a relative error of `1e-5` — the
+# output *and* the final state — for chunk sizes that divide `T` and ones that do not, for a
+# chunk longer than the sequence, for `T = 1`, several heads, `K ≠ V` and a random initial
+# state.
+
+# %%
+cases = [  # (B, T, H, K, V, C)
+    (2, 64, 2, 16, 16, 16),
+    (2, 37, 2, 8, 12, 16),     # T not a multiple of C
+    (1, 50, 2, 16, 8, 7),      # C not a power of two
+    (1, 1, 2, 8, 8, 16),       # a single token
+    (3, 20, 1, 4, 4, 64),      # one chunk longer than the sequence
+    (1, 33, 2, 8, 8, 1),       # C = 1: the recurrence itself
+]
+for seed, (B, T, H, K, V, C) in enumerate(cases):
+    r, k, v, w, u = inputs(B, T, H, K, V, seed=seed)
+    S0 = torch.randn(B, H, K, V, generator=torch.Generator().manual_seed(100 + seed))
+    ref = wkv6.naive(r, k, v, w, u, initial_state=S0, output_final_state=True)
+    got = wkv6.chunked(r, k, v, w, u, initial_state=S0, output_final_state=True, chunk_size=C)
+    rwkvlab.check(f"wkv6 chunked vs naive  B={B} T={T:>2} H={H} K={K:>2} V={V:>2} C={C:>2}", got, ref, 1e-5)
+
+# %%
+cu = torch.tensor([0, 9, 10, 41])
+r, k, v, w, u = inputs(1, 41, 2, 8, 8, seed=20)
+S0 = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(21))
+rwkvlab.check("wkv6 chunked vs naive, packed sequences (cu_seqlens)",
+              wkv6.chunked(r, k, v, w, u, initial_state=S0, output_final_state=True, cu_seqlens=cu, chunk_size=8),
+              wkv6.naive(r, k, v, w, u, initial_state=S0, output_final_state=True, cu_seqlens=cu), 1e-5)
+
+# %% [markdown]
+# Gradients. The chunked rung is plain torch without in-place updates, so autograd
+# differentiates it; the question is whether the result is the gradient of the *same function*.
+# We compare against autograd through the loop, for every input (`r, k, v, w, u` and the initial
+# state), with a loss that depends on the output and on the final state — so gradients must
+# flow back through the hand-off. In float64 the two agree to rounding; in float32 to `1e-5`.
+
+# %%
+def all_grads(impl, xs, **kw):
+    r, k, v, w, u, S0 = xs
+    o, S = impl(r, k, v, w, u, scale=0.5, initial_state=S0, output_final_state=True, **kw)
+    g = torch.Generator().manual_seed(5)
+    loss = (o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() \
+        + (S * torch.randn(S.shape, generator=g, dtype=torch.float64).to(S.dtype)).sum()
+    return torch.autograd.grad(loss, xs)
+
+
+names = ["r", "k", "v", "w", "u", "initial_state"]
+for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+    base = inputs(2, 27, 2, 8, 6, seed=30, dtype=torch.float64) + [torch.randn(2, 2, 8, 6, dtype=torch.float64,
+                                                                              generator=torch.Generator().manual_seed(31))]
+    xs = [x.to(dtype).requires_grad_() for x in base]
+    xs64 = [x.detach().double().requires_grad_() for x in base]
+    g_chunk = all_grads(wkv6.chunked, xs, chunk_size=8)
+    g_loop = all_grads(wkv6.naive, xs64)
+    for name, a, b in zip(names, g_chunk, g_loop):
+        rwkvlab.check(f"grad {name:<13} chunked ({str(dtype)[6:]}) vs autograd through naive (float64)", a, b, tol)
+
+# %% [markdown]
+# ## 5. Numerics: the factorisation that overflows
+#
+# Piece (2) is the only one with a *pairwise* exponent, `c_i − w_i − c_j`, which depends on both
+# the query position and the key position, channel by channel. That is why it is written as an
+# einsum over a `C × C × K` tensor of decays instead of a matrix product. The tempting
+# alternative, used by the GLA paper's first parallel form and by many first implementations,
+# splits the exponential:
+#
+# $$
+# e^{c_i - w_i - c_j} = e^{c_i - w_i}\cdot e^{-c_j}
+# \quad\Longrightarrow\quad
+# P = \big(R \odot e^{Cum - W}\big)\big(K \odot e^{-Cum}\big)^\top ,
+# $$
+#
+# one `C × K` by `K × C` matrix product — exactly what tensor cores want. The GLA paper
+# (Yang et al. 2024, §4) points out why it is unstable: `K ⊙ e^{−Cum}` is the key *divided by*
+# the cumulative product of the decay factors, `b_j = ∏_{m≤j} e^{w_m}`, and `1/b_j` grows
+# exponentially along the chunk. float32 overflows at `e^{88.72}`. The largest `−c_j` in a chunk
+# is `−c_{C−1} = Σ_j |w_j|`, so with a constant decay the factorised form fails as soon as
+#
+# $$
+# C \cdot |w| > 88.72 .
+# $$
+#
+# For a released RWKV-6 model that is not exotic: a fast channel with factor `e^{w} = 0.0003`
+# (`w = −8`) overflows after a dozen tokens, far below a chunk of 64. The resulting `inf` is
+# multiplied by the underflowed `e^{c_i}` and becomes `NaN`. And clamping `w` would change the
+# model.
+#
+# The package keeps the factorised form behind `chunked(..., stable=False)` so we can watch it
+# fail. At `w = −8` and `C = 64`:
+
+# %%
+r, k, v, w, u = inputs(1, 512, 2, 16, 16, seed=40)
+w = torch.full_like(w, -8.0)
+o_ref, S_ref = wkv6.naive(r, k, v, w, u, output_final_state=True)
+o_bad, _ = wkv6.chunked(r, k, v, w, u, chunk_size=64, stable=False)
+bad_fraction = (~torch.isfinite(o_bad)).float().mean().item()
+print(f"factorised form, w = -8, C = 64: {bad_fraction:.0%} of the outputs are not finite")
+assert not torch.isfinite(o_bad).all()
+
+w.requires_grad_()
+o_good, S_good = wkv6.chunked(r, k, v, w, u, chunk_size=64, output_final_state=True)
+assert torch.isfinite(o_good).all() and torch.isfinite(S_good).all()
+rwkvlab.check("stable chunked vs naive, w = -8, T = 512, C = 64", (o_good, S_good), (o_ref, S_ref), 1e-5)
+(dw,) = torch.autograd.grad(o_good.sum() + S_good.sum(), w)
+assert torch.isfinite(dw).all()
+print("gradient w.r.t. w through the stable form: finite")
+
+# %% [markdown]
+# The stable form forms `c_i − w_i − c_j` first and exponentiates the difference. For `j < i`
+# the difference is a sum of log decays `w_{j+1} + … + w_{i−1}`, never positive, so every
+# exponential lies in `[0, 1]`: it can underflow to 0 — which is the right answer for a token
+# that has been forgotten — but never overflow, whatever `w ≤ 0` and whatever `C`. The entries
+# with `j ≥ i` would have positive exponents; the helper masks them to `−∞` *before*
+# exponentiating, because an `inf` there, even if multiplied by zero afterwards, would turn into
+# `NaN` in the backward pass. The other three pieces only ever use `c_i − w_i`, `c_last − c_j`
+# and `c_last`, all `≤ 0`, so they were never at risk.
+#
+# Now the whole picture: the relative error against a float64 loop, as the constant decay
+# strength `|w|` grows, for three chunk sizes, both forms. The dashed lines mark the predicted
+# failure points `|w| = 88.72 / C`.
+
+# %%
+FLOAT32_LOG_MAX = math.log(torch.finfo(torch.float32).max)              # 88.72
+strengths = [0.25, 0.5, 1.0, 1.25, 2.0, 2.5, 4.0, 6.0, 8.0, 16.0, 50.0]
+r, k, v, _, u = inputs(1, 128, 1, 16, 16, seed=41)
+errs = {}
+for C in (16, 32, 64):
+    for stable in (True, False):
+        errs[C, stable] = []
+        for s in strengths:
+            w = torch.full_like(r, -s)
+            ref = wkv6.naive(*(x.double() for x in (r, k, v, w, u)))[0]
+            errs[C, stable].append(rwkvlab.rel_err(wkv6.chunked(r, k, v, w, u, chunk_size=C, stable=stable)[0], ref))
+
+# the stable form is accurate everywhere; the factorised one fails exactly past C·|w| = 88.72
+for C in (16, 32, 64):
+    assert max(errs[C, True]) < 1e-5
+    for s, e in zip(strengths, errs[C, False]):
+        predicted_fail = C * s > FLOAT32_LOG_MAX
+        assert (e == math.inf) == predicted_fail, (C, s, e)
+        assert predicted_fail or e < 1e-5
+
+fig, ax = plt.subplots(figsize=(7, 3.6))
+for C, colour in zip((16, 32, 64), ("C0", "C1", "C2")):
+    ax.loglog(strengths, errs[C, True], "o-", color=colour, label=f"stable, C={C}")
+    shown = [e if math.isfinite(e) else 1.0 for e in errs[C, False]]
+    ax.loglog(strengths, shown, "x--", color=colour, label=f"factorised, C={C} (inf drawn at 1)")
+    ax.axvline(FLOAT32_LOG_MAX / C, color=colour, ls=":", lw=1)
+ax.set_xlabel("decay strength |w| (constant log decay)")
+ax.set_ylabel("rel. error vs float64 loop")
+ax.set_title("factorised chunk form fails at C·|w| > 88.7; the pairwise form never does")
+ax.legend(fontsize=7, ncol=2)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Until it overflows, the factorised form is as accurate as the stable one: a float32 number
+# keeps its relative precision across its whole range, so `e^{c_i−w_i}` and `e^{−c_j}` multiply
+# back to the right value. The failure is a cliff, not a slope — which makes it easy to miss in
+# tests that use mild decays.
+#
+# **Other ways out**, each a trade between matrix-product speed and range:
+#
+# - *Re-centre the exponents.* Use `e^{c_i − w_i − c_m} · e^{c_m − c_j}` with a reference point
+#   `m` in the middle of the chunk. Both factors now span only half the chunk, so the safe
+#   `C·|w|` doubles — but a limit remains.
+# - *Secondary chunking* (GLA paper §4.3). Split each chunk into sub-chunks of, say, 16 tokens.
+#   Between two different sub-chunks, re-centre on the boundary between them, so the factors are
+#   `e^{c_i − w_i − c_b} ≤ 1` and `e^{c_b − c_j} ≤ 1`, and use a matrix product. Inside a
+#   sub-chunk (on the diagonal), use the pairwise form in full precision. Nothing overflows,
+#   and most of the work is matrix products again; the price is more, smaller products.
+# - *Pairwise everywhere* (what `rwkvlab` does). Simplest and always safe; the intra-chunk
+#   scores cost the same number of multiply-adds as the matrix product would (section 6) but are
+#   elementwise work, with `C²K` exponentials per chunk instead of `2CK`.
+#
+# The second option is the one production kernels build on; chapter 7's Triton kernel makes its
+# own choice and is checked against this chapter's `chunked`.
+#
+# ## 6. Cost against the chunk size
+#
+# Count multiply-adds per head for a sequence of `T` tokens, chunk size `C`, key size `K` and
+# value size `V` (the masked half of each block is computed and discarded, as dense kernels do):
+#
+# | piece | multiply-adds | what it is |
+# |---|---|---|
+# | (2) intra scores `P` | `T · C · K` | `T/C` blocks of `C × C × K` |
+# | (2)+(3) `(P ⊙ M + diag) V` | `T · C · V` | `T/C` products `C × C` by `C × V` |
+# | (1) inter read-out | `T · K · V` | `T/C` products `C × K` by `K × V` |
+# | (4) hand-off `(K ⊙ e^{…})ᵀ V` | `T · K · V` | `T/C` products `K × C` by `C × V` |
+# | sequential steps | `T / C` | the hand-off chain |
+#
+# In total `T (C K + C V + 2 K V)` multiply-adds and `T / C` sequential steps. The loop does
+# about `2 T K V` (one `K × V` read-out and one `K × V` update per token) in `T` steps; `C = 1`
+# reproduces it. The source note this book started from states the chunked
+# training cost as `O(B·T·H·K·V / chunk_size)`; the table shows why that cannot be right — the
+# inter-chunk work is `T K V` whatever `C` is (every token still reads and writes a `K × V`
+# state, just in batches), and the intra-chunk work *grows* with `C`. The correct count is
+# `O(B·H·T·(C(K+V) + KV))`, as in the GLA paper's `O(LCd + Ld²)`.
+#
+# We check the formula against PyTorch's own FLOP counter on the package's code (it counts 2
+# FLOPs per multiply-add in matrix products and einsums):
+
+# %%
+def macs(T, C, K, V):
+    n = -(-T // C)
+    return n * C * (C * K + C * V + 2 * K * V)
+
+
+for (T, C, K, V) in ((256, 32, 16, 16), (96, 16, 8, 24), (100, 64, 16, 16)):
+    r, k, v, w, u = inputs(1, T, 1, K, V, seed=50)
+    for stable in (True, False):
+        with FlopCounterMode(display=False) as counter:
+            wkv6.chunked(r, k, v, w, u, chunk_size=C, stable=stable)
+        assert counter.get_total_flops() == 2 * macs(T, C, K, V), (T, C, K, V, stable, counter.get_total_flops())
+    print(f"T={T:>3} C={C:>2} K={K:>2} V={V:>2}: {macs(T, C, K, V):>9,} multiply-adds, as counted by torch")
+
+# %% [markdown]
+# For a realistic head (`K = V = 64`) and `T = 4096`:
+
+# %%
+T, K, V = 4096, 64, 64
+sizes = [1, 8, 16, 32, 64, 128, 256, 512]
+print(f"{'C':>4} {'multiply-adds':>15} {'vs C=1':>7} {'steps':>6} {'exp (pairwise)':>15}")
+rows = []
+for C in sizes:
+    m = macs(T, C, K, V)
+    rows.append((C, m, T // C))
+    print(f"{C:>4} {m:>15,} {m / macs(T, 1, K, V):>7.2f} {T // C:>6} {T * C * K:>15,}")
+m_by_c = {C: m for C, m, _ in rows}
+assert m_by_c[K] == 4 * T * K * V                              # at C = K = V the two halves balance
+assert m_by_c[K] <= 2 * min(m_by_c.values())                   # ... still within 2x of the least work
+assert all(m_by_c[a] < m_by_c[b] for a, b in zip(sizes, sizes[1:]))   # work grows with C ...
+
+fig, ax1 = plt.subplots(figsize=(6.5, 3.4))
+ax1.loglog([c for c, _, _ in rows], [m / 1e9 for _, m, _ in rows], "o-", label="multiply-adds (G)")
+ax1.set_xlabel("chunk size C"); ax1.set_ylabel("multiply-adds per head (G)")
+ax2 = ax1.twinx()
+ax2.loglog([c for c, _, _ in rows], [s for _, _, s in rows], "s--", color="C1", label="sequential steps")
+ax2.set_ylabel("sequential steps T/C")
+ax1.set_title("T = 4096, K = V = 64: work grows, the serial chain shrinks")
+fig.legend(loc="upper center", bbox_to_anchor=(0.45, 0.85), fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ... while the chain of sequential steps shrinks as `1/C`. Up to `C ≈ K` the intra-chunk work is
+# at most equal to the state work, so the total stays within a factor of two of its minimum
+# while the serial chain gets 64 times shorter; beyond that, the quadratic intra-chunk part
+# dominates and every doubling of `C` nearly doubles the work. Hence the usual choice of `C`
+# between 16 and 64 — together with the fact that `C = 16` is the smallest tile a tensor-core
+# matrix product (`tl.dot`) accepts. Memory follows the same logic: a backward pass that keeps
+# the chunk-start states stores `(T/C)·K·V` numbers per head, `T·K·V/C`.
+#
+# No timings here: on a CPU under the Triton interpreter they would say nothing about a GPU.
+# Chapter 7 measures the kernels where they run.
+#
+# ## Summary
+#
+# - Inside a chunk, with `c` the inclusive cumulative log decay, RWKV-6's output is
+#   `(R ⊙ e^{c−w}) S + (P ⊙ M) V + diag((R ⊙ K) u) V` with `P_ij = Σ_κ R_iκ K_jκ e^{c_iκ − w_iκ − c_jκ}`
+#   and the strictly lower mask `M`; the state is handed on as
+#   `S ← e^{c_last} S + (K ⊙ e^{c_last − c})ᵀ V`.
+# - `wkv6.chunked` computes exactly that, for any `T` and `C`, packed sequences included, and
+#   agrees with the loop in float32 to `1e-5`, gradients included.
+# - Splitting `e^{c_i − w_i − c_j}` into `e^{c_i − w_i} · e^{−c_j}` makes the intra-chunk scores one
+#   matrix product but overflows float32 once `C·|w| > 88.7` — a cliff, reached by real models'
+#   fast channels. Forming the pairwise exponent first keeps every factor in `[0, 1]`.
+# - The work is `T (C(K+V) + 2KV)` multiply-adds with `T/C` sequential steps; `C` between 16 and
+#   64 (about `K`) balances the two parts.
+#
+# ## Exercises
+#
+# 1. Implement the re-centred factorisation of section 5 (reference point in the middle of the
+#    chunk) as a function of your own, and confirm that its failure point moves to
+#    `C·|w| ≈ 2 · 88.72`.
+# 2. Implement secondary chunking: sub-chunks of 4 tokens inside chunks of 16, matrix products
+#    between sub-chunks re-centred at their boundary, the pairwise form on the diagonal. Check it
+#    against `wkv6.naive` at `w = −50`.
+# 3. Derive the gradient of the loss with respect to the chunk-start state `S` from the four
+#    pieces, and check it against `torch.autograd.grad` through `wkv6.chunked`.
+# 4. In bfloat16 the factorised form fails much earlier than in float32. Why? (Hint: compare
+#    `torch.finfo(torch.bfloat16).max` with float32's, and the precision of `e^{−c_j}`.) Predict the
+#    failure point for `C = 16` and check it.
+# 5. The padding tokens use `w = 0`. Would `w = −1` also work? What about padding with
+#    `r = k = v = 0` at the *start* of the sequence instead of the end?
+# 6. Extend the cost table with the number of exponentials each form needs, and argue which form
+#    a CPU implementation should use.
