@@ -477,13 +477,13 @@ check("wkv4 triton_recurrent with k + 100 vs float64 reference", got_big, ref[0]
 print(inspect.getsource(wkv4._wkv4_bwd_kernel.fn))
 
 # %%
-def grads(fn, inputs, dtype):
+def grads(fn, inputs, dtype, dev="cpu"):
     """Gradients of a fixed random linear function of (y, final state) w.r.t. every input."""
-    xs = [x.detach().to(dtype).requires_grad_() for x in inputs]
+    xs = [x.detach().to(dtype).to(dev).requires_grad_() for x in inputs]
     y, s = fn(*xs[:4], wkv4.State(*xs[4:]), True)
     g = torch.Generator().manual_seed(99)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=F64).to(dtype)).sum()
-    loss = loss + sum((x * torch.randn(x.shape, generator=g, dtype=F64).to(dtype)).sum() for x in s)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=F64).to(dtype).to(dev)).sum()
+    loss = loss + sum((x * torch.randn(x.shape, generator=g, dtype=F64).to(dtype).to(dev)).sum() for x in s)
     loss.backward()
     return [x.grad for x in xs]
 
@@ -492,7 +492,7 @@ Tg = 21  # odd on purpose
 inputs = (rand(2, Tg, C, seed=30, scale=3.0), rand(2, Tg, C, seed=31), w, u, *s0)
 g_ref = grads(wkv4.naive, [x.double() for x in inputs], F64)  # autograd through the double sum
 g_chunk = grads(wkv4.chunked, inputs, torch.float32)
-g_tri = grads(wkv4.triton_recurrent, inputs, torch.float32)
+g_tri = grads(wkv4.triton_recurrent, inputs, torch.float32, dev)
 check("wkv4 chunked grads (k, v, w, u, a0, b0, p0) vs autograd through naive", g_chunk, g_ref, 1e-4)
 check("wkv4 triton_recurrent grads (k, v, w, u, a0, b0, p0) vs autograd through naive", g_tri, g_ref, 1e-4)
 

@@ -44,6 +44,7 @@ import rwkvlab
 print(rwkvlab.device.describe())
 
 # %%
+import copy
 import inspect
 
 import matplotlib.pyplot as plt
@@ -163,7 +164,8 @@ model = rwkv4.Model(vocab=32, C=16, n_layer=2, seed=0)
 idx = torch.randint(0, 32, (2, 12), generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     logits, state = model(idx)
-    logits_tr, state_tr = model(idx, impl="triton_recurrent")  # the Triton WKV kernel inside
+    dev = rwkvlab.device.device()  # the Triton kernel wants CUDA tensors when there is a GPU
+    logits_tr, state_tr = copy.deepcopy(model).to(dev)(idx.to(dev), impl="triton_recurrent")
     logits_naive, _ = model(idx, impl="naive")
 assert logits.shape == (2, 12, 32)
 check("rwkv4 model, WKV by Triton vs chunked", (logits_tr, [list(s) for s in state_tr]), (logits, [list(s) for s in state]), 1e-4)

@@ -6,6 +6,9 @@ import rwkvlab  # noqa: F401
 from rwkvlab import rel_err, rwkv4, wkv4
 
 
+DEV = rwkvlab.device.device()  # where the Triton WKV kernel can run
+
+
 def rand(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
@@ -48,8 +51,8 @@ def test_channel_mix_touches_only_positions_t_and_t_plus_1():
 
 @pytest.mark.parametrize("impl", ["naive", "recurrent", "chunked", "triton_recurrent"])
 def test_model_parallel_equals_rnn_mode(impl):
-    model = rwkv4.Model(vocab=20, C=16, n_layer=2, seed=1)
-    idx = torch.randint(0, 20, (2, 11), generator=torch.Generator().manual_seed(0))
+    model = rwkv4.Model(vocab=20, C=16, n_layer=2, seed=1).to(DEV)
+    idx = torch.randint(0, 20, (2, 11), generator=torch.Generator().manual_seed(0)).to(DEV)
     with torch.no_grad():
         logits, state = model(idx, impl=impl)
         s = None
@@ -75,10 +78,10 @@ def test_state_size_does_not_grow_with_length_and_segments_chain():
 
 
 def test_gradients_flow_through_the_triton_path_like_the_chunked_one():
-    idx = torch.randint(0, 12, (2, 9), generator=torch.Generator().manual_seed(2))
+    idx = torch.randint(0, 12, (2, 9), generator=torch.Generator().manual_seed(2)).to(DEV)
     grads = {}
     for impl in ("chunked", "triton_recurrent"):
-        model = rwkv4.Model(vocab=12, C=16, n_layer=2, seed=3)
+        model = rwkv4.Model(vocab=12, C=16, n_layer=2, seed=3).to(DEV)
         logits, _ = model(idx, impl=impl)
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
         grads[impl] = [p.grad.clone() for p in model.parameters()]

@@ -7,6 +7,28 @@ from rwkvlab import rel_err, wkv4
 
 F64 = torch.float64
 STABLE = ["recurrent", "chunked", "triton_recurrent"]
+DEV = rwkvlab.device.device()  # the Triton kernels run on CUDA tensors with a GPU, on CPU ones otherwise
+
+
+def _to(x, dev):
+    if isinstance(x, torch.Tensor):
+        return x.to(dev)
+    if isinstance(x, wkv4.State):
+        return wkv4.State(*(_to(t, dev) for t in x))
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to(t, dev) for t in x)
+    return x
+
+
+def _on_device(f):
+    """Run a Triton rung on the kernel's device; hand results back on the CPU (differentiably)."""
+    def g(*args, **kw):
+        out = f(*(_to(a, DEV) for a in args), **{n: _to(a, DEV) for n, a in kw.items()})
+        return _to(out, "cpu")
+    return g
+
+
+IMPL = {n: (_on_device(f) if n.startswith("triton") else f) for n, f in wkv4.IMPLEMENTATIONS.items()}
 
 
 def make(B, T, C, seed=0, k_scale=1.0, with_state=False):
@@ -50,7 +72,7 @@ def test_every_rung_matches_naive_in_float64_reference(B, T, C, with_state):
     k, v, w, u, s0 = make(B, T, C, seed=T + C, with_state=with_state)
     ref = wkv4.naive(k, v, w, u, s0, output_final_state=True)
     for name in STABLE:
-        got = wkv4.IMPLEMENTATIONS[name](k.float(), v.float(), w.float(), u.float(), f32(s0), True)
+        got = IMPL[name](k.float(), v.float(), w.float(), u.float(), f32(s0), True)
         assert got[0].dtype == torch.float32 and got[1].a.dtype == torch.float32
         assert rel_err(got, ref) <= tol(name), name
     if s0 is None:
@@ -71,7 +93,7 @@ def test_state_splits_the_sequence():
     k, v, w, u, _ = make(2, 25, 7, seed=5)
     args = [x.float() for x in (k, v, w, u)]
     for name in STABLE:
-        f = wkv4.IMPLEMENTATIONS[name]
+        f = IMPL[name]
         y, sT = f(*args, output_final_state=True)
         y1, s1 = f(args[0][:, :11], args[1][:, :11], args[2], args[3], output_final_state=True)
         y2, s2 = f(args[0][:, 11:], args[1][:, 11:], args[2], args[3], initial_state=s1, output_final_state=True)
@@ -96,7 +118,7 @@ def test_large_keys_overflow_the_raw_form_but_not_the_stable_ones():
     naive32, _ = wkv4.naive(k.float(), v.float(), w.float(), u.float())
     assert not torch.isfinite(naive32).all()
     for name in STABLE:
-        y, s = wkv4.IMPLEMENTATIONS[name](k.float(), v.float(), w.float(), u.float(), output_final_state=True)
+        y, s = IMPL[name](k.float(), v.float(), w.float(), u.float(), output_final_state=True)
         assert torch.isfinite(y).all() and all(torch.isfinite(x).all() for x in s), name
         assert rel_err(y, ref) <= tol(name), name
 
@@ -105,7 +127,7 @@ def test_very_large_and_very_negative_keys_in_float32():
     k, v, w, u, _ = make(1, 30, 4, seed=7, k_scale=60.0)  # keys of ±100 and beyond
     ref, _ = wkv4.naive(k, v, w, u)
     for name in STABLE:
-        y, _ = wkv4.IMPLEMENTATIONS[name](k.float(), v.float(), w.float(), u.float())
+        y, _ = IMPL[name](k.float(), v.float(), w.float(), u.float())
         assert rel_err(y, ref) <= tol(name), name
 
 
@@ -139,7 +161,7 @@ def test_gradients_match_autograd_through_naive(B, T, C):
     inputs = (k, v, w, u, *s0)
     ref = _grads(wkv4.naive, inputs, F64)
     for name in STABLE:
-        got = _grads(wkv4.IMPLEMENTATIONS[name], inputs, torch.float32)
+        got = _grads(IMPL[name], inputs, torch.float32)
         for arg, a, b in zip(["k", "v", "w", "u", "a0", "b0", "p0"], got, ref):
             assert rel_err(a, b) <= 1e-4, f"{name}: d/d{arg}"
 
@@ -150,7 +172,7 @@ def test_triton_gradients_with_large_keys_and_no_initial_state():
     xs64 = [x.clone().requires_grad_() for x in (k, v, w, u)]
     wkv4.naive(*xs64)[0].pow(2).sum().backward()
     xs32 = [x.float().requires_grad_() for x in (k, v, w, u)]
-    y, _ = wkv4.triton_recurrent(*xs32)
+    y, _ = IMPL["triton_recurrent"](*xs32)
     y.pow(2).sum().backward()
     for a, b in zip(xs32, xs64):
         assert torch.isfinite(a.grad).all()
@@ -160,7 +182,7 @@ def test_triton_gradients_with_large_keys_and_no_initial_state():
 def test_output_dtype_follows_the_input():
     k, v, w, u, _ = make(1, 5, 4)
     for name in STABLE:
-        y, s = wkv4.IMPLEMENTATIONS[name](k.bfloat16(), v.bfloat16(), w.float(), u.float(), output_final_state=True)
+        y, s = IMPL[name](k.bfloat16(), v.bfloat16(), w.float(), u.float(), output_final_state=True)
         assert y.dtype == torch.bfloat16 and s.p.dtype == torch.float32
         ref, _ = wkv4.naive(k.bfloat16().double(), v.bfloat16().double(), w, u)
         assert rel_err(y, ref) <= 1e-2  # bf16 output rounding only
@@ -168,7 +190,7 @@ def test_output_dtype_follows_the_input():
 
 @pytest.mark.parametrize("name", ["naive", "recurrent", "chunked", "triton_recurrent"])
 def test_bad_inputs_raise_value_errors_naming_the_argument(name):
-    f = wkv4.IMPLEMENTATIONS[name]
+    f = IMPL[name]
     k, v, w, u, _ = (x.float() if x is not None else None for x in make(2, 5, 4))
     with pytest.raises(ValueError, match="k"):
         f(k[0], v, w, u)
