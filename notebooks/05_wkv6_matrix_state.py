@@ -103,8 +103,9 @@ def inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=1.0):
 #
 # which is linear attention with a per-channel, exponentially decaying relative position
 # weight: the score of the pair `(t, i)` is `Σ_κ r_t[κ] k_i[κ] e^{(t−1−i) w[κ]}`. A head now
-# remembers `K·V` numbers instead of `K`: for `D = 2048` and `K = 64`, a layer's memory grows
-# from 2 048 numbers to 131 072.
+# remembers `K·V` numbers instead of a few per channel: for `D = 2048` and `K = 64`, a layer's
+# WKV memory grows from 6 144 numbers (RWKV-4's numerator, denominator and running maximum per
+# channel) to `H·K·V = 2048·64 = 131 072`.
 #
 # RWKV-6 changes one more thing: the decay `w` becomes `w_t`, computed from the token (section
 # 5). Unrolled (Eq. 19 of the paper), the past token `i` is seen by token `t` through the product
@@ -329,8 +330,8 @@ assert raw_rms[-1] > 3 * raw_rms[0]                       # slow decay: a much l
 assert max(abs(x - 1) for x in normed_rms) < 1e-2          # normalised: unit size throughout
 
 # %% [markdown]
-# The raw output grows several-fold as the memory lengthens (its size follows the square root
-# of the number of remembered tokens, since random values add up like a random walk); after the
+# The raw output grows several-fold as the memory lengthens (roughly like the square root of
+# the number of tokens it remembers, since random values add up like a random walk); after the
 # norm every decay gives the same unit-sized output. Note where the bonus sits: inside the norm
 # in RWKV-5/6 (it is part of `r_t · wkv_t`), but added *after* the norm in RWKV-7 (Eq. 21 of
 # the RWKV-7 paper) — a detail to get right when we build that block in chapter 12.
@@ -358,8 +359,7 @@ assert max(abs(x - 1) for x in normed_rms) < 1e-2          # normalised: unit si
 print(inspect.getsource(wkv6.finch_log_decay))
 
 # %% [markdown]
-# With random weights — `λ` spread like the official initialisation, from fast to slow channels
-# — here is what a short "text" of random embeddings does to four channels. The left panel shows
+# With random weights — `λ` spread from slow (`−6`) to fast (`+1`) channels — here is what a short "text" of random embeddings does to four channels. The left panel shows
 # the per-token factor `e^{w_t}`; the right one the product of factors since token 0, i.e. how
 # much of token 0 each channel still holds at time `t`, on a log scale. A constant decay would
 # give straight lines on the right; data-dependent decay bends them — a channel can hold on to a
@@ -420,9 +420,8 @@ print(f"left after 500 steps: exact {true_left:.4f} | from bf16 factor {from_fac
 assert abs(from_log / true_left - 1) < 0.01 and abs(from_factor / true_left - 1) > 0.5
 
 # %% [markdown]
-# **The sign is built in.** `w = −exp(d)` is negative for every `d`, so no parameter value can
-# make the memory grow; a factor computed as, say, a sigmoid would do the same job but cannot
-# reach the tiny decays as cheaply. The package refuses a positive log decay outright:
+# **The sign is built in.** `w = −exp(d)` is negative for every `d`, so no parameter value the
+# optimiser picks can make the memory grow. The package refuses a positive log decay outright:
 
 # %%
 try:
@@ -575,9 +574,10 @@ rwkvlab.check("wkv6 chunked (C=16) vs naive", wkv6.chunked(r, k, v, w, u, chunk_
 #
 # ## Exercises
 #
-# 1. Show that with `K = V = 1`, `r = 1`, constant `w` and `u`, RWKV-6's head computes the
-#    numerator of RWKV-4's WKV for keys `e^{k}`. Use `wkv6.naive` and `wkv4.naive` to check it
-#    numerically (mind the two decay conventions: `wkv4` takes `w ≥ 0` with factor `e^{−w}`).
+# 1. Show that with `K = V = 1`, `r = 1`, constant `w`, keys `e^{k}` and bonus `e^{u}`, RWKV-6's
+#    head computes the numerator of RWKV-4's WKV (and, with `v = 1`, its denominator). Check it
+#    numerically against `rwkvlab.wkv4.naive` (mind the two decay conventions: `wkv4` takes the
+#    paper's `w ≥ 0` with factor `e^{−w}`, `wkv6` the log decay `−w`).
 # 2. For a constant decay, show that the strictly lower part of `A` (section 7) equals the
 #    strictly lower part of the rank-`K` product `(r ⊙ e^{c−w})(k ⊙ e^{−c})ᵀ`, and check it
 #    with `wkv6.attention_matrix`. Then make `T` large and the decay strong: which factor

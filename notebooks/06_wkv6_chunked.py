@@ -98,7 +98,7 @@ assert torch.all(A[piece == 0] == 0)        # everything above the diagonal is z
 
 # %% [markdown]
 # The blue region holds `T²/2 − TC/2` entries and is never formed: for each chunk it is replaced
-# by one `C × K` by `K × V` product with the state. The orange triangles hold `TC/2` entries,
+# by one `C × K` by `K × V` product with the state. The orange triangles hold `T(C−1)/2` entries,
 # computed as `T / C` small dense matrices. As `C` grows, work moves from the first kind to the
 # second; section 6 counts it.
 #
@@ -291,10 +291,10 @@ for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
 # C \cdot |w| > 88.72 .
 # $$
 #
-# For a released RWKV-6 model that is not exotic: a fast channel with factor `e^{w} = 0.0003`
-# (`w = −8`) overflows after a dozen tokens, far below a chunk of 64. The resulting `inf` is
-# multiplied by the underflowed `e^{c_i}` and becomes `NaN`. And clamping `w` would change the
-# model.
+# Data-dependent decay reaches such values easily: Finch's `w = −exp(d)` is `−8` already at
+# `d ≈ 2.1`, a factor of `0.0003` per token, and then the factorised form overflows after a dozen
+# tokens, far below a chunk of 64. The resulting `inf` is multiplied by the underflowed
+# `e^{c_i}` and becomes `NaN`. Clamping `w` to keep it finite would change the model.
 #
 # The package keeps the factorised form behind `chunked(..., stable=False)` so we can watch it
 # fail. At `w = −8` and `C = 64`:
@@ -376,16 +376,19 @@ plt.show()
 #   `m` in the middle of the chunk. Both factors now span only half the chunk, so the safe
 #   `C·|w|` doubles — but a limit remains.
 # - *Secondary chunking* (GLA paper §4.3). Split each chunk into sub-chunks of, say, 16 tokens.
-#   Between two different sub-chunks, re-centre on the boundary between them, so the factors are
-#   `e^{c_i − w_i − c_b} ≤ 1` and `e^{c_b − c_j} ≤ 1`, and use a matrix product. Inside a
-#   sub-chunk (on the diagonal), use the pairwise form in full precision. Nothing overflows,
-#   and most of the work is matrix products again; the price is more, smaller products.
+#   For a query sub-chunk and an *earlier* key sub-chunk, re-centre on the position `b` just
+#   before the query sub-chunk starts: the factors `e^{c_i − w_i − c_b}` (for queries after `b`)
+#   and `e^{c_b − c_j}` (for keys up to `b`) are both `≤ 1`, and their product is one matrix
+#   product. Inside a sub-chunk (the diagonal blocks), use the pairwise form in full precision.
+#   Nothing overflows, and most of the work is matrix products again; the price is more,
+#   smaller products. FLA's RWKV-6 chunk kernels are organised this way (`chunk_rwkv6_fwd_A_kernel_intra_sub_inter`
+#   for the off-diagonal sub-blocks, `…_intra_sub_intra` for the diagonal ones).
 # - *Pairwise everywhere* (what `rwkvlab` does). Simplest and always safe; the intra-chunk
 #   scores cost the same number of multiply-adds as the matrix product would (section 6) but are
 #   elementwise work, with `C²K` exponentials per chunk instead of `2CK`.
 #
-# The second option is the one production kernels build on; chapter 7's Triton kernel makes its
-# own choice and is checked against this chapter's `chunked`.
+# Chapter 7's Triton kernel makes its own choice among these and is checked against this
+# chapter's `chunked`, strong decays included.
 #
 # ## 6. Cost against the chunk size
 #
@@ -485,7 +488,7 @@ plt.show()
 #    chunk) as a function of your own, and confirm that its failure point moves to
 #    `C·|w| ≈ 2 · 88.72`.
 # 2. Implement secondary chunking: sub-chunks of 4 tokens inside chunks of 16, matrix products
-#    between sub-chunks re-centred at their boundary, the pairwise form on the diagonal. Check it
+#    between sub-chunks re-centred at the start of the query sub-chunk, the pairwise form on the diagonal. Check it
 #    against `wkv6.naive` at `w = −50`.
 # 3. Derive the gradient of the loss with respect to the chunk-start state `S` from the four
 #    pieces, and check it against `torch.autograd.grad` through `wkv6.chunked`.
