@@ -7,6 +7,6 @@ cu_seqlens=None) -> (o, final_state | None)``.
 """
 from .reference import attention_matrix, chunked, finch_log_decay, naive, step  # noqa: F401
 
-__all__ = ["naive", "chunked", "step", "attention_matrix", "finch_log_decay"]
+__all__ = ["naive", "chunked", "step", "attention_matrix", "finch_log_decay", "triton_recurrent", "triton_chunked"]
 from .kernels_recurrent import triton_recurrent  # noqa: E402
 from .kernels_chunked import triton_chunked  # noqa: E402
