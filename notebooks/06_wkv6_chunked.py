@@ -51,15 +51,8 @@ from rwkvlab.wkv6 import reference
 torch.set_printoptions(precision=4, sci_mode=False)
 
 
-def inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=1.0):
-    """Seeded r, k, v, log decay w = −decay·exp(N(0, 1)) ≤ 0, and bonus u, in the book's layout."""
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randn(B, T, H, K, generator=g)
-    k = torch.randn(B, T, H, K, generator=g)
-    v = torch.randn(B, T, H, V, generator=g)
-    w = -decay * torch.exp(torch.randn(B, T, H, K, generator=g))
-    u = torch.randn(H, K, generator=g)
-    return [x.to(dtype) for x in (r, k, v, w, u)]
+inputs = wkv6.random_inputs   # seeded r, k, v, w ≤ 0, u in the book's layout (printed below)
+print(inspect.getsource(wkv6.random_inputs))
 
 
 # %% [markdown]

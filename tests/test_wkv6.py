@@ -327,3 +327,12 @@ def test_step_bad_input():
                           ("w", w[:, 0].abs(), "w"), ("u", u[:1], "u"), ("k", k[:, 0, :1], "k")]:
         with pytest.raises(ValueError, match=arg):
             wkv6.step(**{**args, key: bad})
+
+
+def test_random_inputs_are_seeded_and_valid():
+    a = wkv6.random_inputs(2, 5, 3, 4, 6, seed=1, dtype=torch.float64, decay=2.0)
+    b = wkv6.random_inputs(2, 5, 3, 4, 6, seed=1, dtype=torch.float64, decay=2.0)
+    assert [tuple(x.shape) for x in a] == [(2, 5, 3, 4), (2, 5, 3, 4), (2, 5, 3, 6), (2, 5, 3, 4), (3, 4)]
+    assert all(x.dtype == torch.float64 and torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.all(a[3] < 0)
+    wkv6.naive(*a)      # a valid call

@@ -5,8 +5,8 @@ of RNN mode); Triton kernels ``triton_recurrent`` and ``triton_chunked`` live in
 All share the signature ``(r, k, v, w, u, scale=1.0, initial_state=None, output_final_state=False,
 cu_seqlens=None) -> (o, final_state | None)``.
 """
-from .reference import attention_matrix, chunked, finch_log_decay, naive, step  # noqa: F401
+from .reference import attention_matrix, chunked, finch_log_decay, naive, random_inputs, step  # noqa: F401
 
-__all__ = ["naive", "chunked", "step", "attention_matrix", "finch_log_decay", "triton_recurrent", "triton_chunked"]
+__all__ = ["naive", "chunked", "step", "attention_matrix", "finch_log_decay", "random_inputs", "triton_recurrent", "triton_chunked"]
 from .kernels_recurrent import triton_recurrent  # noqa: E402
 from .kernels_chunked import triton_chunked  # noqa: E402

@@ -20,7 +20,7 @@ import torch
 
 from .. import validate
 
-__all__ = ["naive", "chunked", "step", "attention_matrix", "finch_log_decay"]
+__all__ = ["naive", "chunked", "step", "attention_matrix", "finch_log_decay", "random_inputs"]
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -231,3 +231,19 @@ def finch_log_decay(x, lam, A, B):
     """
     d = lam + torch.tanh(x @ A) @ B
     return -torch.exp(d)
+
+
+def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=1.0):
+    """Seeded ``(r, k, v, w, u)`` in the book's layout for examples and checks.
+
+    r, k, w: [B, T, H, K]; v: [B, T, H, V]; u: [H, K]; all standard normal except the log decay
+    ``w = −decay · exp(N(0, 1)) ≤ 0``, which spreads memory lengths from a fraction of a token to
+    tens of tokens (``decay`` scales them all). Drawn in float32, then cast to ``dtype``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(B, T, H, K, generator=g)
+    k = torch.randn(B, T, H, K, generator=g)
+    v = torch.randn(B, T, H, V, generator=g)
+    w = -decay * torch.exp(torch.randn(B, T, H, K, generator=g))
+    u = torch.randn(H, K, generator=g)
+    return [x.to(dtype) for x in (r, k, v, w, u)]
