@@ -394,3 +394,42 @@ def test_transformer_baseline_parallel_equals_kv_cache_decoding():
     assert tf.cache_nbytes(c) == 2 * 2 * 2 * 9 * 32 * 4    # B rows, K and V, L blocks, T tokens, C floats
     with pytest.raises(ValueError, match="idx"):
         m(tokens(1, 17))
+
+
+# ---------------------------------------------------------------- training helpers
+def test_recall_batches_answer_with_the_latest_value():
+    from rwkvlab.model.train import RECALL_TASKS, Recall
+
+    for task in list(RECALL_TASKS.values()) + [Recall(n_keys=3, n_values=5, n_pairs=7, n_queries=5, overwrite=True)]:
+        inp, tgt, mask = task.batch(64, torch.Generator().manual_seed(0))
+        assert inp.shape == tgt.shape == mask.shape == (64, task.length)
+        assert (inp[:, 1:] == tgt[:, :-1]).all()
+        assert int(mask.sum()) == 64 * task.n_queries
+        for b in range(64):
+            seq = inp[b].tolist() + [tgt[b, -1].item()]
+            pairs = list(zip(seq[0:2 * task.n_pairs:2], seq[1:2 * task.n_pairs:2]))
+            latest = dict(pairs)                               # later pairs overwrite earlier ones
+            if not task.overwrite:
+                assert len(latest) == task.n_pairs             # distinct keys
+            queries = list(zip(seq[2 * task.n_pairs::2], seq[2 * task.n_pairs + 1::2]))
+            assert all(latest[k] == v for k, v in queries)
+            assert all(0 <= k < task.n_keys <= v < task.vocab_size for k, v in pairs)
+    with pytest.raises(ValueError, match="n_pairs"):
+        Recall(n_keys=4, n_pairs=5).batch(2, torch.Generator())
+
+
+def test_fit_learns_and_text_batches(capsys):
+    from rwkvlab.model import train
+
+    task = train.Recall(n_keys=4, n_values=4, n_pairs=2, n_queries=2)
+    models = train.small_models(task.vocab_size, n_embd=16, n_layer=1, head_size=8, max_len=task.length + 1)
+    assert M.state_nbytes(models["RWKV-7"](tokens(1, 3, vocab=8))[1]) == M.state_nbytes(models["RWKV-6"](tokens(1, 3, vocab=8))[1])
+    g = torch.Generator().manual_seed(0)
+    losses = train.fit(models["RWKV-6"], lambda: task.batch(32, g), 60, 1e-2, label="t")
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.3
+    assert "60/60" in capsys.readouterr().out                 # the progress bar finished
+    data = torch.arange(100)
+    x, y, m = train.text_batches(data, 4, 10, torch.Generator().manual_seed(0))()
+    assert x.shape == y.shape == (4, 10) and m is None and (y == x + 1).all()
+    with pytest.raises(ValueError, match="data"):
+        train.text_batches(torch.arange(5), 2, 10, torch.Generator())
