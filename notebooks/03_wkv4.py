@@ -413,7 +413,7 @@ check("wkv4 chunked with k + 100 vs float64 naive", y_chunk_big, y_big_ref, 1e-5
 # matrix for every channel (its "heads" are single channels, as in AFT), so unlike the
 # matrix-state models of Part II there is no matrix multiply to hand to tensor cores here — the
 # chunk form buys parallelism over time, not FLOP efficiency. That is one reason the official
-# RWKV-4 training code simply runs the recurrence in a CUDA kernel, one thread per channel. We
+# RWKV-4 training code simply runs the recurrence in a CUDA kernel, one thread per (sequence, channel). We
 # do the same in Triton next.
 #
 # ## 8. The fourth rung: a Triton kernel
