@@ -66,6 +66,9 @@ from rwkvlab import wkv7
 from rwkvlab.model import x070
 
 torch.set_printoptions(precision=4, sci_mode=False)
+# One thread: these tensors are tiny, and on a shared or busy CPU several threads per
+# operation wait on each other far longer than they compute (we measured 20× slow-downs).
+torch.set_num_threads(1)
 gen = torch.Generator().manual_seed(0)
 
 # %% [markdown]

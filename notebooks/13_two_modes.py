@@ -55,6 +55,9 @@ from rwkvlab.model import transformer as tf
 from rwkvlab.model import x070
 
 torch.manual_seed(0)
+# One thread: these tensors are tiny, and on a shared or busy CPU several threads per
+# operation wait on each other far longer than they compute (we measured 20× slow-downs).
+torch.set_num_threads(1)
 gen = torch.Generator().manual_seed(0)
 
 # %% [markdown]

@@ -66,6 +66,9 @@ from rwkvlab.model import transformer as tf
 from rwkvlab.tokenizer import ByteTokenizer
 
 FULL = os.environ.get("RWKVLAB_FULL", "") == "1"
+# One thread: these tensors are tiny, and on a shared or busy CPU several threads per
+# operation wait on each other far longer than they compute (we measured 20× slow-downs).
+torch.set_num_threads(1)
 torch.manual_seed(0)
 print("full-length run" if FULL else "short run (set RWKVLAB_FULL=1 for the full-length experiment)")
 
@@ -362,7 +365,8 @@ ckpt = out_dir / "shakespeare-x070.pth"
 M.save(lm, ckpt)
 cmd = [sys.executable, "-m", "rwkvlab", "generate", "--model", str(ckpt), "--prompt", "JULIET:\n",
        "--tokens", "120", "--temperature", "0.8", "--seed", "3"]
-res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                     env={**os.environ, "OMP_NUM_THREADS": "1"})
 print("$ python -m rwkvlab generate --model out/shakespeare-x070.pth --prompt 'JULIET:\\n' --tokens 120 ...")
 print(res.stderr.strip())
 print(res.stdout)

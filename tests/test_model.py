@@ -7,6 +7,7 @@ K×V layout rwkvlab uses. Agreement checks the names, the formulas and the layou
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,15 @@ from rwkvlab import wkv7
 from rwkvlab.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: extra intra-op threads only wait on each other on a busy CPU
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- independent reference
@@ -334,7 +344,7 @@ def test_sample():
 # ---------------------------------------------------------------- generate, end to end
 def _run_generate(*args):
     return subprocess.run([sys.executable, "-m", "rwkvlab", "generate", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _greedy(m, ids, n):
