@@ -431,11 +431,13 @@ rwkvlab.check("block 1 time mix: model vs the formulas of this chapter", got, by
 # %%
 T_ladder = rwkvlab.device.pick(16, 256)
 idx = torch.randint(0, 256, (2, T_ladder), generator=gen)
+dev = rwkvlab.device.device()          # Triton kernels take tensors on the book's device
+net_dev = M.load(net.state_dict(), device=dev)
 with torch.no_grad():
     ref, _ = net(idx, impl="naive")
     rwkvlab.check("model, chunked core vs naive", net(idx, impl="chunked")[0], ref, 1e-5)
     for impl in ("triton_recurrent", "triton_chunked"):
-        rwkvlab.check(f"model, {impl} core vs naive", net(idx, impl=impl)[0], ref, 1e-4)
+        rwkvlab.check(f"model, {impl} core vs naive", net_dev(idx.to(dev), impl=impl)[0], ref, 1e-4)
     st, outs = None, []
     for t in range(idx.shape[1]):
         lt, st = net.step(idx[:, t], st)

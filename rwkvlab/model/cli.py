@@ -44,10 +44,11 @@ def run(args: argparse.Namespace, out=None) -> int:
         return 2
     import torch
 
+    from .. import device as _dev
     from .. import tokenizer as tk
     from . import load
 
-    model = load(args.model, impl=args.impl)
+    model = load(args.model, impl=args.impl, device=_dev.device())
     model.eval()
     try:
         tok = tk.for_vocab(model.cfg.vocab_size, args.vocab)

@@ -64,9 +64,11 @@ class Sizes:
             raise ValueError(f"head_size: must divide n_embd = {self.n_embd}, got {self.head_size}")
 
 
-def default_impl() -> str:
-    """``chunked`` in interpreter mode (plain torch is faster there), the chunked Triton kernel on a GPU."""
-    return _device.pick("chunked", "triton_chunked")
+def default_impl(x: torch.Tensor) -> str:
+    """The WKV core for tensors like ``x``: the chunked Triton kernel for CUDA tensors, plain-torch
+    ``chunked`` for CPU tensors (in the interpreter the torch form is the faster one, and on a
+    GPU machine compiled kernels cannot take CPU tensors)."""
+    return "triton_chunked" if x.is_cuda and _device.has_gpu() else "chunked"
 
 
 def resolve_core(module, impl: str):
@@ -106,7 +108,7 @@ class LanguageModel(nn.Module):
         super().__init__()
         cfg._check()
         self.cfg = cfg
-        self.impl = default_impl()
+        self.impl = None          # None: chosen per call from the input's device (default_impl)
         self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList([self.Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(cfg.n_embd)
@@ -151,7 +153,7 @@ class LanguageModel(nn.Module):
         """Parallel mode. ``idx`` [B, T] token ids → ``(logits [B, T, vocab], state)``."""
         idx = check_tokens("idx", idx, self.cfg.vocab_size, 2)
         state = self._check_state(state, idx.shape[0])
-        fn = resolve_core(self.wkv_module, impl or self.impl)
+        fn = resolve_core(self.wkv_module, impl or self.impl or default_impl(idx))
         return self._run(self.emb(idx), state, self.sequence_core(fn))
 
     def step(self, token: torch.Tensor, state: list[LayerState] | None = None):

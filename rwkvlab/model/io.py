@@ -71,15 +71,14 @@ def build(cfg, device="cpu"):
 _OPTIONAL = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 
 
-def load(path_or_state_dict, dtype: torch.dtype = torch.float32, device=None, impl: str | None = None):
+def load(path_or_state_dict, dtype: torch.dtype = torch.float32, device="cpu", impl: str | None = None):
     """Build an x060 or x070 model from an official checkpoint (a path or a state dict).
 
     Weights are converted to ``dtype`` (float32 by default: the book compares in float32)
-    and moved to ``device`` (the book's device by default). ``impl`` picks the WKV core of
-    parallel mode (default: ``chunked`` on CPU, the chunked Triton kernel on a GPU).
+    and put on ``device`` (CPU by default; pass ``rwkvlab.device.device()`` for the GPU).
+    ``impl`` fixes the WKV core of parallel mode (default: chosen from the input's device,
+    ``chunked`` for CPU tensors, the chunked Triton kernel for CUDA tensors).
     """
-    from .. import device as _dev
-
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         path = Path(path_or_state_dict)
         if not path.is_file():
@@ -103,7 +102,7 @@ def load(path_or_state_dict, dtype: torch.dtype = torch.float32, device=None, im
     for k, shape in want.items():
         if k in sd and tuple(sd[k].shape) != shape:
             raise ValueError(f"checkpoint: key {k!r} has shape {tuple(sd[k].shape)}, expected {shape}")
-    dev = torch.device(device) if device is not None else _dev.device()
+    dev = torch.device(device)
     tensors = {k: sd[k].to(device=dev, dtype=dtype) if k in sd else torch.zeros(want[k], device=dev, dtype=dtype)
                for k in want}
     model.load_state_dict(tensors, assign=True)
