@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import rwkvlab
 from rwkvlab import model as M
-from rwkvlab import wkv7
+from rwkvlab import wkv6, wkv7
 from rwkvlab.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,17 +221,25 @@ def test_gradients_chunked_equal_naive(version):
     assert any(float(g.abs().max()) > 0 for g in grads["naive"])
 
 
-TRITON = [n for n in ("triton_recurrent", "triton_chunked") if hasattr(wkv7, n)]
+TRITON = [n for n in ("triton_recurrent", "triton_chunked") if hasattr(wkv7, n) and hasattr(wkv6, n)]
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("impl", TRITON)
-def test_x070_triton_core_in_the_model(impl):
-    m = tiny("x070", seed=5)
+def test_triton_cores_in_the_model(version, impl):
+    m = tiny(version, seed=5)
     idx = tokens(1, 6, seed=5)
     with torch.no_grad():
         ref, _ = m(idx, impl="naive")
         got, _ = m(idx, impl=impl)
-    rwkvlab.check(f"x070 model with {impl}", got, ref, 1e-4)
+    rwkvlab.check(f"{version} model with {impl}", got, ref, 1e-4)
+
+
+def test_default_core_follows_the_input_device():
+    from rwkvlab.model.common import default_impl
+
+    assert default_impl(torch.zeros(1)) == "chunked"          # CPU tensors never go to compiled kernels
+    assert tiny("x070").impl is None
 
 
 # ---------------------------------------------------------------- checkpoints
