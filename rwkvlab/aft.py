@@ -22,7 +22,6 @@ import triton
 import triton.language as tl
 
 from . import validate
-from .attention import _kernel_device  # one rule for every Triton wrapper: tensors where the kernels run
 
 __all__ = ["naive", "parallel", "chunked", "triton_chunked", "simple", "local", "recurrent", "decay_bias"]
 
@@ -179,7 +178,7 @@ def triton_chunked(q, k, v, w, block_size: int = 16, block_d: int = 16):
     for name, b in (("block_size", block_size), ("block_d", block_d)):
         if not isinstance(b, int) or b < 1 or b & (b - 1):
             raise ValueError(f"{name}: expected a power of two, got {b!r}")
-    _kernel_device("q", q)
+    validate.kernel_device("q", q)
     q, k, v, w = q.contiguous(), k.contiguous(), v.contiguous(), w.contiguous()
     y = torch.empty_like(v)
     grid = (B, triton.cdiv(D, block_d), triton.cdiv(T, block_size))

@@ -43,15 +43,6 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     # float64 inputs stay float64 (references); everything else accumulates in float32
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
-def _kernel_device(name: str, x: torch.Tensor) -> None:
-    """Triton kernels run where the mode says: CUDA tensors on a GPU, CPU tensors in the interpreter."""
-    want = device.device()
-    if x.device.type != want.type:
-        raise ValueError(f"{name}: the Triton kernel runs on {want.type} in this mode "
-                         f"({device.select()}), got a tensor on {x.device}; use .to(rwkvlab.device.device())")
-
-
-
 def naive(q, k, v, scale=None):
     """Causal softmax attention, one query position at a time.
 
@@ -187,7 +178,7 @@ def triton_chunked(q, k, v, scale=None, block_size: int = 16):
     B, T, H, K, V, scale = _check(q, k, v, scale)
     if not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"block_size: expected a power of two >= 16, got {block_size!r}")
-    _kernel_device("q", q)
+    validate.kernel_device("q", q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     BK = max(16, triton.next_power_of_2(K))

@@ -101,3 +101,16 @@ def linear_attention(*, keys: dict, values: dict, extra: dict | None = None, ini
     N = cu_seqlens(cu_seqlens_, B, T)
     state("initial_state", initial_state, N, H, K, V, "len(cu_seqlens) - 1" if cu_seqlens_ is not None else "B")
     return B, T, H, K, V, N
+
+
+def kernel_device(name: str, x: torch.Tensor) -> None:
+    """Triton kernels run where the mode says: CUDA tensors on a GPU, CPU tensors in the interpreter.
+
+    One rule for every Triton wrapper, checked before any launch.
+    """
+    from . import device
+
+    want = device.device()
+    if x.device.type != want.type:
+        raise ValueError(f"{name}: the Triton kernels run on {want.type} tensors in this mode "
+                         f"({device.select()}), got a tensor on {x.device}; move it with .to(rwkvlab.device.device())")

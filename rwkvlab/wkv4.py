@@ -436,8 +436,7 @@ def triton_recurrent(k, v, w, u, initial_state=None, output_final_state=False):
     gradient is taken into account. Checked against autograd through :func:`naive` in tests.
     """
     B, T, C = _check(k, v, w, u, initial_state)
-    if device.has_gpu() and not k.is_cuda:
-        raise ValueError(f"k: the Triton kernel runs on CUDA tensors on this GPU machine, got k on {k.device}")
+    validate.kernel_device("k", k)
     s0 = empty_state(B, C, torch.float32, k.device) if initial_state is None else initial_state
     y, aT, bT, pT = _WKV4Triton.apply(k, v, w, u, *s0)
     return y, (State(aT, bT, pT) if output_final_state else None)

@@ -42,3 +42,13 @@ def test_command_line_toc_matches_manifest(capsys):
 
     assert main(["toc"]) == 0
     assert "00_preface.py" in capsys.readouterr().out
+
+
+def test_kernel_device_rejects_tensors_where_the_kernels_do_not_run():
+    from rwkvlab import validate
+
+    here = torch.zeros(2, device=rwkvlab.device.device())
+    validate.kernel_device("q", here)
+    elsewhere = torch.zeros(2, device="meta")
+    with pytest.raises(ValueError, match=r"^q: the Triton kernels run on"):
+        validate.kernel_device("q", elsewhere)

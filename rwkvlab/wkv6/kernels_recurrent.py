@@ -217,8 +217,7 @@ def check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens):
     if K > 128 or V > 256:
         raise ValueError(f"k: the kernels keep the whole key dimension in one tile and need K <= 128 and V <= 256, "
                          f"got K = {K}, V = {V}")
-    if device.has_gpu() and r.device.type != "cuda":
-        raise ValueError(f"r: expected CUDA tensors on a GPU machine, got {r.device}")
+    validate.kernel_device("r", r)
     if r.dtype == torch.float64:
         raise ValueError("r: float64 is not supported by the Triton kernels; use float32, float16 or bfloat16")
     return B, T, H, K, V, N

@@ -209,8 +209,7 @@ def _check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens):
                              f"in 16..128, got {name} = {n}")
     if r.dtype == torch.float64:
         raise ValueError("r: the Triton kernels take float32, float16 or bfloat16 (float64 is for references)")
-    if device.has_gpu() and not r.is_cuda:
-        raise ValueError(f"r: expected tensors on the GPU ({device.device()}), got {r.device}")
+    validate.kernel_device("r", r)
     return float(scale), B, T, H, K, V, N
 
 
