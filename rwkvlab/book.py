@@ -97,12 +97,34 @@ def run(selected: list[str] | None = None, html_dir: Path | None = None) -> int:
     if not todo:
         print(f"no chapter matches {selected}")
         return 2
-    failures, total = 0, 0.0
+    failures, total, results = 0, 0.0, []
     for ch in todo:
         ok, seconds, err = run_chapter(ch, html_dir=html_dir)
         total += seconds
         failures += not ok
+        results.append((ch, ok, seconds))
         mark = "ok" if ok else "FAILED"
         print(f"{ch.slug:<28} {seconds:6.1f} s  {mark}" + (f"  ({err})" if err else ""), flush=True)
     print(f"{len(todo) - failures}/{len(todo)} chapters passed in {total:.0f} s")
+    if html_dir is not None:
+        write_index(html_dir, results, device.describe())
+        print(f"HTML book: {html_dir / 'index.html'}")
     return 1 if failures else 0
+
+
+def write_index(html_dir: Path, results, mode: str) -> None:
+    """The HTML book's front page: parts, chapters, and whether each chapter's checks held."""
+    import html
+
+    title = html.escape(manifest().get("title", "rwkvlab"))
+    rows, part = [], None
+    for ch, ok, seconds in results:
+        if ch.part != part:
+            rows.append(f"<h2>{html.escape(ch.part)}</h2>")
+            part = ch.part
+        status = "checks held" if ok else "CHECKS FAILED"
+        rows.append(f'<p><a href="{ch.slug}.html">{html.escape(ch.title)}</a> '
+                    f"<small>({status}, {seconds:.1f} s)</small></p>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+            f"<body><h1>{title}</h1><p><small>{html.escape(mode)}</small></p>{''.join(rows)}</body></html>")
+    (html_dir / "index.html").write_text(page, encoding="utf-8")

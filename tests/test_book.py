@@ -51,3 +51,22 @@ def test_ci_runs_the_readme_commands():
     readme = (ROOT / "README.md").read_text()
     assert "<!-- ci:install -->" in readme and "<!-- ci:test -->" in readme
     assert "ci:install" in ci and "ci:test" in ci
+
+
+def test_headless_runner_runs_a_chapter_and_writes_the_html_book(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "rwkvlab", "run", "00_preface", "--html", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1/1 chapters passed" in res.stdout
+    assert re.search(r"^00_preface\s+[0-9.]+ s  ok$", res.stdout, re.M), res.stdout
+    assert (tmp_path / "00_preface.html").stat().st_size > 10_000
+    assert "00_preface.html" in (tmp_path / "index.html").read_text()
+
+
+def test_headless_runner_reports_unknown_chapters():
+    from rwkvlab.__main__ import main
+
+    assert main(["run", "no-such-chapter"]) == 2
