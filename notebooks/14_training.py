@@ -166,12 +166,12 @@ IMPLS = {"RWKV-7": "naive", "RWKV-6": "chunked"}
 # %% [markdown]
 # ## 4. A short run, live
 #
-# The default run trains each model for a few hundred steps at batch 32 on "overwrite-4keys"
+# The default run trains each model for 120 steps at batch 32 on "overwrite-4keys"
 # (the full run: 400 steps at batch 64, three seeds, three tasks). This is a *small* budget:
 # it shows that all three learn something, not who wins — section 5 is about that.
 
 # %%
-steps, batch = (400, 64) if FULL else (160, 32)
+steps, batch = (400, 64) if FULL else (120, 32)
 live = train.recall_run(task, steps, batch, seed=0, impls=IMPLS)
 
 # %%
@@ -294,6 +294,47 @@ assert max(acc[(t, s, "softmax")] for t in tasks for s in range(3)) < 0.5, "the 
 # — with 4 keys in 16-dimensional heads it is possible, and one seed finds it. The delta rule
 # does the same removal for *any* direction of the key, by construction.
 #
+# ### How one block can solve it
+#
+# It helps to see that a single RWKV-7 block *can* represent the solution, with the pieces of
+# chapter 12. Take a value token $v_j$ that follows its key $k_i$.
+#
+# 1. **Token shift** puts the key into the value's position: with $\mu_k \approx 1$ the input
+#    to the key projection at the value token is (mostly) the previous token, the key $k_i$,
+#    while with $\mu_v \approx 0$ the value projection sees the current token, $v_j$.
+# 2. **Remove, then write.** The removal key $\hat\kappa$ points along the key's direction; with
+#    an in-context learning rate $a \approx 1$ the update first deletes whatever the state
+#    returns for that direction — the *old* value of this key — and then writes the new
+#    association $\tilde k\,v^\top$.
+# 3. **Read.** At a query, the token shift again supplies nothing useful, but the receptance of
+#    the query token itself is the key's direction, and $S^\top r$ returns the value stored
+#    under it; the head maps it to the value's token.
+#
+# An additive memory can do steps 1 and 3 but not the deletion: after $k_2 v_7 \ldots k_2
+# v_{11}$ it returns $v_7 + v_{11}$ (decayed), and the head must guess between them. RWKV-6's
+# decay can imitate the deletion only by forgetting whole channels, which also forgets every
+# other key stored in them. The state update alone shows the difference, with orthonormal keys
+# written by hand into one head of `rwkvlab.wkv7`:
+
+# %%
+from rwkvlab import wkv7
+
+Kd = 8
+keys_ = torch.eye(Kd, dtype=torch.float64)[None, :3]                  # three orthonormal keys, [1, 3, K]
+vals_ = torch.randn(1, 4, Kd, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+order = [0, 1, 0, 2]                                                  # key 0 is written twice
+S_delta = torch.zeros(1, 1, Kd, Kd, dtype=torch.float64)
+S_add = torch.zeros_like(S_delta)
+zero = torch.zeros(1, 1, Kd, dtype=torch.float64)
+for t, i in enumerate(order):
+    kt, vt = keys_[:, i][:, None], vals_[:, t][:, None]
+    _, S_delta = wkv7.step(kt, zero, kt, vt, -kt, kt, S_delta)         # a = 1: remove, then write
+    _, S_add = wkv7.step(kt, zero, kt, vt, zero, zero, S_add)          # additive: write only
+read = lambda S: torch.einsum("bhkv,bhk->bhv", S, keys_[:, 0][:, None])[0, 0]  # noqa: E731
+rwkvlab.check("delta rule returns the latest value of key 0", read(S_delta), vals_[0, 2], 1e-12)
+rwkvlab.check("additive memory returns the sum of both values", read(S_add), vals_[0, 0] + vals_[0, 2], 1e-12)
+
+# %% [markdown]
 # ## 6. A tiny text model
 #
 # Now a language model in the ordinary sense: a byte-level RWKV-7 (vocabulary 256, so no
@@ -310,7 +351,7 @@ p = counts / counts.sum()
 unigram = -(p[p > 0] * p[p > 0].log()).sum().item()
 print(f"{len(data)} bytes; a model that knows only byte frequencies scores {unigram:.3f} nats/byte")
 
-width, depth, head, T_text, B_text, steps_text = (128, 4, 32, 128, 16, 2000) if FULL else (64, 2, 32, 64, 16, 80)
+width, depth, head, T_text, B_text, steps_text = (128, 4, 32, 128, 16, 2000) if FULL else (64, 2, 32, 64, 16, 60)
 lm = M.RWKV7(M.Config7.make(256, width, depth, head_size=head, d_decay=16, d_aaa=16, d_mv=16, d_gate=16))
 lm.init_weights("rwkv", seed=0)
 print(f"text model: {sum(p.numel() for p in lm.parameters())} parameters")
@@ -390,7 +431,7 @@ with torch.no_grad():
 # ## Exercises
 #
 # 1. Run the short experiment of section 4 with five seeds. On how many does RWKV-7 leave the
-#    plateau within 160 steps? What changes at batch 64?
+#    plateau within 120 steps? What changes at batch 64?
 # 2. Set `k_a` to zero and freeze it (so the replacement key is $k$, not $a\odot k$) in the
 #    RWKV-7 model before training on "overwrite-4keys". Does it still solve the task? What
 #    about setting the in-context learning rate $a$ to zero (no removal at all)?
