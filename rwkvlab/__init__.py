@@ -1,6 +1,7 @@
 """rwkvlab: the package behind the executable textbook on RWKV attention.
 
-One module per mechanism (``attention``, ``aft``, ``wkv4``, ``wkv6``, ``wkv7``), each with the
+One module per mechanism (``attention``, ``aft``, ``wkv4``, ``wkv6``, ``wkv7``; ``delta``, ``rwkv4``,
+``rwkv7_ops`` and ``model`` build on them), each with the
 same ladder of implementations: ``naive`` (a loop), ``chunked``/``parallel`` (plain torch) and
 Triton kernels (``triton_*``). ``rwkvlab.check`` compares rungs of the ladder.
 """

@@ -7,6 +7,8 @@ the HTML edition of the book.
 """
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 import tomllib
 from dataclasses import dataclass
@@ -74,10 +76,11 @@ def run_chapter(ch: Chapter, timeout: int = 600, html_dir: Path | None = None) -
     t0 = time.perf_counter()
     ok, err = True, ""
     try:
-        client.execute()
+        client.execute(stderr=subprocess.DEVNULL)  # kernel start-up chatter; cell errors arrive via iopub
     except CellExecutionError as e:
         ok = False
-        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # drop the traceback's terminal colours
+        lines = [ln for ln in plain.splitlines() if ln.strip()]
         err = lines[-1] if lines else "cell failed"
     seconds = time.perf_counter() - t0
     if html_dir is not None:
