@@ -97,6 +97,32 @@ def check_tokens(name: str, idx, vocab_size: int, ndim: int) -> torch.Tensor:
     return idx.long()
 
 
+class BlockBase(nn.Module):
+    """The block both versions share; subclasses name their ``TimeMix`` and ``ChannelMix``."""
+
+    TimeMix: type[nn.Module]
+    ChannelMix: type[nn.Module]
+
+    def __init__(self, cfg: Sizes, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(cfg.n_embd)
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.att = self.TimeMix(cfg, layer_id)
+        self.ffn = self.ChannelMix(cfg, layer_id)
+
+    def forward(self, x, layer: LayerState | None, v_first, core):
+        att_shift, S, ffn_shift = layer if layer is not None else (None, None, None)
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        dx, att_shift, S, v_first = self.att(self.ln1(x), att_shift, S, v_first, core)
+        x = x + dx
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        return x + dx, LayerState(att_shift, S, ffn_shift), v_first
+
+
 class LanguageModel(nn.Module):
     """The stack around the blocks; subclasses define ``Block`` and ``version``."""
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import rwkv7_ops as ops
 from .. import wkv6
-from .common import LanguageModel, LayerState, Sizes, random_init
+from .common import BlockBase, LanguageModel, Sizes, random_init
 from .x070 import GROUPNORM_EPS
 
 
@@ -104,25 +104,11 @@ class ChannelMix(nn.Module):
         return torch.sigmoid(self.receptance(xr)) * kv, last
 
 
-class Block(nn.Module):
-    def __init__(self, cfg: Config, layer_id: int):
-        super().__init__()
-        self.layer_id = layer_id
-        if layer_id == 0:
-            self.ln0 = nn.LayerNorm(cfg.n_embd)
-        self.ln1 = nn.LayerNorm(cfg.n_embd)
-        self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.att = TimeMix(cfg, layer_id)
-        self.ffn = ChannelMix(cfg, layer_id)
+class Block(BlockBase):
+    """One residual block: ln1 → time mixing, ln2 → channel mixing (ln0 first in block 0)."""
 
-    def forward(self, x, layer: LayerState | None, v_first, core):
-        att_shift, S, ffn_shift = layer if layer is not None else (None, None, None)
-        if self.layer_id == 0:
-            x = self.ln0(x)
-        dx, att_shift, S, v_first = self.att(self.ln1(x), att_shift, S, v_first, core)
-        x = x + dx
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
-        return x + dx, LayerState(att_shift, S, ffn_shift), v_first
+    TimeMix = TimeMix
+    ChannelMix = ChannelMix
 
 
 class RWKV6(LanguageModel):

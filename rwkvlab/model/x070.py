@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import rwkv7_ops as ops
 from .. import wkv7
-from .common import LanguageModel, LayerState, Sizes, random_init
+from .common import BlockBase, LanguageModel, Sizes, random_init
 
 GROUPNORM_EPS = 64e-5   # 1e-5 · head_size_divisor² with divisor 8, as in RWKV-LM (REFERENCES.md §3, §4)
 
@@ -128,25 +128,11 @@ class ChannelMix(nn.Module):
         return ops.channel_mix(x, x_prev, self.x_k, self.key.weight, self.value.weight), last
 
 
-class Block(nn.Module):
-    def __init__(self, cfg: Config, layer_id: int):
-        super().__init__()
-        self.layer_id = layer_id
-        if layer_id == 0:
-            self.ln0 = nn.LayerNorm(cfg.n_embd)
-        self.ln1 = nn.LayerNorm(cfg.n_embd)
-        self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.att = TimeMix(cfg, layer_id)
-        self.ffn = ChannelMix(cfg, layer_id)
+class Block(BlockBase):
+    """One residual block: ln1 → time mixing, ln2 → channel mixing (ln0 first in block 0)."""
 
-    def forward(self, x, layer: LayerState | None, v_first, core):
-        att_shift, S, ffn_shift = layer if layer is not None else (None, None, None)
-        if self.layer_id == 0:
-            x = self.ln0(x)
-        dx, att_shift, S, v_first = self.att(self.ln1(x), att_shift, S, v_first, core)
-        x = x + dx
-        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
-        return x + dx, LayerState(att_shift, S, ffn_shift), v_first
+    TimeMix = TimeMix
+    ChannelMix = ChannelMix
 
 
 class RWKV7(LanguageModel):
@@ -175,7 +161,7 @@ class RWKV7(LanguageModel):
         per-channel spread of token-shift weights and decay biases); ``"random"``: every
         parameter non-zero and of moderate size, so that every path matters in a test."""
         g = torch.Generator().manual_seed(seed)
-        cfg, C, N, L = self.cfg, self.cfg.n_embd, self.cfg.head_size, self.cfg.n_layer
+        C, N, L = self.cfg.n_embd, self.cfg.head_size, self.cfg.n_layer
 
         def uniform(t, a):
             t.copy_((torch.rand(t.shape, generator=g) * 2 - 1) * a)
