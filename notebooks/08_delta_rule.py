@@ -218,8 +218,9 @@ rwkvlab.check("delta rule: overwritten key returns the new value", read_delta, v
 # and the seed text of this book writes the update in a way that does not match any one
 # layout. Three points, in order of importance.
 #
-# **The replacement key is decoupled.** In the released model (paper Eqs. 4–7, 15–17; the
-# official `RWKV_Tmix_x070` code), a single key projection $k_t$ gives two keys:
+# **The replacement key is decoupled.** In the released model (RWKV-7 paper, Peng et al. 2025,
+# arXiv 2503.14456v2, Eqs. 4–7 and 15–17; the official `RWKV_Tmix_x070` code), a single key
+# projection $k_t$ gives two keys:
 #
 # * the *removal key* $\kappa_t = k_t \odot \xi$, normalised per head: $\hat\kappa_t =
 #   \kappa_t/\|\kappa_t\|$; the kernel gets $a = -\hat\kappa_t$ and
@@ -391,7 +392,10 @@ plt.show()
 # \subset \big(e^{-e^{-0.5}} - 1,\ 1\big) \approx (-0.455,\ 1),
 # $$
 #
-# and the spectral radius is **strictly below 1**. `eigenvalue_bounds` computes the interval:
+# and the spectral radius is **strictly below 1**. This bound is our own derivation. The paper
+# (§4, after Eq. 19) states that the eigenvalues lie in $[-1, 1]$ and refers to its Appendix C
+# for the details; we have not checked that appendix, so nothing here leans on it.
+# `eigenvalue_bounds` computes the interval:
 
 # %%
 print(inspect.getsource(delta.eigenvalue_bounds))
@@ -470,8 +474,9 @@ rwkvlab.check("reflection applied twice is the identity", R @ R, torch.eye(K, dt
 # useless; as a *state machine* it is the most useful thing in this chapter. An eigenvalue of
 # $-1$ lets a state flip sign forever without decaying, which is what parity needs, and
 # products of reflections give every permutation. Chapter 9 builds that construction, runs
-# it through `wkv7`, and is careful about which parameterisation of RWKV-7 the expressivity
-# theorems are really about: by the bound above, it is not the released one.
+# it through `wkv7`, and is careful about which parameterisation of RWKV-7 the published
+# expressivity results concern. Whatever they concern, the bound above says the released
+# parameterisation cannot realise the reflection.
 #
 # ## Summary
 #

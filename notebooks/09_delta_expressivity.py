@@ -156,6 +156,8 @@ print(f"n = {n_big} pairs in K = {K}: mean error additive {mean_err['additive'][
 assert all(d < a for d, a, n in zip(recent_err["delta"], recent_err["additive"], ns) if n > K)
 assert recent_err["delta"][-1] < 0.5 * recent_err["additive"][-1]
 assert by_age["delta"][-1].item() < 1e-5                    # the newest pair is exact
+assert abs(mean_err["additive"][-1] / math.sqrt((n_big - 1) / K) - 1) < 0.15   # additive: ~ sqrt((n-1)/K)
+assert abs(by_age["delta"][:8].mean().item() - math.sqrt(2)) < 0.15            # oldest delta pairs: ~ sqrt(2)
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -307,8 +309,9 @@ plt.show()
 # in float32 through `wkv7.naive`. Every prefix's permutation, read off the output and
 # rounded, must equal the combinatorial product exactly. We also print the *drift*, the
 # largest distance of any read-out from an integer: each reflection is applied with a
-# rounded $1/\sqrt 2$, but reflections are orthogonal, so rounding errors do not grow
-# geometrically; they stay far below the 0.5 that would make rounding ambiguous.
+# rounded $1/\sqrt 2$, but reflections are orthogonal (up to that rounding), so rounding errors
+# add up roughly linearly instead of being amplified step after step; at these lengths they stay
+# far below the 0.5 that would make rounding ambiguous.
 
 # %%
 for n, length in ((3, 60), (5, 100)):
@@ -356,6 +359,7 @@ perms_rel, drift_rel = delta.track(word5, 5, eta=0.99)
 first_bad = next(t for t, (a, b) in enumerate(zip(perms_rel, delta.compose(word5, 5))) if a != b)
 print(f"eta = 0.99 (iclr just below 1): first wrong prefix at token {first_bad + 1}, drift {drift_rel:.2f}")
 assert perms_rel != delta.compose(word5, 5) and drift_rel > 0.05
+assert first_bad == 0                                # wrong from the very first token
 
 # %% [markdown]
 # ## 4. What is proven, for which model
@@ -387,17 +391,21 @@ assert perms_rel != delta.compose(word5, 5) and drift_rel > 0.05
 #   unconditional limitation, and it is not the same as "linear attention is TC⁰".
 # * Grazzi, Siems, Zela, Franke, Hutter and Pontil, "Unlocking State-Tracking in Linear RNNs
 #   Through Negative Eigenvalues" (ICLR 2025, arXiv 2411.12537), work in *finite* precision,
-#   a different setting. Thm 1: a linear RNN recognises parity at arbitrary length only if some
-#   transition has an eigenvalue outside $[0, \infty)$. Transitions with eigenvalues in
+#   a different setting: a stack of linear RNN layers $H_i = A(x_i)H_{i-1} + B(x_i)$, each
+#   followed by a decoder $\hat y_i = \mathrm{dec}(H_i, x_i)$. Thm 1: such a network
+#   recognises parity (precisely, the language $(11)^*$, i.e. parity of a string of 1s) at
+#   arbitrary length only if some layer has some transition $A(x)$ with an eigenvalue outside
+#   $[0, \infty)$; it generalises Sarrof et al.'s (2024) result for diagonal
+#   transitions. Transitions with eigenvalues in
 #   $[0, 1]$ (diagonal gates in $(0,1)$, DeltaNet with $\beta \in [0,1]$) cannot. Their fix
 #   widens the range to $[-1, 1]$: for DeltaNet, $\beta \in [0, 2]$, exactly the $\eta = 2$
 #   reflection of this chapter. Thm 2 adds that counting modulo $m$ (for $m$ not a power of 2)
-#   needs some product of transitions with a non-real eigenvalue, which real diagonal (or
-#   triangular) transitions never produce, negative eigenvalues or not.
+#   needs, in some layer, a product of transitions with a non-real eigenvalue, which real
+#   diagonal (or triangular) transitions never produce, negative eigenvalues or not.
 #
 # **Lower bounds (what a model can do).**
 #
-# * The RWKV-7 paper (Peng et al. 2025, arXiv 2503.14456) lists among its contributions
+# * The RWKV-7 paper (Peng et al. 2025, arXiv 2503.14456v2) lists among its contributions
 #   proofs that "the generalized delta rule employed in RWKV-7 can solve problems outside of
 #   TC0 under the widely held complexity conjecture that TC0 ≠ NC1", including the $S_5$ state
 #   tracking problem with a single layer and all regular languages with a constant number of
@@ -410,8 +418,10 @@ assert perms_rel != delta.compose(word5, 5) and drift_rel > 0.05
 #   iclr). With $c = 2$, decay factor 1 and iclr 1 the transition is the exact reflection; that is the construction of §3.
 # * Grazzi et al., Thm 3: products of generalised Householder matrices with eigenvalues in
 #   $\{-1, 1\}$ implement any group automaton in one layer, with at most $n - 1$ factors per
-#   letter for permutations of $n$ elements (our `decompose` count). Thm 4: any regular
-#   language with finitely many such layers.
+#   letter for permutations of $n$ elements (our `decompose` count). Thm 4: stacks of layers
+#   whose transitions are products of generalised Householder matrices with eigenvalues in
+#   $[-1, 1]$ recognise any regular language, with a finite number of layers that depends on
+#   the automaton (exponential in its number of states in the worst case).
 #
 # **The released parameterisation.** Chapter 8 proved that with $\mathrm{iclr} \in (0,1)$,
 # $b = \hat\kappa\odot\mathrm{iclr}$, $a = -\hat\kappa$ and $w \in (-e^{-0.5}, 0)$, every
@@ -431,7 +441,8 @@ assert perms_rel != delta.compose(word5, 5) and drift_rel > 0.05
 # checked it on words of length 60–100 and on 50 general $S_5$ letters through `rwkvlab.wkv7`
 # in float32. That is a demonstration that the solution exists and is easy to write down; it
 # says nothing about whether training finds it, and a finite test is not a proof for all
-# lengths (though the orthogonality argument about rounding is). We showed that diagonal
+# lengths (the orthogonality argument says the rounding drift grows slowly, not that it stays
+# below 0.5 for every length). We showed that diagonal
 # transition products are order-independent, and two words a diagonal transition cannot
 # distinguish; the impossibility for whole diagonal networks is Merrill et al.'s conditional
 # theorem, which we cite and do not reprove. So, instead of the seed's labels:
@@ -456,9 +467,11 @@ assert perms_rel != delta.compose(word5, 5) and drift_rel > 0.05
 #   $w = 0$. From $S_0 = I$ the state is the permutation matrix of the running product, and the
 #   read-out with $r = (0, \ldots, n-1)$ prints the permutation. It is exact for $S_3$ and
 #   $S_5$ words of length 60–100.
-# * The expressivity theorems for RWKV-7 use $c = 2$; the released parameterisation
-#   ($c = 1$, iclr in $(0,1)$) has spectral radius below 1 and cannot make the swap. All
-#   TC⁰/NC¹ separations are conditional on TC⁰ ≠ NC¹ and assume log precision and fixed depth.
+# * The RWKV-7 paper proves that the generalised delta rule solves $S_5$ in one layer; by a
+#   secondary quote of its Appendix D (not verified here), the proofs use $c = 2$. The released
+#   parameterisation ($c = 1$, iclr in $(0,1)$) has spectral radius below 1 and cannot make
+#   the swap. The TC⁰/NC¹ results are conditional on TC⁰ ≠ NC¹ and assume log precision and
+#   fixed depth; Grazzi et al.'s eigenvalue conditions are finite-precision results.
 #
 # ## Exercises
 #
