@@ -88,6 +88,7 @@ for ax in axes:
 plt.tight_layout()
 plt.show()
 assert torch.all(A[piece == 0] == 0)        # everything above the diagonal is zero: causality
+assert (piece == 1).sum() == T * (T - C) // 2 and (piece == 2).sum() == T * (C - 1) // 2   # counted below
 
 # %% [markdown]
 # The blue region holds `T²/2 − TC/2` entries and is never formed: for each chunk it is replaced
@@ -485,9 +486,11 @@ plt.show()
 #    against `wkv6.naive` at `w = −50`.
 # 3. Derive the gradient of the loss with respect to the chunk-start state `S` from the four
 #    pieces, and check it against `torch.autograd.grad` through `wkv6.chunked`.
-# 4. In bfloat16 the factorised form fails much earlier than in float32. Why? (Hint: compare
-#    `torch.finfo(torch.bfloat16).max` with float32's, and the precision of `e^{−c_j}`.) Predict the
-#    failure point for `C = 16` and check it.
+# 4. A kernel that feeds `K ⊙ e^{−Cum}` to the tensor cores in float16 fails much earlier than
+#    float32. Why? (Hint: compare `torch.finfo(torch.float16).max` with float32's.) Predict the
+#    failure point for `C = 16` and check it with a float16 version of the factorised product of
+#    your own (`wkv6.chunked` accumulates 16-bit inputs in float32). Would bfloat16 fail earlier
+#    too? Compare `torch.finfo(torch.bfloat16).max`.
 # 5. The padding tokens use `w = 0`. Would `w = −1` also work? What about padding with
 #    `r = k = v = 0` at the *start* of the sequence instead of the end?
 # 6. Extend the cost table with the number of exponentials each form needs, and argue which form
