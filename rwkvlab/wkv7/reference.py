@@ -124,9 +124,9 @@ def step(r, w, k, v, a, b, state, scale=1.0):
 def ut_transform(A: torch.Tensor) -> torch.Tensor:
     """``(I - A)^{-1}`` for strictly lower-triangular ``A`` [..., C, C], by forward substitution.
 
-    Row t of ``T = (I - A)^{-1}`` solves ``T_t = e_t + Σ_{i<t} A[t, i] T_i``: it needs only the
-    rows above it, so the rows are built one after another (the UT transform). Written without
-    in-place writes so autograd can differentiate through it.
+    Row t of ``T = (I - A)^{-1}`` solves ``T_t = I_t + Σ_{i<t} A[t, i] T_i`` (``I_t``: row t of
+    the identity): it needs only the rows above it, so the rows are built one after another
+    (the UT transform). Written without in-place writes so autograd can differentiate through it.
     """
     C = A.shape[-1]
     eye = torch.eye(C, dtype=A.dtype, device=A.device).expand(A.shape)
