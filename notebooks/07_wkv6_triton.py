@@ -373,7 +373,9 @@ grad_check(wkv6.triton_recurrent, "triton_recurrent", 1, 17, 2, 16, 16, cu=[0, 4
 # - **Chunk-start states** (FLA's chunked kernels, and this chapter's chunked backward in
 #   Section 5) sit in between: only the state at the start of each chunk of $C$ tokens is kept
 #   ($B\,H\,\lceil T/C\rceil$ states), either stored by the forward or recomputed at the start of
-#   the backward (a flag in FLA); the intra-chunk part is recomputed from the inputs either way.
+#   the backward. FLA's RWKV-6 chunk backward recomputes them (`chunk_rwkv6_bwd` calls its state
+#   kernel `chunk_fwd_h` again) but keeps the forward's intra-chunk score matrix; this chapter's
+#   chunked backward recomputes both.
 #
 # The cell computes the bytes.
 
@@ -451,9 +453,12 @@ assert all(100 * MiB <= b < GiB for name, b in rows.items() if name[:5] in ("che
 # %%
 C_pic = 32
 c_pic = torch.cumsum(torch.full((C_pic,), -8.0), 0)
+c_prev = c_pic - (-8.0)                                                  # c_{i-1}
+exact = [max((c_prev[i] - c_pic[j]).item() for i in range(j + 1, C_pic)) for j in range(C_pic - 1)]
+assert max(exact) <= 0.0
 fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.plot(range(C_pic), (-c_pic).tolist(), "o-", label=r"factorised: exponent $-c_j$ of $k_j e^{-c_j}$")
-ax.plot(range(C_pic), [0.0] * C_pic, "s-", label=r"exact: largest $c_{i-1}-c_j$ over $i>j$ (always 0)")
+ax.plot(range(C_pic - 1), exact, "s-", label=r"exact: largest $c_{i-1}-c_j$ over $i>j$ (never above 0)")
 ax.axhline(88.7, color="red", ls="--", label="float32 overflow, exp(88.7)")
 ax.set_xlabel("token j inside the chunk (w = -8 everywhere)"), ax.set_ylabel("exponent")
 ax.legend(fontsize=8)
@@ -540,7 +545,7 @@ rwkvlab.check("triton_chunked, w = -8, vs naive", (o, ht), reference(r, k, v, w,
 # forward keeps nothing (autograd saves only the inputs); the backward first re-runs the forward
 # kernel with its output switched off and a flag that writes the state at every chunk start,
 # $\lceil T/C\rceil$ states per sequence and head, then sweeps the chunks in reverse order with
-# $\bar S$ in registers — FLA's "recompute the states in the backward" option. It costs one
+# $\bar S$ in registers — the states are recomputed, as in FLA's RWKV-6 backward. It costs one
 # extra forward in time and, for $C = 16$ at the shape of Section 4, the "chunk-start states,
 # C = 16" row of the table, plus the float32 partial sums of $\bar r, \bar k, \bar w$ (the
 # `NV = 1` row on a GPU, where the chunked kernels take `BV = 64`).
