@@ -379,9 +379,11 @@ assert first_bad == 0                                # wrong from the very first
 # **Upper bounds (what a model cannot do).**
 #
 # * Merrill, Petty and Sabharwal, "The Illusion of State in State-Space Models" (ICML 2024,
-#   arXiv 2404.08819), Thm 4.4: linear state-space models whose transitions are *diagonal*,
+#   arXiv 2404.08819), Thm 4.4: generalised linear SSMs $h_i = \bar A_i h_{i-1} + \bar B_i x_i$
+#   (their Def. 2.1) whose transitions are *diagonal*, $\bar A_i = \operatorname{diag}(\bar a_i)$,
 #   even input-dependent, are in L-uniform TC⁰, for log-precision arithmetic and a fixed number
-#   of layers; Cor. 4.7: if TC⁰ ≠ NC¹, none of them solves the $S_5$ word problem. RWKV-4/5/6
+#   of layers (the proof works with the convolutional form, which it assumes equals the
+#   recurrent one); Cor. 4.7: if TC⁰ ≠ NC¹, none of them solves the $S_5$ word problem. RWKV-4/5/6
 #   have diagonal transitions, so the argument applies to them (we have not checked whether the
 #   paper names RWKV). So "RWKV-6 is TC⁰" is a *conditional upper bound* under log precision
 #   and fixed depth, and the separation from NC¹ rests on the conjecture.

@@ -731,8 +731,8 @@ print(f"eager torch: {eager.ops} kernels, {eager.total / unit:.1f} tensor-sized 
 assert eager.ops == 15 and round(eager.total / unit) == 35
 
 # %% [markdown]
-# Eager torch launches 15 kernels (the shifted copy, the difference, then a multiply and an
-# add per mix), and together they move 35 tensor-sized passes: each mix reads `xx`, writes
+# Eager torch launches 15 kernels (a zero first row and the shifted copy, the difference, then
+# a multiply and an add per mix), and together they move 35 tensor-sized passes: each mix reads `xx`, writes
 # `xx·μ`, reads it back with `x`, and writes the result. The fused kernel moves **8**. It
 # reads each block of `x` twice, once at the block's rows and once one row up (the second
 # read mostly hits the cache), and it writes the six mixes once each. The mixing vectors are a
