@@ -46,14 +46,7 @@ import inspect
 import matplotlib.pyplot as plt
 import torch
 
-from rwkvlab import aft
-
-
-def randn(*shape, seed=0, dtype=torch.float32):
-    """Seeded standard-normal inputs, drawn in float64 so every dtype sees the same numbers."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
-
+from rwkvlab import aft, randn   # randn: seeded inputs, the same numbers in every dtype
 
 # %% [markdown]
 # ## 1. From attention to AFT
@@ -70,9 +63,10 @@ def randn(*shape, seed=0, dtype=torch.float32):
 # AFT changes the weight in two ways.
 #
 # 1. **Per channel, from the key alone.** Instead of one scalar $e^{q_t\cdot k_i}$ per pair, each
-#    channel $d$ gets its own weight $e^{K_{t',d}}$, which depends only on the key. The paper reads
-#    this as "implicit attention with as many heads as feature dimensions" (its Eq. 3): $D$
-#    heads of size one.
+#    channel $d$ gets its own weight $e^{K_{t',d}}$, which depends only on the key. The paper
+#    rearranges Eq. 2 per channel (its Eq. 3, by our count: the paper's text confirms the numbers
+#    of Eqs. 2 and 6 only) and reads it as "implicit attention with as many heads as feature
+#    dimensions": $D$ heads of size one.
 # 2. **A position bias.** Without a query, the weights would be the same for every $t$. The
 #    learned bias $w_{t,t'}$ restores a dependence on *where* the output is: the weight becomes
 #    $e^{K_{t'} + w_{t,t'}}$.
@@ -318,7 +312,7 @@ plt.show()
 # | AFT-simple | $O(Td)$ | $O(Td)$ |
 # | AFT-full | $O(T^2 d)$ | $O(Td)$ |
 # | AFT-local / AFT-conv | $O(Tsd)$, $s < T$ | $O(Td)$ |
-# | softmax attention, matrix form (Chapter 1; not in this table of the paper) | $O(T^2 d)$ | $O(T^2 + Td)$ |
+# | softmax attention, matrix form (Chapter 1, added for comparison) | $O(T^2 d)$ | $O(T^2 + Td)$ |
 #
 # The space column assumes the blocked evaluation (our `chunked` and the kernel); our `parallel`
 # rung trades that for readability. AFT-full is no cheaper than attention in time, and at
@@ -426,8 +420,9 @@ plt.show()
 # 2. Implement AFT-local in $O(TsD)$ using $e^{K+w} = e^{K} + e^{K}(e^{w} - 1)$ (the identity
 #    behind the paper's AFT-conv): a global running sum plus a correction inside the window.
 #    Compare with `aft.local`.
-# 3. The paper factorises the bias as $w = U V^\top$ with $U, V \in \mathbb{R}^{T\times d'}$. Does a
-#    rank-one $w$ admit a recurrence? (Hint: compare rows $t$ and $t+1$ of $e^w$.)
+# 3. The paper factorises the bias as $w = U U'^\top$ with $U, U' \in \mathbb{R}^{T\times d'}$
+#    ($d' \approx 128$), i.e. $w_{t,t'} = U_t \cdot U'_{t'}$. Does a rank-one $w$ admit a recurrence?
+#    (Hint: compare rows $t$ and $t+1$ of $e^w$.)
 # 4. Modify `aft.recurrent` to run *without* the running exponent $p$ and find, with
 #    `rwkvlab.check`, the smallest key scale at which it fails in float32.
 # 5. In `_aft_fwd_kernel`, what does each program load more than once, across programs that

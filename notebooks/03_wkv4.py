@@ -46,15 +46,9 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from rwkvlab import aft, check, rel_err, rwkv4, wkv4
+from rwkvlab import aft, check, randn, rel_err, rwkv4, wkv4   # randn: seeded inputs
 
 F64 = torch.float64
-
-
-def rand(*shape, seed=0, dtype=torch.float32, scale=1.0):
-    """Seeded standard-normal tensors: every number in this chapter is reproducible."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=F64) * scale).to(dtype)
 
 
 def decay_rates(C, seed=0):
@@ -104,7 +98,7 @@ def decay_rates(C, seed=0):
 
 # %%
 B, T, C = 2, 12, 5
-k, v = rand(B, T, C, seed=1, dtype=F64), rand(B, T, C, seed=2, dtype=F64)
+k, v = randn(B, T, C, seed=1, dtype=F64), randn(B, T, C, seed=2, dtype=F64)
 lam = 0.3
 y_aft = 2 * aft.naive(torch.zeros_like(k), k, v, aft.decay_bias(T, lam, dtype=F64))
 w_same = torch.full((C,), lam, dtype=F64)
@@ -203,10 +197,11 @@ ratio = (a2[:, 23, 23] / a2[:, 23, 22]) / (a0[:, 23, 23] / a0[:, 23, 22])
 assert torch.allclose(ratio, torch.full((4,), math.exp(2.0), dtype=F64))  # the bump is exactly e^u
 
 # %% [markdown]
-# Why a separate bonus at all? Without it (or with $u$ tied to $w$ as in AFT), a channel that
-# forgets fast — large $w$ — must also discount the token it is looking at right now relative
-# to the newest past token, and a channel that remembers long must dilute the current token
-# among many old ones. With $u$ free, each channel chooses separately *how long it remembers*
+# Why a separate bonus at all? Tie $u$ to $w$, as AFT does (§1), and the current token's
+# advantage over the newest past token (equal keys) is fixed at $e^{w}$, the bump measured above
+# with $u = w$: a channel that forgets fast must also single out the present strongly, and a
+# channel that remembers long ($w \approx 0$) cannot make the present stand out at all; it is
+# diluted among many old tokens of nearly equal weight. With $u$ free, each channel chooses separately *how long it remembers*
 # ($w$) and *how much the present token stands out* ($u$). A strongly negative $u$ makes a
 # channel look only at the past; a large $u$ makes it nearly ignore the past. The next chapter
 # demonstrates both limits inside a block.
@@ -261,8 +256,8 @@ print(inspect.getsource(wkv4.recurrent_unstable))
 
 # %%
 B, T, C = 2, 33, 8
-k, v = rand(B, T, C, seed=3), rand(B, T, C, seed=4)
-w, u = decay_rates(C, seed=5).float(), rand(C, seed=6)
+k, v = randn(B, T, C, seed=3), randn(B, T, C, seed=4)
+w, u = decay_rates(C, seed=5).float(), randn(C, seed=6)
 y_ref, _ = wkv4.naive(k.double(), v.double(), w.double(), u.double())
 check("wkv4 recurrent_unstable vs naive (float32, |k| ~ 1)", wkv4.recurrent_unstable(k, v, w, u), y_ref, 1e-5)
 
@@ -359,7 +354,7 @@ check("wkv4 recurrent (stable) vs naive", wkv4.recurrent(k, v, w, u)[0], y_ref, 
 # process the rest.
 
 # %%
-s0 = wkv4.State(rand(B, C, seed=7), rand(B, C, seed=8).abs() + 0.5, rand(B, C, seed=9))
+s0 = wkv4.State(randn(B, C, seed=7), randn(B, C, seed=8).abs() + 0.5, randn(B, C, seed=9))
 par = wkv4.naive(k.double(), v.double(), w.double(), u.double(), [x.double() for x in s0], True)
 rec = wkv4.recurrent(k, v, w, u, s0, output_final_state=True)
 check("wkv4 recurrent vs naive, from a given state (outputs and final state)", rec, par, 1e-5)
@@ -400,7 +395,7 @@ print(inspect.getsource(wkv4.chunked))
 
 # %%
 for T_try, L in ((1, 16), (33, 16), (33, 5), (40, 64)):
-    kk, vv = rand(B, T_try, C, seed=10 + T_try), rand(B, T_try, C, seed=11 + T_try)
+    kk, vv = randn(B, T_try, C, seed=10 + T_try), randn(B, T_try, C, seed=11 + T_try)
     ref = wkv4.naive(kk.double(), vv.double(), w.double(), u.double(), [x.double() for x in s0], True)
     got = wkv4.chunked(kk, vv, w, u, s0, output_final_state=True, chunk_size=L)
     check(f"wkv4 chunked (T={T_try}, L={L}) vs naive", got, ref, 1e-5)
@@ -438,8 +433,8 @@ print(inspect.getsource(wkv4._wkv4_fwd_kernel.fn))
 # %%
 T_tr = rwkvlab.device.pick(64, 1024)
 C_tr = rwkvlab.device.pick(16, 256)
-kt_, vt_ = rand(2, T_tr, C_tr, seed=20, scale=3.0), rand(2, T_tr, C_tr, seed=21)
-wt_, ut_ = decay_rates(C_tr, seed=22).float(), rand(C_tr, seed=23)
+kt_, vt_ = randn(2, T_tr, C_tr, seed=20, scale=3.0), randn(2, T_tr, C_tr, seed=21)
+wt_, ut_ = decay_rates(C_tr, seed=22).float(), randn(C_tr, seed=23)
 dev = rwkvlab.device.device()
 ref = wkv4.naive(kt_.double(), vt_.double(), wt_.double(), ut_.double(), output_final_state=True) \
     if T_tr <= 64 else wkv4.chunked(kt_.double(), vt_.double(), wt_.double(), ut_.double(), output_final_state=True)
@@ -489,7 +484,7 @@ def grads(fn, inputs, dtype, dev="cpu"):
 
 
 Tg = 21  # odd on purpose
-inputs = (rand(2, Tg, C, seed=30, scale=3.0), rand(2, Tg, C, seed=31), w, u, *s0)
+inputs = (randn(2, Tg, C, seed=30, scale=3.0), randn(2, Tg, C, seed=31), w, u, *s0)
 g_ref = grads(wkv4.naive, [x.double() for x in inputs], F64)  # autograd through the double sum
 g_chunk = grads(wkv4.chunked, inputs, torch.float32)
 g_tri = grads(wkv4.triton_recurrent, inputs, torch.float32, dev)
@@ -504,9 +499,9 @@ check("wkv4 triton_recurrent grads (k, v, w, u, a0, b0, p0) vs autograd through 
 # %%
 if rwkvlab.device.has_gpu():
     Bg, Tg2, Cg = 4, 2048, 512
-    xs = [rand(Bg, Tg2, Cg, seed=40, scale=3.0), rand(Bg, Tg2, Cg, seed=41)]
+    xs = [randn(Bg, Tg2, Cg, seed=40, scale=3.0), randn(Bg, Tg2, Cg, seed=41)]
     xs = [x.cuda().requires_grad_() for x in xs]
-    wg, ug = decay_rates(Cg, seed=42).float().cuda(), rand(Cg, seed=43).cuda()
+    wg, ug = decay_rates(Cg, seed=42).float().cuda(), randn(Cg, seed=43).cuda()
     y_c, _ = wkv4.chunked(xs[0], xs[1], wg, ug, chunk_size=32)
     (gk_c,) = torch.autograd.grad(y_c.square().sum(), xs[0])
     y_t, _ = wkv4.triton_recurrent(xs[0], xs[1], wg, ug)

@@ -50,15 +50,7 @@ import inspect
 import matplotlib.pyplot as plt
 import torch
 
-from rwkvlab import check, rel_err, rwkv4, wkv4
-
-F64 = torch.float64
-
-
-def rand(*shape, seed=0, dtype=torch.float32, scale=1.0):
-    """Seeded standard-normal tensors."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=F64) * scale).to(dtype)
+from rwkvlab import check, randn, rel_err, rwkv4, wkv4   # randn: seeded inputs
 
 # %% [markdown]
 # ## 1. Token shift
@@ -88,7 +80,7 @@ print(inspect.getsource(rwkv4.token_shift))
 print(inspect.getsource(rwkv4.mix))
 
 # %%
-x = rand(1, 6, 4, seed=1)
+x = randn(1, 6, 4, seed=1)
 x_prev, x_last = rwkv4.token_shift(x)
 assert torch.equal(x_prev[:, 1:], x[:, :-1]) and torch.equal(x_prev[:, 0], torch.zeros(1, 4))
 assert torch.equal(rwkv4.mix(x, x_prev, torch.ones(4)), x)  # μ = 1: only the current token
@@ -114,7 +106,7 @@ print("token shift moves the sequence by one; mu = 1 keeps the current token, mu
 # %%
 torch.manual_seed(0)
 cm = rwkv4.ChannelMix(8)
-x = rand(1, 10, 8, seed=2)
+x = randn(1, 10, 8, seed=2)
 with torch.no_grad():
     whole, _ = cm(x)
     first, carried = cm(x[:, :5])
@@ -151,8 +143,9 @@ print(inspect.getsource(rwkv4.TimeMix.forward))
 print(inspect.getsource(rwkv4.ChannelMix.mixed))
 
 # %% [markdown]
-# **The block** adds each sub-block's output to a residual stream, each after its own
-# LayerNorm; the first block also normalises the embeddings (LN₀), as in the official code. The
+# **The block** adds each sub-block's output to a residual stream; each sub-block reads the
+# stream through its own LayerNorm (pre-LN: $x \leftarrow x + f(\mathrm{LN}(x))$). The first block
+# also normalises the embeddings (LN₀), as in the official code. The
 # model is embedding → blocks → LayerNorm → head. We build a small one with random weights:
 # nothing here depends on training.
 
@@ -184,8 +177,8 @@ print(f"parameters: {sum(p.numel() for p in model.parameters())}")
 # exists because the decay alone would force a channel's treatment of "now" to follow from its
 # memory length (the previous chapter showed that AFT with the decay bias is WKV with $u$ tied to
 # $w$). In the official code it is the parameter `time_first`, initialised to
-# $\log 0.3 \pm 0.5$: at the start of training the present counts for about 0.18 to 0.5 of a
-# fresh past token.
+# $\log 0.3 + \{-0.5, 0, 0.5\}$ in a zigzag over channels: at the start of training the present
+# counts for about 0.18, 0.3 or 0.49 times a fresh past token with the same key.
 #
 # Two limits make it concrete. Take the keys and values a real (random) time-mixing sub-block
 # produces, and read off the weight the current token gets in the average — WKV is linear in
@@ -215,6 +208,9 @@ def diag_weight(u):
 
 
 u_paper = tm.time_first.detach()
+bonus = torch.exp(u_paper).unique()  # the factor e^u on the current token's weight, at init
+assert torch.allclose(bonus, 0.3 * torch.exp(torch.tensor([-0.5, 0.0, 0.5])))
+print("e^u at initialisation:", [round(b, 2) for b in bonus.tolist()])
 alpha_paper = diag_weight(u_paper)
 alpha_neg = diag_weight(torch.full_like(u_paper, -30.0))
 alpha_pos = diag_weight(torch.full_like(u_paper, 30.0))
@@ -251,8 +247,9 @@ print("with u = -30 the present still reaches the output through the gate and th
 # > Why are equation 16–18 called channel-mixing?  *(v1 numbering; final version Eqs. 14–15, 18)*
 #
 # Because it mixes information **across channels, within a position**, and (apart from the
-# one-step token shift) not across positions. Every operation in Eq. 18 is either a matrix acting
-# on one token's channel vector ($W'_r, W'_k, W'_v$) or an elementwise function of it. Time
+# one-step token shift) not across positions. Every operation in Eqs. 14–15 and 18 other than
+# the token shift is either a matrix acting on one token's channel vector ($W'_r, W'_k, W'_v$) or
+# an elementwise function of it. Time
 # mixing is the opposite: its core, WKV, moves information **across time, within a channel** —
 # it is a separate weighted average for every channel, and channel $c$'s output never sees
 # channel $c'$'s keys or values.
@@ -265,9 +262,9 @@ print("with u = -30 the present still reaches the output through the gate and th
 
 # %%
 ffn = model.blocks[0].ffn
-x = rand(1, 10, 16, seed=3)
+x = randn(1, 10, 16, seed=3)
 dx = torch.zeros_like(x)
-dx[:, 4] = rand(16, seed=4)
+dx[:, 4] = randn(16, seed=4)
 with torch.no_grad():
     moved = (ffn(x + dx)[0] - ffn(x)[0]).abs().amax(-1)[0]
     y0, _ = wkv4.chunked(x, x, tm.decay(), tm.time_first)
@@ -326,7 +323,7 @@ print(f"WKV:         one channel changed at token 4 moves {(wkv_moved.amax(0) > 
 
 # %%
 Tj = 10
-xj = rand(1, Tj, 16, seed=5)
+xj = randn(1, Tj, 16, seed=5)
 blk = model.blocks[1]  # a block without LN₀, so its sub-blocks are exactly the two mixes
 
 
@@ -340,7 +337,7 @@ def chan_mix_fn(z):
 
 J_tm = torch.autograd.functional.jacobian(time_mix_fn, xj)[0, :, :, 0]  # [T, C, T, C]
 J_cm = torch.autograd.functional.jacobian(chan_mix_fn, xj)[0, :, :, 0]
-vj = rand(1, Tj, 16, seed=6)
+vj = randn(1, Tj, 16, seed=6)
 J_wkv = torch.autograd.functional.jacobian(lambda vv: wkv4.chunked(xj, vv, tm.decay(), tm.time_first)[0], vj)[0, :, :, 0]
 
 time_tm = J_tm.abs().sum(dim=(1, 3))  # [T(out), T(in)]
@@ -404,8 +401,8 @@ check("channel mix with mu' = 1: whole sequence vs one token at a time", seq, on
 # That is the paper's "5DL" state: five vectors of width $D = C$ per layer, whatever the
 # sequence length (4 in exact arithmetic; $p$ is there for floating point). One RNN step takes a
 # token and the state and returns the logits and the next state, touching each weight once:
-# $O(C^2)$ per token per layer, against a transformer's $O(tC)$ KV-cache read that grows with
-# the position $t$. The step of one block:
+# $O(C^2)$ per token per layer. A transformer pays the same for its projections, *plus* an
+# $O(tC)$ read of its KV cache that grows with the position $t$. The step of one block:
 
 # %%
 print(inspect.getsource(rwkv4.Block.step))
@@ -428,8 +425,8 @@ assert sizes == {2 * 5 * 2 * 16}  # batch 2 × 5 vectors × 2 layers × C = 16, 
 print(f"state size at every one of the {T_rnn} steps: {sizes.pop()} numbers (2 sequences x 5 x 2 layers x 16)")
 
 # %% [markdown]
-# The state's size is the same after 1 token as after 10 000, and the two modes can be mixed
-# freely: read a prompt in parallel mode (fast on a GPU), hand its final state to the RNN, and
+# The state's size does not depend on how many tokens have been read (the cell below compares 3
+# with all of them), and the two modes can be mixed freely: read a prompt in parallel mode (fast on a GPU), hand its final state to the RNN, and
 # generate token by token. The same state also lets a long text be processed in pieces.
 
 # %%
@@ -487,8 +484,8 @@ else:
 # * **$u$** is the log-space bonus of the current token; $u\to-\infty$ makes a channel look only
 #   at the past, $u\to+\infty$ only at the present.
 # * **Inference** runs every piece as an RNN with five $C$-vectors per layer — the two shifted
-#   inputs and WKV's $(a', b', p)$ — and matches the parallel mode exactly; the state size does
-#   not depend on the sequence length.
+#   inputs and WKV's $(a', b', p)$ — and matches the parallel mode to float32 rounding; the
+#   state size does not depend on the sequence length.
 #
 # ## Exercises
 #

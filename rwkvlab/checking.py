@@ -1,4 +1,4 @@
-"""``check``: compare two rungs of the ladder and print one deterministic line."""
+"""``check``: compare two rungs of the ladder and print one deterministic line; ``randn``: seeded inputs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,6 +39,16 @@ def rel_err(got, ref) -> float:
         den = torch.linalg.vector_norm(r64).item()
         worst = max(worst, num / den if den > 0 else num)
     return worst
+
+
+def randn(*shape, seed: int = 0, dtype=torch.float32, scale: float = 1.0) -> torch.Tensor:
+    """Seeded standard-normal tensor (times ``scale``) for the chapters' examples and checks.
+
+    Drawn in float64 from its own generator, then cast to ``dtype``, so a float32 tensor and
+    its float64 reference hold the same numbers and every run prints the same lines.
+    """
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
 def check(name: str, got, ref, tol: float = 1e-5, quiet: bool = False) -> float:

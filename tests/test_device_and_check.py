@@ -52,3 +52,12 @@ def test_kernel_device_rejects_tensors_where_the_kernels_do_not_run():
     elsewhere = torch.zeros(2, device="meta")
     with pytest.raises(ValueError, match=r"^q: the Triton kernels run on"):
         validate.kernel_device("q", elsewhere)
+
+
+def test_randn_is_seeded_and_the_same_numbers_in_every_dtype():
+    a = rwkvlab.randn(3, 4, seed=5)
+    assert a.dtype == torch.float32 and a.shape == (3, 4)
+    assert torch.equal(a, rwkvlab.randn(3, 4, seed=5))
+    assert not torch.equal(a, rwkvlab.randn(3, 4, seed=6))
+    b = rwkvlab.randn(3, 4, seed=5, dtype=torch.float64, scale=2.0)
+    assert b.dtype == torch.float64 and torch.equal((b / 2).float(), a)
