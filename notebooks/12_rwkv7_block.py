@@ -42,8 +42,9 @@
 # \end{aligned}
 # $$
 #
-# followed by a token-shifted squared-ReLU MLP. The rest of the chapter takes these lines one
-# at a time.
+# followed by a token-shifted squared-ReLU MLP. As everywhere in this book, $w_t$ is the *log*
+# decay (the paper's $w_t$ is the factor $e^{w_t}$), and $S$ is in the K×V layout, the transpose
+# of the paper's. The rest of the chapter takes these lines one at a time.
 
 # %%
 import rwkvlab
@@ -76,8 +77,8 @@ gen = torch.Generator().manual_seed(0)
 #
 # We follow the RWKV-7 paper (Peng et al. 2025, arXiv 2503.14456, §4, Eqs. 1–24) and, where
 # the paper and the code use different symbols, the official training code in BlinkDL's
-# RWKV-LM repository (`RWKV-v7/train_temp/src/model.py`, class `RWKV_Tmix_x070`), because that
-# is what produced the checkpoints people download. The book's fact sheet (REFERENCES.md §4)
+# RWKV-LM repository (`RWKV-v7/train_temp/src/model.py`, class `RWKV_Tmix_x070`; the same class
+# is in `RWKV-v5/src/model.py`), because that is what produced the checkpoints people download. The book's fact sheet (REFERENCES.md §4)
 # lists the correspondences; the important ones are
 #
 # | paper | code name | what it is |
@@ -94,9 +95,10 @@ gen = torch.Generator().manual_seed(0)
 #
 # The seed notes this book grew from summarise RWKV-7 as `S_t = S D + S α βᵀ + v kᵀ` with
 # `D = diag(exp(-exp(w)))` and say that in RWKV-7 the bonus term is "incorporated into α, β".
-# Two corrections, both visible in the code below. First, the decay is *soft-clamped*: the code
-# computes $w = -\operatorname{softplus}(-d) - 0.5$ and the kernel applies $\exp(-\exp(w))$,
-# which is $\exp(-e^{-1/2}\sigma(d))$ — never faster than a factor $0.545$ per token. Second,
+# One addition and one correction, both visible in the code below. The seed does not say what
+# $w$ is: it is *soft-clamped*, the code computes $w = -\operatorname{softplus}(-d) - 0.5$ before
+# the kernel applies $\exp(-\exp(w))$, which makes the factor $\exp(-e^{-1/2}\sigma(d))$ — never
+# smaller than $0.545$ per token. And, against the seed,
 # RWKV-7 keeps an explicit bonus: the $\rho$ term in $p_t$, added *after* the normalisation
 # (in RWKV-6 the bonus $u$ sits inside the state read-out, before it).
 #
@@ -119,8 +121,9 @@ print(cfg)
 # low-rank maps come in pairs `[C, D]` and `[D, C]` with a small rank $D$ (RWKV-LM suggests
 # roughly $2.5\sqrt C$ for the decay, rounded to a multiple of 32). Block 0 alone has `ln0`, a
 # LayerNorm applied right after the embedding. Block 0 also carries `v0, v1, v2` although it
-# never uses them: RWKV-LM creates the value-residual parameters in every block, and we do the
-# same so that `state_dict()` matches the official key list exactly.
+# never uses them: most versions of RWKV-LM create the value-residual parameters in every block
+# (some skip block 0's), and we do the same so that `state_dict()` matches their key list;
+# `load` accepts checkpoints with or without block 0's copies.
 #
 # ## 2. Token shift: the previous token, per channel
 #
@@ -244,6 +247,8 @@ w0_all = torch.cat([b.att.w0.detach().flatten() for b in big.blocks]).double()
 half_all = math.log(0.5) / (-math.exp(-0.5) * torch.sigmoid(w0_all))
 print(f"half-lives from {half_all.min():.2f} to {half_all.max():.0f} tokens")
 assert float(half_all.min()) > math.log(0.5) / -math.exp(-0.5) - 1e-9   # > 1.14 tokens, the clamp
+if not ckpt:
+    assert float(half_all.min()) < 2 and float(half_all.max()) > 1000, "the recipe spans ~1 to >1000 tokens"
 
 # %% [markdown]
 # ## 4. Keys: one for removing, one for writing
@@ -257,8 +262,9 @@ assert float(half_all.min()) > math.log(0.5) / -math.exp(-0.5) - 1e-9   # > 1.14
 # * The **replacement key** $\tilde k_t = k_t\odot(1 + (a_t - 1)\odot\alpha)$ says where to
 #   write the new value, and how strongly. With $\alpha = 0$ it is $k_t$ itself; with
 #   $\alpha = 1$ it is $a_t\odot k_t$, so that the write is scaled by the same learning rate as
-#   the removal — the delta rule. The released models learn $\alpha$ per channel (the recipe
-#   starts it at 1.02).
+#   the removal, as in the delta rule (an exact delta-rule step would also need the written key
+#   to be the removal key $\hat\kappa$ and no decay; chapter 8). The released models learn
+#   $\alpha$ per channel (the recipe starts it at 1.02).
 #
 # Only $\hat\kappa$ is normalised; $\tilde k$ keeps the length of $k$.
 
@@ -478,16 +484,17 @@ for name, p in meta.named_parameters():
 total = sum(groups.values())
 for k_, n in groups.items():
     print(f"{k_:20s} {n / 1e6:8.2f} M  ({100 * n / total:4.1f} %)")
-print(f"{'total':20s} {total / 1e6:8.2f} M")
+print(f"{'total':20s} {total / 1e6:8.2f} M; the blocks alone: {(total - groups['embedding + head']) / 1e6:.1f} M")
 C0, L0, V0 = 768, 12, 65536
 lora = 2 * C0 * (cfg01.d_decay + cfg01.d_aaa + cfg01.d_mv + cfg01.d_gate)
 assert groups["time-mix C×C maps"] == L0 * 4 * C0 * C0 and groups["channel mix"] == L0 * 8 * C0 * C0
 assert groups["embedding + head"] == 2 * V0 * C0 and groups["time-mix LoRAs"] == L0 * lora
+assert 0.45 < groups["embedding + head"] / total < 0.55 and groups["time-mix LoRAs"] / total < 0.05
 print(f"LoRA ranks (decay, a, v, gate): {cfg01.d_decay}, {cfg01.d_aaa}, {cfg01.d_mv}, {cfg01.d_gate}")
 
 # %% [markdown]
-# About half of this "0.1B" model is its vocabulary: the blocks themselves hold about 90
-# million parameters. The LoRAs that make RWKV-7 data-dependent cost a few percent.
+# About half of this "0.1B" model is its vocabulary; the blocks themselves hold the rest, printed
+# above. The LoRAs that make RWKV-7 data-dependent cost a few percent.
 #
 # ## 12. Loading official checkpoints, and generating
 #
@@ -522,7 +529,7 @@ with tempfile.TemporaryDirectory() as tmp:
 # ```
 #
 # It reads the prompt in parallel mode, then samples one token at a time with `model.step`,
-# using the RWKV World tokenizer (greedy longest match over its 65,536-entry vocabulary,
+# using the RWKV World tokenizer (greedy longest match over the 65,536-token World vocabulary,
 # `rwkvlab.tokenizer`) for World models and bytes for the book's own small models. Without
 # `--model` it prints where to get a checkpoint. Chapter 14 trains a small model that this
 # command can load.
@@ -544,8 +551,9 @@ with tempfile.TemporaryDirectory() as tmp:
 # ## Exercises
 #
 # 1. Set `k_a` to zero in every block of `net` and measure how much the logits change on a
-#    random sequence. Then set it to one. Which setting makes the update an exact delta rule,
-#    and what does the other one write instead?
+#    random sequence. Then set it to one. Which setting scales the write by the same learning
+#    rate as the removal, what does the other one write instead, and what else would the update
+#    need to be an exact delta-rule step?
 # 2. Replace $\hat\kappa$ by the un-normalised $k\odot\xi$ in a copy of the block (monkey-patch
 #    `ops.removal_key`) and run 200 random tokens. What happens to the state norm, and why
 #    does chapter 8's eigenvalue bound no longer apply?

@@ -153,8 +153,9 @@ for name, mdl in (("RWKV-7", net), ("RWKV-6", net6)):
 # WKV forms of chapters 6 and 10 are exact algebraic rearrangements of it, and every other
 # operation in the block acts on one position at a time (or, for the token shift, on two
 # neighbouring ones, which the shift state supplies across a cut). The only difference is the
-# order of floating-point additions, which is why the errors above are a few units of float32
-# rounding, $10^{-7}$, and do not grow with the length. That last point is worth a look:
+# order of floating-point additions, which is why the errors printed above are of the order of
+# float32 rounding (about $10^{-7}$), and do not grow with the length. That last point is worth
+# a look:
 
 # %%
 T_long = rwkvlab.device.pick(96, 512)
@@ -196,9 +197,10 @@ print(inspect.getsource(M.LanguageModel.generate))
 # $$
 #
 # The crossover depends only on the head size. With $N = 64$, as in every released RWKV-7,
-# a same-shaped KV cache is larger than the *entire* RWKV state after 33 tokens, in the same
-# precision; a bfloat16 cache against a float32 state moves that to 65. Past it, the cache
-# keeps growing and the state does not.
+# a same-shaped KV cache is as large as the *entire* RWKV state at 33 tokens, in the same
+# precision, and larger after that; a bfloat16 cache against a float32 state (half the bytes
+# per number) moves the crossover to $2 + N = 66$. Past it, the cache keeps growing and the
+# state does not.
 #
 # We measure instead of trusting the formula: the softmax baseline of `rwkvlab.model.transformer`
 # (same residual layout and MLP as the RWKV models, `attention.kv_cache_step` for decoding) is
@@ -322,12 +324,13 @@ print(f"RWKV-7 step: {1e3 * t_rwkv:.2f} ms at any position; softmax step: "
 # %% [markdown]
 # The RWKV curves are one measurement each, drawn flat: a step's inputs (one token, a state
 # of fixed shape) are the same size at every position, so there is nothing in it that could
-# grow; section 2 already ran it at every position of a 96-token text.
+# grow; section 2 already ran it at every position of the long text there.
 #
-# Read the plots with the machine in mind. On a CPU in eager PyTorch the RWKV step is a few
-# dozen small operations per block, and at short contexts the transformer, with fewer
-# operations, is faster per token; its cost starts climbing once the cache is a few thousand
-# tokens long, while the RWKV step's does not move. On a GPU both are dominated by reading the
+# Read the plots with the machine in mind; the timings are not asserted, and on a shared CPU
+# single points can jump. On a CPU in eager PyTorch the RWKV step is a few dozen small
+# operations per block, and at short contexts the transformer, with fewer operations, is
+# typically faster per token; its cost climbs once the cache is a few thousand tokens long,
+# while the RWKV step's does not move. On a GPU both are dominated by reading the
 # weights at small batch, the cache adds its own reads on top, and the crossover moves — but
 # the shapes of the two curves, flat against rising, are the structural fact; where they
 # cross is an engineering detail of the implementation.
@@ -359,8 +362,9 @@ with torch.no_grad():
 assert all(tp > 0 and ts > 0 for _, tp, ts in rows)
 
 # %% [markdown]
-# The parallel form wins per token as soon as there is more than a handful of tokens to read,
-# and the gap widens with $T$ (on a GPU, with the Triton kernels, by orders of magnitude).
+# In the printed run the parallel form is faster per token already at the shortest length, and
+# on a GPU, with the Triton kernels, the gap should be far larger (timings again, not
+# asserted).
 # This is why a model trains in parallel mode and reads prompts in parallel mode, and falls
 # back to RNN mode only where it has no choice: one new token at a time.
 #
@@ -398,7 +402,7 @@ else:
 # | reading a prompt ("prefill") | parallel, then keep the state | same as training, no gradients |
 # | generating | RNN (`model.step`) | one token exists at a time; O(1) memory and time per token |
 # | continuing a conversation | parallel from the saved state | the state summarises everything before |
-# | many independent sequences | parallel with `cu_seqlens`, or a batch of states | each sequence has its own state |
+# | many independent sequences | a batch of states (or, at the WKV-core level, packed sequences with `cu_seqlens`) | each sequence has its own state |
 #
 # The saved state is also a handle for tricks a transformer cannot do cheaply: store the
 # state after a long system prompt once and start every conversation from a copy of it, or

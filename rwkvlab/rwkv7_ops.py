@@ -87,7 +87,8 @@ def k_update(k: torch.Tensor, a: torch.Tensor, k_a: torch.Tensor) -> torch.Tenso
     """The replacement key ``k̃ = k ⊙ (1 + (a − 1) ⊙ α)`` (paper Eq. 7, ``α = k_a``).
 
     With ``α = 0`` the key is written at full strength; with ``α = 1`` it is scaled by the
-    in-context learning rate ``a``, so what is written matches what is removed.
+    in-context learning rate ``a``, the same rate that scales the removal (as in the delta rule,
+    though the removal direction is the normalised ``κ̂``, not ``k``).
     """
     _tensor("k", k)
     _tensor("a", a)
