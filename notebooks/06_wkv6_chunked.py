@@ -14,8 +14,10 @@
 # Chapter 5 ran RWKV-6 one token at a time: `T` sequential steps, each a handful of
 # `K × V` elementwise operations. A GPU is idle on such work; it wants large matrix products.
 # This chapter rewrites the same operator so that almost all of it is matrix products, and
-# only `T / C` steps remain sequential — the **chunked** (chunkwise-parallel) form that RWKV-6
-# is trained with. Then it faces the one place where the rewrite can go numerically wrong.
+# only `T / C` steps remain sequential — the **chunked** (chunkwise-parallel) form in which FLA's
+# kernels train RWKV-6 (RWKV-LM's official CUDA kernel instead loops over time, parallel only
+# over batch, heads and channels). Then it faces the one place where the rewrite can go
+# numerically wrong.
 #
 # By the end of this chapter you will be able to
 #

@@ -627,8 +627,9 @@ rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_re
 # the float32-state references by $3\cdot10^{-3}$ rather than $2\cdot10^{-5}$: its matmuls take
 # bfloat16 operands (the decayed queries and a bfloat16 copy of the state) for the tensor cores —
 # well inside the stated tolerance, and the price of using them. Against a memory-bound ideal
-# (reading and writing about 320 MiB takes roughly 0.1 ms at 3 TB/s) both kernels are far from the
-# limit: each program's sequential loop, not bandwidth, is the bottleneck. That is what FLA's
+# (reading and writing 320 MiB takes about 0.1 ms at 3 TB/s: the second line the cell prints)
+# both kernels are far from the limit: each program's sequential loop, not bandwidth, is the
+# bottleneck. That is what FLA's
 # design attacks by making the output and gradient kernels parallel over chunks.
 
 # %%
@@ -637,6 +638,10 @@ bf16_rounding = rwkvlab.rel_err(x.bfloat16().float(), x)
 print(f"rounding to bfloat16 alone: rel err {bf16_rounding:.1e}; the stated tolerance 2e-2 is "
       f"{2e-2 / bf16_rounding:.0f}x that")
 assert 1e-3 < bf16_rounding < 4e-3
+io_bytes = inputs_bytes + Bm * Tm * Hm * Vm * 2          # read r, k, v, w and write o, all bf16 (Section 4's shape)
+print(f"memory-bound floor at B=4, T=4096, H=32, K=V=64: {io_bytes / MiB:.0f} MiB moved, "
+      f"{io_bytes / 3e12 * 1e3:.2f} ms at 3 TB/s")
+assert io_bytes == 320 * MiB
 
 if rwkvlab.device.has_gpu():
     import triton
