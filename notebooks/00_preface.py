@@ -141,7 +141,7 @@ print("caught:", caught)
 # | $k$ | key | `[B, T, H, K]` | what a token is stored under |
 # | $v$ | value | `[B, T, H, V]` | what a token stores |
 # | $w$ | decay | `[B, T, H, K]` | **log decay**, $w \le 0$; the per-step factor is $e^{w} \in (0, 1]$ |
-# | $u$ | bonus | `[H, K]` | extra weight for the current token (RWKV-4/5/6) |
+# | $u$ | bonus | `[H, K]` | extra weight for the current token: RWKV-4 adds it to $k_t$ in the exponent, RWKV-5/6 scale $k_t v_t^\top$ by it |
 # | $a$, $b$ | transition vectors | `[B, T, H, K]` | RWKV-7's rank-one term $b\,(a^\top S)$; models pass $a = -\hat\kappa$, $b = \hat\kappa \odot \mathrm{iclr}$ |
 # | $\hat\kappa$ | removal key | `[B, T, H, K]` | RWKV-7's key, L2-normalised per head, used to remove old content |
 # | $S$ (or $h$) | state | `[N, H, K, V]`, float32 | per head a $K \times V$ matrix: rows are key channels, columns value channels |
@@ -151,7 +151,8 @@ print("caught:", caught)
 # Here $B$ is the batch, $T$ time, $H$ heads, $K$ the key (and receptance) width per head, and $V$
 # the value width per head. $N = B$, or $N$ = the number of packed sequences when `cu_seqlens` is
 # given. Outputs have the input dtype; states and accumulation are float32. AFT (Chapter 2) has
-# no heads and uses `[B, T, D]`, with its own $Q, K, V$ as in its paper.
+# no heads and uses `[B, T, D]`, with its own $Q, K, V$ as in its paper. RWKV-4's WKV (Chapters
+# 3–4) also treats every channel as a head of its own: `[B, T, C]`, with $w$ and $u$ of shape `[C]`.
 #
 # The linear-attention recurrences of Parts II and III, in this layout, are
 #
@@ -175,13 +176,13 @@ print("caught:", caught)
 #
 # | version | as written in the paper | what reaches the kernel here ($w$ = log factor) |
 # |---|---|---|
-# | RWKV-4 | $w \ge 0$ with factor $e^{-w}$; the code stores `time_decay` with $w = e^{\text{time\_decay}}$ | $-e^{\text{time\_decay}}$ |
+# | RWKV-4 | $w \ge 0$ with factor $e^{-w}$; the code stores `time_decay` with $w = e^{\text{time\_decay}}$ | $-e^{\text{time\_decay}}$ in the official kernel; `rwkvlab.wkv4` alone takes the paper's $w \ge 0$ itself (Chapter 3) |
 # | RWKV-5 | factor $w = \exp(-\exp(\omega))$ | $-e^{\omega}$ |
 # | RWKV-6 | factor $w_t = \exp(-\exp(d_t))$, data-dependent | $-e^{d_t}$ |
 # | RWKV-7 | factor $w_t = \exp(-e^{-0.5}\sigma(d_t))$ | $-e^{-0.5}\sigma(d_t) \in (-0.6065, 0)$ |
 #
-# A positive log decay would make the state grow without bound, so `rwkvlab` rejects it with a
-# `ValueError` naming the argument. Passing the log rather than the factor also keeps strong
+# A positive log decay (for `wkv4`, a negative $w$) would make the state grow without bound, so
+# `rwkvlab` rejects it with a `ValueError` naming the argument. Passing the log rather than the factor also keeps strong
 # decays representable: $\exp(-\exp(d))$ is exactly 0 in float32 once $d$ passes about 4.65 (and in
 # float64 past about 6.62), while $-e^{d}$ is an ordinary number. The cell below checks the
 # conversions, this underflow, and RWKV-7's range.
@@ -295,6 +296,17 @@ for part in parts:
 # thing. Every chapter ends with numbered exercises, and most of them end in a check of
 # their own. When a chapter gives a number (an error, a slope, a byte count), a cell has computed
 # and asserted it. When it says something overflows or fails, a cell shows it failing.
+#
+# ## Summary
+#
+# - The book runs anywhere: Triton kernels compile on a CUDA GPU and run in the interpreter on a
+#   CPU, with the shapes chosen by `rwkvlab.device.pick`; `pytest --nbval notebooks tests` is
+#   the test suite, and the chapters' own assertions are its tests.
+# - Every mechanism climbs the same ladder (math, naive, chunked, Triton, check), and every check
+#   prints one line from `rwkvlab.check`.
+# - One notation holds throughout: column vectors, a $K \times V$ state, decay passed as its log
+#   (`wkv4` excepted: it takes the RWKV-4 paper's $w \ge 0$),
+#   and RWKV-4's $\mu$ on the current token versus the later papers' $\mu$ on the previous one.
 #
 # ## Exercises
 #

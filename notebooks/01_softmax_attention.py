@@ -423,6 +423,12 @@ assert kv_per_token == 196_608 and kv_per_token * 32768 == 6 * 2**30
 rnn_state = n_layer * (d_model // 64) * 64 * 64 * 4   # float32 states, H = d_model / 64 heads
 
 ctx = [2**i for i in range(4, 16)]
+assert kv_per_token * ctx[-1] > rnn_state > kv_per_token * ctx[0]
+crossover = rnn_state / kv_per_token
+assert crossover == 64
+print(f"the recurrent state costs as much as {crossover:.0f} tokens of KV cache; at 32k tokens the cache is "
+      f"{kv_per_token * 32768 / rnn_state:.0f}× larger")
+
 fig, ax = plt.subplots(figsize=(5.2, 3.4))
 ax.loglog(ctx, [kv_per_token * c / 2**20 for c in ctx], "o-", label="KV cache (softmax attention)")
 ax.loglog(ctx, [rnn_state / 2**20] * len(ctx), "s--", label="fixed-size recurrent state")
@@ -431,11 +437,6 @@ ax.set_ylabel("MiB per sequence")
 ax.set_title("inference memory, 24 layers × 2048 wide")
 ax.legend(fontsize=8)
 plt.show()
-assert kv_per_token * ctx[-1] > rnn_state > kv_per_token * ctx[0]
-crossover = rnn_state / kv_per_token
-assert crossover == 64
-print(f"the recurrent state costs as much as {crossover:.0f} tokens of KV cache; at 32k tokens the cache is "
-      f"{kv_per_token * 32768 / rnn_state:.0f}× larger")
 
 # %% [markdown]
 # ## Questions a careful reader asks

@@ -126,6 +126,11 @@ assert rel_err(y_other, y_aft) > 1e-3  # any other u is a genuinely different op
 
 # %%
 C_demo = 64
+tm0 = rwkv4.TimeMix(C_demo, layer_id=0, n_layer=6)
+half = math.log(2) / tm0.decay().detach()
+assert half.max() > 100 and half.min() < 0.05  # from "about a hundred tokens" to "gone next step"
+print(f"layer 0 half-lives range from {half.min():.3f} to {half.max():.0f} tokens")
+
 fig, ax = plt.subplots(figsize=(6, 3))
 for layer in (0, 3, 5):
     tm = rwkv4.TimeMix(C_demo, layer_id=layer, n_layer=6)
@@ -136,10 +141,6 @@ ax.set_ylabel("half-life (tokens)")
 ax.set_title("RWKV-4 initial decay: half-life ln2 / exp(time_decay)")
 ax.legend()
 plt.show()
-tm0 = rwkv4.TimeMix(C_demo, layer_id=0, n_layer=6)
-half = math.log(2) / tm0.decay().detach()
-assert half.max() > 100 and half.min() < 0.05  # from "about a hundred tokens" to "gone next step"
-print(f"layer 0 half-lives range from {half.min():.3f} to {half.max():.0f} tokens")
 
 # %% [markdown]
 # ## 2. The bonus u, and what the weights look like
@@ -182,9 +183,13 @@ print("weights are causal averages; with equal keys they fall geometrically with
 # 7.4$ relative to the rest, and everything else shrinks to make room.
 
 # %%
+a0, a2 = weights(ws, torch.zeros(4, dtype=F64)), weights(ws, torch.full((4,), 2.0, dtype=F64))
+ratio = (a2[:, 23, 23] / a2[:, 23, 22]) / (a0[:, 23, 23] / a0[:, 23, 22])
+assert torch.allclose(ratio, torch.full((4,), math.exp(2.0), dtype=F64))  # the bump is exactly e^u
+
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
 for ax, uval in zip(axes, (0.0, 2.0)):
-    a = weights(ws, torch.full((4,), uval, dtype=F64))
+    a = a0 if uval == 0 else a2
     for c, wc in enumerate(ws):
         ax.plot(range(24), a[c, 23].numpy(), marker=".", label=f"w = {wc.item():g}")
     ax.set_title(f"weights at t = 23, u = {uval:g}")
@@ -192,17 +197,15 @@ for ax, uval in zip(axes, (0.0, 2.0)):
 axes[0].set_ylabel(r"$\alpha_{23,i}$")
 axes[0].legend()
 plt.show()
-a0, a2 = weights(ws, torch.zeros(4, dtype=F64)), weights(ws, torch.full((4,), 2.0, dtype=F64))
-ratio = (a2[:, 23, 23] / a2[:, 23, 22]) / (a0[:, 23, 23] / a0[:, 23, 22])
-assert torch.allclose(ratio, torch.full((4,), math.exp(2.0), dtype=F64))  # the bump is exactly e^u
 
 # %% [markdown]
 # Why a separate bonus at all? Tie $u$ to $w$, as AFT does (§1), and the current token's
-# advantage over the newest past token (equal keys) is fixed at $e^{w}$, the bump measured above
-# with $u = w$: a channel that forgets fast must also single out the present strongly, and a
-# channel that remembers long ($w \approx 0$) cannot make the present stand out at all; it is
-# diluted among many old tokens of nearly equal weight. With $u$ free, each channel chooses separately *how long it remembers*
-# ($w$) and *how much the present token stands out* ($u$). A strongly negative $u$ makes a
+# advantage over the newest past token (equal keys) is fixed at $e^{w}$ (the $e^{u}$ bump
+# measured above, with $u = w$): a channel that forgets fast must also single out the present
+# strongly, and a channel that remembers long ($w \approx 0$) cannot make the present stand out
+# at all; it is diluted among many old tokens of nearly equal weight. With $u$ free, each channel
+# chooses separately *how long it remembers* ($w$) and *how much the present token stands out*
+# ($u$). A strongly negative $u$ makes a
 # channel look only at the past; a large $u$ makes it nearly ignore the past. The next chapter
 # demonstrates both limits inside a block.
 #
@@ -212,6 +215,8 @@ assert torch.allclose(ratio, torch.full((4,), math.exp(2.0), dtype=F64))  # the 
 
 # %%
 two = weights(torch.tensor([0.15, 0.6], dtype=F64), torch.tensor([-1.5, 1.5], dtype=F64), T=16)
+diag, sub = two.diagonal(dim1=1, dim2=2)[:, 1:], two.diagonal(offset=-1, dim1=1, dim2=2)
+assert (diag[0] < sub[0]).all() and (diag[1] > sub[1]).all()  # negative u dims, positive u lights the diagonal
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
 for ax, c, title in zip(axes, (0, 1), ("w = 0.15, u = -1.5", "w = 0.6, u = 1.5")):
     ax.imshow(two[c].numpy(), cmap="viridis")
@@ -219,8 +224,6 @@ for ax, c, title in zip(axes, (0, 1), ("w = 0.15, u = -1.5", "w = 0.6, u = 1.5")
     ax.set_xlabel("token i")
     ax.set_ylabel("step t")
 plt.show()
-diag, sub = two.diagonal(dim1=1, dim2=2)[:, 1:], two.diagonal(offset=-1, dim1=1, dim2=2)
-assert (diag[0] < sub[0]).all() and (diag[1] > sub[1]).all()  # negative u dims, positive u lights the diagonal
 
 # %% [markdown]
 # ## 3. The first rung: the double sum as written

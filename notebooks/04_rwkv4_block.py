@@ -345,6 +345,17 @@ time_cm = J_cm.abs().sum(dim=(1, 3))
 chan_wkv = J_wkv[6, :, 6, :].abs()  # [C(out), C(in)] at one position
 chan_cm = J_cm[6, :, 6, :].abs()
 
+t_idx, j_idx = torch.meshgrid(torch.arange(Tj), torch.arange(Tj), indexing="ij")
+assert (time_tm[j_idx > t_idx] == 0).all() and (time_tm[j_idx <= t_idx] > 0).all()  # full causal triangle
+band = (t_idx == j_idx) | (t_idx == j_idx + 1)
+assert (time_cm[~band] == 0).all() and (time_cm[band] > 0).all()  # two diagonals only
+assert (chan_wkv - torch.diag(chan_wkv.diagonal())).abs().max() == 0  # WKV: no channel crosses
+# channel mix: every channel reaches every channel — except input channel 0, whose initial μ' is
+# exactly 0 (the official code's initial ramp starts there), so x_t's channel 0 is used only by position t+1
+assert (chan_cm[:, 1:] > 0).all() and (chan_cm[:, 0] == 0).all()
+assert (blk.ffn.time_mix_k[0] == 0) and (blk.ffn.time_mix_r[0] == 0)
+print("time mix: causal triangle over tokens; channel mix: two diagonals over tokens, dense over channels")
+
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
 for ax, m, title, xl, yl in (
         (axes[0], time_tm, "time mix: |∂o_t/∂x_j|", "input token j", "output token t"),
@@ -357,17 +368,6 @@ for ax, m, title, xl, yl in (
     ax.set_ylabel(yl)
 plt.tight_layout()
 plt.show()
-
-t_idx, j_idx = torch.meshgrid(torch.arange(Tj), torch.arange(Tj), indexing="ij")
-assert (time_tm[j_idx > t_idx] == 0).all() and (time_tm[j_idx <= t_idx] > 0).all()  # full causal triangle
-band = (t_idx == j_idx) | (t_idx == j_idx + 1)
-assert (time_cm[~band] == 0).all() and (time_cm[band] > 0).all()  # two diagonals only
-assert (chan_wkv - torch.diag(chan_wkv.diagonal())).abs().max() == 0  # WKV: no channel crosses
-# channel mix: every channel reaches every channel — except input channel 0, whose initial μ' is
-# exactly 0 (the ramp of App. E starts there), so x_t's channel 0 is used only by position t+1
-assert (chan_cm[:, 1:] > 0).all() and (chan_cm[:, 0] == 0).all()
-assert (blk.ffn.time_mix_k[0] == 0) and (blk.ffn.time_mix_r[0] == 0)
-print("time mix: causal triangle over tokens; channel mix: two diagonals over tokens, dense over channels")
 
 # %% [markdown]
 # With the token shift switched off ($\mu'_r = \mu'_k = 1$), channel mixing is literally a
