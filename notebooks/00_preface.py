@@ -185,7 +185,7 @@ print("caught:", caught)
 # `rwkvlab` rejects it with a `ValueError` naming the argument. Passing the log rather than the factor also keeps strong
 # decays representable: $\exp(-\exp(d))$ is exactly 0 in float32 once $d$ passes about 4.65 (and in
 # float64 past about 6.62), while $-e^{d}$ is an ordinary number. The cell below checks the
-# conversions, this underflow, and RWKV-7's range.
+# conversions, this underflow, and RWKV-7's range, in the paper's form and in its code's.
 
 # %%
 d = torch.linspace(-8, 5, 101, dtype=torch.float64)
@@ -200,6 +200,8 @@ assert torch.exp(-torch.exp(torch.tensor(4.65))) == 0 < torch.exp(-torch.exp(tor
 
 log7 = -torch.exp(torch.tensor(-0.5, dtype=torch.float64)) * torch.sigmoid(d)
 assert (log7 < 0).all() and (log7 > -0.6066).all()
+w7_code = -torch.nn.functional.softplus(-d) - 0.5          # what the official RWKV-7 code computes
+assert torch.allclose(-torch.exp(w7_code), log7)           # ... and then exp(-exp(w)): the same factor
 print(f"RWKV-7 decay factor lies in ({torch.exp(log7.min()):.4f}, 1): e^(-e^-0.5) = "
       f"{torch.exp(-torch.exp(torch.tensor(-0.5))):.4f}")
 
@@ -248,8 +250,10 @@ rwkvlab.check("preface: row-vector r S vs column-vector Sᵀ r", r[None, :] @ S,
 # - One note writes RWKV-6's output as a read of $h_t$, the state *after* the update. RWKV-6
 #   reads $S_{t-1}$, and the current token enters only through the bonus $u$. The note's own
 #   loop, like ours, reads before it updates.
-# - The same note writes RWKV-7's decay as $\exp(-\exp(w))$. That is RWKV-6's form. RWKV-7's
-#   factor is $\exp(-e^{-0.5}\sigma(d))$, which can never go below about 0.545 per step.
+# - The same note writes RWKV-7's decay as $\exp(-\exp(w))$ with no limit on $w$, which is
+#   RWKV-6's form. RWKV-7's official code does apply $\exp(-\exp(w))$, but only to
+#   $w = -\mathrm{softplus}(-d) - 0.5 = \log\sigma(d) - 0.5$, so its factor is
+#   $\exp(-e^{-0.5}\sigma(d))$ (the paper's Eq. 12), which can never go below about 0.545 per step.
 # - The note credits RWKV-7 with "NC1 expressivity". What the RWKV-7 paper claims is narrower:
 #   proofs that its generalised delta rule can solve problems outside TC0, assuming the widely
 #   held conjecture TC0 ≠ NC1. Constructions of this kind use transitions that act as exact
