@@ -59,20 +59,8 @@ from rwkvlab.wkv7 import reference as ref
 torch.set_printoptions(precision=3, sci_mode=False)
 
 
-def rwkv7_inputs(B, T, H, K, V, seed=0, w_const=None, dtype=torch.float32):
-    """Random inputs shaped as the RWKV-7 model feeds the kernel: a = -κ̂, b = κ̂·iclr with κ̂ a
-    unit vector per head and iclr in (0, 1); log decay w in (-e^{-0.5}, 0) as in the paper's
-    Eq. 12 (or a constant, for stress tests)."""
-    g = torch.Generator().manual_seed(seed)
-    r, k, kappa = (torch.randn(B, T, H, K, generator=g, dtype=torch.float64) for _ in range(3))
-    v = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
-    kappa_hat = kappa / kappa.norm(dim=-1, keepdim=True)
-    iclr = torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
-    if w_const is None:
-        w = -math.exp(-0.5) * torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
-    else:
-        w = torch.full((B, T, H, K), float(w_const), dtype=torch.float64)
-    return tuple(x.to(dtype) for x in (r, w, k, v, -kappa_hat, kappa_hat * iclr))
+rwkv7_inputs = wkv7.random_inputs   # seeded r, w, k, v, a = -κ̂, b = κ̂ ⊙ iclr as a model feeds them
+print(inspect.getsource(wkv7.random_inputs))
 
 
 # %% [markdown]

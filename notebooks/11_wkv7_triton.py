@@ -63,17 +63,11 @@ DEV = rwkvlab.device.device()
 
 
 def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
-    """Seeded RWKV-7 inputs on the book's device, shaped like a trained layer's:
-    log decay w in (-decay, 0), a = -κ̂ and b = κ̂ ⊙ iclr with κ̂ unit-norm, plus an initial state."""
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randn(B, T, H, K, generator=g)
-    w = -decay * torch.rand(B, T, H, K, generator=g)
-    k = torch.randn(B, T, H, K, generator=g) / K ** 0.5
-    v = torch.randn(B, T, H, V, generator=g)
-    kappa = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g), dim=-1)
-    iclr = torch.rand(B, T, H, K, generator=g)
-    s0 = torch.randn(B if N is None else N, H, K, V, generator=g)
-    return [x.to(DEV, dtype) for x in (r, w, k, v, -kappa, kappa * iclr)] + [s0.to(DEV)]
+    """wkv7.random_inputs (chapter 10: log decay w in (-decay, 0), a = -κ̂, b = κ̂ ⊙ iclr) with the
+    keys scaled by 1/√K, plus a float32 initial state [N, H, K, V], on the book's device."""
+    r, w, k, v, a, b = wkv7.random_inputs(B, T, H, K, V, seed=seed, decay=decay)
+    s0 = torch.randn(B if N is None else N, H, K, V, generator=torch.Generator().manual_seed(seed + 1000))
+    return [x.to(DEV, dtype) for x in (r, w, k / K ** 0.5, v, a, b)] + [s0.to(DEV)]
 
 
 def reference(r, w, k, v, a, b, s0, **kw):

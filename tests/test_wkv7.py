@@ -353,3 +353,17 @@ def test_segment_log_decays():
         for i in range(6):
             want = w[i + 1:t + 1].sum(0) if i <= t else torch.full((3,), float("-inf"), dtype=torch.float64)
             assert torch.allclose(L[t, i], want, atol=1e-15, rtol=0), (t, i)
+
+
+def test_random_inputs_are_seeded_model_like_and_valid():
+    a = wkv7.random_inputs(2, 5, 3, 4, 6, seed=1, dtype=torch.float64)
+    b = wkv7.random_inputs(2, 5, 3, 4, 6, seed=1, dtype=torch.float64)
+    assert [tuple(x.shape) for x in a] == [(2, 5, 3, 4)] * 3 + [(2, 5, 3, 6)] + [(2, 5, 3, 4)] * 2
+    assert all(x.dtype == torch.float64 and torch.equal(x, y) for x, y in zip(a, b))
+    r, w, k, v, a_, b_ = a
+    assert torch.all(w <= 0) and torch.all(w > -math.exp(-0.5))            # paper Eq. 12 range
+    assert torch.allclose(a_.norm(dim=-1), torch.ones(2, 5, 3, dtype=torch.float64))   # a = -κ̂, unit
+    iclr = b_ / -a_
+    assert torch.all((iclr > 0) & (iclr < 1))
+    assert torch.all(wkv7.random_inputs(1, 3, 1, 4, 4, w_const=-8.0)[1] == -8.0)
+    wkv7.naive(*a)      # a valid call

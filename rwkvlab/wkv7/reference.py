@@ -16,13 +16,15 @@ the final state in the accumulation dtype.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 
 from .. import validate
 
-__all__ = ["naive", "step", "chunked", "ut_transform", "segment_log_decays", "intra_chunk_matrices"]
+__all__ = ["naive", "step", "chunked", "ut_transform", "segment_log_decays", "intra_chunk_matrices",
+           "random_inputs"]
 
 
 # --------------------------------------------------------------------------- input handling
@@ -245,3 +247,24 @@ def chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=
         finals.append(S)
     o = torch.cat(outs, dim=1).to(r.dtype)
     return o, (torch.cat(finals, dim=0) if output_final_state else None)
+
+
+# --------------------------------------------------------------------------- example inputs
+def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=math.exp(-0.5), w_const=None):
+    """Seeded ``(r, w, k, v, a, b)`` shaped as an RWKV-7 model feeds the kernel, for examples and checks.
+
+    r, w, k, a, b: [B, T, H, K]; v: [B, T, H, V]. r, k, v are standard normal; ``a = −κ̂`` and
+    ``b = κ̂ ⊙ iclr`` with κ̂ a unit vector per head and iclr uniform in (0, 1); the log decay is
+    ``w = −decay · U(0, 1)``, by default in ``(−e^{−0.5}, 0)`` as in the paper's Eq. 12 (or the
+    constant ``w_const`` everywhere, for stress tests). Drawn in float64, then cast to ``dtype``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    r, k, kappa = (torch.randn(B, T, H, K, generator=g, dtype=torch.float64) for _ in range(3))
+    v = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
+    kappa_hat = kappa / kappa.norm(dim=-1, keepdim=True)
+    iclr = torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+    if w_const is None:
+        w = -decay * torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
+    else:
+        w = torch.full((B, T, H, K), float(w_const), dtype=torch.float64)
+    return [x.to(dtype) for x in (r, w, k, v, -kappa_hat, kappa_hat * iclr)]
