@@ -319,6 +319,16 @@ for f in factors:
     o_f = wkv6.naive(r, k, v, w_f, u)[0][:, 128:]            # after the warm-up
     raw_rms.append(o_f.pow(2).mean().sqrt().item())
     normed_rms.append(head_norm(o_f).pow(2).mean().sqrt().item())
+# random walk: for independent standard-normal r, k, v the output variance per column is
+# Σ_κ (Σ_n f^{2n} + u_κ²) = K / (1 − f²) + Σ_κ u_κ²  (past tokens, then the bonus)
+predicted = [(r.shape[-1] / (1 - f ** 2) + u.pow(2).sum()).sqrt().item() for f in (factors[0], factors[-1])]
+growth, growth_pred = raw_rms[-1] / raw_rms[0], predicted[1] / predicted[0]
+print(f"raw RMS grows {growth:.1f}x from factor {factors[0]:.3f} to {factors[-1]:.3f} "
+      f"(random-walk prediction {growth_pred:.1f}x); after the norm: {min(normed_rms):.3f} .. {max(normed_rms):.3f}")
+assert raw_rms[-1] > 3 * raw_rms[0]                       # slow decay: a much larger sum
+assert abs(growth / growth_pred - 1) < 0.3                # ... about as large as a random walk predicts
+assert max(abs(x - 1) for x in normed_rms) < 1e-2          # normalised: unit size throughout
+
 fig, ax = plt.subplots(figsize=(6, 3.2))
 ax.semilogy(factors.numpy(), raw_rms, "o-", label="raw WKV output")
 ax.semilogy(factors.numpy(), normed_rms, "s-", label="after per-head GroupNorm")
@@ -328,15 +338,6 @@ ax.set_title("The output's size follows the memory length; the norm removes it")
 ax.legend()
 plt.tight_layout()
 plt.show()
-# random walk: for independent standard-normal r, k, v the output variance per column is
-# Σ_κ (Σ_n f^{2n} + u_κ²) = K / (1 − f²) + Σ_κ u_κ²  (past tokens, then the bonus)
-predicted = [(16 / (1 - f ** 2) + u.pow(2).sum()).sqrt().item() for f in (factors[0], factors[-1])]
-growth, growth_pred = raw_rms[-1] / raw_rms[0], predicted[1] / predicted[0]
-print(f"raw RMS grows {growth:.1f}x from factor {factors[0]:.3f} to {factors[-1]:.3f} "
-      f"(random-walk prediction {growth_pred:.1f}x); after the norm: {min(normed_rms):.3f} .. {max(normed_rms):.3f}")
-assert raw_rms[-1] > 3 * raw_rms[0]                       # slow decay: a much larger sum
-assert abs(growth / growth_pred - 1) < 0.3                # ... about as large as a random walk predicts
-assert max(abs(x - 1) for x in normed_rms) < 1e-2          # normalised: unit size throughout
 
 # %% [markdown]
 # The raw output grows several-fold as the memory lengthens. Random values add up like a random

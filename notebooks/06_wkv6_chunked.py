@@ -75,6 +75,8 @@ piece = torch.zeros(T, T)                                             # 0: above
 piece[(i_idx // C > j_idx // C)] = 1                                  # earlier chunk: through the state
 piece[(i_idx // C == j_idx // C) & (j_idx < i_idx)] = 2               # same chunk, strictly earlier: intra
 piece[i_idx == j_idx] = 3                                             # the token itself: bonus diagonal
+assert torch.all(A[piece == 0] == 0)        # everything above the diagonal is zero: causality
+assert (piece == 1).sum() == T * (T - C) // 2 and (piece == 2).sum() == T * (C - 1) // 2   # counted below
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
 axes[0].imshow(A.abs().log1p().numpy(), cmap="magma")
@@ -89,8 +91,6 @@ for ax in axes:
     ax.set_xlabel("key position j"); ax.set_ylabel("query position t")
 plt.tight_layout()
 plt.show()
-assert torch.all(A[piece == 0] == 0)        # everything above the diagonal is zero: causality
-assert (piece == 1).sum() == T * (T - C) // 2 and (piece == 2).sum() == T * (C - 1) // 2   # counted below
 
 # %% [markdown]
 # The blue region holds `T²/2 − TC/2` entries and is never formed: for each chunk it is replaced

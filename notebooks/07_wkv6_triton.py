@@ -146,7 +146,8 @@ print(inspect.getsource(kr.wkv6_fwd_recurrent_kernel.fn))
 #
 # - **Order inside the step.** The output is read from `b_h` *before* the update: RWKV-6 reads
 #   $S_{t-1}$ plus the bonus, never $S_t$. Swapping the two lines gives a plausible-looking kernel
-#   that is wrong by exactly the difference between $u$ and $1$.
+#   that is wrong twice over (chapter 05, section 2): the current token counts with weight
+#   $1 + u$ instead of $u$, and the past is decayed one step too far, by $e^{w_t}$.
 # - **Float32 everywhere inside.** Every load is cast with `.to(tl.float32)`; the output is cast
 #   back to the input's dtype only at the store. With bfloat16 inputs the state still
 #   accumulates in float32 — a bf16 state would lose the small contributions of old tokens.
@@ -456,6 +457,8 @@ c_pic = torch.cumsum(torch.full((C_pic,), -8.0), 0)
 c_prev = c_pic - (-8.0)                                                  # c_{i-1}
 exact = [max((c_prev[i] - c_pic[j]).item() for i in range(j + 1, C_pic)) for j in range(C_pic - 1)]
 assert max(exact) <= 0.0
+overflowing = torch.exp(-c_pic)                                           # e^{-c_j}, float32
+assert torch.isfinite(overflowing[:11]).all() and torch.isinf(overflowing[11:]).all()   # 12th token: e^{96}
 fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.plot(range(C_pic), (-c_pic).tolist(), "o-", label=r"factorised: exponent $-c_j$ of $k_j e^{-c_j}$")
 ax.plot(range(C_pic - 1), exact, "s-", label=r"exact: largest $c_{i-1}-c_j$ over $i>j$ (never above 0)")
@@ -464,8 +467,6 @@ ax.set_xlabel("token j inside the chunk (w = -8 everywhere)"), ax.set_ylabel("ex
 ax.legend(fontsize=8)
 plt.tight_layout()
 plt.show()
-overflowing = torch.exp(-c_pic)
-assert not torch.isfinite(overflowing).all() and torch.isfinite(overflowing[:11]).all()
 
 # %% [markdown]
 # The kernel itself. One program per (sequence·head, value block), as before; the loop now steps
@@ -687,9 +688,10 @@ else:
 #
 # ## Exercises
 #
-# 1. Swap the two lines "compute `b_o`" and "update `b_h`" in a copy of the forward kernel. Which
-#    single input would you change so that the swapped kernel happens to give the right answer?
-#    Write a check that tells the two kernels apart on random input.
+# 1. Swap the two lines "compute `b_o`" and "update `b_h`" in a copy of the forward kernel. With
+#    `w = 0`, which single input would you change so that the swapped kernel gives the right
+#    answer? Why does no such change exist for data-dependent `w` (chapter 05, section 2)? Write
+#    a check that tells the two kernels apart on random input.
 # 2. Split the key dimension too: give each program a `BK × BV` tile with `BK = K/2`, write the
 #    partial outputs to a `[NK, B, T, H, V]` buffer and sum them in torch. Check it against
 #    `wkv6.naive`. How does the grid size change, and what does the extra buffer cost at
