@@ -78,8 +78,8 @@ gen = torch.Generator().manual_seed(0)
 # We follow the RWKV-7 paper (Peng et al. 2025, arXiv 2503.14456, §4, Eqs. 1–24) and, where
 # the paper and the code use different symbols, the official training code in BlinkDL's
 # RWKV-LM repository (`RWKV-v7/train_temp/src/model.py`, class `RWKV_Tmix_x070`; the same class
-# is in `RWKV-v5/src/model.py`), because that is what produced the checkpoints people download. The book's fact sheet (REFERENCES.md §4)
-# lists the correspondences; the important ones are
+# is in `RWKV-v5/src/model.py`), because that is what produced the checkpoints people download.
+# The book's fact sheet (REFERENCES.md §4) lists the correspondences; the important ones are
 #
 # | paper | code name | what it is |
 # |---|---|---|
@@ -98,9 +98,9 @@ gen = torch.Generator().manual_seed(0)
 # One addition and one correction, both visible in the code below. The seed does not say what
 # $w$ is: it is *soft-clamped*, the code computes $w = -\operatorname{softplus}(-d) - 0.5$ before
 # the kernel applies $\exp(-\exp(w))$, which makes the factor $\exp(-e^{-1/2}\sigma(d))$ — never
-# smaller than $0.545$ per token. And, against the seed,
-# RWKV-7 keeps an explicit bonus: the $\rho$ term in $p_t$, added *after* the normalisation
-# (in RWKV-6 the bonus $u$ sits inside the state read-out, before it).
+# smaller than $0.545$ per token. And, against the seed, RWKV-7 keeps an explicit bonus: the
+# $\rho$ term in $p_t$, added *after* the normalisation (in RWKV-6 the bonus $u$ sits inside
+# the state read-out, before it).
 #
 # A small model to work with: width $C = 64$, two heads of $N = 32$, two layers, a byte
 # vocabulary. `init_weights("random")` makes every parameter non-zero so that every path
@@ -189,9 +189,9 @@ if not ckpt:
 # %% [markdown]
 # ## 3. Decay: how fast each channel forgets
 #
-# The decay is the one place where RWKV-7 puts a non-linearity into a low-rank map:
-# $d_t = \lambda_w + \tanh(x^w_t A_w)\,B_w$. The official code then computes
-# `w = -softplus(-d) - 0.5` and hands it to a kernel that multiplies the state by
+# The decay's low-rank map has a $\tanh$ between its two factors (the gate's has a sigmoid, the
+# maps of $a$ and $\nu$ none): $d_t = \lambda_w + \tanh(x^w_t A_w)\,B_w$. The official code
+# then computes `w = -softplus(-d) - 0.5` and hands it to a kernel that multiplies the state by
 # $\exp(-\exp(w))$ each step. The log decay our `wkv7` expects is therefore
 #
 # $$

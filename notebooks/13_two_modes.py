@@ -15,8 +15,9 @@
 # as a transformer does when it trains: the WKV state update runs in its chunked form
 # (chapters 6 and 10), and every position's logits come out together. In **RNN mode** it reads
 # one token, updates a fixed-size state, and emits the next logits — the form that generates
-# text in constant memory. They are the same function. This chapter proves that with the
-# book's own models and measures what each mode costs. At its end you will be able to
+# text in constant memory. They are the same function. This chapter checks that numerically on
+# the book's own models (the algebra behind it is chapters 6 and 10) and measures what each mode
+# costs. At its end you will be able to
 #
 # * say exactly what an RWKV model remembers between tokens, and how many bytes that is;
 # * run `rwkvlab.model` in both modes, cut a text anywhere and continue from the state, and

@@ -308,8 +308,9 @@ assert max(acc[(t, s, "softmax")] for t in tasks for s in range(3)) < 0.5, "the 
 # %% [markdown]
 # Two remarks on fairness. The transformer is not a weak architecture for recall — with
 # enough steps it can be the strongest of the three, since its KV cache keeps every pair
-# verbatim (after one sequence it already holds more than twice the RWKV state; section 2). Learned absolute
-# positions and our small budget are what hold it back; exercise 3 asks you to give it more.
+# verbatim (after one sequence it already holds more than twice the RWKV state; section 2).
+# Learned absolute positions and our small budget are the likely brakes; exercise 3 asks you
+# to give it more.
 # And RWKV-6 is not helpless against overwriting: its data-dependent decay can wipe the
 # state's rows that belong to an incoming key, which works when keys occupy separate channels
 # — with 4 keys in 16-dimensional heads it is possible, and one recorded seed solves the task
@@ -318,8 +319,9 @@ assert max(acc[(t, s, "softmax")] for t in tasks for s in range(3)) < 0.5, "the 
 #
 # ### How one block can solve it
 #
-# It helps to see that a single RWKV-7 block *can* represent the solution, with the pieces of
-# chapter 12. Take a value token $v_j$ that follows its key $k_i$.
+# It helps to see how a single RWKV-7 block *could* represent the solution, with the pieces of
+# chapter 12 (a sketch, not a proof: the check below covers the state update only). Take a value
+# token $v_j$ that follows its key $k_i$.
 #
 # 1. **Token shift** puts the key into the value's position: with $\mu_k \approx 1$ the input
 #    to the key projection at the value token is (mostly) the previous token, the key $k_i$,
