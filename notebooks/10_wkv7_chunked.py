@@ -641,7 +641,7 @@ rwkvlab.check("step, token by token, vs chunked", (torch.stack(o_steps, 1), stat
 # | piece | per chunk | over the sequence |
 # |---|---|---|
 # | four matrices $A_{ab}, A_{ak}, A_{rb}, A_{rk}$ (pairwise exponents) | $4C^2K$ | $4TCK$ |
-# | UT transform (forward substitution) | $\approx C^3/3$ | $TC^2/3$ |
+# | UT transform (forward substitution, as `ut_transform` does it) | $\approx C^3/2$ | $TC^2/2$ |
 # | $W = \mathcal T\tilde A$, $U = \mathcal T (A_{ak}V)$ | $C^2K + 2C^2V$ | $TC(K + 2V)$ |
 # | $E = WS$, $\tilde R S$, $\hat K^\top V$, $\hat B^\top E$ | $4CKV$ | $4TKV$ |
 # | $A_{rk}V$, $A_{rb}E$ | $2C^2V$ | $2TCV$ |
@@ -658,7 +658,7 @@ rwkvlab.check("step, token by token, vs chunked", (torch.stack(o_steps, 1), stat
 
 # %%
 def chunked_cost(T, C, K, V):
-    return 4 * T * C * K + T * C * C / 3 + T * C * (K + 2 * V) + 4 * T * K * V + 2 * T * C * V
+    return 4 * T * C * K + T * C * C / 2 + T * C * (K + 2 * V) + 4 * T * K * V + 2 * T * C * V
 
 
 Tk, Kk, Vk = 4096, 64, 64
