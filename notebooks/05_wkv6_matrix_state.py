@@ -288,7 +288,12 @@ rwkvlab.check("unrolled weight = u at t = i, then prod_{j=i+1}^{t-1} e^{w_j}", s
 # noise up to unit size. We assert both sides.
 
 # %%
-def head_norm(o, eps=64e-5):
+from rwkvlab.model import x060                      # the RWKV-6 model that chapter 13 runs
+
+assert abs(x060.GROUPNORM_EPS - 1e-5 * 8 ** 2) < 1e-15   # the models' eps: 1e-5 · head_size_divisor²
+
+
+def head_norm(o, eps=x060.GROUPNORM_EPS):
     """Per-head LayerNorm without affine weights, as GroupNorm(H groups) over the H·V channels."""
     B, T, H, V = o.shape
     return torch.nn.functional.group_norm(o.reshape(B * T, H * V), H, eps=eps).reshape(B, T, H, V)
