@@ -182,9 +182,9 @@ print("caught:", caught)
 # | RWKV-7 | factor $w_t = \exp(-e^{-0.5}\sigma(d_t))$ | $-e^{-0.5}\sigma(d_t) \in (-0.6065, 0)$ |
 #
 # A positive log decay (for `wkv4`, a negative $w$) would make the state grow without bound, so
-# `rwkvlab` rejects it with a `ValueError` naming the argument. Passing the log rather than the factor also keeps strong
-# decays representable: $\exp(-\exp(d))$ is exactly 0 in float32 once $d$ passes about 4.65 (and in
-# float64 past about 6.62), while $-e^{d}$ is an ordinary number. The cell below checks the
+# `rwkvlab` rejects it with a `ValueError` naming the argument. Passing the log rather than the
+# factor also keeps strong decays representable: $\exp(-\exp(d))$ is exactly 0 in float32 once $d$
+# passes about 4.65 (and in float64 past about 6.62), while $-e^{d}$ is an ordinary number. The cell below checks the
 # conversions, this underflow, and RWKV-7's range, in the paper's form and in its code's.
 
 # %%
@@ -309,8 +309,8 @@ for part in parts:
 # - Every mechanism climbs the same ladder (math, naive, chunked, Triton, check), and every check
 #   prints one line from `rwkvlab.check`.
 # - One notation holds throughout: column vectors, a $K \times V$ state, decay passed as its log
-#   (`wkv4` excepted: it takes the RWKV-4 paper's $w \ge 0$),
-#   and RWKV-4's $\mu$ on the current token versus the later papers' $\mu$ on the previous one.
+#   (`wkv4` excepted: it takes the RWKV-4 paper's $w \ge 0$), and RWKV-4's $\mu$ on the current
+#   token versus the later papers' $\mu$ on the previous one.
 #
 # ## Exercises
 #

@@ -205,9 +205,8 @@ plt.show()
 # strongly, and a channel that remembers long ($w \approx 0$) cannot make the present stand out
 # at all; it is diluted among many old tokens of nearly equal weight. With $u$ free, each channel
 # chooses separately *how long it remembers* ($w$) and *how much the present token stands out*
-# ($u$). A strongly negative $u$ makes a
-# channel look only at the past; a large $u$ makes it nearly ignore the past. The next chapter
-# demonstrates both limits inside a block.
+# ($u$). A strongly negative $u$ makes a channel look only at the past; a large $u$ makes it
+# nearly ignore the past. The next chapter demonstrates both limits inside a block.
 #
 # The full matrix shows the same thing as a picture: lower-triangular (causal), a diagonal that
 # is brighter or darker than its neighbours by the factor $e^{u}$, and a band whose width is set

@@ -351,7 +351,7 @@ band = (t_idx == j_idx) | (t_idx == j_idx + 1)
 assert (time_cm[~band] == 0).all() and (time_cm[band] > 0).all()  # two diagonals only
 assert (chan_wkv - torch.diag(chan_wkv.diagonal())).abs().max() == 0  # WKV: no channel crosses
 # channel mix: every channel reaches every channel — except input channel 0, whose initial μ' is
-# exactly 0 (the official code's initial ramp starts there), so x_t's channel 0 is used only by position t+1
+# exactly 0 (the official code's initial ramp starts there): x_t's channel 0 is used only at t+1
 assert (chan_cm[:, 1:] > 0).all() and (chan_cm[:, 0] == 0).all()
 assert (blk.ffn.time_mix_k[0] == 0) and (blk.ffn.time_mix_r[0] == 0)
 print("time mix: causal triangle over tokens; channel mix: two diagonals over tokens, dense over channels")
@@ -426,7 +426,8 @@ print(f"state size at every one of the {T_rnn} steps: {sizes.pop()} numbers (2 s
 
 # %% [markdown]
 # The state's size does not depend on how many tokens have been read (the cell below compares 3
-# with all of them), and the two modes can be mixed freely: read a prompt in parallel mode (fast on a GPU), hand its final state to the RNN, and
+# with all of them), and the two modes can be mixed freely: read a prompt in parallel mode (fast
+# on a GPU), hand its final state to the RNN, and
 # generate token by token. The same state also lets a long text be processed in pieces.
 
 # %%
