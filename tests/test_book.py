@@ -49,8 +49,16 @@ def test_chapter_opens_by_announcing_the_device(chapter):
 def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
-    assert "<!-- ci:install -->" in readme and "<!-- ci:test -->" in readme
-    assert "ci:install" in ci and "ci:test" in ci
+
+    def fenced(marker):
+        m = re.search(rf"<!-- ci:{marker} -->\n```bash\n(.*?)\n```\n<!-- /ci:{marker} -->", readme, re.S)
+        assert m, f"README.md has no ci:{marker} block"
+        return m.group(1).strip()
+
+    install, test = fenced("install"), fenced("test")
+    assert f"install='{install}'" in ci, ".ci/run's install command differs from README's"
+    assert f"test='{test}'" in ci, ".ci/run's test command differs from README's"
+    assert test.startswith("pytest") and "notebooks" in test and "tests" in test
 
 
 def test_headless_runner_runs_a_chapter_and_writes_the_html_book(tmp_path):
