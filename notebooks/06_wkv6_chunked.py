@@ -383,8 +383,9 @@ plt.show()
 #   scores cost the same number of multiply-adds as the matrix product would (section 6) but are
 #   elementwise work, with `C²K` exponentials per chunk instead of `2CK`.
 #
-# Chapter 7's Triton kernel makes its own choice among these and is checked against this
-# chapter's `chunked`, strong decays included.
+# Chapter 7's Triton kernel makes its own choice among these (pairwise exponents, built column by
+# column) and is checked against the float64 loop, strong decays included, and against this
+# chapter's `chunked`.
 #
 # ## 6. Cost against the chunk size
 #
