@@ -223,8 +223,9 @@ print(f"per-token decay factor in ({lo:.4f}, 1): observed [{factor.min():.4f}, {
 # bias alone ($\lambda_w$ = `w0`, the LoRA term starts at zero in the recipe), the picture
 # below shows the half-life of every channel in a few layers. The spread is the point: some
 # channels forget within a token or two, others remember for thousands of tokens, and the
-# per-head zigzag in the recipe puts both kinds into every head. The data-dependent term then
-# moves each channel's decay token by token.
+# per-head zigzag in the recipe gives every head a wide spread of its own (a factor of ten or
+# more between its fastest and slowest channel), on top of the slope from the first head to the
+# last. The data-dependent term then moves each channel's decay token by token.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
@@ -249,6 +250,10 @@ print(f"half-lives from {half_all.min():.2f} to {half_all.max():.0f} tokens")
 assert float(half_all.min()) > math.log(0.5) / -math.exp(-0.5) - 1e-9   # > 1.14 tokens, the clamp
 if not ckpt:
     assert float(half_all.min()) < 2 and float(half_all.max()) > 1000, "the recipe spans ~1 to >1000 tokens"
+    per_head = half_all.reshape(-1, big.cfg.head_size)
+    spread = per_head.max(-1).values / per_head.min(-1).values
+    print(f"within one head, slowest / fastest half-life: at least {spread.min():.0f}x")
+    assert float(spread.min()) > 10, "every head mixes fast and slow channels"
 
 # %% [markdown]
 # ## 4. Keys: one for removing, one for writing
@@ -541,7 +546,7 @@ with tempfile.TemporaryDirectory() as tmp:
 #   generalised delta rule of Part III, a per-head norm, a bonus, a gate and a squared-ReLU MLP.
 # * The decay is soft-clamped: $\log w = -e^{-1/2}\sigma(d) \in (-0.607, 0)$, so a channel keeps
 #   at least 54.5 % of its content per token; the recipe spreads half-lives from about one
-#   token to thousands inside every head.
+#   token to thousands, with a wide spread inside every head.
 # * Only the removal key is normalised; the replacement key interpolates between $k$ and
 #   $a\odot k$ channel by channel.
 # * The bonus is added after the normalisation (RWKV-6: inside the read-out).
