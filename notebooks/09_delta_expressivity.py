@@ -428,9 +428,10 @@ assert first_bad == 0                                # wrong from the very first
 # **The released parameterisation.** Chapter 8 proved that with $\mathrm{iclr} \in (0,1)$,
 # $b = \hat\kappa\odot\mathrm{iclr}$, $a = -\hat\kappa$ and $w \in (-e^{-0.5}, 0)$, every
 # eigenvalue of the transition is real and inside $(-0.455, 1)$: spectral radius strictly
-# below 1, so no exact reflection, permutation or even identity. The theorems above are
-# therefore about an architecture *variant* ($c = 2$), not about the released checkpoints as
-# parameterised. The released transitions do have negative eigenvalues, so Grazzi et al.'s
+# below 1, so no exact reflection, permutation or even identity. If the quoted appendix is
+# right, the theorems above are therefore about an architecture *variant* ($c = 2$), not about
+# the released checkpoints as parameterised; either way, the released transitions cannot
+# realise the swap construction of §3. The released transitions do have negative eigenvalues, so Grazzi et al.'s
 # necessary condition for parity is met, but a necessary condition is not sufficient. A
 # short argument of our own (not a published theorem) suggests more: on the input
 # $1\,1\,1\cdots$, each layer of a released model iterates one fixed affine map whose linear

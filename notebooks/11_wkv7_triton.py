@@ -325,8 +325,8 @@ assert 0.5 < (rows[1][1] + rows[1][2]) / GiB < 0.55 and 1.3 < (rows[1][1] + rows
 # $C = 16$, for a reason outside the table: 16 is the chunk size of the chunked kernel of
 # Section 5, and its forward pass produces the state at every chunk start anyway. Those states
 # *are* the checkpoints its own backward restarts from. With one spacing, both kernels save the
-# same states and take the same memory, and at 0.53 GiB the checkpoints cost about 1.4 times
-# the inputs they came from. Exercise 2 asks you to make $C$
+# same states (the recurrent one adds its small scratch), and at 0.53 GiB checkpoints plus
+# scratch cost about 1.4 times the inputs they came from. Exercise 2 asks you to make $C$
 # a parameter and measure the trade-off.
 #
 # The recomputation also explains why the backward pass costs more than the forward pass. Per
