@@ -124,7 +124,9 @@ print(inspect.getsource(wkv6.naive))
 # every argument, `initial_state` included — the chunked and Triton rungs will be checked against
 # these gradients. And `cu_seqlens` packs several sequences of different lengths into one row
 # (`B == 1`), each with its own initial and final state, the layout FlashAttention and
-# flash-linear-attention (FLA) use.
+# flash-linear-attention (FLA) use. One difference from FLA to keep in mind: `scale` defaults to
+# 1 here, as in RWKV, while FLA's RWKV-6 functions default to `K^{−1/2}` (softmax attention's
+# habit); FLA's RWKV-6 layer passes `scale=1.` explicitly.
 #
 # A first check: the package against the matrix equations written out literally — one head
 # at a time, explicit `diag` matrices and outer products, in float64 — on inputs with several
@@ -377,8 +379,9 @@ plt.show()
 print(inspect.getsource(wkv6.finch_log_decay))
 
 # %% [markdown]
-# With random weights — `λ` spread from slow (`−6`) to fast (`+1`) channels — here is what a short "text" of random embeddings does to four channels. The left panel shows
-# the per-token factor `e^{w_t}`; the right one the product of factors since token 0, i.e. how
+# With random weights — `λ` spread from slow (`−6`) to fast (`+1`) channels — here is what a
+# short "text" of random embeddings does to four channels. The left panel shows the per-token
+# factor `e^{w_t}`; the right one the product of factors since token 0, i.e. how
 # much of token 0 each channel still holds at time `t`, on a log scale. A constant decay would
 # give straight lines on the right; data-dependent decay bends them — a channel can hold on to a
 # token for a while and then drop it.

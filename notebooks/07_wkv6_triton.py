@@ -413,10 +413,10 @@ assert all(100 * MiB <= b < GiB for name, b in rows.items() if name[:5] in ("che
 # hundred MiB; our recompute strategy costs a similar amount, not for states but for float32
 # partial sums — and twice the `NV = 1` row, because `kr.bwd` splits `V = 64` over two programs
 # (`BV = 32`) to double the parallelism of its two sequential sweeps: the price of parallelism in
-# the backward is memory. In time, recomputing is one extra sequential sweep over the tokens, about the cost
-# of the forward itself (the measurements of Section 7 put the recurrent backward at 1.3× the
-# forward). FLA's choice
-# of storing chunk-start states is attractive precisely because they also let the backward run
+# the backward is memory. In time, recomputing is one extra sequential sweep over the tokens,
+# about the cost of the forward itself (the measurements of Section 7 put the recurrent backward
+# at 1.3× the forward). FLA's choice of writing the chunk-start states to memory (in the forward,
+# and again in the backward) is attractive precisely because they let the backward run
 # *in parallel over chunks*: with the state at every chunk boundary in memory, each chunk's
 # gradient is an independent little problem.
 #
@@ -531,8 +531,8 @@ rwkvlab.check("triton_chunked, w = -8, vs naive", (o, ht), reference(r, k, v, w,
 #    \bar{\tilde K} = V\bar S^\top,\quad \bar V = A^\top\bar O + \tilde K\bar S,\quad
 #    \bar S_\text{start} = \mathrm{diag}(e^{c_\text{last}})\bar S + \tilde Q^\top \bar O . $$
 #
-# Six matmuls per chunk ($\bar V$ needs two), all on `tl.dot`. The intra-chunk weights are again handled column by column with
-# the exact exponent: $\bar q_i \mathrel{+}= \sum_{j<i}\bar A_{ij}\,k_j\odot e^{c_{i-1}-c_j}$ and
+# Six matmuls per chunk ($\bar V$ needs two), all on `tl.dot`. The intra-chunk weights are again
+# handled column by column with the exact exponent: $\bar q_i \mathrel{+}= \sum_{j<i}\bar A_{ij}\,k_j\odot e^{c_{i-1}-c_j}$ and
 # $\bar k_j \mathrel{+}= \sum_{i>j}\bar A_{ij}\,q_i\odot e^{c_{i-1}-c_j}$; the diagonal
 # $\bar A_{ii} = \bar o_i\cdot v_i$ feeds the bonus terms of $\bar q, \bar k$ and $\bar u$ as
 # before. For the decay, the cumulative-sum argument of Section 3 now runs *inside* the chunk:
