@@ -16,8 +16,8 @@
 # and the chapter's default run takes well under a minute on a laptop CPU. At its end you will
 # be able to
 #
-# * set up **multi-query associative recall** (MQAR), the synthetic task that best separates
-#   sequence mixers, in a version where keys get *overwritten*;
+# * set up **multi-query associative recall** (MQAR; Arora et al. 2023, "Zoology"), a
+#   synthetic task known to separate sequence mixers, in a version where keys get *overwritten*;
 # * train a tiny RWKV-7, a tiny RWKV-6 with exactly the same recurrent state size, and a
 #   softmax transformer of the same width and depth on it, and read their loss curves;
 # * see where the delta rule wins — and where, at this scale, it does not reliably — from a
