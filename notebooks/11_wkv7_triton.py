@@ -479,7 +479,7 @@ for ax, (name, M) in zip(axes, [("A_rk (i ≤ t)", mats["A_rk"]), ("A_rb (i ≤ 
                                 ("A_ak (i < t)", mats["A_ak"]), ("A_ab (i < t)", mats["A_ab"]),
                                 ("T = (I - A_ab)^-1", Tut)]):
     lim = M.abs().max().item()
-    ax.imshow(M, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.imshow(M.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax.set_title(name, fontsize=10), ax.set_xlabel("i (source token)"), ax.set_ylabel("t")
 plt.tight_layout()
 plt.show()
