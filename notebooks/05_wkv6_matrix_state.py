@@ -533,7 +533,9 @@ plt.show()
 #
 # ## 8. RNN mode and packed sequences
 #
-# At inference a model processes one token at a time, keeping only `S` per head. `wkv6.step`
+# At inference a model processes one token at a time, keeping only `S` per head. Each step
+# costs `O(HKV)` work per sequence, whatever its position; the `O(B·T·H·K·V)` that the source
+# note's complexity table lists "per step" is the cost of all `T` steps of a batch. `wkv6.step`
 # is that single step; fed token by token it must reproduce the parallel forward exactly:
 
 # %%
