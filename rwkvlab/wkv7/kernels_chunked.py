@@ -22,8 +22,8 @@ Backward (``_chunk_bwd_kernel``): the same grid, walking the chunks from last to
 reloads it, recomputes the pairwise matrices, ``T``, ``W``, ``U`` and ``E``, and runs the
 adjoint of every line above (the triangular inverse's adjoint is ``dA_ab = Tᵀ dT Tᵀ``). The
 decay gradient collects, for each ``w_j``, the exponents whose interval contains ``j``; it
-leaves out the exponents that are 0 by construction and sums intervals with 0/1 matrices, so no
-O(1) terms cancel and a strong decay's tiny gradient survives in float32.
+leaves out the exponents that are 0 by construction, so no O(1) terms cancel and a strong
+decay's tiny gradient survives in float32, and takes the sums over t with 0/1 matrices.
 """
 from __future__ import annotations
 
@@ -235,8 +235,8 @@ def _chunk_bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
         # gradients of the log decays. Every exponent above is a sum of w over an interval, and
         # dw_j collects the terms whose interval contains j. Summing "+ at t, − at i" and then
         # cumulating would cancel O(1) terms (the diagonal e^0 = 1) and bury the tiny gradient
-        # of a strong decay, so exponents that are 0 by construction are left out, and the
-        # interval sums are taken with 0/1 matrices on tl.dot instead of running differences.
+        # of a strong decay, so exponents that are 0 by construction are left out (every ± term
+        # left carries a factor e^w or smaller); the sums over t are products with 0/1 matrices.
         P_r = tl.where(strict[:, :, None], b_r[:, None, :] * g_r, 0.)        # exponent c_t − c_i, i < t
         P_a = tl.where((o_t[:, None] > o_t[None, :] + 1)[:, :, None], b_a[:, None, :] * g_a, 0.)  # c_{t-1} − c_i
         d_c = tl.sum(P_r, 1) - tl.sum(P_r, 0) - tl.sum(P_a, 0) + d_rdec * r_dec   # ∂/∂c_t
