@@ -1,4 +1,4 @@
-"""RWKV-6 Triton kernels (``triton_recurrent``, ``triton_chunked``) against ``wkv6.naive``.
+"""RWKV-6 Triton kernels (``triton_recurrent``, ``triton_chunked`` with both schedules) against ``wkv6.naive``.
 
 In the interpreter (no GPU) shapes are tiny and everything is float32; on a GPU the same tests
 run larger shapes (``device.pick``) and a bfloat16 test checks the stated tolerance.
@@ -24,8 +24,12 @@ IMPLS = [
     ("recurrent", wkv6.triton_recurrent),
     ("chunked16", functools.partial(wkv6.triton_chunked, chunk_size=16)),
     ("chunked32", functools.partial(wkv6.triton_chunked, chunk_size=32)),
+    ("chunked16-parallel", functools.partial(wkv6.triton_chunked, chunk_size=16, schedule="parallel")),
 ]
 IDS = [n for n, _ in IMPLS]
+# the 16-bit and bad-input tests run one chunk size per schedule
+SOME = [i for i, n in enumerate(IDS) if n in ("recurrent", "chunked16", "chunked16-parallel")]
+SOME_IMPLS, SOME_IDS = [IMPLS[i] for i in SOME], [IDS[i] for i in SOME]
 
 # (B, T, H, K, V): T = 1, odd T, T not a multiple of the chunk, H = 2, K != V, V split over blocks
 SHAPES = device.pick(
@@ -143,7 +147,7 @@ def test_gradient_without_final_state_or_initial_state(name, impl):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("name,impl", IMPLS[:2], ids=IDS[:2])
+@pytest.mark.parametrize("name,impl", SOME_IMPLS, ids=SOME_IDS)
 def test_16_bit_inputs_within_stated_tolerance(name, impl, dtype):
     """bf16/fp16 in and out, float32 state; compared with float64 on the same rounded inputs."""
     shape = device.pick((1, 24, 2, 16, 16), (4, 512, 4, 64, 64))
@@ -159,6 +163,32 @@ def test_16_bit_inputs_within_stated_tolerance(name, impl, dtype):
     want = torch.autograd.grad((o64 * do.double().cpu()).sum(), ref_xs)
     for a, b, x in zip(got, want, xs):
         assert a.dtype == x.dtype and rel_err(a, b) < BF16_TOL
+
+
+# (B, T, H, K, V, cu_seqlens, chunk): K = 64 splits the state pass over two key blocks here
+AGREE = device.pick(
+    [(2, 19, 2, 16, 32, None, 16), (1, 40, 1, 64, 16, [0, 17, 40], 16), (1, 45, 1, 16, 16, [0, 1, 45], 32)],
+    [(2, 301, 3, 64, 64, None, 16), (1, 300, 2, 128, 32, [0, 17, 200, 300], 16), (2, 77, 2, 32, 256, None, 32)],
+)
+
+
+@pytest.mark.parametrize("case", AGREE, ids=str)
+def test_parallel_schedule_agrees_with_sequential(case):
+    """The two schedules compute the same float32 numbers up to summation order (state pass split over K)."""
+    *shape, cu, C = case
+    N = shape[0] if cu is None else len(cu) - 1
+    xs = make_inputs(*shape, N=N, requires_grad=True, seed=4)
+    cu_t = None if cu is None else torch.tensor(cu, device=DEV)
+    outs, grads = [], []
+    for schedule in ("sequential", "parallel"):
+        o, ht = wkv6.triton_chunked(*xs[:5], initial_state=xs[5], output_final_state=True, cu_seqlens=cu_t,
+                                    chunk_size=C, schedule=schedule)
+        outs.append((o, ht))
+        grads.append(torch.autograd.grad(o.square().sum() + ht.sum(), xs))
+    (o_s, ht_s), (o_p, ht_p) = outs
+    assert rel_err(o_p, o_s) < 1e-5 and rel_err(ht_p, ht_s) < 1e-5
+    for a, b in zip(grads[1], grads[0]):
+        assert rel_err(a, b) < 1e-5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,7 +243,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-@pytest.mark.parametrize("name,impl", IMPLS[:2], ids=IDS[:2])
+@pytest.mark.parametrize("name,impl", SOME_IMPLS, ids=SOME_IDS)
 def test_bad_input_raises_naming_the_argument_before_any_launch(name, impl, case, no_launch):
     args = _good()
     spoil, arg = BAD[case]
@@ -226,6 +256,12 @@ def test_bad_input_raises_naming_the_argument_before_any_launch(name, impl, case
 def test_bad_chunk_size(chunk_size, no_launch):
     with pytest.raises(ValueError, match="chunk_size"):
         wkv6.triton_chunked(**_good(), chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("schedule", ["parallel ", "Parallel", None, 1])
+def test_bad_schedule(schedule, no_launch):
+    with pytest.raises(ValueError, match="schedule"):
+        wkv6.triton_chunked(**_good(), schedule=schedule)
 
 
 def test_no_launch_fixture_does_catch_a_launch(no_launch):

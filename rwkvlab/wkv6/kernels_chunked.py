@@ -59,6 +59,58 @@ def _first_chunk(chunk_offsets, i_n, T, BT: tl.constexpr, VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _chunk_decays(w, p_k, m_tk):
+    """c_i (inclusive), c_{i-1} and c_last of one chunk's log decays, relative to the chunk start."""
+    # padded rows get w = 0 (no decay), so c at the last row is c_last of the real tokens
+    b_w = tl.load(w + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_c = tl.cumsum(b_w, axis=0)           # c_i, inclusive, relative to the chunk start
+    b_cp = b_c - b_w                       # c_{i-1}
+    b_clast = tl.sum(b_w, axis=0)          # c_last
+    return b_c, b_cp, b_clast
+
+
+@triton.jit
+def _intra_weights(k, b_q, b_k, b_u, b_c, b_cp, t0, eos, i_h, o_i, o_k, m_k,
+                   H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr):
+    """The chunk's [BT, BT] weights: A[i, j<i] with exact exponents, the bonus on the diagonal."""
+    # one column at a time with the exact exponent c_{i-1} - c_j (never positive, even when masked)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for j in range(0, BT):
+        t_j = t0 + j + 0 * o_k  # row j as a vector, so the mask below is a plain [BK] tensor
+        b_kj = tl.load(k + (t_j * H + i_h) * K + o_k, mask=m_k & (t_j < eos), other=0.).to(tl.float32)
+        b_cj = tl.sum(tl.where(o_i[:, None] == j, b_c, 0.), axis=0)
+        b_e = tl.where(o_i[:, None] > j, b_cp - b_cj[None, :], float("-inf"))
+        b_a = tl.sum(b_q * b_kj[None, :] * tl.exp(b_e), axis=1)
+        b_A = tl.where(o_i[None, :] == j, b_a[:, None], b_A)
+    # the bonus sits on the diagonal: A[i, i] = q_iᵀ diag(u) k_i
+    b_A = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], b_A)
+    return b_A
+
+
+@triton.jit
+def _chunk_output(b_q, b_cp, b_h, b_A, b_v, LOW_PREC_DOT: tl.constexpr):
+    """O = (q ⊙ exp(c_{i-1})) S + A V for one chunk, S its K×BV starting state (float32)."""
+    b_qg = b_q * tl.exp(b_cp)                              # q_i ⊙ exp(c_{i-1})
+    if LOW_PREC_DOT:  # tensor cores in the input's 16-bit dtype; the state stays float32
+        b_o = tl.dot(b_qg.to(b_v.dtype), b_h.to(b_v.dtype)) + tl.dot(b_A.to(b_v.dtype), b_v)
+    else:             # float32 throughout (and always in the interpreter, where bf16 dots are wrong)
+        b_vf = b_v.to(tl.float32)
+        b_o = tl.dot(b_qg, b_h, input_precision="ieee") + tl.dot(b_A, b_vf, input_precision="ieee")
+    return b_o
+
+
+@triton.jit
+def _state_update(b_h, b_k, b_c, b_clast, b_v, LOW_PREC_DOT: tl.constexpr):
+    """S ← diag(exp(c_last)) S + (k ⊙ exp(c_last - c))ᵀ V: the state at the next chunk's start."""
+    b_kg = b_k * tl.exp(b_clast[None, :] - b_c)            # k_j ⊙ exp(c_last - c_j)
+    if LOW_PREC_DOT:
+        b_h = b_h * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_kg).to(b_v.dtype), b_v)
+    else:
+        b_h = b_h * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_kg), b_v.to(tl.float32), input_precision="ieee")
+    return b_h
+
+
+@triton.jit
 def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, hs, cu_seqlens, chunk_offsets, scale, T,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -93,38 +145,97 @@ def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, hs, cu_seqlens, chunk_offs
         b_q = tl.load(r + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         b_k = tl.load(k + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_v = tl.load(v + p_v, mask=m_tv, other=0.)
-        # padded rows get w = 0 (no decay), so c at the last row is c_last of the real tokens
-        b_w = tl.load(w + p_k, mask=m_tk, other=0.).to(tl.float32)
-        b_c = tl.cumsum(b_w, axis=0)           # c_i, inclusive, relative to the chunk start
-        b_cp = b_c - b_w                       # c_{i-1}
-        b_clast = tl.sum(b_w, axis=0)          # c_last
-
-        # intra-chunk weights A[i, j], one column at a time with the exact exponent c_{i-1} - c_j
-        b_A = tl.zeros([BT, BT], dtype=tl.float32)
-        for j in range(0, BT):
-            t_j = t0 + j + 0 * o_k  # row j as a vector, so the mask below is a plain [BK] tensor
-            b_kj = tl.load(k + (t_j * H + i_h) * K + o_k, mask=m_k & (t_j < eos), other=0.).to(tl.float32)
-            b_cj = tl.sum(tl.where(o_i[:, None] == j, b_c, 0.), axis=0)
-            b_e = tl.where(o_i[:, None] > j, b_cp - b_cj[None, :], float("-inf"))
-            b_a = tl.sum(b_q * b_kj[None, :] * tl.exp(b_e), axis=1)
-            b_A = tl.where(o_i[None, :] == j, b_a[:, None], b_A)
-        # the bonus sits on the diagonal: A[i, i] = q_iᵀ diag(u) k_i
-        b_A = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], b_A)
-
-        b_qg = b_q * tl.exp(b_cp)                              # q_i ⊙ exp(c_{i-1})
-        b_kg = b_k * tl.exp(b_clast[None, :] - b_c)            # k_j ⊙ exp(c_last - c_j)
-        if LOW_PREC_DOT:  # tensor cores in the input's 16-bit dtype; the state stays float32
-            b_o = tl.dot(b_qg.to(b_v.dtype), b_h.to(b_v.dtype)) + tl.dot(b_A.to(b_v.dtype), b_v)
-            b_h = b_h * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_kg).to(b_v.dtype), b_v)
-        else:             # float32 throughout (and always in the interpreter, where bf16 dots are wrong)
-            b_vf = b_v.to(tl.float32)
-            b_o = tl.dot(b_qg, b_h, input_precision="ieee") + tl.dot(b_A, b_vf, input_precision="ieee")
-            b_h = b_h * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_kg), b_vf, input_precision="ieee")
+        b_c, b_cp, b_clast = _chunk_decays(w, p_k, m_tk)
+        b_A = _intra_weights(k, b_q, b_k, b_u, b_c, b_cp, t0, eos, i_h, o_i, o_k, m_k, H, K, BT)
+        b_o = _chunk_output(b_q, b_cp, b_h, b_A, b_v, LOW_PREC_DOT)
+        b_h = _state_update(b_h, b_k, b_c, b_clast, b_v, LOW_PREC_DOT)
         if STORE_O:
             tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_tv)
 
     if STORE_HT:
         tl.store(ht + p_state, b_h, mask=m_kv)
+
+
+@triton.jit
+def wkv6_state_pass_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
+                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                           USE_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr,
+                           LOW_PREC_DOT: tl.constexpr):
+    """Parallel schedule, pass 1: only the state recurrence, every chunk-start state to ``hs``.
+
+    The key rows of S are independent too (the decay is diagonal), so a program owns a BK×BV tile.
+    """
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    boc = _first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
+
+    o_i = tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + p_state, mask=m_kv, other=0.)
+    for t0 in range(bos, eos, BT):
+        p_hs = ((boc + (t0 - bos) // BT) * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+        tl.store(hs + p_hs, b_h, mask=m_kv)
+        o_t = t0 + o_i
+        m_t = o_t < eos
+        p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+        p_v = (o_t[:, None] * H + i_h) * V + o_v[None, :]
+        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
+        b_k = tl.load(k + p_k, mask=m_tk, other=0.).to(tl.float32)
+        b_v = tl.load(v + p_v, mask=m_tv, other=0.)
+        b_c, b_cp, b_clast = _chunk_decays(w, p_k, m_tk)
+        b_h = _state_update(b_h, b_k, b_c, b_clast, b_v, LOW_PREC_DOT)
+    if STORE_HT:
+        tl.store(ht + p_state, b_h, mask=m_kv)
+
+
+@triton.jit
+def wkv6_output_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       VARLEN: tl.constexpr, LOW_PREC_DOT: tl.constexpr):
+    """Parallel schedule, pass 2: one chunk's output from its starting state ``hs[chunk]``.
+
+    Programs are independent: grid (all chunks of the batch, V-blocks, heads).
+    """
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if VARLEN:  # (sequence, chunk inside it) of this global chunk, from a table built in torch
+        i_n = tl.load(chunk_indices + 2 * i_c)
+        i_t = tl.load(chunk_indices + 2 * i_c + 1)
+    else:
+        i_n, i_t = i_c // tl.cdiv(T, BT), i_c % tl.cdiv(T, BT)
+    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    t0 = bos + i_t.to(tl.int64) * BT
+
+    o_i = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_t = t0 + o_i
+    m_t = o_t < eos
+    p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+    p_v = (o_t[:, None] * H + i_h) * V + o_v[None, :]
+    m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
+
+    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_q = tl.load(r + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
+    b_k = tl.load(k + p_k, mask=m_tk, other=0.).to(tl.float32)
+    b_v = tl.load(v + p_v, mask=m_tv, other=0.)
+    b_c, b_cp, b_clast = _chunk_decays(w, p_k, m_tk)
+    b_A = _intra_weights(k, b_q, b_k, b_u, b_c, b_cp, t0, eos, i_h, o_i, o_k, m_k, H, K, BT)
+    p_hs = (i_c * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    b_h = tl.load(hs + p_hs, mask=m_kv, other=0.)
+    b_o = _chunk_output(b_q, b_cp, b_h, b_A, b_v, LOW_PREC_DOT)
+    tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
 @triton.jit
@@ -255,6 +366,59 @@ def _chunk_offsets(cu_seqlens, BT, dev):
     return offs.to(device=dev, dtype=torch.int32), int(offs[-1])
 
 
+def _chunk_indices(cu_seqlens, BT, dev):
+    """(sequence, chunk inside the sequence) of every chunk of a packed batch, as [n_chunks, 2] int32."""
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).cpu().long()
+    n = (lens + BT - 1) // BT
+    seq = torch.repeat_interleave(torch.arange(len(n)), n)
+    first = torch.cat([n.new_zeros(1), n.cumsum(0)])[seq]
+    local = torch.arange(len(seq)) - first
+    return torch.stack([seq, local], 1).to(device=dev, dtype=torch.int32).contiguous()
+
+
+def _state_tiles(K, V):
+    # the state pass has no reduction over K, so it splits K as well as V: more programs, same work
+    return max(16, min(triton.next_power_of_2(K), 32)), max(16, min(triton.next_power_of_2(V), 32))
+
+
+def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, chunk_size):
+    """Parallel schedule, pass 1: every chunk-start state ``hs`` [n_chunks, H, K, V] float32 (and ht)."""
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    BK, BV = _state_tiles(K, V)
+    varlen = cu_seqlens is not None
+    if varlen:
+        offs, n_chunks = _chunk_offsets(cu_seqlens, chunk_size, k.device)
+    else:
+        offs, n_chunks = torch.zeros(1, dtype=torch.int32, device=k.device), B * triton.cdiv(T, chunk_size)
+    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
+    hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=k.device)
+    low_prec = (k.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
+    wkv6_state_pass_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        k, v, w, initial_state if initial_state is not None else hs, ht if ht is not None else hs, hs,
+        _rec._cu(cu_seqlens, k.device), offs, B * T if varlen else T,
+        H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_H0=initial_state is not None,
+        STORE_HT=output_final_state, VARLEN=varlen, LOW_PREC_DOT=low_prec)
+    return ht, hs, offs
+
+
+def fwd_parallel(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
+    """Parallel schedule: the state pass, then one output program per (chunk, V-block, head)."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    BK, BV, NV = _tiles(K, V)
+    varlen = cu_seqlens is not None
+    ht, hs, _ = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, chunk_size)
+    idx = _chunk_indices(cu_seqlens, chunk_size, r.device) if varlen else torch.zeros(2, dtype=torch.int32,
+                                                                                      device=r.device)
+    o = torch.empty_like(v)
+    low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
+    wkv6_output_kernel[(hs.shape[0], NV, H)](  # hs.shape[0]: every chunk of the batch (T ≥ 1: at least one)
+        r, k, v, w, u, o, hs, _rec._cu(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
+        H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, VARLEN=varlen, LOW_PREC_DOT=low_prec)
+    return o, ht
+
+
 def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size,
         store_o=True, store_states=False):
     """Launch the chunked forward; with ``store_states`` also return every chunk's starting state."""
@@ -281,15 +445,22 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     return o, ht, hs, offs
 
 
-def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, chunk_size, do, dht):
-    """Two launches: the forward again (storing chunk-start states only), then chunks in reverse."""
+def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, chunk_size, do, dht, schedule="sequential"):
+    """Two launches: the chunk-start states again, then chunks in reverse.
+
+    The states come from the forward kernel with its output switched off (``"sequential"``) or
+    from the lighter state pass (``"parallel"``); the same float32 values either way.
+    """
     B, T, H, K = r.shape
     V = v.shape[-1]
     BK, BV, NV = _tiles(K, V)
     dev, f32 = r.device, torch.float32
     varlen = cu_seqlens is not None
-    _, _, hs, offs = fwd(r, k, v, w, u, scale, initial_state, False, cu_seqlens, N, chunk_size,
-                         store_o=False, store_states=True)
+    if schedule == "parallel":
+        _, hs, offs = state_pass(k, v, w, initial_state, False, cu_seqlens, N, chunk_size)
+    else:
+        _, _, hs, offs = fwd(r, k, v, w, u, scale, initial_state, False, cu_seqlens, N, chunk_size,
+                             store_o=False, store_states=True)
     do = do.contiguous()
     dht = dht.contiguous() if dht is not None else None
     dr, dk, dw = (torch.empty(NV, B, T, H, K, dtype=f32, device=dev) for _ in range(3))
@@ -310,36 +481,45 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, chunk_size, do, dht)
 
 class _ChunkedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
-        o, ht, _, _ = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size)
+    def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size,
+                schedule):
+        if schedule == "parallel":
+            o, ht = fwd_parallel(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N,
+                                 chunk_size)
+        else:
+            o, ht, _, _ = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size)
         ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens)
-        ctx.scale, ctx.N, ctx.chunk_size = scale, N, chunk_size
+        ctx.scale, ctx.N, ctx.chunk_size, ctx.schedule = scale, N, chunk_size, schedule
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         r, k, v, w, u, initial_state, cu_seqlens = ctx.saved_tensors
         dr, dk, dv, dw, du, dh0 = bwd(r, k, v, w, u, ctx.scale, initial_state, cu_seqlens, ctx.N,
-                                      ctx.chunk_size, do, dht)
-        return dr, dk, dv, dw, du, None, dh0, None, None, None, None
+                                      ctx.chunk_size, do, dht, ctx.schedule)
+        return dr, dk, dv, dw, du, None, dh0, None, None, None, None, None
 
 
 def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
-                   chunk_size=16):
+                   chunk_size=16, schedule="sequential"):
     """RWKV-6 with the chunked Triton kernels (forward and backward).
 
     ``r, k, w``: [B, T, H, K]; ``v``: [B, T, H, V]; ``u``: [H, K]; ``w`` is the log decay (≤ 0);
     ``initial_state``: [N, H, K, V] float32 or None; ``cu_seqlens``: [N + 1] int, with B == 1;
-    ``chunk_size``: 16, 32 or 64 tokens per chunk. Returns ``(o, final_state)`` as
-    :func:`triton_recurrent` does; any T ≥ 1 (the last chunk is masked).
+    ``chunk_size``: 16, 32 or 64 tokens per chunk; ``schedule``: ``"sequential"`` (one kernel
+    walking the chunks in order; the GPU-timed default) or ``"parallel"`` (a state pass, then
+    outputs parallel over chunks; checked in the interpreter only so far). Returns
+    ``(o, final_state)`` as :func:`triton_recurrent` does; any T ≥ 1 (the last chunk is masked).
 
         o_t = scale · r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ),   S_t = diag(exp(w_t)) S_{t-1} + k_t v_tᵀ
     """
     B, T, H, K, V, N = _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_size: expected 16, 32 or 64 (tl.dot needs tiles of at least 16), got {chunk_size!r}")
+    if not isinstance(schedule, str) or schedule not in ("sequential", "parallel"):
+        raise ValueError(f"schedule: expected 'sequential' or 'parallel', got {schedule!r}")
     r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     return _ChunkedFunction.apply(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
-                                  cu_seqlens, N, int(chunk_size))
+                                  cu_seqlens, N, int(chunk_size), schedule)
