@@ -62,7 +62,7 @@ print(f"mode: {mode}; a chapter that asks for pick(64, 4096) tokens gets {T_smal
 # **Reading.** The chapters live in `notebooks/` as jupytext "percent" files, `NN_slug.py`:
 # plain Python files in which `# %%` starts a code cell and `# %% [markdown]` starts a text cell.
 # They diff cleanly in git and need no stored outputs. To read one as a notebook, start
-# `jupyter lab notebooks`, then right-click a chapter and choose *Open With → Notebook*. Run the
+# `jupyter lab notebooks`, then right-click a chapter and choose *Open With → Jupytext Notebook*. Run the
 # cells from top to bottom. Edits you save go back into the `.py` file.
 #
 # **Running everything headless.** From the repository root,
