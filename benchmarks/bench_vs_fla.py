@@ -14,6 +14,7 @@ used for the book, ``fla-core`` was carried as a wheel; see the README's benchma
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import torch
@@ -42,6 +43,8 @@ def kernels(kind: str, with_recurrent: bool = False):
 
     mod = importlib.import_module(f"rwkvlab.{kind}")
     ours = {f"rwkvlab.{kind}.{n}": getattr(mod, n) for n in ("triton_recurrent", "triton_chunked") if hasattr(mod, n)}
+    if kind == "wkv6":  # the opt-in parallel schedule of triton_chunked (FLA's split; not yet timed on a GPU)
+        ours["rwkvlab.wkv6.triton_chunked parallel"] = functools.partial(mod.triton_chunked, schedule="parallel")
     theirs = {}
     try:
         if kind == "wkv6":

@@ -1,4 +1,4 @@
-"""RWKV-6 kernels side by side on one GPU: Triton recurrent, Triton chunked, torch chunked.
+"""RWKV-6 kernels side by side on one GPU: Triton recurrent, Triton chunked (both schedules), torch chunked.
 
     python benchmarks/bench_wkv6.py [--B 4 --T 4096 --H 32 --K 64 --V 64] [--dtype bf16]
 
@@ -51,6 +51,9 @@ def main(argv=None):
     impls = [] if a.no_torch else [("torch chunked (C=16)", functools.partial(wkv6.chunked, chunk_size=16))]
     impls += [("triton_recurrent", wkv6.triton_recurrent)]
     impls += [(f"triton_chunked (C={c})", functools.partial(wkv6.triton_chunked, chunk_size=c)) for c in (16, 32, 64)]
+    # the opt-in parallel schedule (state pass, then outputs parallel over chunks): not yet timed on a GPU
+    impls += [("triton_chunked parallel (C=16)", functools.partial(wkv6.triton_chunked, chunk_size=16,
+                                                                   schedule="parallel"))]
 
     ref = None
     rows = []

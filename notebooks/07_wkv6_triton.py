@@ -471,9 +471,15 @@ plt.show()
 # %% [markdown]
 # The kernel itself. One program per (sequence·head, value block), as before; the loop now steps
 # a chunk of `BT` tokens at a time and keeps the state tile in registers between chunks. State
-# passing and output therefore happen in one kernel and the state never touches memory.
+# passing and output therefore happen in one kernel and the state never touches memory. The
+# per-chunk work lives in four small `@triton.jit` helpers, which Triton inlines into the kernel
+# that calls them: the cumulative decays, the intra-chunk weights $A$ (column by column, bonus on
+# the diagonal), the output $\tilde Q S + AV$ and the state update. They are listed first, then
+# the kernel that strings them together; a second schedule below reuses the same four.
 
 # %%
+for helper in (kc._chunk_decays, kc._intra_weights, kc._chunk_output, kc._state_update):
+    print(inspect.getsource(helper.fn))
 print(inspect.getsource(kc.wkv6_fwd_chunked_kernel.fn))
 
 # %% [markdown]
@@ -491,7 +497,10 @@ print(inspect.getsource(kc.wkv6_fwd_chunked_kernel.fn))
 #   every chunk's starting state, then an output kernel parallel over chunks. That is better when
 #   $B\cdot H\cdot NV$ is too small to fill the GPU (long single sequences, few heads), at the
 #   price of writing the states to memory. At training shapes with $B\cdot H \ge 128$ the single
-#   kernel already has a program per multiprocessor, and it is the easier one to read.
+#   kernel already has a program per multiprocessor, and it is the easier one to read — but each
+#   of those programs is a long loop doing all of its chunks' work, and Section 7 shows FLA's split
+#   winning at exactly that shape. `triton_chunked(..., schedule="parallel")` is the split, built
+#   from the same helpers (the subsection after the next check).
 #
 # The forward check comes first: chunk sizes 16 and 32, sequences that end inside a chunk, a
 # packed batch, and the strong decay that would overflow the factorised form.
@@ -516,6 +525,104 @@ w[:, ::7] = 0.0
 o, ht = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True)
 assert torch.isfinite(o).all() and torch.isfinite(ht).all()
 rwkvlab.check("triton_chunked, w = -8, vs naive", (o, ht), reference(r, k, v, w, u, s0, output_final_state=True), 1e-4)
+
+# %% [markdown]
+# ### A second schedule: states first, then outputs parallel over chunks
+#
+# The sequential schedule's weakness is the shape of its grid: `N·H·NV` programs, each walking
+# all $T/C$ chunks and doing every chunk's intra-chunk work inside that loop. Look at the chunk
+# equations again: given the state $S$ at a chunk's start, the chunk's output needs nothing from
+# any other chunk. Only the last line, the state update, is a recurrence. So split the kernel
+# along that line:
+#
+# 1. **State pass** (`wkv6_state_pass_kernel`). One program per (sequence·head, key block, value
+#    block) walks the chunks in order doing only
+#    $S \leftarrow \mathrm{diag}(e^{c_\text{last}})S + (k\odot e^{c_\text{last}-c})^\top V$ — one
+#    `tl.dot` per chunk, no $A$, no output — and writes the state at every chunk start to `hs`,
+#    a float32 `[n_chunks, H, K, V]` tensor. Here the key rows can be split as well as the value
+#    columns: the decay is diagonal, so row $\kappa$ of $S$ only ever meets row $\kappa$ of
+#    $\tilde K^\top V$, and nothing sums over $K$ (Section 1's reason for keeping $K$ whole was the
+#    output, which this pass does not compute).
+# 2. **Output** (`wkv6_output_kernel`). One program per (chunk, value block, head) — every
+#    program independent — loads its chunk's starting state from `hs` and computes
+#    $\tilde Q S + AV$ with the very helpers of the sequential kernel.
+#
+# The grid changes shape: at $B = 4, T = 4096, H = 32$ and $C = 16$ there are 1024 chunks of 32
+# heads, and the output kernel has a program for each, where the sequential kernel had 128
+# programs in all (one value block on a GPU). The price is memory traffic: the state pass writes
+# `n_chunks·H·K·V` float32 numbers and the output kernel reads them back — 512 MiB at that
+# shape, the "chunk-start states, C = 16" row of Section 4's table, in the forward as well. The backward stores the
+# same `hs` with either schedule, and with `schedule="parallel"` it recomputes them with the light
+# state pass instead of re-running the whole forward kernel; the reverse-chunk kernel is the same.
+#
+# The cell below counts both grids for that shape with the package's own tile choices on this
+# machine (`BV` is 32 in the interpreter and 64 on a GPU), then draws the two launch patterns for
+# one small sequence.
+
+# %%
+print(inspect.getsource(kc.wkv6_state_pass_kernel.fn))
+print(inspect.getsource(kc.wkv6_output_kernel.fn))
+
+Bg, Tg, Hg, Kg, Vg, Cg = 4, 4096, 32, 64, 64, 16
+BKg, BVg, NVg = kc._tiles(Kg, Vg)
+BKs, BVs = kc._state_tiles(Kg, Vg)
+n_chunks_g = Bg * -(-Tg // Cg)
+grids = {
+    "sequential: fwd kernel": (NVg * Bg * Hg, Tg // Cg),
+    "parallel: state pass": ((Kg // BKs) * (Vg // BVs) * Bg * Hg, Tg // Cg),
+    "parallel: output kernel": (n_chunks_g * NVg * Hg, 1),
+}
+print(f"B={Bg} T={Tg} H={Hg} K=V={Kg} C={Cg}, tiles on this machine: BV={BVg}, state pass {BKs}x{BVs}")
+for name, (programs, steps) in grids.items():
+    print(f"  {name:<26} {programs:>6} programs x {steps:>3} chunk steps each")
+hs_mib = n_chunks_g * Hg * Kg * Vg * 4 / 2**20
+print(f"  chunk-start states hs: {hs_mib:.0f} MiB float32 (k in bf16: {Bg * Tg * Hg * Kg * 2 / 2**20:.0f} MiB)")
+assert grids["parallel: output kernel"][0] == (Tg // Cg) * grids["sequential: fwd kernel"][0]
+assert hs_mib == 512
+
+n_pic, nv_pic = 6, 2                                  # chunks of one sequence·head, value blocks
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 2.8), sharey=True)
+for i_v in range(nv_pic):
+    ax1.annotate("", xy=(n_pic - 0.1, i_v + 0.5), xytext=(0.1, i_v + 0.5), arrowprops=dict(arrowstyle="->"))
+    ax1.add_patch(Rectangle((0.05, i_v + 0.1), n_pic - 0.1, 0.8, color=colors[i_v], alpha=0.4))
+    ax1.text(n_pic / 2, i_v + 0.3, f"one program: S in registers, chunk 0 .. {n_pic - 1}, outputs too",
+             ha="center", fontsize=8)
+    for i_c in range(n_pic):
+        ax2.add_patch(Rectangle((i_c + 0.05, i_v + 0.1), 0.9, 0.8, color=colors[(i_c + i_v) % 10], alpha=0.4))
+        ax2.text(i_c + 0.5, i_v + 0.5, f"hs[{i_c}]\n-> o", ha="center", va="center", fontsize=8)
+for ax, title in ((ax1, "sequential: grid (NV, N*H), chunks in a loop"),
+                  (ax2, "parallel output kernel: grid (chunks, NV, H)")):
+    ax.set_xlim(0, n_pic), ax.set_ylim(nv_pic, 0), ax.set_title(title, fontsize=10)
+    ax.set_xticks([c + 0.5 for c in range(n_pic)], [f"chunk {c}" for c in range(n_pic)], fontsize=8)
+ax1.set_yticks([y + 0.5 for y in range(nv_pic)], [f"i_v={y}" for y in range(nv_pic)])
+ax1.set_ylabel("one sequence·head")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Both schedules carry the same float32 state through the same per-chunk helpers, so they should
+# agree far below the kernel tolerance; the only difference in order of summation is the state
+# pass's split of $K$ when $K > 32$. The check: the two schedules against each other at
+# $10^{-5}$ (outputs, final states and every gradient), and the parallel one against the naive
+# loop on a packed batch whose sequences end inside chunks. This schedule has been checked in the
+# Triton interpreter only; **it has not been timed on a GPU yet**, so this chapter makes no claim
+# about its speed — `benchmarks/bench_wkv6.py` and `benchmarks/bench_vs_fla.py` carry a row for
+# it, for the next GPU session to fill in.
+
+# %%
+xs = [x.requires_grad_() for x in inputs(1, 40, 1, 64, 16, seed=5, N=2)]
+cu2 = torch.tensor([0, 17, 40], device=DEV)
+runs = {}
+for schedule in ("sequential", "parallel"):
+    o, ht = wkv6.triton_chunked(*xs[:5], initial_state=xs[5], output_final_state=True, cu_seqlens=cu2,
+                                schedule=schedule)
+    runs[schedule] = (o, ht, *torch.autograd.grad(o.square().sum() + ht.sum(), xs))
+rwkvlab.check("wkv6 triton_chunked parallel vs sequential (o, ht, 6 grads), K=64 varlen",
+              runs["parallel"], runs["sequential"], 1e-5)
+rwkvlab.check("wkv6 triton_chunked parallel vs naive (o, ht), K=64 varlen [17, 23]", runs["parallel"][:2],
+              reference(*xs, output_final_state=True, cu_seqlens=cu2.cpu()), 1e-4)
+grad_check(functools.partial(wkv6.triton_chunked, schedule="parallel"), "triton_chunked parallel C=16",
+           2, 9, 2, 16, 32)
 
 # %% [markdown]
 # ### The chunked backward
@@ -631,7 +738,9 @@ rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_re
 # (reading and writing 320 MiB takes about 0.1 ms at 3 TB/s: the second line the cell prints)
 # both kernels are far from the limit: each program's sequential loop, not bandwidth, is the
 # bottleneck. That is what FLA's
-# design attacks by making the output and gradient kernels parallel over chunks.
+# design attacks by making the output and gradient kernels parallel over chunks — and what
+# `schedule="parallel"` (Section 5) tries for the forward; it is not in the table because it has
+# not been timed yet.
 
 # %%
 x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
@@ -648,7 +757,8 @@ if rwkvlab.device.has_gpu():
     import triton
 
     xs = [x.requires_grad_() for x in inputs(2, 1024, 4, 64, 64, dtype=torch.bfloat16)]
-    for name, impl in [("triton_recurrent", wkv6.triton_recurrent), ("triton_chunked", wkv6.triton_chunked)]:
+    for name, impl in [("triton_recurrent", wkv6.triton_recurrent), ("triton_chunked", wkv6.triton_chunked),
+                       ("triton_chunked parallel", functools.partial(wkv6.triton_chunked, schedule="parallel"))]:
         o, ht = impl(*xs[:5], initial_state=xs[5], output_final_state=True)
         rwkvlab.check(f"{name} bf16 (2, 1024, 4, 64, 64) vs float64", (o, ht),
                       reference(*xs, output_final_state=True), 2e-2)
@@ -657,7 +767,8 @@ if rwkvlab.device.has_gpu():
     print("| --- | ---: |")
     for name, impl in [("torch chunked (C=16)", wkv6.chunked), ("triton_recurrent", wkv6.triton_recurrent),
                        ("triton_chunked (C=16)", wkv6.triton_chunked),
-                       ("triton_chunked (C=32)", functools.partial(wkv6.triton_chunked, chunk_size=32))]:
+                       ("triton_chunked (C=32)", functools.partial(wkv6.triton_chunked, chunk_size=32)),
+                       ("triton_chunked parallel (C=16)", functools.partial(wkv6.triton_chunked, schedule="parallel"))]:
         ms = triton.testing.do_bench(lambda: impl(*xb), warmup=10, rep=50)
         print(f"| {name} | {ms:.2f} |")
 else:
@@ -685,6 +796,9 @@ else:
 #   $\le 0$ by building the intra-chunk weights column by column with the exact relative decay.
 #   Its backward recomputes the chunk-start states, then sweeps the chunks in reverse with six
 #   matmuls per chunk and the same cumulative-sum trick for the decay, inside each chunk.
+# - `schedule="parallel"` splits the chunked forward along its one recurrent line: a light state
+#   pass writes every chunk-start state (float32, 8× the bytes of bf16 keys at $C = 16$), then
+#   an output kernel runs one program per chunk. Checked in the interpreter; not yet timed.
 #
 # ## Exercises
 #

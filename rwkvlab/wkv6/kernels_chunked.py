@@ -15,15 +15,34 @@ computed column by column with the exact exponent ``c_{i-1} - c_j`` rather than 
 (e.g. 12 tokens of ``w = -8``). Three matmuls per chunk run on ``tl.dot``: ``q̃ S``, ``A V`` and
 ``k̃ᵀ V``.
 
-Who owns what. One program instance per (sequence·head, block of BV value columns), as in the
-recurrent kernel, walking the chunks in order and carrying its K×BV slice of the state in
-registers between them: state passing and output in one kernel. (FLA splits this into a kernel
-that writes every chunk's starting state to memory and an output kernel parallel over chunks;
-that wins when B·H·V/BV is too small to fill the GPU, at the price of storing the states.)
+Who owns what: two schedules (``schedule=``), the same equations and the same float32 state.
 
-Backward (chapter 07 derives it). Two launches: the forward kernel again, writing only the state
-at every chunk start (``[chunks, H, K, V]`` float32: recomputed rather than kept from the forward,
-so nothing but the inputs is saved for autograd), then a kernel that walks the chunks in reverse
+- ``"sequential"`` (the default; the one timed on a GPU). One program instance per
+  (sequence·head, block of BV value columns), as in the recurrent kernel, walking the chunks in
+  order and carrying its K×BV slice of the state in registers between them: state passing and
+  output in one kernel (``wkv6_fwd_chunked_kernel``), and no state ever touches memory. Only
+  ``N·H·⌈V/BV⌉`` programs, each a long loop that also does all the intra-chunk work.
+- ``"parallel"`` (opt-in; FLA's split). Two launches. ``wkv6_state_pass_kernel``: one program
+  per (sequence·head, K-block, V-block) walks the chunks in order doing only the state line above
+  (one ``tl.dot`` per chunk; the decay is diagonal, so key rows are independent and K is split
+  too) and writes every chunk-start state to ``hs`` [n_chunks, H, K, V] float32 (and the final
+  state). ``wkv6_output_kernel``: one program per (chunk, V-block, head), all independent, reads
+  its chunk's starting state from ``hs`` and adds the intra-chunk and bonus terms. The per-chunk
+  pieces (decays, intra weights, output, state update) are the same ``@triton.jit`` helpers in
+  both schedules.
+
+The trade-off: in the forward the parallel schedule writes (and reads back) ``n_chunks·H·K·V``
+float32 states, 8× the bytes of a bf16 ``k`` at C = 16 and K = V = 64 (512 MiB at B = 4,
+T = 4096, H = 32; the backward stores the same ``hs`` with either schedule), but its output
+kernel has a program for every chunk, so it fills the GPU even when ``B·H`` is small (long
+single sequences, few heads), and its sequential loop is light. The parallel schedule has been checked in the Triton
+interpreter only (tests/test_wkv6_triton.py, chapter 07); it has not been timed on a GPU yet
+(``benchmarks/bench_wkv6.py`` and ``bench_vs_fla.py`` have a row for it).
+
+Backward (chapter 07 derives it). Two launches: the state at every chunk start again
+(``[chunks, H, K, V]`` float32: recomputed rather than kept from the forward, so nothing but the
+inputs is saved for autograd) — the forward kernel with its output switched off for
+``"sequential"``, the state pass for ``"parallel"`` — then a kernel that walks the chunks in reverse
 with ``dS`` (the gradient of the state at the chunk's end) in registers. Per chunk, with
 ``Q~ = q ⊙ exp(c_{i-1})``, ``K~ = k ⊙ exp(c_last - c)`` and ``dA = dO Vᵀ`` (causal, diagonal kept):
 
