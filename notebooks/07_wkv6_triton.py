@@ -498,9 +498,12 @@ print(inspect.getsource(kc.wkv6_fwd_chunked_kernel.fn))
 #   $B\cdot H\cdot NV$ is too small to fill the GPU (long single sequences, few heads), at the
 #   price of writing the states to memory. At training shapes with $B\cdot H \ge 128$ the single
 #   kernel already has a program per multiprocessor, and it is the easier one to read — but each
-#   of those programs is a long loop doing all of its chunks' work, and Section 7 shows FLA's split
-#   winning at exactly that shape. `triton_chunked(..., schedule="parallel")` is the split, built
-#   from the same helpers (the subsection after the next check).
+#   of those programs is a long loop doing all of its chunks' work. On an H100 at $B=4, T=4096,
+#   H=32, K=V=64$ in bfloat16, FLA's `chunk_rwkv6` measured 1.04 ms forward against this
+#   kernel's 4.5 ms (`benchmarks/results/h100_bench_vs_fla_2026-11-23.txt`; separate processes,
+#   and FLA differs in more than this split: sub-chunks, tuned tiles).
+#   `triton_chunked(..., schedule="parallel")` is the split, built from the same helpers (the
+#   subsection after the next check).
 #
 # The forward check comes first: chunk sizes 16 and 32, sequences that end inside a chunk, a
 # packed batch, and the strong decay that would overflow the factorised form.
@@ -551,9 +554,10 @@ rwkvlab.check("triton_chunked, w = -8, vs naive", (o, ht), reference(r, k, v, w,
 # heads, and the output kernel has a program for each, where the sequential kernel had 128
 # programs in all (one value block on a GPU). The price is memory traffic: the state pass writes
 # `n_chunks·H·K·V` float32 numbers and the output kernel reads them back — 512 MiB at that
-# shape, the "chunk-start states, C = 16" row of Section 4's table, in the forward as well. The backward stores the
-# same `hs` with either schedule, and with `schedule="parallel"` it recomputes them with the light
-# state pass instead of re-running the whole forward kernel; the reverse-chunk kernel is the same.
+# shape, the "chunk-start states, C = 16" row of Section 4's table, now in the forward as well.
+# The backward stores the same `hs` with either schedule; with `schedule="parallel"` it
+# recomputes them with the light state pass instead of re-running the whole forward kernel, and
+# the reverse-chunk kernel is unchanged.
 #
 # The cell below counts both grids for that shape with the package's own tile choices on this
 # machine (`BV` is 32 in the interpreter and 64 on a GPU), then draws the two launch patterns for
