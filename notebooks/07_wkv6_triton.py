@@ -54,6 +54,7 @@ from matplotlib.patches import Rectangle
 from rwkvlab import wkv6
 from rwkvlab.wkv6 import kernels_chunked as kc
 from rwkvlab.wkv6 import kernels_recurrent as kr
+from rwkvlab.wkv6 import kernels_subchunk as ks
 
 DEV = rwkvlab.device.device()
 
@@ -414,7 +415,7 @@ assert all(100 * MiB <= b < GiB for name, b in rows.items() if name[:5] in ("che
 # partial sums — and twice the `NV = 1` row, because `kr.bwd` splits `V = 64` over two programs
 # (`BV = 32`) to double the parallelism of its two sequential sweeps: the price of parallelism in
 # the backward is memory. In time, recomputing is one extra sequential sweep over the tokens,
-# about the cost of the forward itself (the measurements of Section 7 put the recurrent backward
+# about the cost of the forward itself (the measurements of Section 8 put the recurrent backward
 # at 1.3× the forward). FLA's choice of writing the chunk-start states to memory (in the forward,
 # and again in the backward) is attractive precisely because they let the backward run
 # *in parallel over chunks*: with the state at every chunk boundary in memory, each chunk's
@@ -512,22 +513,24 @@ print(inspect.getsource(kc.wkv6_fwd_chunked_kernel.fn))
 for shape, C in [((1, 1, 1, 16, 16), 16), ((2, 7, 2, 16, 32), 16), ((1, 37, 2, 16, 16), 16),
                  ((1, 40, 1, 32, 16), 32), ((1, 21, 1, 32, 64), 32)]:
     r, k, v, w, u, s0 = inputs(*shape)
-    got = wkv6.triton_chunked(r, k, v, w, u, scale=0.5, initial_state=s0, output_final_state=True, chunk_size=C)
-    rwkvlab.check(f"triton_chunked C={C} vs naive {shape}", got,
+    got = wkv6.triton_chunked(r, k, v, w, u, scale=0.5, initial_state=s0, output_final_state=True, chunk_size=C,
+                              schedule="sequential")
+    rwkvlab.check(f"sequential C={C} vs naive {shape}", got,
                   reference(r, k, v, w, u, s0, scale=0.5, output_final_state=True), 1e-4)
 
 r, k, v, w, u, s0 = inputs(1, 29, 2, 16, 32, N=3)
-got = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True, cu_seqlens=cu)
-rwkvlab.check("triton_chunked varlen [5, 17, 7] vs naive", got,
+got = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True, cu_seqlens=cu,
+                          schedule="sequential")
+rwkvlab.check("sequential varlen [5, 17, 7] vs naive", got,
               reference(r, k, v, w, u, s0, output_final_state=True, cu_seqlens=cu.cpu()), 1e-4)
 
 # strong decay: w = -8 (and a few w = 0) over 40 tokens; the factorised form would need e^{320}
 r, k, v, w, u, s0 = inputs(1, 40, 2, 16, 16)
 w = torch.full_like(w, -8.0)
 w[:, ::7] = 0.0
-o, ht = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True)
+o, ht = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True, schedule="sequential")
 assert torch.isfinite(o).all() and torch.isfinite(ht).all()
-rwkvlab.check("triton_chunked, w = -8, vs naive", (o, ht), reference(r, k, v, w, u, s0, output_final_state=True), 1e-4)
+rwkvlab.check("sequential, w = -8, vs naive", (o, ht), reference(r, k, v, w, u, s0, output_final_state=True), 1e-4)
 
 # %% [markdown]
 # ### A second schedule: states first, then outputs parallel over chunks
@@ -673,11 +676,251 @@ print(inspect.getsource(kc.bwd))
 # value dimension split over two programs.
 
 # %%
-grad_check(wkv6.triton_chunked, "triton_chunked C=16", 2, 9, 2, 16, 32)
-grad_check(functools.partial(wkv6.triton_chunked, chunk_size=32), "triton_chunked C=32", 1, 37, 1, 16, 16)
-grad_check(wkv6.triton_chunked, "triton_chunked C=16", 1, 33, 1, 16, 16, cu=[0, 3, 20, 33])
+seq = functools.partial(wkv6.triton_chunked, schedule="sequential")
+grad_check(seq, "sequential C=16", 2, 9, 2, 16, 32)
+grad_check(functools.partial(seq, chunk_size=32), "sequential C=32", 1, 37, 1, 16, 16)
+grad_check(seq, "sequential C=16", 1, 33, 1, 16, 16, cu=[0, 3, 20, 33])
 
 xs = [x.requires_grad_() for x in inputs(1, 40, 1, 16, 16)]
+with torch.no_grad():
+    xs[3].fill_(-8.0)
+    xs[3][:, ::7] = 0.0
+o, ht = seq(*xs[:5], initial_state=xs[5], output_final_state=True)
+got = torch.autograd.grad(o.sum() + ht.sum(), xs)
+ref = [x.detach().double().cpu().requires_grad_() for x in xs]
+o64, ht64 = wkv6.naive(*ref[:5], initial_state=ref[5], output_final_state=True)
+want = torch.autograd.grad(o64.sum() + ht64.sum(), ref)
+assert all(torch.isfinite(g).all() for g in got)
+rwkvlab.check("sequential grads, w = -8, vs naive", got, want, 1e-4)
+
+# %% [markdown]
+# ## 6. The fast design: chunks of 64, sub-chunks of 16, three kinds of launch
+#
+# Both chunked schedules above spend most of their time in the same place: the column loop that
+# builds the intra-chunk weights $A$ elementwise, $C^2K$ exponentials per chunk, inside a program
+# that also does everything else. The sequential schedule measured 4.5 ms forward on an H200
+# ($B=4, T=4096, H=32, K=V=64$, bf16) against 0.89 ms for FLA's `chunk_rwkv6`, the parallel one
+# 2.9 ms (Section 8 has the table). The design that fixes it, and that `wkv6.triton_chunked` now
+# uses by default (`schedule="subchunk"`, in `rwkvlab/wkv6/kernels_subchunk.py`), rests on one
+# piece of algebra: most of $A$ *can* be a matrix product with every exponent $\le 0$, if the
+# decay is factored at the right place.
+#
+# Cut a chunk of $C = 64$ tokens into four **sub-chunks** of $16$. Take a query $i$ in sub-chunk
+# $I$ and a key $j$ in an earlier sub-chunk $J < I$. The exponent of their weight, the decay
+# accumulated strictly between them, splits at the first token of $I$:
+#
+# $$ \sum_{m=j+1}^{i-1} w_m \;=\; \underbrace{\sum_{m=\text{start}(I)}^{i-1} w_m}_{p_i\ \text{(inside } I)}
+#    \;+\; \underbrace{\sum_{m=j+1}^{\text{end}(J)} w_m}_{s_j\ \text{(inside } J)}
+#    \;+\; \underbrace{\sum_{J<L<I} W_L}_{\text{whole sub-chunks between}} . $$
+#
+# Each of the three parts is a sum of log decays over an interval of its own, so each is $\le 0$,
+# and the block $A_{IJ}$ becomes one product of two $16\times K$ matrices,
+#
+# $$ A_{IJ} = \big(q_I \odot e^{p}\big)\,\big(k_J\odot e^{s + \text{gap}_{JI}}\big)^\top , $$
+#
+# which is what `tl.dot` computes on tensor cores. This is not the factorisation that failed in
+# Section 5: there the split point was the chunk's *start* for every pair, and $e^{-c_j}$ grew
+# without bound; here it is the start of the *query's* sub-chunk, which always lies between $j$
+# and $i$. Only the four $16\times16$ blocks on the diagonal, where $j$ and $i$ share a
+# sub-chunk and no split point lies between them, are still built elementwise — a quarter of the
+# pairs of the old column loop at $C = 16$'s cost, and with a cheaper inner step (below).
+#
+# The identity, and the claim that nothing positive is ever exponentiated, are worth a check of
+# their own. The cell builds the exact exponent of every pair of one chunk in float64 (a running
+# sum over each pair's own interval), then the three factored parts from `wkv6`'s own
+# conventions, and compares.
+
+# %%
+def interval_sums(w):
+    """E[i, j] = Σ_{m=j+1}^{i-1} w_m for j < i (float64, accumulated over each pair's own interval)."""
+    C = w.shape[0]
+    E = torch.full((C, C) + w.shape[1:], float("nan"), dtype=torch.float64)
+    for j in range(C):
+        acc = torch.zeros(w.shape[1:], dtype=torch.float64)
+        for i in range(j + 1, C):
+            E[i, j] = acc
+            acc = acc + w[i]
+    return E
+
+
+C6, BC6, K6 = 64, 16, 4
+w6 = wkv6.random_inputs(1, C6, 1, K6, K6, seed=6)[3][0, :, 0].double()   # [C, K] log decays of one chunk
+E = interval_sums(w6)
+worst, largest = 0.0, -float("inf")
+for I in range(C6 // BC6):
+    for J in range(I):
+        rows, cols = range(I * BC6, (I + 1) * BC6), range(J * BC6, (J + 1) * BC6)
+        p = torch.stack([w6[I * BC6:i].sum(0) for i in rows])                       # inside I, up to i-1
+        s = torch.stack([w6[j + 1:(J + 1) * BC6].sum(0) for j in cols])              # inside J, after j
+        gap = w6[(J + 1) * BC6:I * BC6].sum(0)                                       # sub-chunks strictly between
+        factored = p[:, None, :] + (s + gap)[None, :, :]
+        worst = max(worst, (factored - E[I * BC6:(I + 1) * BC6, J * BC6:(J + 1) * BC6]).abs().max().item())
+        largest = max(largest, p.max().item(), (s + gap).max().item())
+print(f"sub-chunk split vs exact exponents, all {6 * BC6 * BC6} off-diagonal pairs: max |diff| {worst:.1e}; "
+      f"largest factor exponent {largest:.2f}")
+assert worst < 1e-12 and largest <= 0.0
+
+# %% [markdown]
+# The same interval rule decides the *numerics* of everything else the kernels exponentiate.
+# Each exponent is formed as a cumulative sum of $w$ shifted by one row (the exclusive prefix
+# $p$ and the exclusive suffix $s$ of `_decays`), or as a sum of whole sub-chunk totals — never as
+# the difference $c_{i-1} - c_j$ of two running sums from the chunk's start. The difference is
+# exact in real arithmetic and not in float32: once a running sum has passed a strong decay, it
+# carries that decay's rounding error (about $10^{-3}$ for $w = -10^4$, whose float32 spacing is
+# $2^{-10}$) into every later exponent, and a token's weight $e^{\pm 10^{-3}}$ is off by $10^{-3}$
+# although the decay between the two tokens is tiny. The sequential and parallel rungs take
+# that difference; the cell measures what it costs them, on $w = -0.01$ with two spikes of
+# $w = -10^4$, against the recurrent kernel (which multiplies by $e^{w_t}$ one token at a time)
+# and the sub-chunk kernels.
+
+# %%
+xs = inputs(1, 40, 2, 16, 16, seed=5)
+w_spike = torch.full_like(xs[3], -0.01)
+w_spike[:, [9, 23]] = -1e4
+xs[3] = w_spike
+ref_spike = reference(*xs, output_final_state=True)
+spike_err = {}
+for name, impl in [("triton_recurrent", wkv6.triton_recurrent),
+                   ("sequential C=16", seq), ("parallel C=16", functools.partial(wkv6.triton_chunked, schedule="parallel")),
+                   ("subchunk C=64", wkv6.triton_chunked), ("subchunk C=32", functools.partial(wkv6.triton_chunked, chunk_size=32))]:
+    o, ht = impl(*xs[:5], initial_state=xs[5], output_final_state=True)
+    spike_err[name] = max(rwkvlab.rel_err(o, ref_spike[0]), rwkvlab.rel_err(ht, ref_spike[1]))
+    print(f"decay spike w = -1e4: {name:<17} rel err {spike_err[name]:.1e}")
+assert spike_err["subchunk C=64"] < 1e-6 and spike_err["subchunk C=32"] < 1e-6 and spike_err["triton_recurrent"] < 1e-6
+assert spike_err["sequential C=16"] > 1e-5
+
+# %% [markdown]
+# ### Who owns what, in three kinds of launch
+#
+# The forward is two launches, the backward three; every chunk-level loop is one of two light
+# recurrences, and everything heavy is parallel over chunks.
+#
+# 1. **State pass** (`wkv6_fwd_h_kernel`, grid `(K/BK, V/BV, N·H)`). One program owns a
+#    `BK × BV` tile of one head's state and walks the chunks in order doing only the hand-off
+#    $S \leftarrow \mathrm{diag}(e^{W})S + (k\odot e^{Q})^\top V$ ($W$ the chunk's total decay,
+#    $Q_j$ the decay from $j+1$ to the chunk's end: one `tl.dot` per chunk), writing the state at
+#    every chunk start to `hs` (float32, `[n_chunks, H, K, V]`). The decay is diagonal, so key
+#    rows are as independent as value columns here and both are split; the tile shrinks from 32
+#    to 16 when `N·H` is too small to give every multiprocessor two programs.
+# 2. **Output** (`wkv6_fwd_o_kernel`, grid `(n_chunks, V/BV, H)`). One program owns one chunk of
+#    one head, all programs independent. It loads its chunk's `hs` and, for each sub-chunk $I$,
+#    adds three things: the inter term $(q\odot e^{P})S$ (one `tl.dot`), the blocks $J<I$ (two
+#    `tl.dot`s each: $A_{IJ}$, then $A_{IJ}V_J$), and the diagonal block.
+# 3. **Backward.** The state pass again (autograd keeps only the inputs); a reverse pass
+#    `wkv6_bwd_dh_kernel`, the mirror image of 1, for the gradient $\bar S$ of every chunk-*end*
+#    state, $\bar S \leftarrow \mathrm{diag}(e^{W})\bar S + (q\odot e^{P})^\top\bar O$; and
+#    `wkv6_bwd_kernel`, one program per chunk and head, for $\bar q, \bar k, \bar v, \bar w, \bar u$.
+#
+# The picture shows one chunk's $64\times64$ weight matrix as the output kernel sees it, and the
+# three grids for the training shape of Section 4.
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 1.5]})
+for I in range(4):
+    for J in range(4):
+        kind = "diag" if I == J else ("dot" if J < I else "zero")
+        color = {"diag": colors[3], "dot": colors[0], "zero": "white"}[kind]
+        ax1.add_patch(Rectangle((J * 16, I * 16), 16, 16, facecolor=color, edgecolor="k", alpha=0.6))
+        label = {"diag": "elementwise\n(exact products)", "dot": f"tl.dot\nA[{I},{J}]", "zero": "0\n(causal)"}[kind]
+        ax1.text(J * 16 + 8, I * 16 + 8, label, ha="center", va="center", fontsize=7)
+ax1.set_xlim(0, 64), ax1.set_ylim(64, 0), ax1.set_xticks([0, 16, 32, 48, 64]), ax1.set_yticks([0, 16, 32, 48, 64])
+ax1.set_xlabel("key token j in the chunk"), ax1.set_ylabel("query token i")
+ax1.set_title("intra-chunk weights: 6 blocks on tensor cores, 4 built elementwise", fontsize=9)
+Bg, Tg, Hg, Kg, Vg = 4, 4096, 32, 64, 64
+n_ch = Bg * Tg // 64
+BKs, BVs = ks._state_tiles(Bg, Hg, Kg, Vg)
+launches = [("state pass (fwd, and bwd again)", (Kg // BKs) * (Vg // BVs) * Bg * Hg, Tg // 64),
+            ("output", n_ch * Hg, 1), ("reverse state pass (bwd)", (Kg // BKs) * (Vg // BVs) * Bg * Hg, Tg // 64),
+            ("gradients (bwd)", n_ch * Hg, 1)]
+for y, (name, programs, steps) in enumerate(launches):
+    ax2.barh(y, programs, color=colors[y], alpha=0.6)
+    ax2.text(programs * 1.05, y, f"{programs} programs x {steps} chunk step{'s' if steps > 1 else ''}", va="center", fontsize=8)
+ax2.set_xscale("log"), ax2.set_xlim(100, 10 ** 6), ax2.set_yticks(range(len(launches)), [n for n, _, _ in launches])
+ax2.invert_yaxis(), ax2.set_title(f"grids at B={Bg}, T={Tg}, H={Hg}, K=V={Kg} (132 SMs on an H200)", fontsize=9)
+plt.tight_layout()
+plt.show()
+assert launches[1][1] == 16 * launches[0][1] == 8192   # one program per chunk and head, 16x the state pass's
+
+# %% [markdown]
+# ### The kernels, in excerpts
+#
+# Three helpers carry the ideas. `_decays` returns the exclusive prefix $p$, the exclusive suffix
+# $s$ and the total of a block of log decays, in base 2 (`exp2` is the hardware's native
+# exponential; $\log_2 e$ is folded into $w$ once) — note the two loads shifted by one row, which
+# turn "exclusive" into a plain cumulative sum instead of a subtraction. `_diag_out` is the
+# diagonal block: one column $j$ at a time, right to left, with the weights
+# $e^{w_{j+1}+\dots+w_{i-1}}$ kept as a running **product** of factors $e^{w_m}\in[0,1]$, so the
+# loop needs one multiplication per entry instead of an exponential, and each column of $A$ goes
+# straight into the output as the rank-one update $A_{:,j}v_j^\top$ (the $16\times16$ block is
+# never assembled in registers, which would cost a layout shuffle per column). The output kernel
+# strings them together.
+
+# %%
+print(inspect.getsource(ks._decays.fn))
+print(inspect.getsource(ks._diag_out.fn))
+print(inspect.getsource(ks.wkv6_fwd_o_kernel.fn))
+
+# %% [markdown]
+# A few choices in that listing:
+#
+# - **Runtime loops over the sub-chunks.** `for I in range(0, BT // BC)` is an ordinary loop,
+#   not `tl.static_range`. Unrolled, the four sub-chunks let the compiler hoist loads and keep
+#   tiles of several iterations alive at once: 175 registers per thread with 8 warps and 255 with
+#   spills at 4 warps, against 114 and 168 rolled (ptxas's report for sm_90, recorded in
+#   `benchmarks/NOTES.md`), and the rolled kernel ran 2× faster.
+# - **Precision.** With 16-bit inputs the products take 16-bit operands (the decayed queries and
+#   keys, and a bf16 copy of the float32 state) with float32 accumulation; the intra weights
+#   $A_{IJ}$ themselves are computed in TF32 from float32 operands, as FLA does, because they are
+#   products of two decayed factors. Everything that is exponentiated stays float32. float32
+#   inputs use IEEE float32 dots throughout.
+#
+# ### The backward, per chunk
+#
+# The reverse state pass gives, for every chunk, the gradient $\bar S$ of its *end* state; the
+# state pass gives its *start* state $S$. With both in hand, a chunk's gradients are a local
+# problem. Write primes for gradients without the bonus. For each sub-chunk, from last to first,
+# the gradient kernel adds the inter terms ($\bar q' = e^{P}\odot \bar O S^\top$,
+# $\bar k' = e^{Q}\odot V\bar S^\top$, $\bar v = (k\odot e^{Q})\bar S$), the blocks with the
+# other sub-chunks as `tl.dot`s ($\bar A_{IJ} = \bar O_I V_J^\top$ pushed into $\bar q'_I$ through
+# $k_J\odot e^{s+\text{gap}}$, and, with $I$ as the key sub-chunk, into $\bar k'_I$ and
+# $\bar v_I$ through the later query sub-chunks), and the diagonal block column by column with
+# the same running product as the forward. The bonus terms of Section 3 join at the end.
+#
+# The decay gradient uses the identity of Section 3, now inside one chunk:
+#
+# $$ \bar w_m = \sum_{i>m} q_i\odot\bar q'_i \;-\; \sum_{j\ge m} k_j\odot\bar k'_j
+#    \;+\; \mathrm{rowsum}\big(\bar S_\text{end}\odot S_\text{end}\big), $$
+#
+# sums over the chunk's tokens, where the last term collects everything after the chunk — for its
+# last token $e$, $\bar w_e = \mathrm{rowsum}(\bar S_e\odot e^{w_e}S_{e-1})$ directly, and
+# $k_e\odot\bar k'_e = \mathrm{rowsum}(\bar S_e\odot k_ev_e^\top)$ is the rest of
+# $\mathrm{rowsum}(\bar S_e\odot S_e)$. The kernel forms $S_\text{end}$ from $S$ with one more
+# `tl.dot`, and runs the two sums right to left as a running vector across sub-chunks and a
+# reverse cumulative sum inside each. Every per-token state stays out of memory, as in the
+# recurrent kernel. The excerpt is that last step of the loop body.
+
+# %%
+src = inspect.getsource(ks.wkv6_bwd_kernel.fn)
+start = src.index("        # dw: ")
+print(src[start:src.index("        p_k = ", start)])
+
+# %% [markdown]
+# The checks: outputs, final states and every gradient against autograd through the float64
+# naive loop, for the default chunks of 64 (one, two and three chunks; sequences that end inside
+# a sub-chunk; a packed batch; a value dimension split over two programs), chunks of 32 and 16,
+# and the strong decay. `tests/test_wkv6_triton.py` runs the same and more shapes.
+
+# %%
+for shape in [(1, 1, 1, 16, 16), (2, 7, 2, 16, 32), (1, 70, 1, 32, 64), (1, 150, 1, 16, 16)]:
+    r, k, v, w, u, s0 = inputs(*shape)
+    got = wkv6.triton_chunked(r, k, v, w, u, scale=0.5, initial_state=s0, output_final_state=True)
+    rwkvlab.check(f"subchunk C=64 vs naive {shape}", got, reference(r, k, v, w, u, s0, scale=0.5, output_final_state=True), 1e-4)
+grad_check(wkv6.triton_chunked, "subchunk C=64", 1, 150, 1, 16, 16)
+grad_check(wkv6.triton_chunked, "subchunk C=64", 1, 90, 1, 16, 128, cu=[0, 70, 90])
+grad_check(functools.partial(wkv6.triton_chunked, chunk_size=32), "subchunk C=32", 1, 37, 2, 16, 16, cu=[0, 5, 37])
+grad_check(functools.partial(wkv6.triton_chunked, chunk_size=16), "subchunk C=16", 2, 9, 2, 16, 32)
+
+xs = [x.requires_grad_() for x in inputs(1, 130, 1, 16, 16)]
 with torch.no_grad():
     xs[3].fill_(-8.0)
     xs[3][:, ::7] = 0.0
@@ -686,11 +929,57 @@ got = torch.autograd.grad(o.sum() + ht.sum(), xs)
 ref = [x.detach().double().cpu().requires_grad_() for x in xs]
 o64, ht64 = wkv6.naive(*ref[:5], initial_state=ref[5], output_final_state=True)
 want = torch.autograd.grad(o64.sum() + ht64.sum(), ref)
-assert all(torch.isfinite(g).all() for g in got)
-rwkvlab.check("triton_chunked grads, w = -8, vs naive", got, want, 1e-4)
+assert torch.isfinite(o).all() and all(torch.isfinite(g).all() for g in got)
+rwkvlab.check("subchunk (o, ht), w = -8 over 130 tokens, vs naive", (o, ht), (o64, ht64), 1e-4)
+rwkvlab.check("subchunk grads, w = -8 over 130 tokens, vs naive", got, want, 1e-4)
 
 # %% [markdown]
-# ## 6. Both kernels agree with everything else
+# ### The roofline of each launch
+#
+# What should each launch cost? Count, per token and head, the bytes it must move through device
+# memory (each tensor read once, 16-bit inputs, float32 states) and the floating-point work it
+# does, and divide by the ceilings measured on the H200 the book was timed on: about 4.25 TB/s
+# for a device-to-device copy (bytes read plus written) and about 790 TFLOP/s for bf16 matrix
+# products (DESIGN-time measurements, recorded with the benchmark CSV of Section 8). The state
+# passes write a $K\times V$ float32 state per chunk: $4KV/C$ bytes per token.
+
+# %%
+K_, V_, C_, BC_, b16, f32 = 64, 64, 64, 16, 2, 4
+state_bytes = 4 * K_ * V_ / C_                       # one float32 state per chunk, per token
+pairs = (C_ // BC_) * (C_ // BC_ - 1) // 2           # off-diagonal sub-chunk blocks per chunk
+roofline = {
+    # name: (bytes per token·head, matmul FLOPs per token·head, elementwise FLOPs per token·head)
+    "state pass": ((2 * K_ + V_) * b16 + state_bytes, 2 * K_ * V_, 4 * K_),
+    "output": ((3 * K_ + V_) * b16 + state_bytes + V_ * b16,
+               2 * K_ * V_ + pairs * (2 * BC_ * BC_ * K_ + 2 * BC_ * BC_ * V_) / C_, BC_ * (4 * K_ + 2 * V_) / 2),
+    "reverse state pass": ((2 * K_ + V_) * b16 + state_bytes, 2 * K_ * V_, 4 * K_),
+    "gradients": ((3 * K_ + 2 * V_) * b16 + 2 * state_bytes + (3 * K_ + V_) * b16,
+                  7 * K_ * V_ + pairs * 2 * (3 * 2 * BC_ * BC_ * K_ + 2 * 2 * BC_ * BC_ * V_) / C_,
+                  BC_ * (8 * K_ + 4 * V_) / 2),
+}
+tokens = 4 * 4096 * 32                                # B·T·H at the training shape
+print(f"{'launch':<20} {'bytes/token':>11} {'FLOP/token':>11} {'FLOP/byte':>9} {'floor us (mem)':>14} {'floor us (mma)':>14}")
+for name, (nbytes, mma, elem) in roofline.items():
+    print(f"{name:<20} {nbytes:>11.0f} {mma + elem:>11.0f} {(mma + elem) / nbytes:>9.1f} "
+          f"{tokens * nbytes / 4.25e12 * 1e6:>14.1f} {tokens * mma / 790e12 * 1e6:>14.1f}")
+assert all((mma + elem) / nbytes < 206 for nbytes, mma, elem in roofline.values())   # all below the ridge point
+fwd_floor = tokens * (roofline["state pass"][0] + roofline["output"][0]) / 4.25e12 * 1e3
+op_floor = tokens * ((3 * K_ + V_) * b16 + V_ * b16) / 4.25e12 * 1e3
+print(f"forward (state pass + output): floor {fwd_floor:.3f} ms; the operator's own floor {op_floor:.3f} ms")
+assert fwd_floor > op_floor
+
+# %% [markdown]
+# Every launch sits far below the H200's ridge point of about 200 FLOP per byte: on paper all of
+# them are memory-bound, and the forward's two launches together have the floor the last line
+# prints — more than the operator's own floor (inputs read once, output written once), because
+# the chunk-start states go to memory and back. Section 8's measured
+# times are several times that. The gap is not bandwidth but latency: the state passes are
+# sequential loops whose every step waits for its loads and a cumulative sum, and the per-chunk
+# kernels run their diagonal blocks as 16 dependent column steps. `benchmarks/NOTES.md` keeps the
+# measured breakdown per launch and what was tried.
+
+# %% [markdown]
+# ## 7. Both kernels agree with everything else
 #
 # A last cross-check on the ladder: on one input, the naive loop, the torch chunked form of
 # chapter 06 and both kernels give the same output, in float32, to the book's tolerances.
@@ -706,7 +995,7 @@ rwkvlab.check("triton_recurrent vs torch chunked", (o_rec, h_rec), (o_torch, h_t
 rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_rec), 1e-4)
 
 # %% [markdown]
-# ## 7. On a GPU: bfloat16 and speed
+# ## 8. On a GPU: bfloat16 and speed
 #
 # Everything above ran wherever the book runs. On a CUDA machine the next cell checks a larger
 # bfloat16 problem against float64 and times the kernels. The stated tolerance for bfloat16 is a

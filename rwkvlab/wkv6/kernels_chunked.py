@@ -62,6 +62,7 @@ import triton.language as tl
 
 from .. import device
 from . import kernels_recurrent as _rec
+from . import kernels_subchunk as _sub
 from .kernels_recurrent import _seq_bounds
 
 __all__ = ["triton_chunked"]
@@ -520,25 +521,33 @@ class _ChunkedFunction(torch.autograd.Function):
 
 
 def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
-                   chunk_size=16, schedule="sequential"):
+                   chunk_size=None, schedule="subchunk"):
     """RWKV-6 with the chunked Triton kernels (forward and backward).
 
     ``r, k, w``: [B, T, H, K]; ``v``: [B, T, H, V]; ``u``: [H, K]; ``w`` is the log decay (≤ 0);
     ``initial_state``: [N, H, K, V] float32 or None; ``cu_seqlens``: [N + 1] int, with B == 1;
-    ``chunk_size``: 16, 32 or 64 tokens per chunk; ``schedule``: ``"sequential"`` (one kernel
-    walking the chunks in order; the GPU-timed default) or ``"parallel"`` (a state pass, then
-    outputs parallel over chunks; checked in the interpreter only so far). Returns
-    ``(o, final_state)`` as :func:`triton_recurrent` does; any T ≥ 1 (the last chunk is masked).
+    ``chunk_size``: 16, 32 or 64 tokens per chunk (default 64 for ``"subchunk"``, 16 otherwise);
+    ``schedule``: ``"subchunk"`` (the fast design of :mod:`rwkvlab.wkv6.kernels_subchunk`: a state
+    pass, then every chunk in parallel, with the intra-chunk weights on tensor cores),
+    ``"sequential"`` (one kernel walking the chunks in order) or ``"parallel"`` (a state pass, then
+    outputs parallel over chunks of 16, intra weights built column by column) — the two earlier
+    rungs, kept for the chapter. Returns ``(o, final_state)`` as :func:`triton_recurrent` does; any
+    T ≥ 1 (the last chunk is masked).
 
         o_t = scale · r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ),   S_t = diag(exp(w_t)) S_{t-1} + k_t v_tᵀ
     """
     B, T, H, K, V, N = _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens)
+    if not isinstance(schedule, str) or schedule not in ("subchunk", "sequential", "parallel"):
+        raise ValueError(f"schedule: expected 'subchunk', 'sequential' or 'parallel', got {schedule!r}")
+    if chunk_size is None:
+        chunk_size = 64 if schedule == "subchunk" else 16
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_size: expected 16, 32 or 64 (tl.dot needs tiles of at least 16), got {chunk_size!r}")
-    if not isinstance(schedule, str) or schedule not in ("sequential", "parallel"):
-        raise ValueError(f"schedule: expected 'sequential' or 'parallel', got {schedule!r}")
     r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
     if initial_state is not None:
         initial_state = initial_state.contiguous()
+    if schedule == "subchunk":
+        return _sub.SubchunkFunction.apply(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
+                                           cu_seqlens, N, int(chunk_size))
     return _ChunkedFunction.apply(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
                                   cu_seqlens, N, int(chunk_size), schedule)
