@@ -608,10 +608,10 @@ for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
 # and the book's stated tolerance for bf16 outputs and gradients is $2\times 10^{-2}$ relative to
 # a float64 loop on the same (rounded) inputs. The test suite checks the same bound.
 #
-# Measured on an NVIDIA H100 (Triton 3.6, torch 2.11) with
-# `python3 benchmarks/bench_wkv7.py` (B = 4, T = 4096, H = 32, K = V = 64, bfloat16;
-# `triton.testing.do_bench` medians, in one run). These are recorded numbers, not computed by
-# this chapter: the two Triton rows are kept in
+# Measured on an NVIDIA H100 (Triton 3.6, torch 2.11) with the book's RWKV-7 benchmark script of
+# the time, since folded into `python -m rwkvlab bench --kinds wkv7` (B = 4, T = 4096, H = 32,
+# K = V = 64, bfloat16; `triton.testing.do_bench` medians, in one run). These are recorded
+# numbers, not computed by this chapter: the two Triton rows are kept in
 # `benchmarks/results/h100_bench_vs_fla_2026-11-23.txt`; the torch row and the 33.7 ms figure
 # below come from the same kind of run but are not in that file. The figures are for the public functions, so
 # they include each call's argument checks, among them the NaN scan of all six inputs, the same
@@ -862,7 +862,7 @@ else:
 # 4. **A faster chunked kernel.** Split `_chunk_fwd_kernel` into (a) a kernel over the grid
 #    (chunks × heads) that writes $W$, $U$, $A_{rk}V$ and $A_{rb}$ for every chunk, (b) a
 #    sequential kernel that computes only the chunk-start states, and (c) a parallel kernel for
-#    the outputs. Check it against `wkv7.naive` and time it with `benchmarks/bench_wkv7.py`.
+#    the outputs. Check it against `wkv7.naive` and time it with `python -m rwkvlab bench --kinds wkv7`.
 # 5. **Inverting the step.** Write $S_{t-1} = G_t^{-1}(S_t - k_t v_t^\top)$ with the
 #    Sherman–Morrison formula for $G_t^{-1}$, run it backwards from $S_T$ in float32 with
 #    $w = -8$, and measure how fast the reconstructed states diverge from the true ones.

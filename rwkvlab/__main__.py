@@ -1,5 +1,6 @@
-"""Command line: ``python -m rwkvlab run`` (run the book headless), ``python -m rwkvlab toc``, and
-``python -m rwkvlab generate --model PATH.pth --prompt ...`` (stream text from an RWKV checkpoint)."""
+"""Command line: ``python -m rwkvlab run`` (run the book headless), ``python -m rwkvlab toc``,
+``python -m rwkvlab generate --model PATH.pth --prompt ...`` (stream text from an RWKV checkpoint),
+and ``python -m rwkvlab bench`` (time every implementation side by side; see :mod:`rwkvlab.bench`)."""
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,18 @@ def main(argv: list[str] | None = None) -> int:
     from .model import cli as _generate_cli
 
     _generate_cli.add_parser(sub)
+    from . import bench as _bench
+
+    p_bench = sub.add_parser("bench", help="time naive / chunked / Triton / FLA / SDPA side by side, write a CSV",
+                             description=_bench.__doc__.split("\n\n")[0])
+    _bench.add_arguments(p_bench)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
 
     if args.cmd == "generate":
         return _generate_cli.run(args)
+    if args.cmd == "bench":
+        return _bench.run(args, argv[argv.index("bench") + 1:])
 
     from . import book
 
