@@ -22,7 +22,10 @@
 # - derive the backward pass of RWKV-6 — $\partial r, \partial k, \partial v, \partial w,
 #   \partial u$ and the gradient of the initial state — and see why the decay gradient can be
 #   computed without keeping a single state in memory;
-# - weigh recomputing states against storing them, in bytes, for a real training shape.
+# - weigh recomputing states against storing them, in bytes, for a real training shape;
+# - build the fast design — chunks of 64 cut into sub-chunks of 16, the off-diagonal blocks on
+#   tensor cores with the decay factored at a sub-chunk boundary, every exponent a sum over its own
+#   interval — and read its launches' roofline and measured cost against FLA's.
 #
 # The whole idea is one recurrence per head, with the state $S_t \in \mathbb{R}^{K\times V}$,
 # $q_t = \mathrm{scale}\cdot r_t$ and log decay $w_t \le 0$:
@@ -612,9 +615,10 @@ plt.show()
 # pass's split of $K$ when $K > 32$. The check: the two schedules against each other at
 # $10^{-5}$ (outputs, final states and every gradient), and the parallel one against the naive
 # loop on a packed batch whose sequences end inside chunks. This schedule has been checked in the
-# Triton interpreter only; **it has not been timed on a GPU yet**, so this chapter makes no claim
-# about its speed — `benchmarks/bench_wkv6.py` and `benchmarks/bench_vs_fla.py` carry a row for
-# it, for the next GPU session to fill in.
+# Triton interpreter here; on an H200 at $B=4, T=1024, H=32$ it took 1.10 ms forward against
+# 0.71 ms for FLA's `chunk_rwkv6` in the same process
+# (`benchmarks/results/bench_h200_2026-12-01_partial.csv`) — the column loop is still there.
+# Section 6 removes it.
 
 # %%
 xs = [x.requires_grad_() for x in inputs(1, 40, 1, 64, 16, seed=5, N=2)]
@@ -1005,35 +1009,29 @@ rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_re
 # significant bits, so rounding the output alone costs a relative error of a few $10^{-3}$ — the
 # first line the cell prints, measured on random numbers wherever the book runs.
 #
-# For the record, here is what `python3 benchmarks/bench_wkv6.py` measured on an NVIDIA H100
-# (compiled Triton 3.6.0, torch 2.11) at $B=4, T=4096, H=32, K=V=64$ in bfloat16, when this
-# chapter was written (medians of `triton.testing.do_bench`; the last column is the relative
-# difference of the output from the torch chunked form on the same inputs):
+# Speed is measured by `python -m rwkvlab bench`, which times every rung, FLA's kernels and causal
+# softmax attention side by side in one process and writes a CSV with its provenance to
+# `benchmarks/results/`. The cell below reads the record taken on one NVIDIA H200 for this
+# chapter (`benchmarks/results/h200_wkv6_2026-12-01.csv`, with the log and the script that produced
+# it beside it; bf16, `do_bench` medians) and prints it with the ratios. A second record from the
+# same H200 (`h200_wkv6_breakdown_2026-12-01.txt`) times the launches alone at $B=4, T=4096$: the
+# state pass 0.35 ms, state pass plus output kernel 1.22 ms, the backward's three launches
+# 6.1 ms — **without** the package's input checks, which the end-to-end rows include. Those
+# checks read every input to reject NaN and positive decays, and at the time of the record did
+# so with one pass and one wait for the device per tensor: about 0.9 ms of the 2.17 ms forward.
+# They now take one pass per tensor and a single wait (`rwkvlab/validate.py`), a change not yet
+# re-timed on the GPU. The earlier rungs, for comparison, were recorded on an H100 at the same
+# shape: 4.5 ms forward and 11.8 ms forward+backward for the sequential schedule
+# (`benchmarks/results/h100_bench_vs_fla_2026-11-23.txt`).
 #
-# | implementation | forward ms | forward+backward ms | rel. diff of $o$ |
-# | --- | ---: | ---: | ---: |
-# | torch chunked (`wkv6.chunked`, C = 16) | 27.9 | 264.3 | — |
-# | `triton_recurrent` | 9.3 | 21.6 | 2e-05 |
-# | `triton_chunked`, C = 16 | 4.5 | 11.8 | 3e-03 |
-# | `triton_chunked`, C = 32 | 4.9 | 13.5 | 3e-03 |
-# | `triton_chunked`, C = 64 | 6.7 | 29.1 | 3e-03 |
-#
-# A few things to read off it. The chunked kernels beat the recurrent ones by about 2× in both
-# directions, and chunks of 16 beat 32 and 64: the $C^2K$ exponentials of the intra-chunk weights
-# grow faster than the sequential steps shrink (Exercise 6); at $C = 64$ the backward, with its
-# $64\times 64$ tiles $A$ and $\bar A$ and a 64-step column loop per chunk, even falls behind the
-# recurrent one. The plain-torch chunked form, which
-# materialises the pairwise decay tensor and lets autograd store everything, is 6× slower in the
-# forward and over 20× slower in training. And the chunked kernel's bfloat16 output differs from
-# the float32-state references by $3\cdot10^{-3}$ rather than $2\cdot10^{-5}$: its matmuls take
-# bfloat16 operands (the decayed queries and a bfloat16 copy of the state) for the tensor cores —
-# well inside the stated tolerance, and the price of using them. Against a memory-bound ideal
-# (reading and writing 320 MiB takes about 0.1 ms at 3 TB/s: the second line the cell prints)
-# both kernels are far from the limit: each program's sequential loop, not bandwidth, is the
-# bottleneck. That is what FLA's
-# design attacks by making the output and gradient kernels parallel over chunks — and what
-# `schedule="parallel"` (Section 5) tries for the forward; it is not in the table because it has
-# not been timed yet.
+# What to read off it, honestly: the sub-chunk design is exact where the earlier rungs were not,
+# and faster than they were, but it is **not yet as fast as FLA**: the "speed vs FLA" columns stay
+# below 1× at every shape, and its forward sits further above the memory floor than FLA's does.
+# The roofline of Section 6 says why there is room: every launch is memory-bound on paper, and
+# the measured gap is latency — sequential state passes whose steps wait on their loads and
+# cumulative sums, and 16 dependent column steps per diagonal block. `benchmarks/NOTES.md` lists
+# what was tried and what comes next (precomputed cumulative decays, bf16 chunk states, a
+# backward split into lighter kernels).
 
 # %%
 x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
@@ -1046,27 +1044,41 @@ print(f"memory-bound floor at B=4, T=4096, H=32, K=V=64: {io_bytes / MiB:.0f} Mi
       f"{io_bytes / 3e12 * 1e3:.2f} ms at 3 TB/s")
 assert io_bytes == 320 * MiB
 
+from rwkvlab import bench
+
+record = bench.read_csv("../benchmarks/results/h200_wkv6_2026-12-01.csv")
+print(f"recorded: {record.meta['device']}, {record.meta['versions']}, {record.meta['date']}")
+print("| B, T, H | rwkvlab fwd ms | FLA fwd ms | speed vs FLA | rwkvlab fwd+bwd ms | FLA fwd+bwd ms | speed vs FLA | fwd / floor |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+dense = [row for row in record if row["layout"] == "dense"]
+for row in (row for row in dense if row["impl"] == "triton_chunked"):
+    fla = next(x for x in dense if x["impl"].startswith("fla") and (x["B"], x["T"], x["H"]) == (row["B"], row["T"], row["H"]))
+    print(f"| {row['B']}, {row['T']}, {row['H']} | {row['fwd_ms']:.2f} | {fla['fwd_ms']:.2f} | {fla['fwd_ms'] / row['fwd_ms']:.2f}x "
+          f"| {row['fwdbwd_ms']:.2f} | {fla['fwdbwd_ms']:.2f} | {fla['fwdbwd_ms'] / row['fwdbwd_ms']:.2f}x | {row['x_floor']:.0f}x |")
+assert len(dense) == 8 and all(row["fwd_ms"] > row["floor_ms"] for row in dense)
+
 if rwkvlab.device.has_gpu():
     import triton
 
     xs = [x.requires_grad_() for x in inputs(2, 1024, 4, 64, 64, dtype=torch.bfloat16)]
     for name, impl in [("triton_recurrent", wkv6.triton_recurrent), ("triton_chunked", wkv6.triton_chunked),
-                       ("triton_chunked parallel", functools.partial(wkv6.triton_chunked, schedule="parallel"))]:
+                       ("triton_chunked sequential", functools.partial(wkv6.triton_chunked, schedule="sequential"))]:
         o, ht = impl(*xs[:5], initial_state=xs[5], output_final_state=True)
         rwkvlab.check(f"{name} bf16 (2, 1024, 4, 64, 64) vs float64", (o, ht),
                       reference(*xs, output_final_state=True), 2e-2)
     xb = inputs(4, 4096, 32, 64, 64, dtype=torch.bfloat16)[:5]
     print("| implementation (B=4, T=4096, H=32, K=V=64, bf16) | forward ms |")
     print("| --- | ---: |")
-    for name, impl in [("torch chunked (C=16)", wkv6.chunked), ("triton_recurrent", wkv6.triton_recurrent),
-                       ("triton_chunked (C=16)", wkv6.triton_chunked),
-                       ("triton_chunked (C=32)", functools.partial(wkv6.triton_chunked, chunk_size=32)),
+    for name, impl in [("triton_recurrent", wkv6.triton_recurrent),
+                       ("triton_chunked (subchunk, C=64)", wkv6.triton_chunked),
+                       ("triton_chunked (subchunk, C=32)", functools.partial(wkv6.triton_chunked, chunk_size=32)),
+                       ("triton_chunked sequential (C=16)", functools.partial(wkv6.triton_chunked, schedule="sequential")),
                        ("triton_chunked parallel (C=16)", functools.partial(wkv6.triton_chunked, schedule="parallel"))]:
         ms = triton.testing.do_bench(lambda: impl(*xb), warmup=10, rep=50)
         print(f"| {name} | {ms:.2f} |")
 else:
-    print("no CUDA GPU: the bfloat16 check and the timings run only on a GPU "
-          "(python3 benchmarks/bench_wkv6.py prints the full table there)")
+    print("no CUDA GPU: the bfloat16 check and the live timings run only on a GPU "
+          "(python -m rwkvlab bench --kinds wkv6 prints the full table there)")
 
 # %% [markdown]
 # ## Summary
@@ -1091,7 +1103,13 @@ else:
 #   matmuls per chunk and the same cumulative-sum trick for the decay, inside each chunk.
 # - `schedule="parallel"` splits the chunked forward along its one recurrent line: a light state
 #   pass writes every chunk-start state (float32, 8× the bytes of bf16 keys at $C = 16$), then
-#   an output kernel runs one program per chunk. Checked in the interpreter; not yet timed.
+#   an output kernel runs one program per chunk.
+# - The default design (`schedule="subchunk"`) cuts chunks of 64 into sub-chunks of 16: the
+#   off-diagonal blocks of the intra weights are `tl.dot`s, factored at the query's sub-chunk
+#   start so that both factors have exponents ≤ 0; only the diagonal blocks are elementwise, as a
+#   running product. Every exponent is a sum over its own interval, so a decay spike costs no
+#   float32 accuracy (the earlier rungs lose three digits there). On the H200 it is the fastest
+#   rung, and still slower than FLA; the measured table and the roofline say where the time goes.
 #
 # ## Exercises
 #

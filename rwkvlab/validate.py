@@ -6,6 +6,8 @@ states ``[N, H, K, V]`` float32 with ``N = B``, or ``N = len(cu_seqlens) - 1`` w
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -76,16 +78,16 @@ def linear_attention(*, keys: dict, values: dict, extra: dict | None = None, ini
     Returns ``(B, T, H, K, V, N)``.
     """
     (ref_name, ref), *rest = keys.items()
-    tensor(ref_name, ref, ndim=4)
+    tensor(ref_name, ref, ndim=4, finite=False)
     B, T, H, K = ref.shape
     if T < 1:
         raise ValueError(f"{ref_name}: expected T >= 1, got shape {tuple(ref.shape)}")
     for n, x in rest:
-        tensor(n, x, ndim=4)
+        tensor(n, x, ndim=4, finite=False)
         same_shape(n, x, (B, T, H, K), ref_name)
     V = None
     for n, x in values.items():
-        tensor(n, x, ndim=4)
+        tensor(n, x, ndim=4, finite=False)
         if x.shape[:3] != (B, T, H):
             raise ValueError(f"{n}: expected shape (B, T, H, V) with (B, T, H) = {(B, T, H)} from {ref_name}, got {tuple(x.shape)}")
         V = x.shape[3]
@@ -93,11 +95,16 @@ def linear_attention(*, keys: dict, values: dict, extra: dict | None = None, ini
     if len(dtypes) > 1:
         raise ValueError(f"{', '.join(list(keys) + list(values))}: expected one dtype for all, got {sorted(map(str, dtypes))}")
     same_device({**keys, **values, **(extra or {})})
-    if log_decay is not None:
-        w = keys.get(log_decay)
-        if w is not None and (w > 0).any():
+    # finiteness and the sign of the log decay, for all tensors at once: one pass over each
+    # (min and max propagate NaN) and a single wait for the device, not one per tensor
+    named = [(n, x) for n, x in {**keys, **values}.items() if x.numel() > 0]
+    stats = torch.stack([torch.stack(torch.aminmax(x.detach())).float() for _, x in named]).tolist()
+    for (n, _), (lo, hi) in zip(named, stats):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{n}: contains NaN or Inf")
+        if n == log_decay and hi > 0:
             raise ValueError(f"{log_decay}: is a log decay and must be <= 0 (decay factor exp({log_decay}) in (0, 1]); "
-                             f"got max {w.max().item():.3g}")
+                             f"got max {hi:.3g}")
     N = cu_seqlens(cu_seqlens_, B, T)
     state("initial_state", initial_state, N, H, K, V, "len(cu_seqlens) - 1" if cu_seqlens_ is not None else "B")
     return B, T, H, K, V, N

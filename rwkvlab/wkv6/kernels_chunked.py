@@ -17,7 +17,8 @@ computed column by column with the exact exponent ``c_{i-1} - c_j`` rather than 
 
 Who owns what: two schedules (``schedule=``), the same equations and the same float32 state.
 
-- ``"sequential"`` (the default; the one timed on a GPU). One program instance per
+- ``"sequential"`` (the first rung; ``triton_chunked``'s default is now ``"subchunk"``, in
+  :mod:`rwkvlab.wkv6.kernels_subchunk`). One program instance per
   (sequence·head, block of BV value columns), as in the recurrent kernel, walking the chunks in
   order and carrying its K×BV slice of the state in registers between them: state passing and
   output in one kernel (``wkv6_fwd_chunked_kernel``), and no state ever touches memory. Only
@@ -37,7 +38,7 @@ T = 4096, H = 32; the backward stores the same ``hs`` with either schedule), but
 kernel has a program for every chunk, so it fills the GPU even when ``B·H`` is small (long
 single sequences, few heads), and its sequential loop is light. The parallel schedule has been checked in the Triton
 interpreter only (tests/test_wkv6_triton.py, chapter 07); it has not been timed on a GPU yet
-(``benchmarks/bench_wkv6.py`` and ``bench_vs_fla.py`` have a row for it).
+(``python -m rwkvlab bench`` has a row for it).
 
 Backward (chapter 07 derives it). Two launches: the state at every chunk start again
 (``[chunks, H, K, V]`` float32: recomputed rather than kept from the forward, so nothing but the
