@@ -551,3 +551,34 @@ else:
 # 6. `wkv4.naive` in float64 overflows too, around $k \approx 710$. Make it overflow, then
 #    confirm that `wkv4.recurrent` in float32 is still correct on the same input by comparing
 #    it with the float64 reference computed on $k - 700$ (why is that allowed?).
+#
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, replaces it with a stub), and ends with `exercises.check`, which runs the function on
+# seeded random cases against an independent reference and says what is wrong if it is.
+#
+# 7. The stable step, by hand: one token of the stable recurrence derived above, with every exponent
+#    $\le 0$.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("03.7"))
+
+
+def stable_step(kt, vt, w, u, a, b, p):
+    ### BEGIN SOLUTION
+    q = torch.maximum(p, u + kt)                       # output: shift by the larger log weight
+    e1, e2 = torch.exp(p - q), torch.exp(u + kt - q)
+    y = (e1 * a + e2 * vt) / (e1 * b + e2)
+    q2 = torch.maximum(p - w, kt)                      # update: decay the old state, add the token
+    f1, f2 = torch.exp(p - w - q2), torch.exp(kt - q2)
+    return y, f1 * a + f2 * vt, f1 * b + f2, q2
+    ### END SOLUTION
+
+
+exercises.check("03.7", stable_step)

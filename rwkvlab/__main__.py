@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p_bench = sub.add_parser("bench", help="time naive / chunked / Triton / FLA / SDPA side by side, write a CSV",
                              description=_bench.__doc__.split("\n\n")[0])
     _bench.add_arguments(p_bench)
+    from .exercises import editions as _exercises
+
+    _exercises.add_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
 
@@ -30,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return _generate_cli.run(args)
     if args.cmd == "bench":
         return _bench.run(args, argv[argv.index("bench") + 1:])
+    if args.cmd == "exercises":
+        return _exercises.main(args)
 
     from . import book
 
