@@ -1046,7 +1046,7 @@ assert io_bytes == 320 * MiB
 
 from rwkvlab import bench
 
-record = bench.read_csv("../benchmarks/results/h200_wkv6_2026-12-01.csv")
+record = bench.read_csv(bench.RESULTS / "h200_wkv6_2026-12-01.csv")
 print(f"recorded: {record.meta['device']}, {record.meta['versions']}, {record.meta['date']}")
 print("| B, T, H | rwkvlab fwd ms | FLA fwd ms | speed vs FLA | rwkvlab fwd+bwd ms | FLA fwd+bwd ms | speed vs FLA | fwd / floor |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
