@@ -877,3 +877,99 @@ else:
 #    `kf.fused_addcmul` and to the eager pieces, and profile the kernel with Nsight Compute
 #    (`ncu --set full`). What fraction of the DRAM bandwidth does it reach? Try other `BR`, `BC`
 #    and `num_warps`. Then put the NaN scan back and measure what it costs.
+#
+# ### Exercises that check themselves
+#
+# Each cell prints its exercise's statement, holds a solution between the markers (the student
+# edition replaces it with a stub) and ends with `exercises.check`, which runs the function on
+# seeded random cases against autograd through `wkv7.naive` (or `wkv7.step`) in float64 and says
+# what is wrong if it is. All three run on a CPU; the kernel runs in the Triton interpreter.
+#
+# 9. The adjoint of one state update: the line that the reverse-time loop of the recurrent
+#    backward repeats.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("11.9"))
+
+
+def adjoint(G, w, a, b):
+    ### BEGIN SOLUTION
+    bG = torch.einsum("bhk,bhkv->bhv", b, G)           # bᵀ G: one row of length V per head
+    return w.exp()[..., None] * G + a[..., None] * bG[..., None, :]
+    ### END SOLUTION
+
+
+exercises.check("11.9", adjoint)
+
+# %% [markdown]
+# 10. One RWKV-7 step as a Triton kernel: the body of the recurrent forward kernel for a single
+#     token, with the value columns split over programs and a tail block to mask.
+
+# %%
+import torch
+
+from rwkvlab import exercises  # (imported first: it selects the Triton interpreter on a CPU)
+import triton
+import triton.language as tl
+
+print(exercises.spec("11.10"))
+
+
+@triton.jit
+def step_kernel(S, r, w, k, v, a, b, S_out, o, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                BV: tl.constexpr):
+    ### BEGIN SOLUTION
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    p_s = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    b_S = tl.load(S + p_s, mask=m_k[:, None] & m_v[None, :], other=0.)
+    b_r, b_w, b_k, b_a, b_b = (tl.load(x + i_bh * K + o_k, mask=m_k, other=0.) for x in (r, w, k, a, b))
+    b_v = tl.load(v + i_bh * V + o_v, mask=m_v, other=0.)
+    b_sa = tl.sum(b_a[:, None] * b_S, axis=0)                                   # aᵀ S (old state)
+    b_S = tl.exp(b_w)[:, None] * b_S + b_b[:, None] * b_sa[None, :] + b_k[:, None] * b_v[None, :]
+    tl.store(S_out + p_s, b_S, mask=m_k[:, None] & m_v[None, :])
+    tl.store(o + i_bh * V + o_v, tl.sum(b_r[:, None] * b_S, axis=0), mask=m_v)  # read the new state
+    ### END SOLUTION
+
+
+def triton_step(S, r, w, k, v, a, b):
+    ### BEGIN SOLUTION
+    B, H, K, V = S.shape
+    S_out, o = torch.empty_like(S), S.new_empty(B, H, V)
+    step_kernel[(triton.cdiv(V, 16), B * H)](S.contiguous(), *(x.contiguous() for x in (r, w, k, v, a, b)),
+                                             S_out, o, K=K, V=V, BK=triton.next_power_of_2(K), BV=16)
+    return o, S_out
+    ### END SOLUTION
+
+
+exercises.check("11.10", triton_step)
+
+# %% [markdown]
+# 11. The backward of one checkpointed segment, as far as its starting state: the read-outs and
+#     the adjoint of exercise 9, from the last token to the first.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("11.11"))
+
+
+def segment_backward(r, w, k, v, a, b, do, dS_end):
+    ### BEGIN SOLUTION
+    G = dS_end.clone()
+    for t in reversed(range(r.shape[1])):
+        G = G + r[:, t, :, :, None] * do[:, t, :, None, :]             # o_t = S_tᵀ r_t
+        bG = torch.einsum("bhk,bhkv->bhv", b[:, t], G)
+        G = w[:, t].exp()[..., None] * G + a[:, t, ..., None] * bG[..., None, :]
+    return G
+    ### END SOLUTION
+
+
+exercises.check("11.11", segment_backward)

@@ -571,3 +571,73 @@ with tempfile.TemporaryDirectory() as tmp:
 #    vocabulary. What fraction is now the vocabulary?
 # 6. With a real checkpoint, set `RWKVLAB_CHECKPOINT` and rerun the chapter. Which layers
 #    moved their token-shift weights furthest from the recipe?
+#
+# ### Exercises that check themselves
+#
+# Each cell prints its exercise's statement, holds a solution between the markers (the student
+# edition replaces it with a stub) and ends with `exercises.check`, which runs the function on
+# seeded random cases against the package's own block pieces and says what is wrong if it is.
+#
+# 7. Token shift and the lerp mixes of Section 2, as one function that also returns the shift
+#    state for the next segment.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("12.7"))
+
+
+def shift_and_mix(x, shift_state, mu):
+    ### BEGIN SOLUTION
+    x_prev = torch.cat([shift_state[:, None], x[:, :-1]], dim=1)
+    return x + (x_prev - x) * mu, x[:, -1]
+    ### END SOLUTION
+
+
+exercises.check("12.7", shift_and_mix)
+
+# %% [markdown]
+# 8. The soft-clamped log decay, from its LoRA.
+
+# %%
+import torch
+import torch.nn.functional as F
+
+from rwkvlab import exercises
+
+print(exercises.spec("12.8"))
+
+
+def log_decay(xw, w0, w1, w2):
+    ### BEGIN SOLUTION
+    d = w0 + torch.tanh(xw @ w1) @ w2
+    return -torch.exp(-F.softplus(-d) - 0.5)
+    ### END SOLUTION
+
+
+exercises.check("12.8", log_decay)
+
+# %% [markdown]
+# 9. The two keys of the generalised delta rule: the unit-length removal key and the replacement
+#    key scaled by the in-context learning rate.
+
+# %%
+import torch
+import torch.nn.functional as F
+
+from rwkvlab import exercises
+
+print(exercises.spec("12.9"))
+
+
+def keys(k, a, k_k, k_a, n_head):
+    ### BEGIN SOLUTION
+    B, T, C = k.shape
+    kk = F.normalize((k * k_k).reshape(B, T, n_head, C // n_head), dim=-1).reshape(B, T, C)
+    return kk, k * (1 + (a - 1) * k_a)
+    ### END SOLUTION
+
+
+exercises.check("12.9", keys)
