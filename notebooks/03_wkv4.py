@@ -551,7 +551,55 @@ else:
 # 6. `wkv4.naive` in float64 overflows too, around $k \approx 710$. Make it overflow, then
 #    confirm that `wkv4.recurrent` in float32 is still correct on the same input by comparing
 #    it with the float64 reference computed on $k - 700$ (why is that allowed?).
+
+# %% [markdown]
+# **Answer to exercise 1.**
 #
+# ### BEGIN SOLUTION
+# The largest term of $b'_t = \sum_{i \le t} e^{k_i - (t-i)w - p_t}$ has exponent $0$, so $b'_t \ge 1$;
+# every term is at most one, so $b'_t \le t$, with equality exactly when all $t$ log weights
+# $k_i - (t-i)w$ are equal: keys that fall by $w$ per step, $k_i = c + (t-i)w$ (with $w = 0$: equal
+# keys). What bounds it is the number of tokens read; with equal keys it stays below $1/(1 - e^{-w})$.
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 2.**
+#
+# ### BEGIN SOLUTION
+# They agree to float64 rounding (relative error about $10^{-16}$); exercise 8 below checks it for every
+# $t$ at once.
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 3.**
+#
+# ### BEGIN SOLUTION
+# Only the current token and the newest past one, which Eq. 16 does not decay: $wkv_1 = v_1$ and, for
+# $t \ge 2$, $wkv_t = (e^{k_{t-1}} v_{t-1} + e^{u+k_t} v_t) / (e^{k_{t-1}} + e^{u+k_t})$; with $w = 10^4$
+# this matches `wkv4.naive` to float64 rounding.
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 4.**
+#
+# ### BEGIN SOLUTION
+# The state's term becomes $e^{p - iw - m_i}$ with $m_i$ the in-chunk maximum, and its exponent is positive
+# whenever the carried state outweighs the chunk. Once $p - iw - m_i > 88.7$ it is `inf` in float32 and
+# the ratio is `inf/inf = nan`: for example $p = 200$, $a' = b' = 1$ and a chunk of keys of size one
+# (the heavy-state cases of exercise 9).
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 6.**
+#
+# ### BEGIN SOLUTION
+# Keys near $720$ make $e^{k}$ overflow float64 (`inf/inf = nan`). Shifting every key by the same
+# constant multiplies numerator and denominator by the same $e^{-700}$, so $wkv$ is unchanged and the
+# float64 reference on $k - 700$ is exact. The float32 recurrence agrees with it to a few $10^{-5}$: near
+# $720$ a float32 key is resolved only to $6 \cdot 10^{-5}$, and rounding $u + k_t$ costs about that much.
+# ### END SOLUTION
+
+# %% [markdown]
 # ### Exercises that check themselves
 #
 # Each cell below prints its exercise's statement, holds a solution between the markers
@@ -582,3 +630,98 @@ def stable_step(kt, vt, w, u, a, b, p):
 
 
 exercises.check("03.7", stable_step)
+
+# %% [markdown]
+# 8. The softmax identity as code (exercise 2, done for every $t$ at once): with $w = 0$, build
+#    the causal logit matrix with the bonus on its diagonal and let `torch.softmax` do the rest.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("03.8"))
+
+
+def softmax_wkv(k, v, u):
+    ### BEGIN SOLUTION
+    T = k.shape[1]
+    logits = k[:, None, :, :].expand(-1, T, -1, -1)              # [B, T(t), T(i), C]: logit k_i
+    eye = torch.eye(T, dtype=torch.bool)[None, :, :, None]
+    logits = torch.where(eye, logits + u, logits)                # the current token gets u + k_t
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)[None, :, :, None]
+    alpha = torch.softmax(logits.masked_fill(future, float("-inf")), dim=2)
+    return (alpha * v[:, None, :, :]).sum(2)
+    ### END SOLUTION
+
+
+exercises.check("03.8", softmax_wkv)
+
+# %% [markdown]
+# 9. One chunk of the chunked form (§7), state in and state out; the checker hands your state
+#    from chunk to chunk, including states that outweigh every key of a chunk by $e^{200}$ (the
+#    situation of exercise 4).
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("03.9"))
+
+
+def wkv_chunk(k, v, w, u, a, b, p):
+    ### BEGIN SOLUTION
+    L = k.shape[1]
+    pos = torch.arange(L, dtype=k.dtype)
+    age = pos[:, None] - 1 - pos[None, :]                        # i-1-j
+    logw = k[:, None, :, :] - age[None, :, :, None] * w          # [B, L(i), L(j), C]
+    eye = torch.eye(L, dtype=torch.bool)[None, :, :, None]
+    logw = torch.where(eye, (u + k)[:, :, None, :], logw)
+    logw = logw.masked_fill((age < -1)[None, :, :, None], float("-inf"))
+    log_state = p[:, None, :] - pos[None, :, None] * w           # the state's column, [B, L, C]
+    m = torch.maximum(logw.amax(2), log_state)                   # row max over the whole row
+    e, es = torch.exp(logw - m[:, :, None, :]), torch.exp(log_state - m)
+    y = ((e * v[:, None]).sum(2) + es * a[:, None]) / (e.sum(2) + es * b[:, None])
+    end = k - (L - 1 - pos)[None, :, None] * w                   # log weights after the last token
+    p_new = torch.maximum(end.amax(1), p - L * w)
+    f, g = torch.exp(end - p_new[:, None]), torch.exp(p - L * w - p_new)
+    return y, g * a + (f * v).sum(1), g * b + f.sum(1), p_new
+    ### END SOLUTION
+
+
+exercises.check("03.9", wkv_chunk)
+
+# %% [markdown]
+# 10. The backward pass without autograd, from the $T \times T$ weight matrix: one softmax fact,
+#     $\partial wkv_t / \partial \lambda_{t,i} = \alpha_{t,i}(v_i - wkv_t)$, gives all four
+#     gradients once you know where $k_i$, $u$ and $w$ appear among the log weights.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("03.10"))
+
+
+def wkv_backward(k, v, w, u, gy):
+    ### BEGIN SOLUTION
+    T = k.shape[1]
+    pos = torch.arange(T, dtype=k.dtype)
+    age = (pos[:, None] - 1 - pos[None, :])[None, :, :, None]    # t-1-i, [1, T(t), T(i), 1]
+    lam = k[:, None, :, :] - age * w
+    eye = torch.eye(T, dtype=torch.bool)[None, :, :, None]
+    lam = torch.where(eye, (u + k)[:, :, None, :], lam).masked_fill(age < -1, float("-inf"))
+    alpha = torch.softmax(lam, dim=2)
+    y = (alpha * v[:, None]).sum(2)
+    G = gy[:, :, None] * alpha * (v[:, None] - y[:, :, None])    # dL/dlambda_{t,i}
+    gk = G.sum(1)                                                # k_i is in every row t >= i
+    gv = (gy[:, :, None] * alpha).sum(1)
+    gw = -torch.where(age >= 0, G * age, 0.0).sum((0, 1, 2))     # past entries only
+    gu = torch.where(eye, G, 0.0).sum((0, 1, 2))                 # the diagonal
+    return gk, gv, gw, gu
+    ### END SOLUTION
+
+
+exercises.check("03.10", wkv_backward)

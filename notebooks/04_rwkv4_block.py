@@ -503,3 +503,135 @@ else:
 # 6. The Jacobian of the time mix is a full lower triangle, but its entries shrink with
 #    $t - j$. Plot a row of `time_tm` on a log scale for the fastest- and slowest-decaying
 #    channels separately. Which channel carries information furthest?
+
+# %% [markdown]
+# **Answer to exercise 1.**
+#
+# ### BEGIN SOLUTION
+# Store $1 - \mu$: $\mathrm{lerp}(x_t, x_{t-1}, 1-\mu) = x_t + (x_{t-1} - x_t)(1-\mu) = \mu x_t + (1-\mu)x_{t-1}$,
+# so every `time_mix_*` $\mu$ becomes $1 - \mu$ and the outputs are identical (to float32 rounding).
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 2.**
+#
+# ### BEGIN SOLUTION
+# The same time per call, within timing noise: the state has five $C$-vectors per layer whatever the
+# position, so a step after a 5000-token prompt does exactly the work of the first one.
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 3.**
+#
+# ### BEGIN SOLUTION
+# Causal AFT with the linear decay bias $w_{t,i} = -(t-i)w$, one decay per channel (chapter 03, §1),
+# with $\sigma(r)$ as AFT's $\sigma(Q)$ gate. It loses the free bonus: the present now always counts $e^{w}$
+# times a fresh past token, so fast-forgetting channels must stress the present and long-memory
+# channels cannot make it stand out.
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 4.**
+#
+# ### BEGIN SOLUTION
+# All of them: a change at token 4 still moves outputs 4 and 5 only, and one input channel still moves
+# all 16 output channels. The experiments test which positions and channels are connected, which the
+# token shift and the per-position MLP decide, not the shape of the activation.
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 5.**
+#
+# ### BEGIN SOLUTION
+# The channel mix's RNN state becomes two vectors, $x'_{t-1}$ and $x'_{t-2}$ ($2C$ numbers instead of
+# $C$); the $|\partial o'_t/\partial x_j|$ picture has three diagonals, $j = t, t-1, t-2$.
+# ### END SOLUTION
+
+# %% [markdown]
+# **Answer to exercise 6.**
+#
+# ### BEGIN SOLUTION
+# The channel with the smallest $w = \exp(\texttt{time\_decay})$: at initialisation channel 0, with
+# $\texttt{time\_decay} = -5$, $w \approx 0.0067$ and a half-life of about 100 tokens; its row falls
+# slowest, while the fastest channel's row drops by orders of magnitude within a few tokens.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, replaces it with a stub), and ends with `exercises.check`, which runs the function on
+# seeded random cases against the package's modules in float64 and says what is wrong if it is.
+#
+# 7. Token shift and RWKV-4's mix (§1) in one function, with the vector a segment hands to the next.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("04.7"))
+
+
+def shift_mix(x, mu, last=None):
+    ### BEGIN SOLUTION
+    first = torch.zeros_like(x[:, :1]) if last is None else last[:, None]
+    x_prev = torch.cat([first, x[:, :-1]], dim=1)                # x_{t-1}; last (or zeros) at t = 0
+    return mu * x + (1 - mu) * x_prev, x[:, -1]
+    ### END SOLUTION
+
+
+exercises.check("04.7", shift_mix)
+
+# %% [markdown]
+# 8. Channel mixing (§2) from its raw weights: token shift, a squared ReLU on the wide hidden layer,
+#    and the $\sigma(r')$ gate.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("04.8"))
+
+
+def channel_mix(x, last, mu_k, mu_r, Wk, Wv, Wr):
+    ### BEGIN SOLUTION
+    first = torch.zeros_like(x[:, :1]) if last is None else last[:, None]
+    x_prev = torch.cat([first, x[:, :-1]], dim=1)
+    xk = mu_k * x + (1 - mu_k) * x_prev
+    xr = mu_r * x + (1 - mu_r) * x_prev
+    hidden = torch.relu(xk @ Wk.T).square()                      # [B, T, H]
+    return torch.sigmoid(xr @ Wr.T) * (hidden @ Wv.T), x[:, -1]
+    ### END SOLUTION
+
+
+exercises.check("04.8", channel_mix)
+
+# %% [markdown]
+# 9. The time-mixing sub-block as an RNN step (§6): the receptance gate around WKV, and the state a
+#    token hands to the next; run over a sequence it must reproduce the parallel mode.
+
+# %%
+import torch
+
+from rwkvlab import exercises, wkv4
+
+print(exercises.spec("04.9"))
+
+
+def time_mix_step(x, last, a, b, p, P):
+    ### BEGIN SOLUTION
+    def mixed(mu):
+        return mu * x + (1 - mu) * last
+
+    r = mixed(P["mu_r"]) @ P["Wr"].T
+    k = mixed(P["mu_k"]) @ P["Wk"].T
+    v = mixed(P["mu_v"]) @ P["Wv"].T
+    y, s = wkv4.step(k, v, torch.exp(P["time_decay"]), P["time_first"], wkv4.State(a, b, p))
+    return (torch.sigmoid(r) * y) @ P["Wo"].T, x, s.a, s.b, s.p
+    ### END SOLUTION
+
+
+exercises.check("04.9", time_mix_step)
