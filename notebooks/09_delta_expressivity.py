@@ -496,3 +496,119 @@ assert first_bad == 0                                # wrong from the very first
 #    3-cycle on $\mathbb{R}^3$? (Hint: chapter 8, exercise 6, and Grazzi et al. Thm 2.)
 # 6. Replace the read-out key $r = (0, 1, \ldots, n-1)$ by $r = (1, 2, 4, \ldots, 2^{n-1})$.
 #    What does the output encode now, and why might it be more robust to drift?
+
+# %% [markdown]
+# Short answers to exercises 1, 2, 3 and 5 (the student edition hides them):
+#
+# ### BEGIN SOLUTION
+# 1. $S_0 = 1$, $r = 1$, $w = 0$, $k = v = 0$, $a = -1$ and $b = 2\cdot\text{bit}$: the transition
+#    is $G_t = 1 - 2\cdot\text{bit}_t = \pm 1$, so $o_t = (-1)^{\#1\text{s}}$ (coded in exercise 9
+#    below). The decay cannot help, since $e^{w} > 0$ never changes a sign; the flip needs
+#    $b\,a = -2$, i.e. an in-context learning rate (iclr) of 2, outside the released range $(0, 1)$
+#    (with iclr $\to 1$ the transition tends to $0$ and erases the state).
+# 2. The delta state returns $(1-\eta)\,S^\top\hat k + \eta\, v$ for the newest key, so the newest
+#    pair is no longer exact: at $\eta = 0.5$, $n = 48$, $K = 16$ its error is about 0.58 (it is 0
+#    at $\eta = 1$). Forgetting is slower and the curve flatter: about 0.6–0.7 for the five
+#    most recent pairs and about 1.0 for the oldest, instead of $\sqrt 2$. Each write shrinks the
+#    old content along $\hat k$ by the eigenvalue $1 - \eta$ only, $0.5$ instead of $0$, so
+#    old pairs are only partly overwritten.
+# 3. Two letters $A \ne B$ with decays $D_A \ne D_B$ and writes $k_A v_A^\top$, $k_B v_B^\top$: the
+#    words $AB$ and $BA$ end in states that differ by
+#    $(D_B - I)\,k_A v_A^\top - (D_A - I)\,k_B v_B^\top$, which is non-zero for most choices.
+#    §2 claims only that the *transition part* $D_T\cdots D_1$, the way the state's earlier
+#    content is carried forward, is order-independent. Writes add order-dependent terms, so a
+#    diagonal layer is not blind to order; what it cannot do is compose its past content in a
+#    non-commutative way, as the word problem needs.
+# 5. Two tokens: the rotation $(0\,1\,2)$ is $(0\,1)$ followed by $(0\,2)$ (`decompose`). No single
+#    token does it: with $P$ the permutation matrix of the 3-cycle, $P - \operatorname{diag}(e^{w})$
+#    has a $2\times 2$ minor equal to $-1$ for every $w$ (rows 0, 1 and columns 0, 2 of
+#    $P e_i = e_{\pi(i)}$), so it is never the rank-one $b\,a^\top$. Its eigenvalues
+#    $e^{\pm 2\pi i/3}$ are not real either.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, replaces it with a stub), and ends with `exercises.check`, which runs the function on
+# seeded random cases and says what is wrong if it is. The references are independent of your
+# code: `delta.recall` (the memory written through `wkv7.naive`) in float64, and the
+# combinatorial products of `delta.compose`.
+#
+# 7. **A delta-rule memory by hand.** Write the delta rule's write loop of §1 yourself, one pair
+#    at a time, and read the memory back; the checker writes a key twice and more pairs than
+#    dimensions.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("09.7"))
+
+
+def delta_recall(keys, values, queries, lr):
+    ### BEGIN SOLUTION
+    kh = keys / keys.norm(dim=-1, keepdim=True)
+    S = torch.zeros(keys.shape[-1], values.shape[-1], dtype=keys.dtype)
+    for k_i, v_i in zip(kh, values):
+        e = k_i @ S                                      # what the memory returns for k̂ now
+        S = S - lr * torch.outer(k_i, e - v_i)           # one gradient step towards v_i
+    return (queries / queries.norm(dim=-1, keepdim=True)) @ S
+    ### END SOLUTION
+
+
+exercises.check("09.7", delta_recall)
+
+# %% [markdown]
+# 8. **Swaps as reflections.** Track a word of transpositions in the state, as in §3, and return
+#    the raw read-outs: each row must be the running permutation in one-line form.
+
+# %%
+import math
+
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("09.8"))
+
+
+def swap_readout(word, n):
+    ### BEGIN SOLUTION
+    S, r, out = torch.eye(n), torch.arange(n, dtype=torch.float32), []
+    for i, j in word:
+        kh = torch.zeros(n)
+        kh[i], kh[j] = 1 / math.sqrt(2), -1 / math.sqrt(2)
+        S = S - 2 * torch.outer(kh, kh @ S)              # (I − 2k̂k̂ᵀ) S: swap rows i and j
+        out.append(S.T @ r)                              # o_t = S_tᵀ r = π_t in one-line form
+    return torch.stack(out)
+    ### END SOLUTION
+
+
+exercises.check("09.8", swap_readout)
+
+# %% [markdown]
+# 9. **Parity with one channel.** Exercise 1 as code: choose the `wkv7` arguments for a state of
+#    one number that flips its sign on every 1. The checker also enforces the rules of the game
+#    (a constant read-out key, no writes, arguments that depend only on the current bit).
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("09.9"))
+
+
+def parity_args(bits):
+    ### BEGIN SOLUTION
+    x = bits.float()[..., None, None]                    # [B, T, 1, 1]
+    zeros, ones = torch.zeros_like(x), torch.ones_like(x)
+    # G = e^0 + b·a = 1 − 2·bit: +1 for a 0, −1 for a 1 (a reflection of the one-dimensional state)
+    return dict(r=ones, w=zeros, k=zeros, v=zeros, a=-ones, b=2 * x)
+    ### END SOLUTION
+
+
+exercises.check("09.9", parity_args)

@@ -715,3 +715,125 @@ assert chunked_cost(Tk, 16, Kk, Vk) < 2 * loop_cost                       # a sm
 # 7. **Breaking the bound.** Replace $a = -\hat\kappa$, $b = \hat\kappa\,\text{iclr}$ by
 #    unnormalized random vectors of norm 3. Watch $\max|\mathcal T|$ and the states grow with
 #    $C$ and $T$. Which property of the model's parameterization was keeping them bounded?
+
+# %% [markdown]
+# Short answers to exercises 1, 2, 4, 5 and 7 (the student edition hides them):
+#
+# ### BEGIN SOLUTION
+# 1. Only the read-out side changes. $A_{rb}$ and $A_{rk}$ become *strictly* lower triangular
+#    ($i < t$) with the exponents $c_{t-1} - c_i$, exactly the masks and decays of $A_{ab}$ and
+#    $A_{ak}$ with $a$ replaced by $r$, and $\tilde r_t = r_t \odot e^{c_{t-1}}$. $A_{ab}$,
+#    $A_{ak}$, $\mathcal T$, $E$ and the hand-off are unchanged.
+# 2. With $a = b = 0$: $A_{ab} = A_{ak} = A_{rb} = 0$, $\tilde A = 0$ and $\hat B = 0$, so
+#    $\mathcal T = I$, $W = U = 0$ and $E = 0$. What is left is
+#    $O = \text{scale}\cdot(\tilde R S_0 + A_{rk} V)$ and
+#    $S \leftarrow \operatorname{diag}(\gamma) S + \hat K^\top V$: chapter 6's chunked form with no
+#    bonus, except that $A_{rk}$ keeps its diagonal (read after write).
+# 4. The off-diagonal block of the inverse is $-Z^{-1} Y X^{-1}$, two $16\times16$ matrix
+#    products. GPU kernels like this form because the only sequential pieces are two
+#    16-row substitutions that run side by side; the combination is dense matrix products,
+#    which run on tensor cores, instead of 32 dependent row updates.
+# 5. Per chunk the $P$ route costs $CK^2$ to form $P_n$ (plus $2CKV$ for $Q_n$), and $K^2V$ for each step
+#    $P_n S$; the $E$ route costs about $3CKV$ per chunk ($WS$, $\hat B^\top E$, $\hat K^\top V$).
+#    For $C \le K$ the $E$ route is cheaper, even when only the final state is wanted. The
+#    $P$ route pays off when the steps $S \leftarrow P_n S + Q_n$ are to be combined in a
+#    *parallel* (associative) scan over chunks, since $(P, Q)$ pairs compose without the state;
+#    exercise 10 below codes the sequential version.
+# 7. The model's parameterization: unit removal keys $\|\hat\kappa\| = 1$ ($a = -\hat\kappa$),
+#    $b = \hat\kappa\odot\text{iclr}$ with iclr in $(0, 1)$, and decay factors $e^{w} \le 1$.
+#    Together they make every transition's eigenvalues real and smaller than 1 in size (chapter 8),
+#    so products of transitions, and with them $\mathcal T$ and the states, stay bounded;
+#    with random $a$ and $b$ of norm 3 the rank-one part alone has the eigenvalue $a^\top b$, up to 9
+#    in size, and both grow geometrically.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, replaces it with a stub), and ends with `exercises.check`, which runs the function on
+# seeded random cases and says what is wrong if it is. The references do not use the chunked
+# code: a triangular solve from `torch.linalg` for the UT transform, and `wkv7.naive` in float64
+# for everything else, with odd chunks, $w = -8$ and slow decays over several chunks.
+#
+# 8. **The UT transform.** Invert $I - A$ by forward substitution, as `ut_transform` does, and
+#    ignore everything of $A$ that is not strictly below the diagonal.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("10.8"))
+
+
+def ut_inverse(A):
+    ### BEGIN SOLUTION
+    C = A.shape[-1]
+    eye = torch.eye(C, dtype=A.dtype).expand(A.shape)
+    rows = [eye[..., 0, :]]                                   # row 0 of T is row 0 of I
+    for t in range(1, C):
+        done = torch.stack(rows, dim=-2)                      # rows 0..t-1 of T
+        rows.append(eye[..., t, :] + (A[..., t:t + 1, :t] @ done).squeeze(-2))   # only i < t
+    return torch.stack(rows, dim=-2)
+    ### END SOLUTION
+
+
+exercises.check("10.8", ut_inverse)
+
+# %% [markdown]
+# 9. **One chunk.** Given a chunk's start state, compute its outputs and the state it hands on,
+#    equations (2)–(5), with the package's intra-chunk matrices.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+from rwkvlab.wkv7 import reference as ref
+
+print(exercises.spec("10.9"))
+
+
+def chunk_forward(r, w, k, v, a, b, S0, scale):
+    ### BEGIN SOLUTION
+    M = ref.intra_chunk_matrices(r, w, k, a, b)
+    E = ref.ut_transform(M["A_ab"]) @ (M["a_start"] @ S0 + M["A_ak"] @ v)   # rows a_tᵀ S_{t-1}
+    o = scale * (M["r_start"] @ S0 + M["A_rk"] @ v + M["A_rb"] @ E)
+    S = M["gamma"].unsqueeze(-1) * S0 + M["k_end"].mT @ v + M["b_end"].mT @ E
+    return o, S
+    ### END SOLUTION
+
+
+exercises.check("10.9", chunk_forward)
+
+# %% [markdown]
+# 10. **The state-only scan.** Hand the state from chunk to chunk through the chunk transition
+#     $P_n = \operatorname{diag}(\gamma) + \hat B^\top W$ and input $Q_n$ of exercise 5, without
+#     computing any output; the last chunk may be shorter than the others.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+from rwkvlab.wkv7 import reference as ref
+
+print(exercises.spec("10.10"))
+
+
+def final_state(r, w, k, v, a, b, initial_state, chunk_size):
+    ### BEGIN SOLUTION
+    S, T = initial_state, r.shape[1]
+    for lo in range(0, T, chunk_size):                        # the last chunk may be shorter
+        r_, w_, k_, v_, a_, b_ = (x[:, lo:lo + chunk_size].transpose(1, 2) for x in (r, w, k, v, a, b))
+        M = ref.intra_chunk_matrices(r_, w_, k_, a_, b_)
+        Tm = ref.ut_transform(M["A_ab"])
+        W, U = Tm @ M["a_start"], Tm @ (M["A_ak"] @ v_)
+        P = torch.diag_embed(M["gamma"]) + M["b_end"].mT @ W  # K×K: the chunk's product of transitions
+        Q = M["k_end"].mT @ v_ + M["b_end"].mT @ U            # K×V: what the chunk writes
+        S = P @ S + Q
+    return S
+    ### END SOLUTION
+
+
+exercises.check("10.10", final_state)
