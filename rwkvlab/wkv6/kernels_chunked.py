@@ -64,19 +64,9 @@ import triton.language as tl
 from .. import device
 from . import kernels_recurrent as _rec
 from . import kernels_subchunk as _sub
-from .kernels_recurrent import _seq_bounds
+from ..kernels_common import chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
 
 __all__ = ["triton_chunked"]
-
-
-@triton.jit
-def _first_chunk(chunk_offsets, i_n, T, BT: tl.constexpr, VARLEN: tl.constexpr):
-    """Index of sequence ``i_n``'s first chunk among all chunks of the batch."""
-    if VARLEN:
-        boc = tl.load(chunk_offsets + i_n).to(tl.int64)
-    else:
-        boc = i_n.to(tl.int64) * tl.cdiv(T, BT)
-    return boc
 
 
 @triton.jit
@@ -139,8 +129,8 @@ def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, hs, cu_seqlens, chunk_offs
                             LOW_PREC_DOT: tl.constexpr, STORE_O: tl.constexpr, STORE_STATES: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
-    boc = _first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
+    bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    boc = first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
 
     o_i = tl.arange(0, BT)  # token index inside a chunk (rows of A)
     o_k = tl.arange(0, BK)
@@ -189,8 +179,8 @@ def wkv6_state_pass_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
     """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
-    boc = _first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
+    bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    boc = first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
 
     o_i = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -228,13 +218,7 @@ def wkv6_output_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T
     Programs are independent: grid (all chunks of the batch, V-blocks, heads).
     """
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    if VARLEN:  # (sequence, chunk inside it) of this global chunk, from a table built in torch
-        i_n = tl.load(chunk_indices + 2 * i_c)
-        i_t = tl.load(chunk_indices + 2 * i_c + 1)
-    else:
-        i_n, i_t = i_c // tl.cdiv(T, BT), i_c % tl.cdiv(T, BT)
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
-    t0 = bos + i_t.to(tl.int64) * BT
+    bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
 
     o_i = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
@@ -269,8 +253,8 @@ def wkv6_bwd_chunked_kernel(r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du, dh0,
     """Chunks in reverse order, dS (the gradient of the state at the chunk's end) in registers."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
-    boc = _first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
+    bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    boc = first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
     NT = tl.num_programs(1)
 
     o_i = tl.arange(0, BT)
@@ -379,24 +363,6 @@ def _tiles(K, V):
     return BK, BV, triton.cdiv(V, BV)
 
 
-def _chunk_offsets(cu_seqlens, BT, dev):
-    """Index of each sequence's first chunk (varlen), and the total number of chunks."""
-    lens = cu_seqlens[1:] - cu_seqlens[:-1]
-    n = (lens + BT - 1) // BT
-    offs = torch.cat([n.new_zeros(1), n.cumsum(0)])
-    return offs.to(device=dev, dtype=torch.int32), int(offs[-1])
-
-
-def _chunk_indices(cu_seqlens, BT, dev):
-    """(sequence, chunk inside the sequence) of every chunk of a packed batch, as [n_chunks, 2] int32."""
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).cpu().long()
-    n = (lens + BT - 1) // BT
-    seq = torch.repeat_interleave(torch.arange(len(n)), n)
-    first = torch.cat([n.new_zeros(1), n.cumsum(0)])[seq]
-    local = torch.arange(len(seq)) - first
-    return torch.stack([seq, local], 1).to(device=dev, dtype=torch.int32).contiguous()
-
-
 def _state_tiles(K, V):
     # the state pass has no reduction over K, so it splits K as well as V: more programs, same work
     return max(16, min(triton.next_power_of_2(K), 32)), max(16, min(triton.next_power_of_2(V), 32))
@@ -408,16 +374,13 @@ def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, chunk_
     V = v.shape[-1]
     BK, BV = _state_tiles(K, V)
     varlen = cu_seqlens is not None
-    if varlen:
-        offs, n_chunks = _chunk_offsets(cu_seqlens, chunk_size, k.device)
-    else:
-        offs, n_chunks = torch.zeros(1, dtype=torch.int32, device=k.device), B * triton.cdiv(T, chunk_size)
+    offs, _, n_chunks = chunk_table(cu_seqlens, B, T, chunk_size, k.device)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
     hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=k.device)
     low_prec = (k.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_state_pass_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
         k, v, w, initial_state if initial_state is not None else hs, ht if ht is not None else hs, hs,
-        _rec._cu(cu_seqlens, k.device), offs, B * T if varlen else T,
+        cu_arg(cu_seqlens, k.device), offs, B * T if varlen else T,
         H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_H0=initial_state is not None,
         STORE_HT=output_final_state, VARLEN=varlen, LOW_PREC_DOT=low_prec)
     return ht, hs, offs
@@ -430,12 +393,11 @@ def fwd_parallel(r, k, v, w, u, scale, initial_state, output_final_state, cu_seq
     BK, BV, NV = _tiles(K, V)
     varlen = cu_seqlens is not None
     ht, hs, _ = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, chunk_size)
-    idx = _chunk_indices(cu_seqlens, chunk_size, r.device) if varlen else torch.zeros(2, dtype=torch.int32,
-                                                                                      device=r.device)
+    _, idx, _ = chunk_table(cu_seqlens, B, T, chunk_size, r.device)
     o = torch.empty_like(v)
     low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_output_kernel[(hs.shape[0], NV, H)](  # hs.shape[0]: every chunk of the batch (T ≥ 1: at least one)
-        r, k, v, w, u, o, hs, _rec._cu(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
+        r, k, v, w, u, o, hs, cu_arg(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
         H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, VARLEN=varlen, LOW_PREC_DOT=low_prec)
     return o, ht
 
@@ -447,10 +409,7 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     V = v.shape[-1]
     BK, BV, NV = _tiles(K, V)
     varlen = cu_seqlens is not None
-    if varlen:
-        offs, n_chunks = _chunk_offsets(cu_seqlens, chunk_size, r.device)
-    else:
-        offs, n_chunks = torch.zeros(1, dtype=torch.int32, device=r.device), B * triton.cdiv(T, chunk_size)
+    offs, _, n_chunks = chunk_table(cu_seqlens, B, T, chunk_size, r.device)
     o = torch.empty_like(v) if store_o else None
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if output_final_state else None
     hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=r.device) if store_states else None
@@ -458,7 +417,7 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_fwd_chunked_kernel[(NV, N * H)](
         r, k, v, w, u, o if o is not None else dummy, initial_state if initial_state is not None else dummy,
-        ht if ht is not None else dummy, hs if hs is not None else dummy, _rec._cu(cu_seqlens, r.device), offs,
+        ht if ht is not None else dummy, hs if hs is not None else dummy, cu_arg(cu_seqlens, r.device), offs,
         float(scale), B * T if varlen else T,
         H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_H0=initial_state is not None,
         STORE_HT=output_final_state, VARLEN=varlen, LOW_PREC_DOT=low_prec, STORE_O=store_o,
@@ -491,7 +450,7 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, chunk_size, do, dht,
     low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_bwd_chunked_kernel[(NV, N * H)](
         r, k, v, w, u, do, hs, dht if dht is not None else hs, dr, dk, dv, dw, du,
-        dh0 if dh0 is not None else hs, _rec._cu(cu_seqlens, dev), offs, float(scale),
+        dh0 if dh0 is not None else hs, cu_arg(cu_seqlens, dev), offs, float(scale),
         B * T if varlen else T, B * T,
         H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
         VARLEN=varlen, LOW_PREC_DOT=low_prec)

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from .. import device, validate
+from ..kernels_common import cu_arg, seq_bounds
 
 __all__ = ["triton_recurrent"]
 
@@ -50,25 +51,13 @@ __all__ = ["triton_recurrent"]
 # kernels
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _seq_bounds(cu_seqlens, i_n, T, VARLEN: tl.constexpr):
-    """First row and length of sequence ``i_n`` in the flattened [B·T] time axis."""
-    if VARLEN:
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
-    return bos, eos
-
-
-@triton.jit
 def wkv6_fwd_recurrent_kernel(r, k, v, w, u, o, h0, ht, cu_seqlens, scale, T,
                               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                               BK: tl.constexpr, BV: tl.constexpr,
                               USE_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
 
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -108,7 +97,7 @@ def wkv6_bwd_dr_kernel(r, k, v, w, u, do, h0, dht, dr, dwT, cu_seqlens, scale, T
     """Forward-time pass of the backward: recompute S_t, emit this V-block's share of dr_t."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
     NT = tl.num_programs(1)  # partial sums are laid out [NV, rows = B·T, H, K]
 
     o_k = tl.arange(0, BK)
@@ -149,7 +138,7 @@ def wkv6_bwd_dkvw_kernel(r, k, v, w, u, do, dr, dwT, dht, dk, dv, dw, du, dh0, c
     """Reverse-time pass: carry dS_t backwards, emit dk, dv, dw, du and dS_0."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
     NT = tl.num_programs(1)
 
     o_k = tl.arange(0, BK)
@@ -229,12 +218,6 @@ def _blocks(K, V, BV_max):
     return BK, BV, triton.cdiv(V, BV)
 
 
-def _cu(cu_seqlens, dev):
-    if cu_seqlens is None:
-        return torch.zeros(1, dtype=torch.int32, device=dev)
-    return cu_seqlens.to(device=dev, dtype=torch.int32).contiguous()
-
-
 def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N):
     B, T, H, K = r.shape
     V = v.shape[-1]
@@ -245,7 +228,7 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N):
     varlen = cu_seqlens is not None
     wkv6_fwd_recurrent_kernel[(NV, N * H)](
         r, k, v, w, u, o, initial_state if initial_state is not None else dummy,
-        ht if ht is not None else dummy, _cu(cu_seqlens, r.device), float(scale),
+        ht if ht is not None else dummy, cu_arg(cu_seqlens, r.device), float(scale),
         B * T if varlen else T, H=H, K=K, V=V, BK=BK, BV=BV,
         USE_H0=initial_state is not None, STORE_HT=output_final_state, VARLEN=varlen)
     return o, ht
@@ -260,7 +243,7 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht):
     dev, f32 = r.device, torch.float32
     varlen = cu_seqlens is not None
     T_arg = B * T if varlen else T
-    cu = _cu(cu_seqlens, dev)
+    cu = cu_arg(cu_seqlens, dev)
     do = do.contiguous()
     dht = dht.contiguous() if dht is not None else None
     dr = torch.empty(NV, B, T, H, K, dtype=f32, device=dev)

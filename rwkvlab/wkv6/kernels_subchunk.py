@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from .. import device
-from .kernels_recurrent import _cu, _seq_bounds
+from ..kernels_common import chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
 
 __all__ = ["fwd", "bwd", "SubchunkFunction"]
 
@@ -148,26 +148,6 @@ def _diag_out(k, v, w, b_q, b_k, b_v, b_u, s0, eos, i_h, H: tl.constexpr, K: tl.
     return b_o
 
 
-@triton.jit
-def _chunk_of(cu_seqlens, chunk_indices, i_c, T, BT: tl.constexpr, VARLEN: tl.constexpr):
-    """(first row, end row, first token) of global chunk i_c."""
-    if VARLEN:  # (sequence, chunk inside it), from a table built in torch
-        i_n = tl.load(chunk_indices + 2 * i_c)
-        i_t = tl.load(chunk_indices + 2 * i_c + 1)
-    else:
-        i_n, i_t = i_c // tl.cdiv(T, BT), i_c % tl.cdiv(T, BT)
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
-    return bos, eos, bos + i_t.to(tl.int64) * BT
-
-
-@triton.jit
-def _first_chunk(chunk_offsets, i_n, T, BT: tl.constexpr, VARLEN: tl.constexpr):
-    """Index of sequence i_n's first chunk among all chunks of the batch."""
-    if VARLEN:
-        return tl.load(chunk_offsets + i_n).to(tl.int64)
-    return i_n.to(tl.int64) * tl.cdiv(T, BT)
-
-
 # ---------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +159,8 @@ def wkv6_fwd_h_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
     """State pass: S ← diag(e^{W}) S + (k ⊙ e^{Q})ᵀ V per chunk; every chunk-start S to hs."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
-    boc = _first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
+    bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    boc = first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
     o_k, o_v = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
@@ -207,7 +187,7 @@ def wkv6_fwd_o_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T,
                       VARLEN: tl.constexpr, DOT16: tl.constexpr):
     """One chunk's output, sub-chunk I at a time: inter (from hs) + blocks J < I + the diagonal block."""
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos, t0 = _chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
+    bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
 
@@ -249,8 +229,8 @@ def wkv6_bwd_dh_kernel(r, w, do, dht, dh0, dhs, cu_seqlens, chunk_offsets, scale
     """Reverse state pass: dS ← diag(e^{W}) dS + (q ⊙ e^{P})ᵀ dO; each chunk-END dS to dhs."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu_seqlens, i_n, T, VARLEN)
-    boc = _first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
+    bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
+    boc = first_chunk(chunk_offsets, i_n, T, BT, VARLEN)
     o_k, o_v = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
@@ -286,7 +266,7 @@ def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, cu_seqlens, 
     and dw from the running sums of q ⊙ dq' − k ⊙ dk' (right to left), seeded with rowsum(dS_end ⊙ S_end).
     """
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos, t0 = _chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
+    bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     o_i = tl.arange(0, BC)
     o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -395,20 +375,6 @@ def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, cu_seqlens, 
 # ---------------------------------------------------------------------------------------------
 # launches
 # ---------------------------------------------------------------------------------------------
-def _chunk_table(cu_seqlens, B, T, BT, dev):
-    """(chunk offsets per sequence [N+1], (sequence, local chunk) per chunk [n, 2], n chunks)."""
-    if cu_seqlens is None:
-        z = torch.zeros(2, dtype=torch.int32, device=dev)
-        return z, z, B * triton.cdiv(T, BT)
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).cpu().long()
-    n = (lens + BT - 1) // BT
-    offs = torch.cat([n.new_zeros(1), n.cumsum(0)])
-    seq = torch.repeat_interleave(torch.arange(len(n)), n)
-    local = torch.arange(len(seq)) - offs[seq]
-    idx = torch.stack([seq, local], 1).to(device=dev, dtype=torch.int32).contiguous()
-    return offs.to(device=dev, dtype=torch.int32), idx, int(offs[-1])
-
-
 def _state_tiles(N, H, K, V):
     """Tiles of the two state passes: split K and V until the launch has a few programs per SM."""
     BK, BV = min(triton.next_power_of_2(K), 32), min(triton.next_power_of_2(V), 32)
@@ -438,13 +404,13 @@ def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT):
     B, T, H, K = k.shape
     V = v.shape[-1]
     BK, BV = _state_tiles(N, H, K, V)
-    offs, _, n_chunks = _chunk_table(cu_seqlens, B, T, BT, k.device)
+    offs, _, n_chunks = chunk_table(cu_seqlens, B, T, BT, k.device)
     varlen = cu_seqlens is not None
     hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
     wkv6_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
         k, v, w, initial_state if initial_state is not None else hs, ht if ht is not None else hs, hs,
-        _cu(cu_seqlens, k.device), offs, B * T if varlen else T,
+        cu_arg(cu_seqlens, k.device), offs, B * T if varlen else T,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_H0=initial_state is not None,
         STORE_HT=output_final_state, VARLEN=varlen, DOT16=_dot16(k), **_launch("fwd_h"))
     return hs, ht
@@ -455,12 +421,12 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     B, T, H, K = r.shape
     V = v.shape[-1]
     hs, ht = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT)
-    _, idx, n_chunks = _chunk_table(cu_seqlens, B, T, BT, r.device)
+    _, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, r.device)
     BK, BV, NV = _out_tiles(K, V)
     o = torch.empty_like(v)
     varlen = cu_seqlens is not None
     wkv6_fwd_o_kernel[(n_chunks, NV, H)](
-        r, k, v, w, u, o, hs, _cu(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
+        r, k, v, w, u, o, hs, cu_arg(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
         H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r), **_launch("fwd_o"))
     return o, ht
 
@@ -474,13 +440,13 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
     TT = B * T if varlen else T
     do = do.contiguous()
     hs, _ = state_pass(k, v, w, initial_state, False, cu_seqlens, N, BT)
-    offs, idx, n_chunks = _chunk_table(cu_seqlens, B, T, BT, dev)
+    offs, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, dev)
     BKs, BVs = _state_tiles(N, H, K, V)
     dhs = torch.empty_like(hs)
     dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev) if initial_state is not None else None
     wkv6_bwd_dh_kernel[(triton.cdiv(K, BKs), triton.cdiv(V, BVs), N * H)](
         r, w, do, dht.contiguous() if dht is not None else hs, dh0 if dh0 is not None else hs, dhs,
-        _cu(cu_seqlens, dev), offs, float(scale), TT,
+        cu_arg(cu_seqlens, dev), offs, float(scale), TT,
         H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
         VARLEN=varlen, DOT16=_dot16(r), **_launch("bwd_dh"))
     BK, BV, NV = _out_tiles(K, V)
@@ -490,7 +456,7 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
     dv = torch.empty_like(v)
     du = torch.empty(NV, n_chunks, H, K, dtype=f32, device=dev)
     wkv6_bwd_kernel[(n_chunks, NV, H)](
-        r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, _cu(cu_seqlens, dev), idx, float(scale), TT, B * T,
+        r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, cu_arg(cu_seqlens, dev), idx, float(scale), TT, B * T,
         H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r), **_launch("bwd"))
     dr, dk, dw = (x.sum(0).to(r.dtype) if NV > 1 else x[0] for x in (dr, dk, dw))
     return dr, dk, dv, dw, du.sum((0, 1)).to(u.dtype), dh0

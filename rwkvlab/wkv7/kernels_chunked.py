@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from . import kernels_recurrent as _rec
+from ..kernels_common import first_chunk, seq_bounds
 
 __all__ = ["triton_chunked"]
 
@@ -46,16 +47,8 @@ def _chunk_fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
                       VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    if VARLEN:
-        bos = tl.load(cu + i_n).to(tl.int32)
-        eos = tl.load(cu + i_n + 1).to(tl.int32)
-        i_b = 0
-        c0 = tl.load(ck_off + i_n).to(tl.int32)
-    else:
-        bos = 0
-        eos = T
-        i_b = i_n
-        c0 = i_n * tl.cdiv(T, BT)
+    bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
+    c0 = first_chunk(ck_off, i_n, T, BT, VARLEN)
     L = eos - bos
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
@@ -64,7 +57,7 @@ def _chunk_fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
     m_v = o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]
-    p_s = i_nh * K * V + p_kv
+    p_s = i_nh.to(tl.int64) * K * V + p_kv
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         S += tl.load(h0 + p_s, mask=m_kv, other=0.).to(tl.float32)
@@ -72,8 +65,8 @@ def _chunk_fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
     incl = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
-    base_k = (i_b * T + bos) * H * K + i_h * K
-    base_v = (i_b * T + bos) * H * V + i_h * V
+    base_k = bos * H * K + i_h * K
+    base_v = bos * H * V + i_h * V
     for i_c in range(0, tl.cdiv(L, BT)):
         if STORE_CKPT:
             # the state at the chunk's start: the recurrent backward restarts from it
@@ -132,16 +125,8 @@ def _chunk_bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
                       DOT_PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    if VARLEN:
-        bos = tl.load(cu + i_n).to(tl.int32)
-        eos = tl.load(cu + i_n + 1).to(tl.int32)
-        i_b = 0
-        c0 = tl.load(ck_off + i_n).to(tl.int32)
-    else:
-        bos = 0
-        eos = T
-        i_b = i_n
-        c0 = i_n * tl.cdiv(T, BT)
+    bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
+    c0 = first_chunk(ck_off, i_n, T, BT, VARLEN)
     L = eos - bos
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
@@ -150,15 +135,15 @@ def _chunk_bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
     m_v = o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]
-    p_s = i_nh * K * V + p_kv
+    p_s = i_nh.to(tl.int64) * K * V + p_kv
     incl = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         dS += tl.load(dht + p_s, mask=m_kv, other=0.).to(tl.float32)
-    base_k = (i_b * T + bos) * H * K + i_h * K
-    base_v = (i_b * T + bos) * H * V + i_h * V
+    base_k = bos * H * K + i_h * K
+    base_v = bos * H * V + i_h * V
     n_c = tl.cdiv(L, BT)
     for i_rev in range(0, n_c):
         i_c = n_c - 1 - i_rev

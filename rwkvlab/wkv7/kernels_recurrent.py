@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .. import device, validate
+from ..kernels_common import first_chunk, seq_bounds
 
 __all__ = ["triton_recurrent", "CHECKPOINT"]
 
@@ -51,16 +52,8 @@ def _fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     # where this sequence's tokens live: [bos, eos) of the (packed) time axis
-    if VARLEN:
-        bos = tl.load(cu + i_n).to(tl.int32)
-        eos = tl.load(cu + i_n + 1).to(tl.int32)
-        i_b = 0
-        c0 = tl.load(ck_off + i_n).to(tl.int32)
-    else:
-        bos = 0
-        eos = T
-        i_b = i_n
-        c0 = i_n * tl.cdiv(T, C)
+    bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
+    c0 = first_chunk(ck_off, i_n, T, C, VARLEN)
     L = eos - bos
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -69,13 +62,13 @@ def _fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
     m_kv = m_k[:, None] & m_v[None, :]
     # state tile S[:, v-block], float32 in registers; offsets into [N, H, K, V]
     p_kv = o_k[:, None] * V + o_v[None, :]
-    p_s = i_nh * K * V + p_kv
+    p_s = i_nh.to(tl.int64) * K * V + p_kv
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         S += tl.load(h0 + p_s, mask=m_kv, other=0.).to(tl.float32)
-    # pointers to token bos of sequence i_b, head i_h
-    base_k = (i_b * T + bos) * H * K + i_h * K
-    base_v = (i_b * T + bos) * H * V + i_h * V
+    # pointers to token bos (the first row of sequence i_n), head i_h
+    base_k = bos * H * K + i_h * K
+    base_v = bos * H * V + i_h * V
     for t in range(0, L):
         if STORE_CKPT:
             # S_{t} before step t, every C steps: the backward restarts from these
@@ -106,16 +99,8 @@ def _bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
                 USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    if VARLEN:
-        bos = tl.load(cu + i_n).to(tl.int32)
-        eos = tl.load(cu + i_n + 1).to(tl.int32)
-        i_b = 0
-        c0 = tl.load(ck_off + i_n).to(tl.int32)
-    else:
-        bos = 0
-        eos = T
-        i_b = i_n
-        c0 = i_n * tl.cdiv(T, C)
+    bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
+    c0 = first_chunk(ck_off, i_n, T, C, VARLEN)
     L = eos - bos
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -123,15 +108,15 @@ def _bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
     m_v = o_v < V
     m_kv = m_k[:, None] & m_v[None, :]
     p_kv = o_k[:, None] * V + o_v[None, :]
-    p_s = i_nh * K * V + p_kv
+    p_s = i_nh.to(tl.int64) * K * V + p_kv
     # this program's scratch: C + 1 states of one segment, [C + 1, BK, BV]
     p_scr = scratch + (i_v * tl.num_programs(1) + i_nh) * (C + 1) * BK * BV \
         + tl.arange(0, BK)[:, None] * BV + tl.arange(0, BV)[None, :]
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         dS += tl.load(dht + p_s, mask=m_kv, other=0.).to(tl.float32)
-    base_k = (i_b * T + bos) * H * K + i_h * K
-    base_v = (i_b * T + bos) * H * V + i_h * V
+    base_k = bos * H * K + i_h * K
+    base_v = bos * H * V + i_h * V
     # the K-sized gradients are partial sums over this V-block: slab i_v of [NV, B, T, H, K]
     base_p = i_v * part_stride + base_k
     n_seg = tl.cdiv(L, C)

@@ -1,0 +1,105 @@
+"""Compile rwkvlab's Triton kernels for an H100/H200 (sm_90) on a machine without a GPU.
+
+    python benchmarks/compile_check.py [--dtype bf16|fp32] [--warps 4] [name-substring ...]
+
+Triton can build a kernel for a GPU it does not see: this script asks it for sm_90 code for each
+kernel of wkv6 and wkv7 (dense and varlen variants) and prints the registers per thread and the
+stack (spill) bytes that ``cuobjdump -res-usage`` reads off the cubin — the numbers that decide
+how many programs fit on a multiprocessor. It catches compile errors before any device time is
+spent, and it is how the register figures in benchmarks/NOTES.md were taken. The ptxas bundled
+with Triton does the compiling; nothing runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import subprocess
+import sys
+import tempfile
+
+import rwkvlab  # noqa: F401  (selects the interpreter on a CPU machine; undone below)
+
+os.environ.pop("TRITON_INTERPRET", None)
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+F32 = {"h0", "ht", "hs", "dhs", "dht", "dh0", "du", "ckpt", "scratch", "dwT"}
+INT = {"cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32",
+       "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32"}
+
+
+def kernels(dt16: bool):
+    """(module, kernel name, constexprs) for every kernel, dense and varlen."""
+    common = dict(H=32, K=64, V=64)
+    out = []
+    for varlen in (False, True):
+        out += [
+            ("rwkvlab.wkv6.kernels_recurrent", "wkv6_fwd_recurrent_kernel",
+             {**common, "BK": 64, "BV": 64, "USE_H0": True, "STORE_HT": True, "VARLEN": varlen}),
+            ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_h_kernel",
+             {**common, "BT": 64, "BK": 32, "BV": 32, "USE_H0": True, "STORE_HT": True, "VARLEN": varlen, "DOT16": dt16}),
+            ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_o_kernel",
+             {**common, "BT": 64, "BC": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
+            ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dh_kernel",
+             {**common, "BT": 64, "BK": 32, "BV": 32, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT16": dt16}),
+            ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_kernel",
+             {**common, "BT": 64, "BC": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
+            ("rwkvlab.wkv6.kernels_chunked", "wkv6_output_kernel",
+             {**common, "BT": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "LOW_PREC_DOT": dt16}),
+            ("rwkvlab.wkv7.kernels_recurrent", "_fwd_kernel",
+             {**common, "BK": 64, "BV": 64, "C": 16, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True, "VARLEN": varlen}),
+            ("rwkvlab.wkv7.kernels_recurrent", "_bwd_kernel",
+             {**common, "BK": 64, "BV": 32, "C": 16, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen}),
+            ("rwkvlab.wkv7.kernels_chunked", "_chunk_fwd_kernel",
+             {**common, "BT": 16, "BK": 64, "BV": 32, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True,
+              "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
+            ("rwkvlab.wkv7.kernels_chunked", "_chunk_bwd_kernel",
+             {**common, "BT": 16, "BK": 64, "BV": 32, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen,
+              "DOT_PREC": "tf32" if dt16 else "ieee"}),
+        ]
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--stages", type=int, default=2)
+    p.add_argument("names", nargs="*", help="only kernels whose name contains one of these")
+    args = p.parse_args(argv)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    # reload the kernel modules now that TRITON_INTERPRET is unset, so @triton.jit builds real kernels
+    for name in ("rwkvlab.kernels_common", "rwkvlab.wkv6.kernels_recurrent", "rwkvlab.wkv6.kernels_subchunk",
+                 "rwkvlab.wkv6.kernels_chunked", "rwkvlab.wkv7.kernels_recurrent", "rwkvlab.wkv7.kernels_chunked"):
+        importlib.reload(importlib.import_module(name))
+    failures = 0
+    for mod, kname, consts in kernels(args.dtype == "bf16"):
+        if args.names and not any(n in kname for n in args.names):
+            continue
+        fn = getattr(importlib.import_module(mod), kname)
+        params = list(inspect.signature(fn.fn).parameters)
+        sig = {n: "constexpr" if n in consts else INT.get(n, "*fp32" if n in F32 else f"*{args.dtype}")
+               for n in params}
+        label = f"{mod.split('.', 1)[1]}.{kname}{' varlen' if consts.get('VARLEN') else ''}"
+        try:
+            k = triton.compile(ASTSource(fn, sig, constexprs={(params.index(n),): v for n, v in consts.items()}),
+                               target=GPUTarget("cuda", 90, 32),
+                               options={"num_warps": args.warps, "num_stages": args.stages})
+        except Exception as e:  # noqa: BLE001 - report every kernel
+            failures += 1
+            print(f"{label:<58} FAILED: {type(e).__name__}: {str(e).splitlines()[-1][:150]}")
+            continue
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        usage = next((line.split() for line in res.splitlines() if "REG:" in line), ["REG:?", "STACK:?"])
+        print(f"{label:<58} {usage[0]:<8} {usage[1]}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
