@@ -617,3 +617,93 @@ rwkvlab.check("wkv6 chunked (C=16) vs naive", wkv6.chunked(r, k, v, w, u, chunk_
 # 6. Use `wkv6.step` to generate 100 outputs from a random stream, then start again from the
 #    state after 50 tokens. Check that the last 50 outputs agree — the property an inference
 #    server relies on when it caches a prompt's state.
+
+# %% [markdown]
+# Short answers (the student edition hides them):
+#
+# ### BEGIN SOLUTION
+# 1. With `K = V = 1`, `r = 1`, keys `e^{k}`, bonus `e^{u}` and log decay `−w`, the head computes
+#    `Σ_{i<t} e^{−(t−1−i)w + k_i} v_i + e^{u + k_t} v_t`, RWKV-4's numerator; with `v = 1` the same
+#    sum without `v_i`, its denominator.
+# 2. `k ⊙ e^{−c}`: `e^{−c_j}` grows without bound along the sequence (`e^{c−w}` only shrinks
+#    towards 0, which is harmless). With a constant decay `−c_j = (j+1)·|w|`, so it overflows
+#    float32 once `(j+1)·|w| > 88.72`.
+# 3. `r = q ⊙ e^{w}` and `u = e^{−w}` (so that `r ⊙ u = q`):
+#    `(q ⊙ e^{w})ᵀ S_{t−1} + qᵀ k_t v_tᵀ = qᵀ(diag(e^{w}) S_{t−1} + k_t v_tᵀ) = qᵀ S_t`. The bonus is
+#    one vector for all tokens, so this works only when the decay is constant.
+# 5. A factor above 0.99 needs `d_t < ln(−ln 0.99) ≈ −4.60` for every token (`λ` below `−4.6`
+#    minus the largest `|tanh(xA)B|`). Then `w_t > −0.01005`: token 0 fades by `e` only after
+#    more than 99.5 tokens (half-life above 69 tokens), and at least `0.99^{48} ≈ 0.62` of it is
+#    left at the end of the 48-token window.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, replaces it with a stub), and ends with `exercises.check`, which runs the function on
+# seeded random cases — several heads, `K ≠ V`, `T = 1`, slow and fast decays, a random initial
+# state — against `wkv6.naive` in float64, and says what is wrong if it is.
+#
+# 7. The state update, by hand: one token's `S_t = diag(e^{w_t}) S_{t−1} + k_t v_tᵀ` for a batch
+#    of heads, with the decay on the right axis.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("05.7"))
+
+
+def update(S, k, v, w):
+    ### BEGIN SOLUTION
+    # every key row κ of S shrinks by its own factor e^{w[κ]}; then the rank-one write k vᵀ
+    return torch.exp(w)[..., :, None] * S + k[..., :, None] * v[..., None, :]
+    ### END SOLUTION
+
+
+exercises.check("05.7", update)
+
+# %% [markdown]
+# 8. One token of RNN mode: the read-out with the bonus from the state *before* the token, then
+#    the update — the order section 2 argued for.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("05.8"))
+
+
+def step(r, k, v, w, u, S):
+    ### BEGIN SOLUTION
+    kv = k[..., :, None] * v[..., None, :]                           # [B, H, K, V]
+    o = torch.einsum("bhk,bhkv->bhv", r, S + u[None, :, :, None] * kv)  # read the old state + bonus
+    return o, torch.exp(w)[..., :, None] * S + kv                    # only then decay and write
+    ### END SOLUTION
+
+
+exercises.check("05.8", step)
+
+# %% [markdown]
+# 9. Finch's decay from its low-rank map (section 5), returned as the log decay the kernels take.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("05.9"))
+
+
+def log_decay(x, lam, A, B):
+    ### BEGIN SOLUTION
+    d = lam + torch.tanh(x @ A) @ B          # the model's parameter
+    return -torch.exp(d)                     # log of the factor exp(−exp(d)): always < 0
+    ### END SOLUTION
+
+
+exercises.check("05.9", log_decay)

@@ -498,3 +498,110 @@ plt.show()
 #    `r = k = v = 0` at the *start* of the sequence instead of the end?
 # 6. Extend the cost table with the number of exponentials each form needs, and argue which form
 #    a CPU implementation should use.
+
+# %% [markdown]
+# Short answers (the student edition hides them):
+#
+# ### BEGIN SOLUTION
+# 1. With the reference point `m` in the middle, each factor spans only half the chunk, so the
+#    largest exponent is about `(C/2)·|w|`: the re-centred form fails at `C·|w| ≈ 2 · 88.72 ≈ 177`.
+# 3. With `dO` the gradient of the chunk's outputs and `dS_new` that of the state it hands on
+#    (`scale = 1`): `∂L/∂S = (R ⊙ e^{Cum−W})ᵀ dO + diag(e^{c_last}) dS_new`.
+# 4. float16's largest number is 65504 = `e^{11.09}`, float32's `e^{88.72}`. With `C = 16` and a
+#    constant decay, `e^{−c_{15}} = e^{16|w|}` overflows float16 once `|w| > 11.09 / 16 ≈ 0.69`.
+#    bfloat16 has float32's exponent range (largest ≈ 3.39·10^38 = `e^{88.7}`), so it overflows
+#    at the same point as float32 — it only loses precision (8 mantissa bits) much earlier.
+# 5. `w = −1` at the end: the outputs of the real tokens are unchanged (nothing reads the padded
+#    tokens), but the hand-off would decay the final state by `e^{−1}` per padding token — wrong
+#    whenever `T` is not a multiple of `C`. Padding at the start with `r = k = v = 0` and `w = 0`
+#    works too: zero writes with decay factor 1 leave the initial state as it is (the outputs
+#    are then cut from the end instead of the start).
+# 6. Per head, the pairwise form evaluates `C·K` exponentials per token (`T·C·K` in all, as many
+#    as the score multiply-adds); the factorised one `2·K` per token for the scores (`2·T·K`),
+#    plus `O(T·K)` for the other pieces in both.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, replaces it with a stub), and ends with `exercises.check`, which runs the function on
+# seeded random chunks cut from sequences — odd `C`, `C = 1`, `K ≠ V`, slow decay over many
+# chunks and decays strong enough that `e^{−c}` overflows float32 — against `wkv6.naive` (or a
+# loop over token pairs) in float64, and says what is wrong if it is.
+#
+# 7. The intra-chunk decay matrix of piece (2), `D[i, j] = e^{c_{i−1} − c_j}` below the diagonal,
+#    with the mask applied before the exponential (the checker also differentiates it).
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("06.7"))
+
+
+def pairwise_decay(w):
+    ### BEGIN SOLUTION
+    C = w.shape[-2]
+    c = w.cumsum(-2)                                             # inclusive cumulative log decay
+    e = (c - w)[..., :, None, :] - c[..., None, :, :]            # c_{i−1} − c_j, [..., C, C, K]
+    i, j = torch.arange(C)[:, None], torch.arange(C)[None, :]
+    below = j < i                                                # strictly lower: token j before token i
+    return e.masked_fill(~below[:, :, None], float("-inf")).exp()   # mask first: no positive exponent
+    ### END SOLUTION
+
+
+exercises.check("06.7", pairwise_decay)
+
+# %% [markdown]
+# 8. The hand-off, piece (4): the state after a chunk from the state before it — the only
+#    sequential step of the chunked form, chained here over many chunks.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("06.8"))
+
+
+def hand_off(S, k, v, w):
+    ### BEGIN SOLUTION
+    c = w.cumsum(-2)
+    c_last = c[..., -1:, :]                                      # decay across the whole chunk, [B, H, 1, K]
+    k_end = k * torch.exp(c_last - c)                            # each write decayed to the chunk's end
+    return torch.exp(c_last).transpose(-1, -2) * S + k_end.transpose(-1, -2) @ v
+    ### END SOLUTION
+
+
+exercises.check("06.8", hand_off)
+
+# %% [markdown]
+# 9. One chunk's outputs from its start state: pieces (1)–(3) together, without a loop over
+#    tokens and without an exponent that can overflow.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("06.9"))
+
+
+def chunk_output(r, k, v, w, u, S):
+    ### BEGIN SOLUTION
+    C = r.shape[-2]
+    c = w.cumsum(-2)
+    inter = (r * torch.exp(c - w)) @ S                                      # (1) the earlier chunks
+    e = (c - w)[..., :, None, :] - c[..., None, :, :]
+    below = torch.arange(C)[None, :] < torch.arange(C)[:, None]             # j < i
+    D = e.masked_fill(~below[:, :, None], float("-inf")).exp()
+    P = torch.einsum("bhik,bhjk,bhijk->bhij", r, k, D)                      # (2) strictly lower scores
+    bonus = (r * u[None, :, None, :] * k).sum(-1)                           # (3) the current token
+    return inter + (P + torch.diag_embed(bonus)) @ v
+    ### END SOLUTION
+
+
+exercises.check("06.9", chunk_output)
