@@ -726,8 +726,9 @@ rwkvlab.check("sequential grads, w = -8, vs naive", got, want, 1e-4)
 # Section 5: there the split point was the chunk's *start* for every pair, and $e^{-c_j}$ grew
 # without bound; here it is the start of the *query's* sub-chunk, which always lies between $j$
 # and $i$. Only the four $16\times16$ blocks on the diagonal, where $j$ and $i$ share a
-# sub-chunk and no split point lies between them, are still built elementwise — a quarter of the
-# pairs of the old column loop at $C = 16$'s cost, and with a cheaper inner step (below).
+# sub-chunk and no split point lies between them, are still built elementwise: per token, the
+# same 16 columns as the old loop at $C = 16$, with a cheaper inner step (below), while the rest
+# of the 64-token chunk goes to the tensor cores.
 #
 # The identity, and the claim that nothing positive is ever exponentiated, are worth a check of
 # their own. The cell builds the exact exponent of every pair of one chunk in float64 (a running
@@ -1134,3 +1135,177 @@ else:
 #    (`torch.cuda.max_memory_allocated`).
 # 6. Change `chunk_size` in `triton_chunked` to 64 on a GPU and time it. Explain the result with
 #    the count of exponentials per chunk ($C^2K$) against the number of sequential steps ($T/C$).
+
+# %% [markdown]
+# Short answers to exercises 1–3:
+#
+# ### BEGIN SOLUTION
+# 1. With $w = 0$ the swapped kernel computes $q_t^\top\big(S_{t-1} + \mathrm{diag}(1 + u)\,k_tv_t^\top\big)$,
+#    so passing $u - 1$ in place of $u$ repairs it. With a data-dependent $w_t$ it reads
+#    $\mathrm{diag}(e^{w_t})S_{t-1}$; undoing that extra decay takes $r_t\odot e^{-w_t}$ and then a
+#    bonus $u\odot e^{w_t} - 1$ that changes with every token, which no fixed `u` of shape `[H, K]`
+#    can hold. Any random input with $w \ne 0$ and a non-zero state tells the two kernels apart.
+# 2. The grid grows from `(NV, N·H)` to `(NK·NV, N·H)`: twice the programs for `BK = K/2`. The
+#    float32 partial outputs `[2, 4, 4096, 32, 64]` take $2\cdot 4\cdot 4096\cdot 32\cdot 64\cdot 4$
+#    bytes $= 256$ MiB, as much as the bf16 inputs $r, k, v, w$ together, written and read back once.
+# 3. A float32 checkpoint every 16 tokens is $4\cdot 256\cdot 32$ states of $64\cdot 64\cdot 4$ bytes,
+#    $512$ MiB: twice the inputs, $1/16$ of storing every state (8 GiB), the same as the chunk-start
+#    states at $C = 16$. The scratch buffer adds 16 states per program, 256 KiB each, 32 MiB over the
+#    128 programs of that shape.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, puts a stub in its place), and ends with `exercises.check`, which runs the function on
+# seeded random cases against `wkv6.naive` in float64 (or autograd through it) and names the case
+# and the likely mistake when something is off. Exercises 8, 10 and 9 are laptop-sized
+# counterparts of the GPU exercises 4, 5 and 6.
+#
+# 7. The fused recurrent kernel, by hand: complete the kernel of Section 2 (the masks, the loop over
+#    tokens, the final store). The cell's launcher runs it, in the Triton interpreter on a laptop.
+
+# %%
+import torch
+import triton
+import triton.language as tl
+
+from rwkvlab import exercises
+
+print(exercises.spec("07.7"))
+
+
+@triton.jit
+def wkv6_recurrent_kernel(r, k, v, w, u, o, h0, ht, scale, T,
+                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    o_k = tl.arange(0, BK)                       # every key row (BK >= K)
+    o_v = i_v * BV + tl.arange(0, BV)            # this program's value columns
+    ### BEGIN SOLUTION
+    m_k, m_v = o_k < K, o_v < V                  # lanes past K, and past V in the partial last block, stay off
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_h = i_nh * K * V + o_k[:, None] * V + o_v[None, :]
+    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.)
+    b_h = tl.load(h0 + p_h, mask=m_kv, other=0.).to(tl.float32)
+    for t in range(T):
+        p_k = ((i_n * T + t) * H + i_h) * K + o_k
+        p_v = ((i_n * T + t) * H + i_h) * V + o_v
+        b_q = tl.load(r + p_k, mask=m_k, other=0.) * scale
+        b_k = tl.load(k + p_k, mask=m_k, other=0.)
+        b_w = tl.load(w + p_k, mask=m_k, other=0.)
+        b_v = tl.load(v + p_v, mask=m_v, other=0.)
+        b_kv = b_k[:, None] * b_v[None, :]
+        # read S_{t-1} plus the bonus first, then decay the rows and write k_t v_t^T
+        b_o = tl.sum((b_h + b_u[:, None] * b_kv) * b_q[:, None], axis=0)
+        b_h = b_h * tl.exp(b_w)[:, None] + b_kv
+        tl.store(o + p_v, b_o, mask=m_v)
+    tl.store(ht + p_h, b_h, mask=m_kv)
+    ### END SOLUTION
+
+
+def wkv6_forward(r, k, v, w, u, scale, initial_state):
+    """The launcher: grid (cdiv(V, BV), B*H), one program per (value block, sequence*head)."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    BK, BV = triton.next_power_of_2(K), 16
+    o = torch.zeros(B, T, H, V, device=r.device)
+    ht = torch.zeros(B, H, K, V, device=r.device)
+    wkv6_recurrent_kernel[(triton.cdiv(V, BV), B * H)](r, k, v, w, u, o, initial_state, ht, scale, T,
+                                                       H=H, K=K, V=V, BK=BK, BV=BV)
+    return o, ht
+
+
+exercises.check("07.7", wkv6_forward)
+
+# %% [markdown]
+# 8. The decay gradient without the states: $\bar w$ by the cumulative-sum identity of Section 3,
+#    from one forward and one reverse pass. One case is a 256-token sequence with $w$ close to 0,
+#    exercise 4's regime, on a CPU.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("07.8"))
+
+
+def decay_grad(r, k, v, w, u, scale, initial_state, do, dht):
+    ### BEGIN SOLUTION
+    T = r.shape[1]
+    q = scale * r
+    S = initial_state.clone()
+    r_dr = torch.zeros_like(r)                            # r_t ⊙ dr'_t with dr'_t = scale S_{t-1} do_t
+    for t in range(T):                                    # forward in time: S holds S_{t-1}
+        r_dr[:, t] = q[:, t] * torch.einsum("bhkv,bhv->bhk", S, do[:, t])
+        S = torch.exp(w[:, t])[..., None] * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+    seed = (dht * S).sum(-1)                              # rowsum(dS_T ⊙ S_T)
+    dS = dht.clone()
+    k_dk = torch.zeros_like(k)                            # k_t ⊙ dk'_t with dk'_t = dS_t v_t
+    for t in reversed(range(T)):                          # backward in time: dS holds dS_t
+        k_dk[:, t] = k[:, t] * torch.einsum("bhkv,bhv->bhk", dS, v[:, t])
+        dS = torch.exp(w[:, t])[..., None] * dS + q[:, t, :, :, None] * do[:, t, :, None, :]
+    rev = lambda x: x.flip(1).cumsum(1).flip(1)           # Σ_{m >= t}
+    return seed[:, None] + (rev(r_dr) - r_dr) - rev(k_dk)
+    ### END SOLUTION
+
+
+exercises.check("07.8", decay_grad)
+
+# %% [markdown]
+# 9. One off-diagonal block of Section 6's intra-chunk weights as a single matrix product, factored
+#    at the query's sub-chunk start so that every exponent is $\le 0$: the piece that makes chunks of
+#    64 (exercise 6) affordable.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("07.9"))
+
+
+def offdiag_block(q, k, w, I, J, BC):
+    ### BEGIN SOLUTION
+    wI, wJ = w[:, I * BC:(I + 1) * BC], w[:, J * BC:(J + 1) * BC]
+    zero = torch.zeros_like(wI[:, :1])
+    p = torch.cat([zero, wI[:, :-1]], 1).cumsum(1)                             # Σ_{start(I) <= m < i}
+    s = torch.cat([wJ[:, 1:], zero], 1).flip(1).cumsum(1).flip(1)              # Σ_{j < m <= end(J)}
+    gap = w[:, (J + 1) * BC:I * BC].sum(1, keepdim=True)                       # the sub-chunks between
+    qI = q[:, I * BC:(I + 1) * BC] * torch.exp(p)
+    kJ = k[:, J * BC:(J + 1) * BC] * torch.exp(s + gap)
+    return qI @ kJ.transpose(1, 2)
+    ### END SOLUTION
+
+
+exercises.check("07.9", offdiag_block)
+
+# %% [markdown]
+# 10. The chunk-start states that exercise 5's `store_states` option would keep: the state pass, one
+#     matrix product per chunk, with sequences that end inside a chunk and a strong decay.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("07.10"))
+
+
+def chunk_states(k, v, w, initial_state, C):
+    ### BEGIN SOLUTION
+    T = k.shape[1]
+    S, hs = initial_state.clone(), []
+    for t0 in range(0, T, C):
+        hs.append(S)                                                  # the state before token t0
+        kc, vc, wc = k[:, t0:t0 + C], v[:, t0:t0 + C], w[:, t0:t0 + C]
+        Q = torch.cat([wc[:, 1:], torch.zeros_like(wc[:, :1])], 1).flip(1).cumsum(1).flip(1)   # Σ_{m > j}
+        S = torch.exp(wc.sum(1))[..., None] * S + torch.einsum("bthk,bthv->bhkv", kc * torch.exp(Q), vc)
+    return torch.stack(hs, 1), S
+    ### END SOLUTION
+
+
+exercises.check("07.10", chunk_states)

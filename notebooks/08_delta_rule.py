@@ -519,3 +519,106 @@ rwkvlab.check("reflection applied twice is the identity", R @ R, torch.eye(K, dt
 #    90° (compare $G_{11}G_{22}$ with $G_{12}G_{21}$). Complex eigenvalues are still possible:
 #    find $w, a, b$ that give one, and explain why the released choice $a = -\hat\kappa$,
 #    $b = \mathrm{iclr}\odot\hat\kappa$ never does.
+
+# %% [markdown]
+# Short answers to exercises 2, 3, 5 and 6:
+#
+# ### BEGIN SOLUTION
+# 2. The eigenvalues are 1 ($K-1$ times) and $1-\eta$: all in $[-1, 1]$ for $0 \le \eta \le 2$, in
+#    $(-1, 1]$ for $0 \le \eta < 2$. Per column, $\|(I-\eta\hat k\hat k^\top)s\|^2 = \|s\|^2 -
+#    \eta(2-\eta)(\hat k^\top s)^2$. At $\eta = 1.9$ every step still shrinks the $\hat k$ component
+#    (flipping its sign), and the norm levels off, higher than at $\eta = 1$; at $\eta = 2.1$ each step
+#    stretches it by $1.1$ and the norm grows geometrically. Run a few hundred tokens to see it: over
+#    the 64 tokens of §5 both curves still climb (with the §5 keys, about 70 against $4\cdot 10^7$
+#    after 2000 tokens).
+# 3. With the V×K state, $\nabla_S \tfrac12\|Sk - v\|^2 = (Sk - v)\,k^\top$, so the step is
+#    $S - \eta(Sk - v)k^\top = S(I - \eta kk^\top) + \eta\,v k^\top$: the transpose of
+#    $(I-\eta kk^\top)S^\top + \eta\,k v^\top$, our step on $S^\top$.
+# 5. With $w = 0$ the update is $S - \mathrm{diag}(\mathrm{iclr})\,\hat\kappa\,(S^\top\hat\kappa - c\,v)^\top$:
+#    a gradient step, with rate $\mathrm{iclr}$ per key channel, on $\tfrac12\|S^\top\hat\kappa - c\,v\|^2$.
+#    The target value is scaled by $c$.
+# 6. A 90° rotation needs $G_{11} = G_{22} = 0$, i.e. $a_1b_1 = -e^{w_1}$ and $a_2b_2 = -e^{w_2}$; then
+#    $G_{12}G_{21} = (a_1b_1)(a_2b_2) = e^{w_1+w_2} > 0$, where the rotation has $G_{12}G_{21} = -1$.
+#    Complex eigenvalues: $w = (0, \ln 0.1)$, $a = (1, 1)$, $b = (-1, 1)$ give
+#    $G = \begin{pmatrix}0 & -1\\ 1 & 1.1\end{pmatrix}$, trace $1.1$, determinant 1, eigenvalues
+#    $0.55 \pm 0.835i$. The released choice is similar to the symmetric $\mathrm{diag}(e^w) - zz^\top$
+#    (§6) whenever every $\mathrm{iclr}_i > 0$, so its eigenvalues are real.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, puts a stub in its place), and ends with `exercises.check`, which runs the function on
+# seeded random cases against an independent reference (autograd, `wkv7.naive` in float64, a general
+# eigensolver) and names the case and the likely mistake when something is off.
+#
+# 7. The delta rule as one gradient step, with the gradient of §2 written by hand: a learning rate per
+#    key channel and weight decay, as in §3's check.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("08.7"))
+
+
+def sgd_step(S, k, v, lr, w):
+    ### BEGIN SOLUTION
+    k_hat = k / k.norm(dim=-1, keepdim=True)
+    residual = torch.einsum("bhkv,bhk->bhv", S, k_hat) - v          # S^T k_hat - v, a row of length V
+    grad = k_hat[..., :, None] * residual[..., None, :]              # k_hat (S^T k_hat - v)^T
+    return torch.exp(w)[..., None] * S - lr[..., None] * grad
+    ### END SOLUTION
+
+
+exercises.check("08.7", sgd_step)
+
+# %% [markdown]
+# 8. One RWKV-7 step in the book's K×V layout, the transition acting from the left and the read-out
+#    seeing the updated state; the checker runs it over whole sequences.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("08.8"))
+
+
+def wkv7_step(r, w, k, v, a, b, S):
+    ### BEGIN SOLUTION
+    aS = torch.einsum("bhk,bhkv->bhv", a, S)                         # a^T S, from the old state
+    S_new = (torch.exp(w)[..., None] * S                             # decay the key rows
+             + b[..., None] * aS[..., None, :]                       # rank-one removal b (a^T S)
+             + k[..., None] * v[..., None, :])                       # write k v^T
+    return torch.einsum("bhk,bhkv->bhv", r, S_new), S_new            # read the updated state
+    ### END SOLUTION
+
+
+exercises.check("08.8", wkv7_step)
+
+# %% [markdown]
+# 9. The spectrum of the released transition through §6's similarity transform: a symmetric
+#    eigenproblem whose answer is real by construction.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("08.9"))
+
+
+def transition_spectrum(w, k, iclr):
+    ### BEGIN SOLUTION
+    k_hat = k / k.norm(dim=-1, keepdim=True)
+    z = iclr.sqrt() * k_hat                                          # z = D k_hat, D = diag(sqrt(iclr))
+    M = torch.diag_embed(torch.exp(w)) - z[..., :, None] * z[..., None, :]   # D^-1 G D, symmetric
+    return torch.linalg.eigvalsh(M)                                  # real, ascending
+    ### END SOLUTION
+
+
+exercises.check("08.9", transition_spectrum)
