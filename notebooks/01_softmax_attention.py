@@ -479,3 +479,140 @@ plt.show()
 #    slope do you expect on the log–log plot, and what do you get?
 # 5. A sliding-window model keeps only the last $W$ keys in its cache. Modify the decoding loop of
 #    §7 to do this, and find the first position where its output differs from `attention.parallel`.
+
+# %% [markdown]
+# Short answers to exercises 1–5 (the student edition hides them):
+#
+# ### BEGIN SOLUTION
+# 1. The result does not change beyond float32 rounding: the merge is associative and
+#    commutative, and the first block visited in reverse order (the diagonal one) gives every row
+#    a finite max, so no $e^{-\infty - (-\infty)}$ ever appears.
+# 2. With $m = \max(m_1, m_2)$: $\ell = e^{m_1 - m}\ell_1 + e^{m_2 - m}\ell_2$,
+#    $a = e^{m_1 - m}a_1 + e^{m_2 - m}a_2$, and $o = a/\ell$.
+# 3. Nothing goes wrong: a key block wholly after the query block is all $-\infty$, so
+#    $m' = m$, $\alpha = 1$ and $p = 0$, and the sums are unchanged. Only work is wasted: for
+#    $n$ query blocks, $n(n-1)/2$ extra tiles loaded and exponentiated, almost doubling the loop.
+# 4. Slope 1: the largest buffer of `attention.chunked` is the output, $B\cdot T\cdot H\cdot V$
+#    float32 numbers (measured: exactly $T \cdot 2 \cdot 32 \cdot 4$ bytes at every $T$ of §6);
+#    the score tiles are only `block × block`.
+# 5. Position $t = W$ (0-based), the first step at which the cache must drop key 0; before it the
+#    window holds every key.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, puts a stub in its place), and ends with `exercises.check`, which runs the function on
+# seeded random cases against the float64 loop `attention.naive` and, when the answer is wrong,
+# names the case and, where it can, the mistake.
+#
+# 6. The masked matrix form of §3, written by you: scores, the causal mask, a softmax over the
+#    keys.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("01.6"))
+
+
+def causal_attention(q, k, v, scale):
+    ### BEGIN SOLUTION
+    T = q.shape[1]
+    s = torch.einsum("bthk,bihk->bhti", q, k) * scale                # [B, H, T, T] scores
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    p = torch.softmax(s.masked_fill(future, float("-inf")), dim=-1)   # each row: weights over i <= t
+    return torch.einsum("bhti,bihv->bthv", p, v)
+    ### END SOLUTION
+
+
+exercises.check("01.6", causal_attention)
+
+# %% [markdown]
+# 7. The heart of §4: fold one block of keys into the running max, normaliser and unnormalised
+#    output of a set of query rows.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("01.7"))
+
+
+def online_update(m, ell, a, s, v):
+    ### BEGIN SOLUTION
+    m_new = torch.maximum(m, s.amax(dim=-1))      # the max may rise with this block
+    alpha = torch.exp(m - m_new)                  # rescales the old sums; exp(-inf) = 0 at the start
+    p = torch.exp(s - m_new[:, None])             # masked keys give exp(-inf) = 0
+    return m_new, alpha * ell + p.sum(dim=-1), alpha[:, None] * a + p @ v
+    ### END SOLUTION
+
+
+exercises.check("01.7", online_update)
+
+# %% [markdown]
+# 8. The same update inside the Triton kernel of §5: the loop body that loads a key block,
+#    scores and masks it, and updates the running quantities in registers. The launch and the
+#    store are given.
+
+# %%
+import torch
+import triton
+import triton.language as tl
+
+from rwkvlab import exercises   # importing rwkvlab picks the interpreter when there is no GPU
+
+print(exercises.spec("01.8"))
+
+
+@triton.jit
+def flash_fwd(q_ptr, k_ptr, v_ptr, o_ptr, T, H, K, V, scale,
+              BT: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    i_bh, i_t = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = i_t * BT + tl.arange(0, BT)                 # the queries this program owns
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_t, m_k, m_v = o_t < T, o_k < K, o_v < V
+    q_off = ((i_b * T + o_t[:, None]) * H + i_h) * K + o_k[None, :]
+    b_q = tl.load(q_ptr + q_off, mask=m_t[:, None] & m_k[None, :], other=0.0)
+    b_m = tl.full([BT], float("-inf"), dtype=tl.float32)
+    b_l = tl.zeros([BT], dtype=tl.float32)
+    b_acc = tl.zeros([BT, BV], dtype=tl.float32)
+    hi = tl.minimum((i_t + 1) * BT, T)                # causal: no key after the block's last query
+    for s0 in range(0, hi, BS):
+        ### BEGIN SOLUTION
+        o_s = s0 + tl.arange(0, BS)                   # the keys of this block
+        m_s = o_s < T
+        k_off = ((i_b * T + o_s[:, None]) * H + i_h) * K + o_k[None, :]
+        v_off = ((i_b * T + o_s[:, None]) * H + i_h) * V + o_v[None, :]
+        b_k = tl.load(k_ptr + k_off, mask=m_s[:, None] & m_k[None, :], other=0.0)
+        b_v = tl.load(v_ptr + v_off, mask=m_s[:, None] & m_v[None, :], other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * scale
+        b_s = tl.where(o_s[None, :] <= o_t[:, None], b_s, float("-inf"))   # the future of each query
+        m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
+        alpha = tl.exp(b_m - m_new)
+        b_p = tl.exp(b_s - m_new[:, None])
+        b_l = b_l * alpha + tl.sum(b_p, axis=1)
+        b_acc = b_acc * alpha[:, None] + tl.dot(b_p, b_v, input_precision="ieee")
+        b_m = m_new
+        ### END SOLUTION
+    o_off = ((i_b * T + o_t[:, None]) * H + i_h) * V + o_v[None, :]
+    tl.store(o_ptr + o_off, b_acc / b_l[:, None], mask=m_t[:, None] & m_v[None, :])
+
+
+def flash_forward(q, k, v, scale):
+    """q, k: [B, T, H, K], v: [B, T, H, V] float32 -> o [B, T, H, V]; blocks of 16 queries and keys."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    o = torch.empty(B, T, H, V, dtype=torch.float32, device=q.device)
+    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    flash_fwd[(B * H, triton.cdiv(T, 16))](q.contiguous(), k.contiguous(), v.contiguous(), o,
+                                          T, H, K, V, scale, BT=16, BS=16, BK=BK, BV=BV)
+    return o
+
+
+exercises.check("01.8", flash_forward)

@@ -427,3 +427,97 @@ plt.show()
 #    `rwkvlab.check`, the smallest key scale at which it fails in float32.
 # 5. In `_aft_fwd_kernel`, what does each program load more than once, across programs that
 #    share a batch and query block? Propose a grid that avoids it and say what it costs.
+
+# %% [markdown]
+# Short answers to exercises 1 and 3 (the student edition hides them):
+#
+# ### BEGIN SOLUTION
+# 1. With $w_{t,t'} = b_{t'}$ every logit is $K_{t'} + b_{t'}$, whatever $t$: AFT-full is
+#    AFT-simple with the keys $K_{t'} + b_{t'}$, i.e.
+#    `aft.naive(Q, K, V, b.expand(T, T))` equals `aft.simple(Q, K + b[:, None], V)`.
+# 3. Not in general. Rows $t+1$ and $t$ of $e^{w}$ differ by the factor
+#    $e^{(U_{t+1} - U_t)\,U'_{t'}}$, which changes with $t'$ unless $U_{t+1} = U_t$ or $U'$ is
+#    constant, and in both of those cases the bias only shifts the keys or cancels (exercise 1).
+#    So no single factor carries $\mathrm{num}_t, \mathrm{den}_t$ to step $t+1$.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, puts a stub in its place), and ends with `exercises.check`, which runs the function on
+# seeded random cases against a float64 reference from the package and, when the answer is wrong,
+# names the case and, where it can, the mistake.
+#
+# 6. Causal AFT-full in the $T\times T\times D$ form of §3: logits, the causal mask, a softmax
+#    over $t'$ per channel, the gate.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("02.6"))
+
+
+def aft_full(q, k, v, w):
+    ### BEGIN SOLUTION
+    T = q.shape[1]
+    z = k[:, None, :, :] + w[None, :, :, None]                   # [B, t, t', D] logits
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    a = torch.softmax(z.masked_fill(future[None, :, :, None], float("-inf")), dim=2)  # over t'
+    return torch.sigmoid(q) * torch.einsum("btsd,bsd->btd", a, v)
+    ### END SOLUTION
+
+
+exercises.check("02.6", aft_full)
+
+# %% [markdown]
+# 7. The recurrence of §7 with one decay rate per channel, kept finite by a running exponent.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("02.7"))
+
+
+def aft_recurrent(q, k, v, lam):
+    ### BEGIN SOLUTION
+    B, T, D = q.shape
+    num, den = torch.zeros(B, D), torch.zeros(B, D)      # stored divided by e^p
+    p = torch.full((B, D), float("-inf"))
+    ys = []
+    for t in range(T):
+        p_new = torch.maximum(p - lam, k[:, t])           # the larger of the decayed state and the token
+        a, b = torch.exp(p - lam - p_new), torch.exp(k[:, t] - p_new)
+        num, den, p = a * num + b * v[:, t], a * den + b, p_new
+        ys.append(torch.sigmoid(q[:, t]) * num / den)
+    return torch.stack(ys, dim=1)
+    ### END SOLUTION
+
+
+exercises.check("02.7", aft_recurrent)
+
+# %% [markdown]
+# 8. AFT-local of §6: the bias inside the window, zero outside it.
+
+# %%
+import torch
+
+from rwkvlab import aft, exercises
+
+print(exercises.spec("02.8"))
+
+
+def aft_local(q, k, v, w, s):
+    ### BEGIN SOLUTION
+    idx = torch.arange(q.shape[1], device=w.device)
+    inside = (idx[:, None] - idx[None, :]).abs() < s
+    return aft.parallel(q, k, v, torch.where(inside, w, torch.zeros_like(w)))
+    ### END SOLUTION
+
+
+exercises.check("02.8", aft_local)
