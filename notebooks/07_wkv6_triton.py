@@ -1133,8 +1133,10 @@ else:
 #    `triton_chunked` that keeps them from the forward instead (saved on `ctx`), and measure on a
 #    GPU what the backward gains in time and what the forward+backward costs in peak memory
 #    (`torch.cuda.max_memory_allocated`).
-# 6. Change `chunk_size` in `triton_chunked` to 64 on a GPU and time it. Explain the result with
-#    the count of exponentials per chunk ($C^2K$) against the number of sequential steps ($T/C$).
+# 6. Time `triton_chunked(..., schedule="sequential")` with `chunk_size` 16, 32 and 64 on a GPU
+#    (or count the work on a CPU). Explain the result with the count of exponentials per chunk
+#    ($C^2K$) against the number of sequential steps ($T/C$), and say why the sub-chunk schedule
+#    escapes the trade-off.
 
 # %% [markdown]
 # Short answers to exercises 1–3:
