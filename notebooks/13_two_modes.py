@@ -438,3 +438,116 @@ else:
 # 6. The KV cache in `attention.kv_cache_step` grows by concatenation, copying the whole cache
 #    each token. Write a version with a preallocated buffer and measure how much of the
 #    per-token time at T = 4096 was the copy.
+
+# %% [markdown]
+# Short answers to exercises 1 and 2:
+#
+# ### BEGIN SOLUTION
+# 1. With $H/g$ key/value heads the cache holds $2LCT/g$ numbers, so $T^\ast = g\,(1 + N/2)$ in
+#    one precision. A 4k-token cache is as small as the state only when $2LC \cdot 4096 / g \le
+#    L(2C + CN)$, i.e. $g \ge 8192/(N + 2) \approx 124$ for $N = 64$: more query heads per
+#    key/value head than the released models have heads at all. Even multi-query attention
+#    ($g = H$) crosses over at $H(1 + N/2)$ tokens: 396 for the 0.1B shape ($H = 12$), 2,112 for
+#    $H = 64$.
+# 2. Yes: both are $L(2C + CN)$ numbers, two shift vectors and $H$ matrices of $N\times N$ per
+#    block; for the chapter's $C = 64$, $L = 2$, $N = 32$ that is 17,408 bytes per sequence for
+#    `net` and for `net6` alike.
+# ### END SOLUTION
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, replaces it with a stub), and ends with `exercises.check`, which runs the function on
+# seeded cases against an independent reference (here: the parallel forward in float64, real
+# state and cache tensors, greedy decoding that re-reads the whole text) and says what is wrong.
+#
+# 7. RNN mode by hand: one token through one RWKV-7 block, from its parts, with the three pieces
+#    of state that section 1 counted going in and coming out.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+from rwkvlab import rwkv7_ops as ops
+from rwkvlab import wkv7
+from rwkvlab.model import LayerState
+
+print(exercises.spec("13.7"))
+
+
+def block_step(block, x, layer, v_first):
+    ### BEGIN SOLUTION
+    att, ffn = block.att, block.ffn
+    B, _, C = x.shape
+    H = att.n_head
+    N = C // H
+    if layer is None:                                    # the start of a text: zero shifts, zero state
+        layer = LayerState(x.new_zeros(B, C), torch.zeros(B, H, N, N), x.new_zeros(B, C))
+    if block.layer_id == 0:
+        x = block.ln0(x)
+    xa = block.ln1(x)                                    # the time mix's input: the next token's shift
+    p = att.projections(xa, layer.att_shift[:, None], v_first)
+    heads = lambda t: t.reshape(B, H, N)  # noqa: E731
+    r, w, k, v, a, g, kk = (p[n] for n in ("r", "w", "k", "v", "a", "g", "kk"))
+    o, S = wkv7.step(heads(r), heads(w), heads(k), heads(v), -heads(kk), heads(kk * a), state=layer.wkv)
+    o = att.ln_x(o.reshape(B, C))[:, None] + ops.output_correction(r, k, v, att.r_k, H)   # bonus after the norm
+    x = x + att.output(o * g)
+    xf = block.ln2(x)                                    # the channel mix's input: its shift
+    x = x + ops.channel_mix(xf, layer.ffn_shift[:, None], ffn.x_k, ffn.key.weight, ffn.value.weight)
+    return x, LayerState(xa[:, 0], S, xf[:, 0]), p["v_first"]
+    ### END SOLUTION
+
+
+exercises.check("13.7", block_step)
+
+# %% [markdown]
+# 8. Section 3's comparison as a function: the bytes of the state and of a KV cache (with
+#    grouped-query attention and a bfloat16 model as options), and the token at which the cache
+#    catches up.
+
+# %%
+from rwkvlab import exercises
+
+print(exercises.spec("13.8"))
+
+
+def memory_bytes(C, L, N, T, dtype_bytes, group):
+    ### BEGIN SOLUTION
+    state = L * (2 * C * dtype_bytes + C * N * 4)        # two shift vectors + H float32 matrices N x N
+    per_token = 2 * L * (C // group) * dtype_bytes       # keys and values of H / group heads, every layer
+    crossover = -(-state // per_token)                   # ceil: the first T with cache(T) >= state
+    return state, per_token * T, crossover
+    ### END SOLUTION
+
+
+exercises.check("13.8", memory_bytes)
+
+# %% [markdown]
+# 9. What `model.generate` does, greedily and batched: read the prompt in parallel mode once,
+#    then one `step` per new token, and hand back a state from which the text can go on.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("13.9"))
+
+
+def greedy(model, prompt, n):
+    ### BEGIN SOLUTION
+    with torch.no_grad():
+        logits, state = model(prompt)                    # parallel mode: the whole prompt at once
+        logits = logits[:, -1]                           # the last row predicts the first new token
+        tokens = []
+        for _ in range(n):
+            tok = logits.argmax(-1)
+            tokens.append(tok)
+            logits, state = model.step(tok, state)       # RNN mode: read it, predict the next
+    return torch.stack(tokens, 1), state
+    ### END SOLUTION
+
+
+exercises.check("13.9", greedy)

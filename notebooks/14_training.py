@@ -470,3 +470,92 @@ with torch.no_grad():
 # 6. Load the saved checkpoint, read a long prompt in parallel mode, and continue it in RNN mode
 #    (chapter 13). Check that the first generated distribution equals the parallel forward's
 #    last row.
+
+# %% [markdown]
+# ### Exercises that check themselves
+#
+# Each cell below prints its exercise's statement, holds a solution between the markers
+# `### BEGIN SOLUTION` and `### END SOLUTION` (the student edition, `python -m rwkvlab exercises
+# student`, replaces it with a stub), and ends with `exercises.check`, which runs the function on
+# seeded cases against an independent reference (here: PyTorch's cross-entropy in float64, the
+# rates `train.fit` really applies, a replay of the loop) and says what is wrong. The cells are
+# cheap: a second or two in all.
+#
+# 7. The loss every cell of this chapter minimises, written out: next-token cross-entropy, with
+#    the targets one position to the left of the logits that predict them.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("14.7"))
+
+
+def next_token_loss(logits, idx):
+    ### BEGIN SOLUTION
+    pred, target = logits[:, :-1], idx[:, 1:]            # position t predicts token t + 1
+    log_p = pred.gather(-1, target[..., None])[..., 0] - torch.logsumexp(pred, dim=-1)
+    return -log_p.mean()
+    ### END SOLUTION
+
+
+exercises.check("14.7", next_token_loss)
+
+# %% [markdown]
+# 8. Section 3's schedule, step by step: the learning rate `train.fit` uses at each optimiser
+#    step (warm-up, cosine, floor — and which step of the scheduler each update sees).
+
+# %%
+import math
+
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("14.8"))
+
+
+def lr_schedule(steps, peak, warmup):
+    ### BEGIN SOLUTION
+    s = torch.arange(steps, dtype=torch.float64)          # optimiser step i sees s = i - 1 scheduler steps
+    warm = torch.clamp((s + 1) / warmup, max=1.0)
+    return peak * warm * (0.1 + 0.9 * (1 + torch.cos(math.pi * s / steps)) / 2)
+    ### END SOLUTION
+
+
+exercises.check("14.8", lr_schedule)
+
+# %% [markdown]
+# 9. A loop for texts longer than a window: train on consecutive windows and carry the
+#    recurrent state from one window to the next, cut from the graph — what RWKV's constant-size
+#    state makes cheap (chapter 13), and what `train.fit` does not need for MQAR.
+
+# %%
+import torch
+import torch.nn.functional as F
+
+from rwkvlab import exercises
+from rwkvlab import model as M
+
+print(exercises.spec("14.9"))
+
+
+def train_stream(model, stream, T, lr):
+    ### BEGIN SOLUTION
+    opt = torch.optim.Adam(model.parameters(), lr=lr)    # once: its moment estimates must persist
+    state, losses = None, []
+    for i in range((stream.shape[1] - 1) // T):
+        inputs, targets = stream[:, i * T:(i + 1) * T], stream[:, i * T + 1:(i + 1) * T + 1]
+        logits, state = model(inputs, state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state = M.state_detach(state)                    # keep the values, drop the graph
+        losses.append(loss.item())
+    return losses
+    ### END SOLUTION
+
+
+exercises.check("14.9", train_stream)
