@@ -144,9 +144,9 @@ print("caught:", caught)
 # | $u$ | bonus | `[H, K]` | extra weight for the current token: RWKV-4 adds it to $k_t$ in the exponent, RWKV-5/6 scale $k_t v_t^\top$ by it |
 # | $a$, $b$ | transition vectors | `[B, T, H, K]` | RWKV-7's rank-one term $b\,(a^\top S)$; models pass $a = -\hat\kappa$, $b = \hat\kappa \odot \mathrm{iclr}$ |
 # | $\hat\kappa$ | removal key | `[B, T, H, K]` | RWKV-7's key, L2-normalised per head, used to remove old content |
-# | $S$ (or $h$) | state | `[N, H, K, V]`, float32 | per head a $K \times V$ matrix: rows are key channels, columns value channels |
+# | $S$ (or $h$) | state | `[N, H, K, V]`, float32 | per head a $K \times V$ matrix: rows are key channels, columns value channels; an `initial_state` of any float dtype is cast to float32 |
 # | `cu_seqlens` | sequence boundaries | `[N + 1]`, int | packed variable-length input: `B == 1`, sequence $n$ is tokens `cu_seqlens[n]:cu_seqlens[n+1]` |
-# | `scale` | read-out scale | float | multiplies $r$; RWKV uses 1, softmax attention $K^{-1/2}$ |
+# | `scale` | read-out scale | a finite real number | multiplies $r$; RWKV uses 1, softmax attention $K^{-1/2}$; not `bool`, NaN or ±inf |
 #
 # Here $B$ is the batch, $T$ time, $H$ heads, $K$ the key (and receptance) width per head, and $V$
 # the value width per head. $N = B$, or $N$ = the number of packed sequences when `cu_seqlens` is
@@ -266,7 +266,7 @@ rwkvlab.check("preface: row-vector r S vs column-vector Sᵀ r", r[None, :] @ S,
 #
 # ## 4. Map of the book
 #
-# The book has four parts. **Part I** builds the baseline (softmax attention and its quadratic
+# The book has four parts and an appendix. **Part I** builds the baseline (softmax attention and its quadratic
 # cost) and AFT, the attention-free model RWKV grew out of. It then derives RWKV-4's WKV with its
 # decay and bonus, and puts it in a whole block with token shift and channel mixing, in both
 # parallel and RNN form. **Part II** is RWKV-6. The state becomes a $K\times V$ matrix, the decay
@@ -276,6 +276,7 @@ rwkvlab.check("preface: row-vector r S vs column-vector Sᵀ r", r[None, :] @ S,
 # tracking) and what it does not, and then derives the chunked form with the WY representation
 # and builds its kernels. **Part IV** assembles whole RWKV-6 and RWKV-7 models from the official
 # formulas, shows that the parallel and recurrent modes agree, and trains small models on a laptop.
+# The **Appendix** is a teacher's guide to running a class on the book.
 #
 # The manifest, `book.toml`, is the single list of chapters; the README's contents and the
 # runner read it too.
@@ -285,7 +286,7 @@ from rwkvlab import book
 
 chapters = book.chapters()
 parts = list(dict.fromkeys(c.part for c in chapters))
-assert len(parts) == 4 and chapters[0].file == "00_preface.py"
+assert len(parts) == 5 and parts[-1] == "Appendix" and chapters[0].file == "00_preface.py"
 for part in parts:
     print(part)
     for c in chapters:

@@ -62,12 +62,15 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
+from rwkvlab import book
 from rwkvlab import model as M
-from rwkvlab.book import ROOT
 from rwkvlab.model import train
 from rwkvlab.model import transformer as tf
 from rwkvlab.tokenizer import ByteTokenizer
 
+# the book's checkout (book.toml, data/, out/), found from the working directory; outside one
+# this raises an error that says where it looked
+ROOT = book.root()
 FULL = os.environ.get("RWKVLAB_FULL", "") == "1"
 # One thread: these tensors are tiny, and on a shared or busy CPU several threads per
 # operation wait on each other far longer than they compute (we measured 20× slow-downs).
@@ -242,7 +245,7 @@ if FULL:
     (ROOT / "out" / "recall_full.json").write_text(json.dumps(recorded))
     print("wrote out/recall_full.json")
 else:
-    recorded = json.loads((ROOT / "data" / "recall_full.json").read_text())
+    recorded = json.loads(book.data_path("recall_full.json").read_text())
     print(f"RECORDED, not computed now: {len(recorded)} runs read from data/recall_full.json "
           f"({recorded[0]['machine']})")
 
@@ -366,7 +369,7 @@ rwkvlab.check("additive memory returns the sum of both values", read(S_add), val
 # last tenth is held out.
 
 # %%
-text = (ROOT / "data" / "shakespeare.txt").read_text(encoding="utf-8")
+text = book.data_path("shakespeare.txt").read_text(encoding="utf-8")
 data = torch.tensor(ByteTokenizer().encode(text))
 split = int(0.9 * len(data))
 train_data, val_data = data[:split], data[split:]

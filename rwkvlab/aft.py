@@ -27,23 +27,28 @@ __all__ = ["naive", "parallel", "chunked", "triton_chunked", "simple", "local", 
 
 
 def _check(q, k, v, w=None):
-    """Validate q, k, v [B, T, D] (one dtype, finite) and w [T, T]; return (B, T, D)."""
-    validate.tensor("q", q, ndim=3)
+    """Validate q, k, v [B, T, D] (one dtype, finite) and w [T, T]; return (B, T, D).
+
+    Structure (ranks, shapes, dtypes, devices) first, values (finiteness) last."""
+    validate.tensor("q", q, ndim=3, finite=False)
     B, T, D = q.shape
     if T < 1:
         raise ValueError(f"q: expected T >= 1, got shape {tuple(q.shape)}")
+    validate.nonempty("q", q.shape, {"B": B, "D": D})
     for name, x in (("k", k), ("v", v)):
-        validate.tensor(name, x, ndim=3)
+        validate.tensor(name, x, ndim=3, finite=False)
         validate.same_shape(name, x, (B, T, D), "q")
     tensors = {"q": q, "k": k, "v": v}
     if w is not None:
-        validate.tensor("w", w, ndim=2)
+        validate.tensor("w", w, ndim=2, finite=False)
         validate.same_shape("w", w, (T, T), "q's T")
         tensors["w"] = w
     if len({x.dtype for x in tensors.values()}) > 1:
         raise ValueError(f"{', '.join(tensors)}: expected one dtype for all, got "
                          f"{sorted(str(x.dtype) for x in tensors.values())}")
     validate.same_device(tensors)
+    for name, x in tensors.items():
+        validate.tensor(name, x)
     return B, T, D
 
 
@@ -97,8 +102,7 @@ def chunked(q, k, v, w, block_size: int = 16):
     Only a block × block × D tile of logits exists at any time.
     """
     B, T, D = _check(q, k, v, w)
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
+    block_size = validate.positive_int("block_size", block_size)
     acc = _acc_dtype(q)
     qa, ka, va, wa = q.to(acc), k.to(acc), v.to(acc), w.to(acc)
     ys = []
@@ -175,9 +179,8 @@ def triton_chunked(q, k, v, w, block_size: int = 16, block_d: int = 16):
     Both block sizes must be powers of two.
     """
     B, T, D = _check(q, k, v, w)
-    for name, b in (("block_size", block_size), ("block_d", block_d)):
-        if not isinstance(b, int) or b < 1 or b & (b - 1):
-            raise ValueError(f"{name}: expected a power of two, got {b!r}")
+    block_size = validate.positive_int("block_size", block_size, power_of_two=True)
+    block_d = validate.positive_int("block_d", block_d, power_of_two=True)
     validate.kernel_device("q", q)
     q, k, v, w = q.contiguous(), k.contiguous(), v.contiguous(), w.contiguous()
     y = torch.empty_like(v)
@@ -212,8 +215,7 @@ def local(q, k, v, w, s: int):
     (Computed here through the T × T form; the paper's AFT-conv trick gives O(T·s·D).)
     """
     B, T, D = _check(q, k, v, w)
-    if not isinstance(s, int) or s < 0:
-        raise ValueError(f"s: expected a window size, an int >= 0, got {s!r}")
+    s = validate.positive_int("s", s, minimum=0)   # the window size
     idx = torch.arange(T, device=w.device)
     inside = (idx[:, None] - idx[None, :]).abs() < s
     return parallel(q, k, v, torch.where(inside, w, torch.zeros_like(w)))
@@ -224,10 +226,9 @@ def decay_bias(T: int, lam: float, dtype=torch.float32, device=None) -> torch.Te
 
     Entries above the diagonal (t' > t) are never used by causal AFT; they are set to 0.
     """
-    if not isinstance(T, int) or T < 1:
-        raise ValueError(f"T: expected a positive int, got {T!r}")
-    if not (isinstance(lam, (int, float)) and lam >= 0):
-        raise ValueError(f"lam: expected a number >= 0 (the decay rate), got {lam!r}")
+    T = validate.positive_int("T", T)
+    if validate.real("lam", lam) < 0:
+        raise ValueError(f"lam: expected a finite number >= 0 (the decay rate), got {lam!r}")
     idx = torch.arange(T, device=device, dtype=dtype)
     return (-(idx[:, None] - idx[None, :]) * lam).tril()
 
@@ -244,9 +245,11 @@ def recurrent(q, k, v, lam):
     AFT-simple. (A per-channel λ leaves AFT's shared bias behind: that step is RWKV-4's.)
     """
     B, T, D = _check(q, k, v)
-    validate.tensor("lam", lam, ndim=1)
+    validate.tensor("lam", lam, ndim=1, finite=False)
     if lam.shape[0] != D:
         raise ValueError(f"lam: expected shape ({D},) (one decay rate per channel of q), got {tuple(lam.shape)}")
+    validate.same_device({"q": q, "lam": lam})
+    validate.tensor("lam", lam)
     if (lam < 0).any():
         raise ValueError(f"lam: decay rates must be >= 0, got min {lam.min().item():.3g}")
     acc = _acc_dtype(q)

@@ -14,6 +14,9 @@ query–key dot products. The rungs:
   (online softmax); never holds more than one ``block × block`` tile of scores;
 - ``triton_chunked``: the same algorithm as a Triton kernel, forward only;
 - ``kv_cache_step``: decode one new token against a cache of all past keys and values.
+
+``scale`` is ``None`` (K^{-1/2}) or a finite real number (int, float or numpy scalar; not bool),
+as for :mod:`rwkvlab.wkv6` and :mod:`rwkvlab.wkv7`; B, H, K, V ≥ 1.
 """
 from __future__ import annotations
 
@@ -32,11 +35,10 @@ __all__ = ["naive", "parallel", "chunked", "triton_chunked", "kv_cache_step", "K
 def _check(q, k, v, scale):
     """Validate the [B, T, H, K] / [B, T, H, V] contract and resolve the default scale."""
     B, T, H, K, V, _ = validate.linear_attention(keys={"q": q, "k": k}, values={"v": v})
+    scale = validate.real("scale", scale, allow_none=True)   # finite, real (numpy scalars too), not bool
     if scale is None:
         scale = 1.0 / math.sqrt(K)
-    elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
-    return B, T, H, K, V, float(scale)
+    return B, T, H, K, V, scale
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -88,8 +90,7 @@ def chunked(q, k, v, scale=None, block_size: int = 16):
     any time.
     """
     B, T, H, K, V, scale = _check(q, k, v, scale)
-    if not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
+    block_size = validate.positive_int("block_size", block_size)
     acc = _acc_dtype(q)
     q, k, v_ = q.to(acc), k.to(acc), v.to(acc)
     outs = []
@@ -176,8 +177,7 @@ def triton_chunked(q, k, v, scale=None, block_size: int = 16):
     (``tl.dot`` needs tiles of at least 16); K and V are padded to powers of two with masks.
     """
     B, T, H, K, V, scale = _check(q, k, v, scale)
-    if not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"block_size: expected a power of two >= 16, got {block_size!r}")
+    block_size = validate.positive_int("block_size", block_size, power_of_two=True, minimum=16)
     validate.kernel_device("q", q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
@@ -226,10 +226,9 @@ def kv_cache_step(q_t, k_t, v_t, cache: KVCache | None = None, scale=None):
         raise ValueError("q_t, k_t, v_t: expected one dtype for all")
     B, H, K = q_t.shape
     V = v_t.shape[-1]
+    scale = validate.real("scale", scale, allow_none=True)
     if scale is None:
         scale = 1.0 / math.sqrt(K)
-    elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-        raise ValueError(f"scale: expected a finite number or None, got {scale!r}")
     if cache is None:
         keys, values = k_t[:, None], v_t[:, None]
     else:

@@ -51,6 +51,7 @@ from typing import Callable
 
 import torch
 
+from . import book as _book
 from . import device as _device
 
 KINDS = ("wkv6", "wkv7")
@@ -311,7 +312,7 @@ def copy_bandwidth(device=None, nbytes: int | None = None) -> float:
     x = torch.ones(nbytes, dtype=torch.uint8, device=dev)
     y = torch.empty_like(x)
     ms = _median_ms(lambda: y.copy_(x), gpu, reps=5)
-    del x, y
+    x = y = None                 # free both buffers before the cache is emptied
     if gpu:
         torch.cuda.empty_cache()
     return 2 * nbytes / (ms * 1e-3)
@@ -715,6 +716,9 @@ def read_csv(path) -> Rows:
     lines (``command``, ``date``, ``device``, ``versions``, ``copy_bandwidth`` ...).
     """
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path: no benchmark record at {str(path)!r} (the recorded CSVs live in benchmarks/results/ "
+                         "of the repository)")
     lines = path.read_text().splitlines()
     meta, body = {}, []
     for line in lines:
@@ -916,8 +920,9 @@ def _default_out_dir() -> Path:
     return RESULTS if RESULTS.is_dir() else Path("benchmarks") / "results"
 
 
-# the recorded results of the repository (chapters read their GPU tables from here)
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# the recorded results of the repository (chapters read their GPU tables from here); found with
+# the book's other files (rwkvlab.book.find_root), not from this module's path
+RESULTS = (_book.ROOT if _book.ROOT is not None else Path.cwd()) / "benchmarks" / "results"
 
 
 def device_slug(gpu: bool) -> str:

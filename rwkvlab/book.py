@@ -7,6 +7,7 @@ the HTML edition of the book.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -14,8 +15,49 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
+BOOK_ENV = "RWKVLAB_BOOK"
+
+
+def find_root(start: Path | None = None) -> Path | None:
+    """The book's directory (the checkout that holds ``book.toml``, ``notebooks/`` and ``data/``).
+
+    Looked for, in order: the directory in ``$RWKVLAB_BOOK``; the current directory (or
+    ``start``) and its parents; the directory above this package (an editable install from a
+    checkout). ``None`` when there is none (e.g. a wheel installed outside the repository):
+    :func:`root` then says where it looked.
+    """
+    env = os.environ.get(BOOK_ENV)
+    if env:
+        return Path(env).resolve() if (Path(env) / "book.toml").is_file() else None
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents, Path(__file__).resolve().parent.parent):
+        if (d / "book.toml").is_file() and (d / "notebooks").is_dir():
+            return d
+    return None
+
+
+def root() -> Path:
+    """:func:`find_root`, or a ValueError naming the places it looked."""
+    found = ROOT if ROOT is not None else find_root()
+    if found is None:
+        env = os.environ.get(BOOK_ENV)
+        where = f"${BOOK_ENV} = {env!r} has no book.toml" if env else \
+            f"no book.toml in {str(Path.cwd())!r} or its parents, nor beside the installed package"
+        raise ValueError(f"book: the book's files (book.toml, notebooks/, data/) were not found: {where}; "
+                         f"run from the repository's checkout or set {BOOK_ENV} to it")
+    return found
+
+
+def data_path(name: str) -> Path:
+    """A file of the book's ``data/`` directory (e.g. ``shakespeare.txt``), or a ValueError naming the path."""
+    path = root() / "data" / name
+    if not path.is_file():
+        raise ValueError(f"data: {str(path)!r} does not exist; the book's data files live in data/ of the repository")
+    return path
+
+
+ROOT = find_root()                                   # None outside a checkout: use root() for an error
+NOTEBOOKS = ROOT / "notebooks" if ROOT is not None else None
 
 
 @dataclass(frozen=True)
@@ -26,7 +68,7 @@ class Chapter:
 
     @property
     def path(self) -> Path:
-        return NOTEBOOKS / self.file
+        return root() / "notebooks" / self.file
 
     @property
     def slug(self) -> str:
@@ -34,7 +76,7 @@ class Chapter:
 
 
 def manifest(path: Path | None = None) -> dict:
-    with open(path or ROOT / "book.toml", "rb") as f:
+    with open(path or root() / "book.toml", "rb") as f:
         return tomllib.load(f)
 
 
@@ -72,7 +114,7 @@ def run_chapter(ch: Chapter, timeout: int = 600, html_dir: Path | None = None) -
 
     nb = read_notebook(ch.path)
     client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+                                     resources={"metadata": {"path": str(ch.path.parent)}})
     t0 = time.perf_counter()
     ok, err = True, ""
     try:

@@ -1,6 +1,7 @@
 """``check``: compare two rungs of the ladder and print one deterministic line; ``randn``: seeded inputs."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -23,7 +24,8 @@ def rel_err(got, ref) -> float:
     """Relative error ‖got − ref‖ / ‖ref‖ in float64 (0 when both are zero).
 
     Sequences (e.g. ``(o, final_state)``) are compared element by element and the largest
-    error is returned, so one small output cannot hide a wrong state.
+    error is returned, so one small output cannot hide a wrong state. A NaN or infinite entry
+    in either ``got`` or ``ref`` gives ``inf``: a reference that is not finite proves nothing.
     """
     gs, rs = _flat(got), _flat(ref)
     if len(gs) != len(rs):
@@ -33,7 +35,7 @@ def rel_err(got, ref) -> float:
         if g.shape != r.shape:
             raise ValueError(f"check: shape {tuple(g.shape)} differs from the reference's {tuple(r.shape)}")
         g64, r64 = g.detach().double().cpu(), r.detach().double().cpu()
-        if not torch.isfinite(g64).all():
+        if not (torch.isfinite(g64).all() and torch.isfinite(r64).all()):
             return float("inf")
         num = torch.linalg.vector_norm(g64 - r64).item()
         den = torch.linalg.vector_norm(r64).item()
@@ -61,9 +63,10 @@ def check(name: str, got, ref, tol: float = 1e-5, quiet: bool = False) -> float:
     one machine; the assertion compares the unrounded value.
     """
     err = rel_err(got, ref)
-    ok = err <= tol
+    ok = err <= tol                      # False for NaN, and rel_err is inf for non-finite tensors
     if not quiet or not ok:
         print(f"{name}: rel err {err:.0e} (tol {tol:.0e})  {'ok' if ok else 'FAILED'}")
     if not ok:
-        raise AssertionError(f"{name}: relative error {err:.3e} exceeds {tol:.0e}")
+        why = "" if math.isfinite(err) else " (NaN or Inf in the result or the reference)"
+        raise AssertionError(f"{name}: relative error {err:.3e} exceeds {tol:.0e}{why}")
     return err

@@ -17,10 +17,39 @@ from __future__ import annotations
 import ast
 import codecs
 import importlib.util
+import operator
 import os
 from pathlib import Path
 
 WORLD_VOCAB_NAME = "rwkv_vocab_v20230424.txt"
+
+
+def _utf8(text) -> bytes:
+    """``text`` as UTF-8; a non-str or a str that is not valid Unicode (a lone surrogate, as
+    ``surrogateescape`` makes of undecodable bytes) is a ValueError naming ``text``."""
+    if not isinstance(text, str):
+        raise ValueError(f"text: expected a str, got {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text: character {e.start} ({text[e.start]!r}) is a lone surrogate, not valid "
+                         "Unicode, so it has no UTF-8 bytes to encode") from None
+
+
+def _token_ids(ids) -> list[int]:
+    """``ids`` as a list of ints. Accepts ints, numpy integers and integer 0-d tensors (anything
+    with ``__index__``); a float such as 3.7, None or a bool is a ValueError naming ``ids``."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"ids: expected a sequence of token ids (ints), got {type(ids).__name__}")
+    out = []
+    for i in ids:
+        try:
+            if isinstance(i, bool):
+                raise TypeError
+            out.append(operator.index(i))
+        except TypeError:
+            raise ValueError(f"ids: token ids must be ints, got {i!r} ({type(i).__name__})") from None
+    return out
 
 
 class ByteTokenizer:
@@ -29,13 +58,11 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise ValueError(f"text: expected a str, got {type(text).__name__}")
-        return list(text.encode("utf-8"))
+        return list(_utf8(text))
 
     def decode_bytes(self, ids) -> bytes:
-        ids = list(ids)
-        bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < 256)]
+        ids = _token_ids(ids)
+        bad = [i for i in ids if not 0 <= i < 256]
         if bad:
             raise ValueError(f"ids: byte tokens must be ints in [0, 256), got {bad[0]!r}")
         return bytes(ids)
@@ -70,7 +97,12 @@ class WorldTokenizer:
             raise ValueError(f"vocab_path: no file at {str(path)!r}")
         self.path = path
         self.id_to_bytes: dict[int, bytes] = {}
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"vocab_path: {str(path)!r} is not UTF-8 text (byte {e.start}); expected the World "
+                             f"vocabulary file {WORLD_VOCAB_NAME}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -78,6 +110,9 @@ class WorldTokenizer:
                 idx, piece, length = int(line[:first]), ast.literal_eval(line[first + 1:last]), int(line[last + 1:])
             except (ValueError, SyntaxError) as e:
                 raise ValueError(f"vocab_path: line {n} of {path.name} is not '<id> <literal> <length>': {line[:60]!r}") from e
+            if not isinstance(piece, (str, bytes)):
+                raise ValueError(f"vocab_path: line {n} of {path.name}: the piece is a {type(piece).__name__}, "
+                                 "expected a str or bytes literal")
             piece = piece.encode("utf-8") if isinstance(piece, str) else piece
             if len(piece) != length:
                 raise ValueError(f"vocab_path: line {n}: piece has {len(piece)} bytes, the file says {length}")
@@ -107,13 +142,11 @@ class WorldTokenizer:
         return out
 
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise ValueError(f"text: expected a str, got {type(text).__name__}")
-        return self.encode_bytes(text.encode("utf-8"))
+        return self.encode_bytes(_utf8(text))
 
     def decode_bytes(self, ids) -> bytes:
         try:
-            return b"".join(self.id_to_bytes[int(i)] for i in ids if int(i) != 0)
+            return b"".join(self.id_to_bytes[i] for i in _token_ids(ids) if i != 0)
         except KeyError as e:
             raise ValueError(f"ids: token {e.args[0]} is not in the World vocabulary") from None
 

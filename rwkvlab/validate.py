@@ -7,14 +7,26 @@ states ``[N, H, K, V]`` float32 with ``N = B``, or ``N = len(cu_seqlens) - 1`` w
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def has_data(name: str, x: torch.Tensor) -> None:
+    """A tensor whose values can be read: not on the ``meta`` device (shapes only, no numbers)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name}: is on the meta device, which holds no values; expected a tensor on "
+                         "cpu or cuda (the device of the other inputs)")
+
+
 def tensor(name: str, x, ndim: int | None = None, dtypes=FLOAT_DTYPES, finite: bool = True) -> torch.Tensor:
-    """Check one tensor argument: type, rank, dtype and (optionally) finiteness."""
+    """Check one tensor argument: type, rank, dtype and (optionally) finiteness.
+
+    Structure first, values last: the finiteness check is the only one that reads the tensor,
+    and a ``meta`` tensor is refused before it (it has no values to read).
+    """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.ndim != ndim:
@@ -22,9 +34,48 @@ def tensor(name: str, x, ndim: int | None = None, dtypes=FLOAT_DTYPES, finite: b
     if dtypes is not None and x.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise ValueError(f"{name}: unsupported dtype {str(x.dtype).replace('torch.', '')}; expected one of {names}")
-    if finite and x.is_floating_point() and not torch.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or Inf")
+    if finite and x.is_floating_point():
+        has_data(name, x)
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name}: contains NaN or Inf")
     return x
+
+
+def real(name: str, x, allow_none: bool = False) -> float | None:
+    """A finite real number (int, float or a numpy scalar; not ``bool``), returned as a float.
+
+    The contract of ``scale`` in :mod:`rwkvlab.attention`, :mod:`rwkvlab.wkv6` and
+    :mod:`rwkvlab.wkv7` (``None`` only where a default is computed from the shapes).
+    """
+    if x is None and allow_none:
+        return None
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or type(x).__name__ == "bool_":
+        raise ValueError(f"{name}: expected a real number{' or None' if allow_none else ''}, "
+                         f"got {type(x).__name__} {x!r}")
+    if not math.isfinite(float(x)):
+        raise ValueError(f"{name}: expected a finite number, got {x!r}")
+    return float(x)
+
+
+def positive_int(name: str, x, power_of_two: bool = False, minimum: int = 1) -> int:
+    """An int (or numpy integer; not ``bool``) >= ``minimum``, optionally a power of two."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral) or int(x) < minimum \
+            or (power_of_two and int(x) & (int(x) - 1)):
+        want = "a power of two" if power_of_two else "an int"
+        raise ValueError(f"{name}: expected {want} >= {minimum}, got {x!r}")
+    return int(x)
+
+
+def nonempty(name: str, shape: tuple, sizes: dict) -> None:
+    """Every size in ``sizes`` (e.g. ``{"B": B, "H": H}``) at least 1.
+
+    The book's one rule for empty inputs, in every implementation: an error naming the argument
+    (a Triton kernel cannot launch on an empty grid, and an empty batch is a bug upstream).
+    """
+    empty = [n for n, s in sizes.items() if s < 1]
+    if empty:
+        raise ValueError(f"{name}: expected {', '.join(f'{n} >= 1' for n in empty)}, got shape {tuple(shape)} "
+                         "(empty inputs are refused)")
 
 
 def same_shape(name: str, x: torch.Tensor, expected: tuple, ref_name: str) -> None:
@@ -45,6 +96,7 @@ def cu_seqlens(cu, B: int, T: int) -> int:
         return B
     if not isinstance(cu, torch.Tensor) or cu.ndim != 1 or cu.dtype not in (torch.int32, torch.int64):
         raise ValueError("cu_seqlens: expected a 1-d int32/int64 tensor of cumulative sequence lengths")
+    has_data("cu_seqlens", cu)
     if B != 1:
         raise ValueError(f"cu_seqlens: variable-length input must be packed with B == 1, got B = {B}")
     if cu.numel() < 2:
@@ -60,9 +112,11 @@ def cu_seqlens(cu, B: int, T: int) -> int:
 
 
 def state(name: str, s, N: int, H: int, K: int, V: int, n_desc: str) -> None:
+    """Check a state's structure (type, rank, float dtype, shape); its values are checked with
+    the other inputs' in :func:`linear_attention` (or call :func:`tensor` for them)."""
     if s is None:
         return
-    tensor(name, s, ndim=4)
+    tensor(name, s, ndim=4, finite=False)
     if tuple(s.shape) != (N, H, K, V):
         raise ValueError(f"{name}: expected shape (N, H, K, V) = {(N, H, K, V)} with N = {n_desc}, got {tuple(s.shape)}")
 
@@ -78,10 +132,13 @@ def linear_attention(*, keys: dict, values: dict, extra: dict | None = None, ini
     Returns ``(B, T, H, K, V, N)``.
     """
     (ref_name, ref), *rest = keys.items()
+    # structure (types, ranks, shapes, dtypes, devices) first; values are read last, so a tensor
+    # on the wrong device is reported as such, never as a failed read
     tensor(ref_name, ref, ndim=4, finite=False)
     B, T, H, K = ref.shape
     if T < 1:
         raise ValueError(f"{ref_name}: expected T >= 1, got shape {tuple(ref.shape)}")
+    nonempty(ref_name, ref.shape, {"B": B, "H": H, "K": K})
     for n, x in rest:
         tensor(n, x, ndim=4, finite=False)
         same_shape(n, x, (B, T, H, K), ref_name)
@@ -91,13 +148,18 @@ def linear_attention(*, keys: dict, values: dict, extra: dict | None = None, ini
         if x.shape[:3] != (B, T, H):
             raise ValueError(f"{n}: expected shape (B, T, H, V) with (B, T, H) = {(B, T, H)} from {ref_name}, got {tuple(x.shape)}")
         V = x.shape[3]
+        nonempty(n, x.shape, {"V": V})
     dtypes = {x.dtype for x in list(keys.values()) + list(values.values())}
     if len(dtypes) > 1:
         raise ValueError(f"{', '.join(list(keys) + list(values))}: expected one dtype for all, got {sorted(map(str, dtypes))}")
     same_device({**keys, **values, **(extra or {})})
-    # finiteness and the sign of the log decay, for all tensors at once: one pass over each
-    # (min and max propagate NaN) and a single wait for the device, not one per tensor
-    named = [(n, x) for n, x in {**keys, **values}.items() if x.numel() > 0]
+    has_data(ref_name, ref)
+    N = cu_seqlens(cu_seqlens_, B, T)
+    state("initial_state", initial_state, N, H, K, V, "len(cu_seqlens) - 1" if cu_seqlens_ is not None else "B")
+    # values last: finiteness and the sign of the log decay, for all tensors at once: one pass
+    # over each (min and max propagate NaN) and a single wait for the device, not one per tensor
+    named = [(n, x) for n, x in {**keys, **values, "initial_state": initial_state}.items()
+             if x is not None and x.numel() > 0]
     stats = torch.stack([torch.stack(torch.aminmax(x.detach())).float() for _, x in named]).tolist()
     for (n, _), (lo, hi) in zip(named, stats):
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -105,8 +167,6 @@ def linear_attention(*, keys: dict, values: dict, extra: dict | None = None, ini
         if n == log_decay and hi > 0:
             raise ValueError(f"{log_decay}: is a log decay and must be <= 0 (decay factor exp({log_decay}) in (0, 1]); "
                              f"got max {hi:.3g}")
-    N = cu_seqlens(cu_seqlens_, B, T)
-    state("initial_state", initial_state, N, H, K, V, "len(cu_seqlens) - 1" if cu_seqlens_ is not None else "B")
     return B, T, H, K, V, N
 
 

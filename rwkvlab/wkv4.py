@@ -65,34 +65,39 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _check(k, v, w, u, initial_state=None):
-    """Validate the WKV-4 contract and return (B, T, C)."""
-    validate.tensor("k", k, ndim=3)
+    """Validate the WKV-4 contract and return (B, T, C).
+
+    Structure (types, ranks, shapes, dtypes, devices) first; values (finiteness, signs) last."""
+    validate.tensor("k", k, ndim=3, finite=False)
     B, T, C = k.shape
     if T < 1:
         raise ValueError(f"k: expected T >= 1, got shape {tuple(k.shape)}")
-    validate.tensor("v", v, ndim=3)
+    validate.nonempty("k", k.shape, {"B": B, "C": C})
+    validate.tensor("v", v, ndim=3, finite=False)
     validate.same_shape("v", v, (B, T, C), "k")
     if v.dtype != k.dtype:
         raise ValueError(f"v: expected the dtype of k ({k.dtype}), got {v.dtype}")
-    validate.tensor("w", w, ndim=1)
+    validate.tensor("w", w, ndim=1, finite=False)
     validate.same_shape("w", w, (C,), "the channels of k")
-    validate.tensor("u", u, ndim=1)
+    validate.tensor("u", u, ndim=1, finite=False)
     validate.same_shape("u", u, (C,), "the channels of k")
-    if (w < 0).any():
-        raise ValueError(f"w: is the paper's decay rate and must be >= 0 (per-step factor e^-w <= 1); "
-                         f"got min {w.min().item():.3g}. Official checkpoints store time_decay; pass "
-                         f"w = exp(time_decay)")
     named = {"k": k, "v": v, "w": w, "u": u}
     if initial_state is not None:
         if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 3:
             raise ValueError("initial_state: expected a State (a', b', p), three tensors of shape [B, C]")
         for name, s in zip(("a", "b", "p"), initial_state):
-            validate.tensor(f"initial_state.{name}", s, ndim=2)
+            validate.tensor(f"initial_state.{name}", s, ndim=2, finite=False)
             validate.same_shape(f"initial_state.{name}", s, (B, C), "(B, C) of k")
             named[f"initial_state.{name}"] = s
-        if (initial_state[1] < 0).any():
-            raise ValueError("initial_state.b: is a sum of positive weights and must be >= 0")
     validate.same_device(named)
+    for name, x in named.items():
+        validate.tensor(name, x)                          # finite (and not a meta tensor)
+    if (w < 0).any():
+        raise ValueError(f"w: is the paper's decay rate and must be >= 0 (per-step factor e^-w <= 1); "
+                         f"got min {w.min().item():.3g}. Official checkpoints store time_decay; pass "
+                         f"w = exp(time_decay)")
+    if initial_state is not None and (initial_state[1] < 0).any():
+        raise ValueError("initial_state.b: is a sum of positive weights and must be >= 0")
     return B, T, C
 
 
@@ -231,8 +236,7 @@ def chunked(k, v, w, u, initial_state=None, output_final_state=False, chunk_size
     Differentiable by autograd; this is the form the Triton backward is checked against.
     """
     B, T, C = _check(k, v, w, u, initial_state)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunk_size = validate.positive_int("chunk_size", chunk_size)
     cd = _compute_dtype(k)
     kc, vc, wc, uc = (x.to(cd) for x in (k, v, w, u))
     a, b, p = _state_or_empty(initial_state, B, C, cd, k.device)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import rwkvlab
+from rwkvlab import aft as F
 
 DEV = rwkvlab.device.device()  # the Triton kernels run here: CUDA with a GPU, CPU in the interpreter
-from rwkvlab import aft as F
 
 SHAPES = [(2, 37, 20), (1, 1, 5), (1, 16, 16), (3, 9, 1), (1, 40, 33)]
 

@@ -33,7 +33,7 @@ def test_check_compares_every_tensor_of_a_tuple():
     a, b = torch.ones(3), torch.ones(2)
     assert rel_err((a, b), (a, b * 2)) == pytest.approx(0.5)
     assert rel_err((a, torch.tensor([float("nan")])), (a, b[:1])) == float("inf")
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"^check: shape"):
         rel_err(a, b)
 
 

@@ -8,6 +8,7 @@ autograd through that float64 naive loop.
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -259,10 +260,9 @@ BAD = {
     "positive w": (lambda a: a.update(w=a["w"].abs()), "w"),
     "nan in k": (lambda a: a["k"].__setitem__((0, 0, 0, 0), float("nan")), "k"),
     "int r": (lambda a: a.update(r=a["r"].long()), "r"),
-    "mixed dtypes": (lambda a: a.update(v=a["v"].half()), "v"),
+    "mixed dtypes": (lambda a: a.update(v=a["v"].half()), "r, k, w, v"),
     "float64": (lambda a: a.update(**{n: a[n].double() for n in "rkvw"}), "r"),
     "state wrong N": (lambda a: a.update(initial_state=a["initial_state"][:1]), "initial_state"),
-    "state bf16": (lambda a: a.update(initial_state=a["initial_state"].bfloat16()), "initial_state"),
     "state nan": (_spoil_state_nan, "initial_state"),
     "K too large": (lambda a: a.update(**{n: torch.zeros(2, 6, 2, 256, device=DEV) for n in "rkw"},
                                        u=torch.zeros(2, 256, device=DEV),
@@ -280,19 +280,19 @@ def test_bad_input_raises_naming_the_argument_before_any_launch(name, impl, case
     args = _good()
     spoil, arg = BAD[case]
     spoil(args)
-    with pytest.raises(ValueError, match=arg):
+    with pytest.raises(ValueError, match=f"^{re.escape(arg)}:"):   # the message opens with the name
         impl(**args)
 
 
 @pytest.mark.parametrize("chunk_size", [8, 48, 128, 16.0, "16"])
 def test_bad_chunk_size(chunk_size, no_launch):
-    with pytest.raises(ValueError, match="chunk_size"):
+    with pytest.raises(ValueError, match=r"^chunk_size:"):
         wkv6.triton_chunked(**_good(), chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("schedule", ["parallel ", "Parallel", "", 1])
 def test_bad_schedule(schedule, no_launch):
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ValueError, match=r"^schedule:"):
         wkv6.triton_chunked(**_good(), schedule=schedule)
 
 

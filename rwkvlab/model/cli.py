@@ -32,35 +32,59 @@ def add_parser(sub) -> None:
     p.add_argument("--impl", default=None, help="WKV core for reading the prompt: naive, chunked, triton_chunked, ...")
 
 
+IMPLS = ("naive", "chunked", "triton_recurrent", "triton_chunked")
+
+
+def _fail(option: str, message: str) -> int:
+    """One line on stderr naming the option, and exit status 2 (as argparse does for bad usage)."""
+    print(f"generate: {option}: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace, out=None) -> int:
     out = out or sys.stdout
-    if args.model is None or not Path(args.model).is_file():
-        if args.model is not None:
-            print(f"generate: no checkpoint file at {str(args.model)!r}\n", file=sys.stderr)
+    # every option is checked before the model is read and before anything is printed
+    if args.model is None:
         print(WHERE_TO_GET, file=sys.stderr)
         return 2
     if args.tokens < 0:
-        print("generate: --tokens must be >= 0", file=sys.stderr)
-        return 2
+        return _fail("--tokens", f"expected >= 0, got {args.tokens}")
+    if not args.temperature >= 0 or args.temperature == float("inf"):       # NaN fails the first test
+        return _fail("--temperature", f"expected a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        return _fail("--top-p", f"expected a value in (0, 1], got {args.top_p}")
+    if args.impl is not None and args.impl not in IMPLS:
+        return _fail("--impl", f"expected one of {', '.join(IMPLS)}, got {args.impl!r}")
+    if not Path(args.model).is_file():
+        return _fail("--model", f"no checkpoint file at {str(args.model)!r} (run without --model to see where "
+                                "to get one)")
     import torch
 
     from .. import device as _dev
     from .. import tokenizer as tk
     from . import load
 
-    model = load(args.model, impl=args.impl, device=_dev.device())
-    model.eval()
     try:
-        tok = tk.for_vocab(model.cfg.vocab_size, args.vocab)
+        model = load(args.model, impl=args.impl, device=_dev.device())
     except ValueError as e:
-        print(f"generate: {e}", file=sys.stderr)
-        return 2
+        return _fail("--model", e)
+    model.eval()
     c = model.cfg
-    print(f"[{model.version}: {c.n_layer} blocks, C = {c.n_embd}, {c.n_head} heads of {c.head_size}, "
-          f"vocab {c.vocab_size}; {type(tok).__name__}]", file=sys.stderr)
-    ids = tok.encode(args.prompt)
+    if c.vocab_size not in (256, 65536):
+        return _fail("--model", f"no built-in tokenizer for its {c.vocab_size}-token vocabulary "
+                                "(256 → bytes, 65536 → RWKV World)")
+    try:
+        tok = tk.for_vocab(c.vocab_size, args.vocab)
+    except ValueError as e:
+        return _fail("--vocab", e)
+    try:
+        ids = tok.encode(args.prompt)
+    except ValueError as e:
+        return _fail("--prompt", e)
     if not ids:
         ids = [0]
+    print(f"[{model.version}: {c.n_layer} blocks, C = {c.n_embd}, {c.n_head} heads of {c.head_size}, "
+          f"vocab {c.vocab_size}; {type(tok).__name__}]", file=sys.stderr)
     stream = tk.StreamDecoder(tok)
     out.write(args.prompt)
     out.flush()

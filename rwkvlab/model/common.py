@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .. import device as _device
+from .. import validate
 
 
 class LayerState(NamedTuple):
@@ -82,7 +83,9 @@ def resolve_core(module, impl: str):
     return fn
 
 
-def check_tokens(name: str, idx, vocab_size: int, ndim: int) -> torch.Tensor:
+def check_tokens(name: str, idx, vocab_size: int, ndim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Token ids: an int tensor of rank ``ndim`` on ``device`` (the model's), ids in [0, vocab_size).
+    Structure and device first; the ids' values are read last."""
     if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name}: expected an integer (int64) tensor of token ids, got "
                          f"{type(idx).__name__ if not isinstance(idx, torch.Tensor) else idx.dtype}")
@@ -91,6 +94,9 @@ def check_tokens(name: str, idx, vocab_size: int, ndim: int) -> torch.Tensor:
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(idx.shape)}")
     if idx.numel() == 0:
         raise ValueError(f"{name}: expected at least one token, got shape {tuple(idx.shape)}")
+    if device is not None and idx.device != device:
+        raise ValueError(f"{name}: expected a tensor on the model's device ({device}), got one on {idx.device}")
+    validate.has_data(name, idx)
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}), got range [{lo}, {hi}]")
@@ -158,11 +164,14 @@ class LanguageModel(nn.Module):
             raise ValueError(f"state: expected a list of {c.n_layer} LayerState (one per block), got "
                              f"{type(state).__name__} of length {len(state) if hasattr(state, '__len__') else '?'}")
         want = ((batch, c.n_embd), (batch, c.n_head, c.head_size, c.head_size), (batch, c.n_embd))
+        dev = self.emb.weight.device
         for i, layer in enumerate(state):
             for field, t, shp in zip(LayerState._fields, layer, want):
                 if not isinstance(t, torch.Tensor) or tuple(t.shape) != shp:
                     got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                     raise ValueError(f"state: block {i} {field} expected shape {shp}, got {got}")
+                if t.device != dev:
+                    raise ValueError(f"state: block {i} {field} expected on the model's device ({dev}), got {t.device}")
         return list(state)
 
     # -- the two modes -------------------------------------------------------------------------
@@ -177,14 +186,14 @@ class LanguageModel(nn.Module):
 
     def forward(self, idx: torch.Tensor, state: list[LayerState] | None = None, impl: str | None = None):
         """Parallel mode. ``idx`` [B, T] token ids → ``(logits [B, T, vocab], state)``."""
-        idx = check_tokens("idx", idx, self.cfg.vocab_size, 2)
+        idx = check_tokens("idx", idx, self.cfg.vocab_size, 2, self.emb.weight.device)
         state = self._check_state(state, idx.shape[0])
         fn = resolve_core(self.wkv_module, impl or self.impl or default_impl(idx))
         return self._run(self.emb(idx), state, self.sequence_core(fn))
 
     def step(self, token: torch.Tensor, state: list[LayerState] | None = None):
         """RNN mode. ``token`` [B] ids → ``(logits [B, vocab], state)``; O(1) memory per token."""
-        token = check_tokens("token", token, self.cfg.vocab_size, 1)
+        token = check_tokens("token", token, self.cfg.vocab_size, 1, self.emb.weight.device)
         state = self._check_state(state, token.shape[0])
         logits, state = self._run(self.emb(token)[:, None], state, self.step_core())
         return logits[:, 0], state
@@ -197,40 +206,65 @@ class LanguageModel(nn.Module):
         raise NotImplementedError
 
     # -- generation ----------------------------------------------------------------------------
-    @torch.no_grad()
     def generate(self, prompt_ids: list[int], n_tokens: int, temperature: float = 1.0, top_p: float = 0.85,
                  seed: int | None = 0, state=None):
-        """Yield ``n_tokens`` sampled token ids: the prompt is read in parallel mode, every new
-        token in RNN mode (one ``step`` each), so memory stays constant while generating."""
+        """An iterator over ``n_tokens`` sampled token ids: the prompt is read in parallel mode,
+        every new token in RNN mode (one ``step`` each), so memory stays constant while generating.
+        Bad arguments raise here, before anything is computed."""
+        n_tokens = validate.positive_int("n_tokens", n_tokens, minimum=0)
+        temperature, top_p = check_sampling(temperature, top_p)
         if not prompt_ids:
             raise ValueError("prompt_ids: expected at least one token (RWKV World models use 0 as a start token)")
         gen = torch.Generator(device="cpu")
         if seed is not None:
             gen.manual_seed(seed)
-        idx = torch.tensor([prompt_ids], device=self.emb.weight.device)
-        logits, state = self(idx, state)
-        logits = logits[:, -1]
-        for _ in range(n_tokens):
-            tok = sample(logits[0], temperature, top_p, gen)
-            yield tok
-            logits, state = self.step(torch.tensor([tok], device=idx.device), state)
+        idx = torch.tensor([list(prompt_ids)], device=self.emb.weight.device)
+
+        @torch.no_grad()
+        def tokens(state):
+            logits, state = self(idx, state)
+            logits = logits[:, -1]
+            for _ in range(n_tokens):
+                tok = sample(logits[0], temperature, top_p, gen)
+                yield tok
+                logits, state = self.step(torch.tensor([tok], device=idx.device), state)
+
+        return tokens(state)
+
+
+def check_sampling(temperature, top_p) -> tuple[float, float]:
+    """``temperature``: a finite number >= 0 (0 = greedy); ``top_p``: a number in (0, 1]."""
+    if validate.real("temperature", temperature) < 0:
+        raise ValueError(f"temperature: expected >= 0 (0 = greedy), got {temperature}")
+    if not 0 < validate.real("top_p", top_p) <= 1:
+        raise ValueError(f"top_p: expected a value in (0, 1], got {top_p}")
+    return float(temperature), float(top_p)
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 0.85, generator=None) -> int:
     """Nucleus sampling: keep the most likely tokens whose probabilities add up to ``top_p``,
-    sharpen or flatten with ``temperature``, draw one. ``temperature == 0`` is greedy."""
-    if temperature < 0:
-        raise ValueError(f"temperature: expected >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p: expected a value in (0, 1], got {top_p}")
-    logits = logits.float().cpu()
+    sharpen or flatten with ``temperature``, draw one. ``temperature == 0`` is greedy.
+
+    The temperature divides the logits (in float64, after subtracting their maximum), so every
+    weight lies in [0, 1] with the top token at exactly 1: stable for any temperature > 0, down
+    to 1e-300, where it becomes the argmax. ``-inf`` logits (masked tokens) are allowed; NaN or
+    ``+inf`` logits are an error.
+    """
+    temperature, top_p = check_sampling(temperature, top_p)
+    validate.tensor("logits", logits, ndim=1, finite=False)
+    logits = logits.detach().double().cpu()
+    if logits.numel() == 0 or torch.isnan(logits).any() or (logits == float("inf")).any() \
+            or not (logits > float("-inf")).any():
+        raise ValueError("logits: expected finite values (or -inf for masked tokens, not all of them); "
+                         "got NaN, +inf or nothing to sample")
     if temperature == 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits, -1)
-    sorted_p, order = torch.sort(probs, descending=True)
+    sorted_l, order = torch.sort(logits, descending=True)
+    sorted_p = torch.softmax(sorted_l, -1)
     keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p          # always keeps the top token
-    sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p)) ** (1.0 / temperature)
-    choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
+    z = torch.where(keep, (sorted_l - sorted_l[0]) / temperature, float("-inf"))   # <= 0, top token 0
+    weights = torch.exp(z)                                       # softmax(logits / T) on the nucleus
+    choice = torch.multinomial(weights / weights.sum(), 1, generator=generator)
     return int(order[choice])
 
 

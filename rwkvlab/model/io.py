@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from .. import validate
 from . import x060, x070
+from .common import resolve_core
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -71,6 +73,63 @@ def build(cfg, device="cpu"):
 _OPTIONAL = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 
 
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _read(path_or_state_dict) -> dict:
+    """The state dict behind a path or a dict; every failure is a ValueError that names the
+    argument (a path) or the key (a value)."""
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        path = Path(path_or_state_dict)
+        if not path.is_file():
+            raise ValueError(f"path_or_state_dict: no checkpoint file at {str(path)!r}")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001  (torch raises UnpicklingError, EOFError, RuntimeError, OSError, ...)
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ValueError(f"path_or_state_dict: {str(path)!r} is not a readable PyTorch state dict "
+                             f"(a .pth of tensors saved with torch.save): {type(e).__name__}: {why}") from None
+        if not isinstance(sd, dict):
+            raise ValueError(f"path_or_state_dict: {str(path)!r} holds a {type(sd).__name__}, expected a state dict "
+                             "(a dict of tensors)")
+    elif isinstance(path_or_state_dict, dict):
+        sd = path_or_state_dict
+    else:
+        raise ValueError(f"path_or_state_dict: expected a path or a state dict, got {type(path_or_state_dict).__name__}")
+    for k, t in sd.items():
+        if not isinstance(k, str):
+            raise ValueError(f"checkpoint: key {k!r} is a {type(k).__name__}, expected a str (a parameter name)")
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"checkpoint: {k!r} is a {type(t).__name__}, expected a tensor")
+        if not t.is_floating_point():
+            raise ValueError(f"checkpoint: {k!r} has dtype {t.dtype}, expected a floating-point tensor")
+        validate.has_data(f"checkpoint: {k!r}", t)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"checkpoint: {k!r} contains NaN or Inf (a diverged or corrupt checkpoint)")
+    return sd
+
+
+def _target(dtype, device) -> torch.device:
+    """Check ``dtype`` (a float dtype) and ``device`` (one torch can allocate on) before any work."""
+    if dtype not in _DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in _DTYPES)
+        raise ValueError(f"dtype: expected one of {names}, got {dtype!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device: not a device, {device!r} ({e})") from None
+    if dev.type == "meta":
+        raise ValueError("device: meta holds no values; expected cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but this machine has no CUDA GPU (torch.cuda.is_available() "
+                         "is False); use 'cpu' or rwkvlab.device.device()")
+    try:
+        torch.empty(0, device=dev)
+    except Exception as e:  # noqa: BLE001  (a device index out of range, a backend not built in)
+        raise ValueError(f"device: cannot place tensors on {device!r}: {type(e).__name__}: {e}") from None
+    return dev
+
+
 def load(path_or_state_dict, dtype: torch.dtype = torch.float32, device="cpu", impl: str | None = None):
     """Build an x060 or x070 model from an official checkpoint (a path or a state dict).
 
@@ -78,16 +137,12 @@ def load(path_or_state_dict, dtype: torch.dtype = torch.float32, device="cpu", i
     and put on ``device`` (CPU by default; pass ``rwkvlab.device.device()`` for the GPU).
     ``impl`` fixes the WKV core of parallel mode (default: chosen from the input's device,
     ``chunked`` for CPU tensors, the chunked Triton kernel for CUDA tensors).
+    Anything wrong — a file that is not a state dict, a value that is not a finite float
+    tensor, a missing or mis-shaped key, a bad ``dtype``, ``device`` or ``impl`` — is a
+    ``ValueError`` naming the argument or the key.
     """
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        path = Path(path_or_state_dict)
-        if not path.is_file():
-            raise ValueError(f"path_or_state_dict: no checkpoint file at {str(path)!r}")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    elif isinstance(path_or_state_dict, dict):
-        sd = path_or_state_dict
-    else:
-        raise ValueError(f"path_or_state_dict: expected a path or a state dict, got {type(path_or_state_dict).__name__}")
+    dev = _target(dtype, device)
+    sd = _read(path_or_state_dict)
     cfg = config_from_state_dict(sd)
     model = build(cfg, device="meta")
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -102,12 +157,12 @@ def load(path_or_state_dict, dtype: torch.dtype = torch.float32, device="cpu", i
     for k, shape in want.items():
         if k in sd and tuple(sd[k].shape) != shape:
             raise ValueError(f"checkpoint: key {k!r} has shape {tuple(sd[k].shape)}, expected {shape}")
-    dev = torch.device(device)
     tensors = {k: sd[k].to(device=dev, dtype=dtype) if k in sd else torch.zeros(want[k], device=dev, dtype=dtype)
                for k in want}
     model.load_state_dict(tensors, assign=True)
     model.cfg = cfg
     if impl is not None:
+        resolve_core(model.wkv_module, impl)           # an unknown name fails here, not at the first call
         model.impl = impl
     return model
 

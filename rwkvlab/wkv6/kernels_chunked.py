@@ -485,7 +485,8 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
     """RWKV-6 with the chunked Triton kernels (forward and backward).
 
     ``r, k, w``: [B, T, H, K]; ``v``: [B, T, H, V]; ``u``: [H, K]; ``w`` is the log decay (≤ 0);
-    ``initial_state``: [N, H, K, V] float32 or None; ``cu_seqlens``: [N + 1] int, with B == 1;
+    ``initial_state``: [N, H, K, V], any float dtype (cast to float32), or None; ``scale``: a finite
+    real number; ``cu_seqlens``: [N + 1] int, with B == 1;
     ``chunk_size``: 16, 32 or 64 tokens per chunk (default 64 for ``"subchunk"``, 16 otherwise);
     ``schedule``: ``"subchunk"`` (the fast design of :mod:`rwkvlab.wkv6.kernels_subchunk`: a state
     pass, then every chunk in parallel, with the intra-chunk weights on tensor cores),
@@ -505,7 +506,7 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
         raise ValueError(f"chunk_size: expected 16, 32 or 64 (tl.dot needs tiles of at least 16), got {chunk_size!r}")
     r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
     if initial_state is not None:
-        initial_state = initial_state.contiguous()
+        initial_state = initial_state.float().contiguous()   # any float dtype; the kernels keep float32
     if schedule == "subchunk":
         return _sub.SubchunkFunction.apply(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
                                            cu_seqlens, N, int(chunk_size))

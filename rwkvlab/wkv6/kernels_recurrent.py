@@ -193,16 +193,13 @@ def wkv6_bwd_dkvw_kernel(r, k, v, w, u, do, dr, dwT, dht, dk, dv, dw, du, dh0, c
 # --------------------------------------------------------------------------------------------
 def check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens):
     """Validate the RWKV-6 contract (before any launch) and return (B, T, H, K, V, N)."""
-    validate.tensor("u", u, ndim=2)
     B, T, H, K, V, N = validate.linear_attention(
         keys={"r": r, "k": k, "w": w}, values={"v": v}, extra={"u": u, "initial_state": initial_state},
         initial_state=initial_state, cu_seqlens_=cu_seqlens, log_decay="w")
+    validate.tensor("u", u, ndim=2)
     if tuple(u.shape) != (H, K):
         raise ValueError(f"u: expected shape (H, K) = {(H, K)}, got {tuple(u.shape)}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ValueError(f"scale: expected a real number, got {type(scale).__name__}")
-    if initial_state is not None and initial_state.dtype != torch.float32:
-        raise ValueError(f"initial_state: expected float32 (states are kept in float32), got {initial_state.dtype}")
+    validate.real("scale", scale)
     if K > 128 or V > 256:
         raise ValueError(f"k: the kernels keep the whole key dimension in one tile and need K <= 128 and V <= 256, "
                          f"got K = {K}, V = {V}")
@@ -290,8 +287,8 @@ def triton_recurrent(r, k, v, w, u, scale=1.0, initial_state=None, output_final_
     """RWKV-6 with the fused recurrent Triton kernel (forward and backward).
 
     ``r, k, w``: [B, T, H, K]; ``v``: [B, T, H, V]; ``u``: [H, K]; ``w`` is the log decay (≤ 0);
-    ``initial_state``: [N, H, K, V] float32 or None; ``cu_seqlens``: [N + 1] int, with B == 1.
-    Returns ``(o, final_state)``: ``o`` [B, T, H, V] in the input dtype (float32 accumulation),
+    ``initial_state``: [N, H, K, V], any float dtype (cast to float32), or None; ``cu_seqlens``:
+    [N + 1] int, with B == 1; ``scale``: a finite real number. Returns ``(o, final_state)``: ``o`` [B, T, H, V] in the input dtype (float32 accumulation),
     ``final_state`` [N, H, K, V] float32, or None unless ``output_final_state``.
 
         o_t = scale · r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ),   S_t = diag(exp(w_t)) S_{t-1} + k_t v_tᵀ
@@ -299,6 +296,6 @@ def triton_recurrent(r, k, v, w, u, scale=1.0, initial_state=None, output_final_
     B, T, H, K, V, N = check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens)
     r, k, v, w, u = (x.contiguous() for x in (r, k, v, w, u))
     if initial_state is not None:
-        initial_state = initial_state.contiguous()
+        initial_state = initial_state.float().contiguous()   # any float dtype; the kernels keep float32
     return _RecurrentFunction.apply(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
                                     cu_seqlens, N)

@@ -308,7 +308,6 @@ def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, cu_seqlens, 
         b_dv = _mm(b_k * b_eQ, b_dh, v, DOT16)
 
         # I as the query sub-chunk: blocks J < I, factored at I's start
-        b_qg = b_q * b_eq
         b_dqa = tl.zeros([BC, BK], dtype=tl.float32)
         for JJ in range(0, I):
             J = I - 1 - JJ

@@ -35,8 +35,7 @@ def _check(r, k, v, w, u, initial_state, cu_seqlens, scale):
     validate.tensor("u", u, ndim=2)
     if tuple(u.shape) != (H, K):
         raise ValueError(f"u: expected shape (H, K) = {(H, K)} to match r, got {tuple(u.shape)}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ValueError(f"scale: expected a real number, got {type(scale).__name__}")
+    validate.real("scale", scale)          # finite, a real number (numpy scalars too), not bool
     return B, T, H, K, V, N
 
 

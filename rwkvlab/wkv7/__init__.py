@@ -3,6 +3,11 @@
 ``naive`` (a loop), ``step`` (one RNN step) and ``chunked`` (the chunkwise WY/UT form) live in
 :mod:`rwkvlab.wkv7.reference`; the Triton kernels ``triton_recurrent`` and ``triton_chunked``
 live beside them in :mod:`.kernels_recurrent` and :mod:`.kernels_chunked`.
+
+One contract for all: ``scale`` is a finite real number (int, float or numpy scalar; not bool, NaN
+or ±inf); ``initial_state`` may be any float dtype and is cast to float32 (float64 inputs keep
+float64 in the torch rungs); B, H, K, V ≥ 1; bad input is a ``ValueError`` that opens with the
+argument's name, structure and device checked before values.
 """
 from .reference import chunked, naive, random_inputs, step  # noqa: F401
 from .kernels_recurrent import triton_recurrent  # noqa: F401

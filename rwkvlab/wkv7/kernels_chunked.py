@@ -308,7 +308,8 @@ def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final
     """RWKV-7 with the chunked (WY / UT) Triton kernel; differentiable in every tensor input.
 
     Shapes: ``r, w, k, a, b`` [B, T, H, K]; ``v`` [B, T, H, V]; ``initial_state`` [N, H, K, V]
-    float32 (N = B, or ``len(cu_seqlens) - 1`` with B == 1). K and V: powers of two in 16..128;
+    in any float dtype, cast to float32 (N = B, or ``len(cu_seqlens) - 1`` with B == 1); ``scale``:
+    a finite real number. K and V: powers of two in 16..128;
     ``chunk_size`` 16, 32 or 64 (``tl.dot`` needs tiles of at least 16).
     Returns ``(o [B, T, H, V] in the input dtype, final_state [N, H, K, V] float32 or None)``.
 

@@ -27,8 +27,6 @@ memory footprint. Chapter 11 tabulates the trade-off.
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 import triton
 import triton.language as tl
@@ -182,8 +180,7 @@ def _bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
 # ----------------------------------------------------------------------------- launchers
 def _check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens):
     """Validate before anything is launched (DESIGN.md); returns (scale, B, T, H, K, V, N)."""
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise ValueError(f"scale: expected a real number, got {type(scale).__name__}")
+    scale = validate.real("scale", scale)
     B, T, H, K, V, N = validate.linear_attention(
         keys={"r": r, "w": w, "k": k, "a": a, "b": b}, values={"v": v},
         extra={"initial_state": initial_state}, initial_state=initial_state,
@@ -280,7 +277,8 @@ def triton_recurrent(r, w, k, v, a, b, scale=1.0, initial_state=None, output_fin
     """RWKV-7 with the fused recurrent Triton kernel; differentiable in every tensor input.
 
     Shapes: ``r, w, k, a, b`` [B, T, H, K]; ``v`` [B, T, H, V]; ``initial_state`` [N, H, K, V]
-    float32 (N = B, or ``len(cu_seqlens) - 1`` with B == 1). K and V: powers of two in 16..128.
+    in any float dtype, cast to float32 (N = B, or ``len(cu_seqlens) - 1`` with B == 1). K and V:
+    powers of two in 16..128; ``scale``: a finite real number.
     Returns ``(o [B, T, H, V] in the input dtype, final_state [N, H, K, V] float32 or None)``.
 
         S_t = diag(exp(w_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,   o_t = scale · S_t^T r_t

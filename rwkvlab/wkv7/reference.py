@@ -34,9 +34,7 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _check_scale(scale) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise ValueError(f"scale: expected a real number, got {type(scale).__name__}")
-    return float(scale)
+    return validate.real("scale", scale)   # finite, a real number (numpy scalars too), not bool
 
 
 def _validate(r, w, k, v, a, b, scale, initial_state, cu_seqlens):
