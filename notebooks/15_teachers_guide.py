@@ -129,9 +129,12 @@ with tempfile.TemporaryDirectory() as tmp:
     (path,) = editions.write_student_edition(Path(tmp), [ch03])
     nb = nbformat.read(path, as_version=4)
     stubs = [c for c in nb.cells if "nbgrader" in c.metadata]
-    print(f"{path.name}: {len(nb.cells)} cells, {len(stubs)} with a stub")
-    print(next(line for line in stubs[0].source.splitlines() if "NotImplementedError" in line).strip())
-assert stubs
+    code_stubs = [c for c in stubs if c.cell_type == "code"]
+    print(f"{path.name}: {len(nb.cells)} cells, {len(code_stubs)} exercise stubs, "
+          f"{len(stubs) - len(code_stubs)} hidden answers")
+    print(next(line for line in code_stubs[0].source.splitlines() if "NotImplementedError" in line).strip())
+    print(next(c.source for c in stubs if c.cell_type == "markdown").splitlines()[-1])
+assert code_stubs and len(code_stubs) == sum(e.chapter == 3 for e in rows)
 
 # %% [markdown]
 # ## 5. Grading
