@@ -124,3 +124,49 @@ def test_grade_reports_pass_fail_and_not_attempted(tmp_path):
     rows = editions.grade(tmp_path, timeout=300)
     assert [r[2] for r in rows] == ["pass", "fail", "not attempted"], rows
     assert "y is wrong" in rows[1][3]
+
+
+def test_a_real_chapter_student_edition_stops_at_its_first_exercise_and_grades(tmp_path):
+    """Chapter 08 end to end: the student edition runs until its first exercise and raises the
+    stub's error there and nowhere earlier; graded, the raw student edition is all 'not attempted'
+    and the teacher's edition (the chapter itself, as a notebook) is all 'pass'."""
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+
+    ch08 = _chapter(8)
+    ids = [e.id for e in EXS if e.chapter == 8]
+    student_dir, teacher_dir = tmp_path / "student", tmp_path / "teacher"
+    (path,) = editions.write_student_edition(student_dir, [ch08])
+    teacher_dir.mkdir()
+    nbformat.write(jupytext.read(ch08), teacher_dir / ch08.with_suffix(".ipynb").name)
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, allow_errors=True, kernel_name="python3").execute()
+    errors = [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    first_exercise = next(i for i, c in enumerate(nb.cells)
+                          if c.cell_type == "code" and "nbgrader" in c.metadata)
+    assert errors, "the student edition raised nothing"
+    assert errors[0][0] == first_exercise and errors[0][1]["ename"] == "NotImplementedError"
+    assert f"exercise {ids[0]}" in errors[0][1]["evalue"]
+
+    student = editions.grade(student_dir, timeout=300)
+    teacher = editions.grade(teacher_dir, timeout=300)
+    assert sorted(r[1] for r in student) == sorted(ids) and {r[2] for r in student} == {"not attempted"}
+    assert sorted(r[1] for r in teacher) == sorted(ids) and {r[2] for r in teacher} == {"pass"}
+
+
+def test_at_least_two_wrong_answers_per_exercise():
+    """Counts the wrong answers each chapter's test file lists for each exercise."""
+    import importlib.util
+
+    for ch in sorted({e.chapter for e in EXS}):
+        path = ROOT / "tests" / f"test_exercises_ch{ch:02d}.py"
+        spec = importlib.util.spec_from_file_location(f"_wrong_{ch:02d}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        wrong = getattr(mod, "WRONG", None)
+        assert isinstance(wrong, dict), f"{path.name}: no WRONG table"
+        for e in (e for e in EXS if e.chapter == ch):
+            assert len(wrong.get(e.id, [])) >= 2, f"{e.id}: fewer than two wrong answers in {path.name}"
