@@ -23,6 +23,7 @@ IMPLS = {
     "chunked_c1": functools.partial(wkv7.chunked, chunk_size=1),
     "chunked_c4": functools.partial(wkv7.chunked, chunk_size=4),
     "chunked_c7": functools.partial(wkv7.chunked, chunk_size=7),
+    "chunked_c64": functools.partial(wkv7.chunked, chunk_size=64),
 }
 TOL: dict[str, float] = {}
 
@@ -316,6 +317,89 @@ def test_impl_varlen_equals_separate_runs(impl):
         on, Sn = wkv7.naive(*(t[:, bos:eos] for t in x), initial_state=s0[n:n + 1], output_final_state=True)
         assert rel_err(o[:, bos:eos], on) <= TOL.get(impl, 1e-5)
         assert rel_err(S[n:n + 1], Sn) <= TOL.get(impl, 1e-5)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_two_huge_decays_keep_float32_accuracy(impl):
+    """The precision rule: every decay is built from its own interval, never as the difference of
+    two long running sums. Two tokens with w = -1e4 and w = -1e3 (on alternate channels) among
+    w = -0.01 push any running sum to ~1e4, where float32 keeps only ~1e-3 absolute; a difference
+    of such sums would lose ~1e-4 relative in o, the state and every gradient. Float32 must stay
+    at float32 accuracy against the float64 loop."""
+    B, T, H, K, V = 1, 40, 2, 16, 8
+    x = list(make_inputs(B, T, H, K, V, seed=21, dtype=torch.float64, decay=-0.01))
+    x[1][:, 11, :, ::2] = -1e4
+    x[1][:, 27, :, 1::2] = -1e3
+    g = torch.Generator().manual_seed(22)
+    s0 = torch.randn(B, H, K, V, generator=g, dtype=torch.float64)
+    go = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
+    gs = torch.randn(B, H, K, V, generator=g, dtype=torch.float64)
+
+    def run(fn, xs, s):
+        xs = [t.clone().requires_grad_() for t in xs]
+        s = s.clone().requires_grad_()
+        o, S = fn(*xs, initial_state=s, output_final_state=True)
+        return (o, S, *torch.autograd.grad((o * go.to(o.dtype)).sum() + (S * gs.to(S.dtype)).sum(), [*xs, s]))
+
+    want = run(wkv7.naive, x, s0)
+    got = run(IMPLS[impl], [t.float() for t in x], s0.float())
+    for n, gg, ww in zip(["o", "final_state", "r", "w", "k", "v", "a", "b", "initial_state"], got, want):
+        assert gg.dtype == torch.float32 and rel_err(gg, ww) < 1e-6, (n, rel_err(gg, ww))
+
+
+@pytest.mark.parametrize("impl", ["chunked", "chunked_c64"])
+def test_strong_decay_over_many_chunks(impl):
+    """w = -8 everywhere over 512 tokens (e^{-8·512} is far below float32's range): finite, and
+    equal to the loop, from an initial state."""
+    x = make_inputs(1, 512, 2, 16, 16, seed=23, decay=-8.0)
+    s0 = torch.randn(1, 2, 16, 16, generator=torch.Generator().manual_seed(24))
+    ref = wkv7.naive(*x, initial_state=s0, output_final_state=True)
+    got = IMPLS[impl](*x, initial_state=s0, output_final_state=True)
+    assert all(torch.isfinite(t).all() for t in got)
+    assert rel_err(got, ref) <= 1e-5
+
+
+def test_chunked_float64_stays_float64_and_both_paths_agree():
+    """float64 inputs give float64 outputs and state; the no-autograd path (which rescales in
+    place) and the autograd path give the same numbers and leave the inputs untouched."""
+    x = make_inputs(2, 45, 2, 8, 6, seed=25, dtype=torch.float64)
+    kept = [t.clone() for t in x]
+    s0 = torch.randn(2, 2, 8, 6, generator=torch.Generator().manual_seed(26), dtype=torch.float64)
+    with torch.no_grad():
+        o1, S1 = wkv7.chunked(*x, initial_state=s0, output_final_state=True, chunk_size=16)
+    o2, S2 = wkv7.chunked(*(t.clone().requires_grad_() for t in x), initial_state=s0, output_final_state=True,
+                          chunk_size=16)
+    assert o1.dtype == S1.dtype == torch.float64 and o2.requires_grad
+    assert rel_err((o1, S1), (o2, S2)) < 1e-14
+    assert all(torch.equal(t, u) for t, u in zip(x, kept))
+    ref = wkv7.naive(*x, initial_state=s0, output_final_state=True)
+    assert rel_err((o1, S1), ref) < 1e-12
+
+
+@pytest.mark.parametrize("C", [1, 2, 3, 8, 13, 32])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_chunk_matrices_equal_the_pairwise_definition(C, requires_grad):
+    """chunk_matrices (halving, decays factored at midpoints) == intra_chunk_matrices (pairwise),
+    for any chunk length and leading dims, on both code paths."""
+    from rwkvlab.wkv7.reference import chunk_matrices, intra_chunk_matrices
+    g = torch.Generator().manual_seed(27 + C)
+    r, k, a, b = (torch.randn(2, 3, C, 5, generator=g, dtype=torch.float64) for _ in range(4))
+    w = -2.0 * torch.rand(2, 3, C, 5, generator=g, dtype=torch.float64)
+    xs = [t.requires_grad_(requires_grad) for t in (r, w, k, a, b)]
+    want, got = intra_chunk_matrices(*xs), chunk_matrices(*xs)
+    assert set(got) == set(want)
+    for n in want:
+        assert got[n].shape == want[n].shape and rel_err(got[n], want[n]) < 1e-13, n
+
+
+def test_chunk_matrices_finite_for_strong_decay():
+    from rwkvlab.wkv7.reference import chunk_matrices, intra_chunk_matrices
+    x = [t[0].transpose(0, 1) for t in make_inputs(1, 64, 2, 16, 4, seed=28, decay=-60.0)]
+    r, w, k, v, a, b = x
+    got = chunk_matrices(r, w, k, a, b)
+    want = intra_chunk_matrices(*(t.double() for t in (r, w, k, a, b)))
+    for n in want:
+        assert torch.isfinite(got[n]).all() and rel_err(got[n], want[n]) < 1e-6, n
 
 
 def test_chunked_bfloat16_output_dtype():

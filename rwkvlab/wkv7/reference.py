@@ -24,7 +24,7 @@ import torch
 from .. import validate
 
 __all__ = ["naive", "step", "chunked", "ut_transform", "segment_log_decays", "intra_chunk_matrices",
-           "random_inputs"]
+           "chunk_matrices", "random_inputs"]
 
 
 # --------------------------------------------------------------------------- input handling
@@ -187,50 +187,144 @@ def intra_chunk_matrices(r, w, k, a, b):
     }
 
 
+def chunk_matrices(r, w, k, a, b):
+    """The same pieces as :func:`intra_chunk_matrices`, built by halving the chunk again and again.
+
+    Input ``r, w, k, a, b`` [..., C, K] (accumulation dtype, any ``C ≥ 1``; it is padded to a
+    power of two with tokens that do nothing). Returns the dict of :func:`intra_chunk_matrices`.
+
+    Write ``w(i, t] = Σ_{i<j≤t} w_j`` for the log decay over an interval (``c_t − c_i`` in the
+    notation of :func:`intra_chunk_matrices`). Split a block of tokens at its midpoint ``m``. For
+    ``i`` in the first half and ``t`` in the second, the decay between them factors there, and both
+    factors are decays over forward intervals, hence ≤ 1::
+
+        e^{w(i, t]} = e^{w(m, t]} · e^{w(i, m]},   so   A_rk[t, i] = Σ_κ (r_t e^{w(m, t]})_κ (k_i e^{w(i, m]})_κ
+
+    and the whole block of ``A_rk``, ``A_rb``, ``A_ak``, ``A_ab`` that couples the second half to
+    the first is one matrix product (rows: ``r, a`` of the second half decayed from ``m``; columns:
+    ``k, b`` of the first half decayed to ``m``). The blocks of the halves are found the same way,
+    one level down. The recursion runs bottom-up, over blocks of 1, 2, 4, … tokens; each token
+    carries its row vectors decayed from the start of its current block and its column vectors
+    decayed to the block's end, each block its total decay. Merging two blocks costs one batched
+    product for the coupling block, then the second half's rows are multiplied by the first
+    half's total decay, the first half's columns by the second half's, and the totals multiply.
+    After the last merge the rows and columns are ``r_start, a_start, k_end, b_end``.
+
+    Every decay is therefore a product of factors ``e^{w_j} ≤ 1``, grouped by block: nothing is
+    divided, no exponent is a difference of running sums, and nothing overflows for any
+    ``w ≤ 0``. The diagonal is ``r_t·k_t`` and ``r_t·b_t`` (no decay), and ``A_ab``, ``A_ak`` have
+    none. Without autograd the halves are rescaled where they lie (in place); with it, into new
+    tensors, because autograd needs the old values.
+    """
+    lead, (C, K) = r.shape[:-2], r.shape[-2:]
+    Cp = 1 << (C - 1).bit_length()                              # next power of two
+    if Cp != C:  # tokens with w = 0 and r = k = a = b = 0 at the end change none of the real entries
+        r, w, k, a, b = (torch.nn.functional.pad(x, (0, 0, 0, Cp - C)) for x in (r, w, k, a, b))
+    N = math.prod(lead)
+    in_place = not (torch.is_grad_enabled() and any(x.requires_grad for x in (r, w, k, a, b)))
+    ew = w.exp()                                                # the decay of one token
+    # blocks of one token: row r_t e^{w_t} (the read-out sees its own decay), a_t (the removal
+    # reads S_{t-1}: no decay), columns k_i, b_i; rows and columns interleave their two kinds
+    rows = torch.stack([r * ew, a], -2).view(N, Cp, 2, K)
+    cols = torch.stack([k, b], -2)
+    diag = (r.unsqueeze(-2) @ cols.transpose(-1, -2)).view(N, Cp, 2)   # r_t·k_t, r_t·b_t: no decay
+    cols = cols.view(N, Cp, 2, K)
+    G = ew.reshape(N, Cp, K)                                    # total decay of each block
+    # M[n, t, x, y, i]: x ∈ {r, a} the row kind, y ∈ {k, b} the column kind
+    M = torch.zeros(N, Cp, 2, 2, Cp, dtype=r.dtype, device=r.device)
+    M.as_strided((N, Cp, 2), (4 * Cp * Cp, 4 * Cp + 1, Cp)).copy_(diag)      # M[n, t, r, y, t]
+    s = 1
+    while s < Cp:                                               # merge pairs of blocks of s tokens
+        P = Cp // (2 * s)
+        rows_v, cols_v = rows.view(N, P, 2, 2 * s, K), cols.view(N, P, 2, 2 * s, K)
+        second, first = rows_v[:, :, 1], cols_v[:, :, 0]        # [N, P, 2s (token, kind), K]
+        coupling = torch.bmm(second.reshape(N * P, 2 * s, K), first.reshape(N * P, 2 * s, K).transpose(-1, -2))
+        # write it at rows t = 2ps + s + τ, columns i = 2ps + ι of M (one strided view for all pairs p)
+        M.as_strided((N, P, s, 2, s, 2), (4 * Cp * Cp, 8 * s * Cp + 2 * s, 4 * Cp, 2 * Cp, 1, Cp),
+                     4 * s * Cp).copy_(coupling.view(N, P, s, 2, s, 2))
+        G_v = G.view(N, P, 2, 1, K)                             # totals of the first and second halves
+        if in_place:
+            second.mul_(G_v[:, :, 0])                           # rows: decay from the new block's start
+            first.mul_(G_v[:, :, 1])                            # columns: decay to the new block's end
+        else:
+            one = torch.ones_like(G_v[:, :, :1])
+            rows = (rows_v * torch.cat([one, G_v[:, :, :1]], 2)).view(N, Cp, 2, K)
+            cols = (cols_v * torch.cat([G_v[:, :, 1:], one], 2)).view(N, Cp, 2, K)
+        G = G_v[:, :, 0] * G_v[:, :, 1]
+        s *= 2
+    vec = lambda x: x.reshape(*lead, Cp, K)[..., :C, :]                  # noqa: E731
+    mat = lambda x, y: M[:, :, x, y].reshape(*lead, Cp, Cp)[..., :C, :C]   # noqa: E731
+    return {
+        "A_ab": mat(1, 1), "A_ak": mat(1, 0), "A_rb": mat(0, 1), "A_rk": mat(0, 0),
+        "r_start": vec(rows[:, :, 0]), "a_start": vec(rows[:, :, 1]),
+        "k_end": vec(cols[:, :, 0]), "b_end": vec(cols[:, :, 1]),
+        "gamma": G.reshape(*lead, K),
+    }
+
+
 def _chunked_one(r, w, k, v, a, b, S, scale, C):
     """``[B, T, H, *]`` inputs (accumulation dtype), state ``S`` [B, H, K, V] → (o, S_T)."""
     B, T, H, K = r.shape
+    V = v.shape[-1]
     NC = -(-T // C)
-    pad = NC * C - T
+    Cp = 1 << (C - 1).bit_length()                              # chunk_matrices' power of two
+    N = NC * B * H
 
     def chunks(x):
-        # padding with zeros is exact: w = 0, k = a = b = 0 leave the state untouched
-        x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.reshape(B, NC, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4)   # [B, H, NC, C, *]
+        # [B, T, H, D] → [NC, B, H, Cp, D]: the sequence padded to NC chunks, each chunk to Cp
+        # tokens; zeros are exact (w = 0, k = a = b = 0 leave the state untouched, and the padded
+        # outputs are dropped). Chunk-major, so that chunk n of every head is one slice.
+        if NC * C != T:
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, NC * C - T))
+        x = x.reshape(B, NC, C, H, x.shape[-1])
+        if Cp != C:
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, Cp - C))
+        return x.permute(1, 0, 3, 2, 4)
 
-    r, w, k, v, a, b = (chunks(x) for x in (r, w, k, v, a, b))
-    M = intra_chunk_matrices(r, w, k, a, b)
-    # WY form: the removal rows e_t^T = a_t^T S_{t-1} of a chunk satisfy (I − A_ab) E = ã S_0 + A_ak V,
-    # so E = W S_0 + U with W = T ã, U = T A_ak V and T = (I − A_ab)^{-1}, all state-independent.
-    Tm = ut_transform(M["A_ab"])
-    W = Tm @ M["a_start"]                                       # [B, H, NC, C, K]
-    U = Tm @ (M["A_ak"] @ v)                                    # [B, H, NC, C, V]
-    o_local = M["A_rk"] @ v                                     # the chunk's own writes, read at t
-    outs = []
-    for n in range(NC):                                         # the only sequential part
-        E = W[:, :, n] @ S + U[:, :, n]                         # removal rows, given S_0 = S
-        outs.append(scale * (M["r_start"][:, :, n] @ S + o_local[:, :, n] + M["A_rb"][:, :, n] @ E))
-        S = (M["gamma"][:, :, n].unsqueeze(-1) * S               # hand the state to the next chunk
-             + M["k_end"][:, :, n].transpose(-1, -2) @ v[:, :, n]
-             + M["b_end"][:, :, n].transpose(-1, -2) @ E)
-    o = torch.stack(outs, dim=2)                                # [B, H, NC, C, V]
-    o = o.permute(0, 2, 3, 1, 4).reshape(B, NC * C, H, -1)[:, :T]
-    return o, S
+    M = {n: x.reshape(N, *x.shape[3:]) for n, x in chunk_matrices(*(chunks(x) for x in (r, w, k, a, b))).items()}
+    v = chunks(v).reshape(N, Cp, V)
+    # the removal rows of every chunk are E = W S_0 + U with T = (I − A_ab)^{-1}, W = T ã and
+    # U = T A_ak V (section 4 of chapter 10); everything below is E put into (3) and (4)
+    eye = torch.eye(Cp, dtype=r.dtype, device=r.device)
+    Tm = torch.linalg.solve_triangular(eye - M["A_ab"], eye.expand(N, Cp, Cp), upper=False, unitriangular=True)
+    W = Tm @ M["a_start"]                                       # [N, Cp, K]
+    TA = Tm @ M["A_ak"]                                         # U = TA V
+    # hand-off S_C = P S_0 + Q: P = diag(γ) + B̂ᵀ W (K×K), Q = K̂ᵀ V + B̂ᵀ U = (K̂ + TAᵀ B̂)ᵀ V (K×V)
+    P = M["b_end"].transpose(-1, -2) @ W
+    P.diagonal(dim1=-2, dim2=-1).add_(M["gamma"])
+    Q = torch.baddbmm(M["k_end"], TA.transpose(-1, -2), M["b_end"]).transpose(-1, -2) @ v
+    # read-out O = scale · (R S_0 + M_loc V): R = R̃ + A_rb W, and M_loc = A_rk + A_rb TA is the
+    # chunk's own block of the attention matrix (section 5 of chapter 10)
+    R = torch.baddbmm(M["r_start"], M["A_rb"], W)
+    O_local = torch.baddbmm(M["A_rk"], M["A_rb"], TA) @ v
+    S = S.reshape(B * H, K, V)
+    starts = []
+    for P_n, Q_n in zip(P.view(NC, B * H, K, K).unbind(0), Q.view(NC, B * H, K, V).unbind(0)):
+        starts.append(S)                                        # the only sequential part
+        S = torch.bmm(P_n, S).add_(Q_n)
+    o = torch.baddbmm(O_local, R, torch.stack(starts).view(N, K, V), beta=scale, alpha=scale)
+    o = o.view(NC, B, H, Cp, V)[:, :, :, :C].permute(1, 0, 3, 2, 4).reshape(B, NC * C, H, V)[:, :T]
+    return o, S.view(B, H, K, V)
 
 
 def chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
-            chunk_size=16):
+            chunk_size=32):
     """RWKV-7 in chunkwise-parallel (WY / UT) form; same contract and result as :func:`naive`.
 
-    Per chunk of ``C = chunk_size`` tokens with start state ``S`` (see
-    :func:`intra_chunk_matrices` for the symbols)::
+    Shapes as for :func:`naive`: ``r, w, k, a, b`` [B, T, H, K], ``v`` [B, T, H, V],
+    ``initial_state`` [N, H, K, V]; returns ``(o [B, T, H, V], S_T [N, H, K, V] or None)``.
+    For every chunk of ``C = chunk_size`` tokens at once (symbols of :func:`intra_chunk_matrices`,
+    computed by :func:`chunk_matrices`)::
 
-        T = (I − A_ab)^{-1}            W = T ã        U = T A_ak V
-        E = W S + U                                        (the rows a_t^T S_{t-1})
-        O = scale · (r̃ S + A_rk V + A_rb E)
-        S ← diag(γ) S + k̂^T V + b̂^T E
+        T = (I − A_ab)^{-1}  (a batched triangular solve)     W = T ã     TA = T A_ak
+        P = diag(γ) + B̂ᵀ W      Q = (K̂ + TAᵀ B̂)ᵀ V           (S_end = P S_start + Q)
+        R = r̃ + A_rb W          O_local = (A_rk + A_rb TA) V
 
-    Cost O(T·C·K + T·K·V) per head; only the hand-off between chunks is sequential.
+    then one chunk after another ``S ← P S + Q`` (the only sequential step: one batched K×K
+    by K×V product per chunk), and for all chunks at once ``O = scale · (R S_start + O_local)``.
+    "At once" means per segment of about ``SEGMENT`` token-heads (B·H·tokens), one segment after
+    another, so that the intermediates of a segment are still in cache when they are used.
+    Cost per head: O(T·C·(K + V)) for the chunk matrices, O(T·K·(K + V)) for the state pieces.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
@@ -238,13 +332,24 @@ def chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=
     acc = _acc_dtype(r)
     r_, w_, k_, v_, a_, b_ = (x.to(acc) for x in (r, w, k, v, a, b))
     S0 = _initial(initial_state, N, H, K, V, acc, r.device)
+    C = int(chunk_size)
     outs, finals = [], []
     for ns, bs, ts in _sequences(B, T, cu_seqlens):
-        o, S = _chunked_one(*(x[bs, ts] for x in (r_, w_, k_, v_, a_, b_)), S0[ns], scale, int(chunk_size))
-        outs.append(o)
+        S = S0[ns]
+        # segments of whole chunks, about SEGMENT token-heads each: a segment's intermediates stay
+        # in cache while they are used; from one segment to the next only the state passes
+        n_b = ns.stop - ns.start
+        step = C * max(1, SEGMENT // (n_b * H * C))
+        for lo in range(ts.start, ts.stop, step):
+            seg = slice(lo, min(lo + step, ts.stop))
+            o, S = _chunked_one(*(x[bs, seg] for x in (r_, w_, k_, v_, a_, b_)), S, scale, C)
+            outs.append(o)
         finals.append(S)
     o = torch.cat(outs, dim=1).to(r.dtype)
     return o, (torch.cat(finals, dim=0) if output_final_state else None)
+
+
+SEGMENT = 2048   # token-heads per segment of `chunked` (B·H·tokens); 2048-4096 were fastest on a 2-core CPU
 
 
 # --------------------------------------------------------------------------- example inputs
