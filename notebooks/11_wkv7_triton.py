@@ -623,6 +623,9 @@ for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
 # | `wkv7.triton_chunked` | 14.5 | 65.1 | 5.0× / 8.3× |
 # | `wkv7.chunked` (torch, chapter 10) | 73.2 | 538.4 | 1 / 1 |
 #
+# (The torch row is the chunked form as it was then; chapter 10's rewrite — all chunks at once,
+# one batched triangular solve, a state-only scan — has been timed on a CPU only, in chapter 10.)
+#
 # Both kernels beat the torch form by a wide margin. Most of that is fusion: the torch version
 # writes every intermediate ($A$ matrices, $\mathcal T$, $W$, $U$) to memory and runs its
 # backward through autograd. The chunked kernel is *slower* than the recurrent one, forward and
