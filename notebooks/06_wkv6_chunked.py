@@ -27,7 +27,10 @@
 #    gradients — for any `T` and any chunk size;
 # 3. explain why the textbook factorisation through "`K` divided by the cumulative decay"
 #    overflows in float32, predict exactly when, and use a formulation that never does;
-# 4. count the work as a function of the chunk size `C` and say what a good `C` is.
+# 4. factor the decay at *sub-chunk* boundaries instead, so that the intra-chunk part is matrix
+#    products again, with every exponent `≤ 0` and formed over its own interval — exact under any
+#    decay — and measure what that buys against the loop on this machine;
+# 5. count the work as a function of the chunk size `C` and say what a good `C` is.
 #
 # The idea in one picture: the `T × T` matrix `A` of chapter 5 (`o = A v`), cut into
 # `C × C` blocks. Blocks on the diagonal are computed directly, as small masked attention
@@ -42,6 +45,7 @@ print(rwkvlab.device.describe())
 # %%
 import inspect
 import math
+import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -96,7 +100,7 @@ plt.show()
 # The blue region holds `T²/2 − TC/2` entries and is never formed: for each chunk it is replaced
 # by one `C × K` by `K × V` product with the state. The orange triangles hold `T(C−1)/2` entries,
 # computed as `T / C` small dense matrices. As `C` grows, work moves from the first kind to the
-# second; section 6 counts it.
+# second; section 8 counts it.
 #
 # ## 2. Derivation in matrix form
 #
@@ -180,14 +184,18 @@ rwkvlab.check("(4) hand-off == state after 3 chunks",
 #
 # `wkv6.chunked` does the same for every chunk of every head at once. The sequence is padded to
 # a multiple of `C` with tokens that have `r = k = v = 0` and `w = 0` (decay factor 1), which
-# change neither the outputs nor the state, so any `T` works. The pairwise decays of piece (2)
-# come from a small helper:
+# change neither the outputs nor the state, so any `T` works. The body works on one tensor of
+# shape `[B, H, n_chunks, C, ·]` per input. It asks for the chunk's intra matrix `P ⊙ M` with the
+# bonus on its diagonal, and for the two decayed copies that pieces (1) and (4) need — the queries
+# `R ⊙ e^{Cum − W}` and the keys `K ⊙ e^{c_last − Cum}` — then does the rest: one product for
+# pieces (2)+(3), the hand-off loop, one product for piece (1).
 
 # %%
-print(inspect.getsource(reference._pairwise_decay))
+print(inspect.getsource(reference._chunked_segment))
 
 # %% [markdown]
-# and the body, one tensor of shape `[B, H, n_chunks, C, ·]` per input:
+# Around it, `_chunked_one` runs long inputs as consecutive segments of whole chunks (section 7
+# says why), each handing its final state to the next:
 
 # %%
 print(inspect.getsource(reference._chunked_one))
@@ -195,7 +203,9 @@ print(inspect.getsource(reference._chunked_one))
 # %% [markdown]
 # Only the hand-off loop is sequential, `T / C` steps of a `K × V` multiply-add. Everything else
 # is batched over chunks. (A fused GPU kernel, chapter 7, goes one step further and runs the
-# hand-off inside the kernel, keeping `S` in registers.) The public function validates its
+# hand-off inside the kernel, keeping `S` in registers.) Two functions can supply the intra
+# matrix: `_chunk_intra_textbook`, the one-matmul form that section 5 shows failing, and
+# `_chunk_intra_stable`, the default, which section 6 derives. The public function validates its
 # input, handles packed variable-length sequences (chunks never straddle two sequences) and the
 # dtype policy:
 
@@ -313,14 +323,24 @@ assert torch.isfinite(dw).all()
 print("gradient w.r.t. w through the stable form: finite")
 
 # %% [markdown]
-# The stable form forms `c_i − w_i − c_j` first and exponentiates the difference. For `j < i`
-# the difference is a sum of log decays `w_{j+1} + … + w_{i−1}`, never positive, so every
-# exponential lies in `[0, 1]`: it can underflow to 0 — which is the right answer for a token
-# that has been forgotten — but never overflow, whatever `w ≤ 0` and whatever `C`. The entries
-# with `j ≥ i` would have positive exponents; the helper masks them to `−∞` *before*
-# exponentiating, because an `inf` there, even if multiplied by zero afterwards, would turn into
-# `NaN` in the backward pass. The other three pieces only ever use `c_i − w_i`, `c_last − c_j`
-# and `c_last`, all `≤ 0`, so they were never at risk.
+# The cure is never to exponentiate anything but a decay. For `j < i` the exponent
+# `c_i − w_i − c_j` *is* a sum of log decays, `w_{j+1} + … + w_{i−1}`, never positive, so
+# `e^{…}` lies in `[0, 1]`: it can underflow to 0 — which is the right answer for a token that
+# has been forgotten — but never overflow, whatever `w ≤ 0` and whatever `C`. The simplest form
+# that keeps to this rule evaluates every pair on its own: `wkv6.attention_matrix` does so with
+# the helper below (a `C × C × K` tensor of exponents, each summed over its own interval — why
+# that matters is section 6's story). The entries with `j ≥ i` would have positive exponents; it
+# masks them to `−∞` *before* exponentiating, because an `inf` there, even if multiplied by zero
+# afterwards, would turn into `NaN` in the backward pass. The other three pieces only ever use
+# `c_i − w_i`, `c_last − c_j` and `c_last`, all `≤ 0`, so they were never at risk.
+
+# %%
+print(inspect.getsource(reference._pairwise_decay))
+
+# %% [markdown]
+# The pairwise form is safe but elementwise: `C²K` exponentials and products per chunk and not
+# one matrix product. The package's stable form (section 6) keeps the safety and gets the matrix
+# products back; it is what `stable=True` runs below.
 #
 # Now the whole picture: the relative error against a float64 loop, as the constant decay
 # strength `|w|` grows, for three chunk sizes, both forms. The dashed lines mark the predicted
@@ -371,23 +391,286 @@ plt.show()
 # - *Re-centre the exponents.* Use `e^{c_i − w_i − c_m} · e^{c_m − c_j}` with a reference point
 #   `m` in the middle of the chunk. Both factors now span only half the chunk, so the safe
 #   `C·|w|` doubles — but a limit remains.
-# - *Secondary chunking* (GLA paper §4.3). Split each chunk into sub-chunks of, say, 16 tokens.
-#   For a query sub-chunk and an *earlier* key sub-chunk, re-centre on the position `b` just
-#   before the query sub-chunk starts: the factors `e^{c_i − w_i − c_b}` (for queries after `b`)
-#   and `e^{c_b − c_j}` (for keys up to `b`) are both `≤ 1`, and their product is one matrix
-#   product. Inside a sub-chunk (the diagonal blocks), use the pairwise form in full precision.
-#   Nothing overflows, and most of the work is matrix products again; the price is more,
-#   smaller products. FLA's RWKV-6 chunk kernels are organised this way (`chunk_rwkv6_fwd_A_kernel_intra_sub_inter`
-#   for the off-diagonal sub-blocks, `…_intra_sub_intra` for the diagonal ones).
-# - *Pairwise everywhere* (what `rwkvlab` does). Simplest and always safe; the intra-chunk
-#   scores cost the same number of multiply-adds as the matrix product would (section 6) but are
-#   elementwise work, with `C²K` exponentials per chunk instead of `2CK`.
+# - *Secondary chunking* (GLA paper §4.3; what `wkv6.chunked` does, section 6). Split each chunk
+#   into sub-chunks of, say, 16 tokens. For a query sub-chunk and an *earlier* key sub-chunk,
+#   split the decay at the first token of the query sub-chunk: both factors are `≤ 1`, and their
+#   product is one matrix product. Inside a sub-chunk (the diagonal blocks) no split point lies
+#   between the two tokens. Nothing overflows, and most of the work is matrix products again; the
+#   price is more, smaller products. FLA's RWKV-6 chunk kernels are organised this way
+#   (`chunk_rwkv6_fwd_A_kernel_intra_sub_inter` for the off-diagonal sub-blocks,
+#   `…_intra_sub_intra` for the diagonal ones).
+# - *Pairwise everywhere* (what `attention_matrix` does). Simplest and always safe; the
+#   intra-chunk scores cost the same number of multiply-adds as the matrix product would
+#   (section 8) but are elementwise work, with `C²K` exponentials per chunk instead of `2CK`.
 #
-# Chapter 7's Triton kernel makes its own choice among these (pairwise exponents, built column by
-# column) and is checked against the float64 loop, strong decays included, and against this
-# chapter's `chunked`.
+# Chapter 7's default Triton kernel uses secondary chunking too, with the diagonal blocks built
+# elementwise in registers, and is checked against the float64 loop, strong decays included, and
+# against this chapter's `chunked`.
 #
-# ## 6. Cost against the chunk size
+# ## 6. Secondary chunking: exact, overflow-free, and matrix products
+#
+# Cut a chunk of `C = 64` tokens into four **sub-chunks** of `L = 16`. Take a query `i` in
+# sub-chunk `I` and a key `j` in an earlier sub-chunk `J < I`. The exponent of their weight is the
+# log decay of the tokens strictly between them; split it at the first token of `I`, and the part
+# before that at the last token of `J`:
+#
+# $$
+# \sum_{m=j+1}^{i-1} w_m \;=\; \underbrace{\sum_{m=\mathrm{start}(I)}^{i-1} w_m}_{p_i\ \text{(inside } I)}
+# \;+\; \underbrace{\sum_{J<M<I} W_M}_{\mathrm{gap}_{JI}}
+# \;+\; \underbrace{\sum_{m=j+1}^{\mathrm{end}(J)} w_m}_{s_j\ \text{(inside } J)} ,
+# $$
+#
+# with `W_M` the total log decay of sub-chunk `M`. All three parts are sums of log decays, each
+# over an interval of its own, so all three are `≤ 0`, and since `e^{a+b+c} = e^a e^b e^c` the
+# whole `(I, J)` block of the score matrix is one matrix product of two `L × K` matrices:
+#
+# $$
+# P_{IJ} = \big(R_I \odot e^{p}\big)\,\big(K_J \odot e^{s + \mathrm{gap}_{JI}}\big)^\top .
+# $$
+#
+# This is *exact* — the same real number, no re-centring that trades range for accuracy — and
+# *overflow-free*: every factor lies in `[0, 1]`. It differs from the failed factorisation of
+# section 5 only in where the exponent is split: there the split point was the chunk's *start*
+# for every pair, so one of the two factors had to run backwards (`e^{−c_j}`, unbounded); here
+# it is a point that always lies *between* `j` and `i`.
+#
+# Only the diagonal blocks `I = J`, where no split point lies between the two tokens, remain. On
+# a GPU, chapter 7 builds them elementwise in registers. On a CPU, elementwise work means
+# streaming tensors through memory, and a `16 × 16` diagonal block costs `(L−1)/2 = 7.5`
+# exponentials and products per token and key channel — about as much elementwise work as the
+# rest of the chunk together. So `wkv6.chunked` applies the same split again, inside each
+# sub-chunk, by the same factor: `64 → 16 → 4 → 1`. At the bottom the "sub-chunks" are single
+# tokens, `p = s = 0`, and the score is `r_i · (k_j ⊙ e^{gap})` with `gap = w_{j+1} + … + w_{i−1}`:
+# the pairwise interval sum itself, evaluated only for the `j < i` pairs inside blocks of four.
+# The picture shows which level computes each entry of one chunk's matrix.
+
+# %%
+sizes6 = reference._block_sizes(64, 16)                      # [64, 16, 4, 1]
+i6, j6 = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+level = torch.zeros(64, 64)                                   # 0: above the diagonal
+for n_level, size in enumerate(sizes6[1:], start=1):          # the first level whose blocks separate i and j
+    level[(level == 0) & (i6 > j6) & (i6 // size != j6 // size)] = n_level
+level[i6 == j6] = len(sizes6)                                 # the bonus
+assert torch.all(level[i6 > j6] > 0)                          # every pair j < i is computed by exactly one level
+fig, ax = plt.subplots(figsize=(4.6, 4.6))
+ax.imshow(level.numpy(), cmap=plt.matplotlib.colors.ListedColormap(["white", "#6baed6", "#fd8d3c", "#74c476", "#d62728"]))
+ax.set_title("one chunk: blue 16-blocks, orange 4-blocks,\ngreen token pairs, red bonus", fontsize=9)
+ax.set_xlabel("key j"); ax.set_ylabel("query i")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+#
+# The check below builds the six off-diagonal `16 × 16` blocks of one chunk from the formula —
+# prefix, suffix and gap as plain sums over their intervals — and compares them with the pairwise
+# form of section 5 (float64).
+
+# %%
+C6, L6, K6 = 64, 16, 8
+r6, k6, _, w6 = (x[0, :, 0].double() for x in inputs(1, C6, 1, K6, K6, seed=6)[:4])   # one chunk, one head: [C, K]
+pairwise = torch.einsum("ik,jk,ijk->ij", r6, k6, reference._pairwise_decay(w6))      # P ⊙ M, section 5's form
+factored, largest = torch.zeros(C6, C6, dtype=torch.float64), -math.inf
+for I in range(C6 // L6):
+    for J in range(I):
+        qi, kj = slice(I * L6, (I + 1) * L6), slice(J * L6, (J + 1) * L6)
+        p = torch.stack([w6[I * L6:i].sum(0) for i in range(qi.start, qi.stop)])        # from I's start to i − 1
+        s = torch.stack([w6[j + 1:kj.stop].sum(0) for j in range(kj.start, kj.stop)])   # from j + 1 to J's end
+        gap = w6[kj.stop:qi.start].sum(0)                                               # sub-chunks strictly between
+        factored[qi, kj] = (r6[qi] * torch.exp(p)) @ (k6[kj] * torch.exp(s + gap)).T    # one matrix product
+        largest = max(largest, p.max().item(), (s + gap).max().item())
+off_diagonal = torch.arange(C6)[:, None] // L6 > torch.arange(C6)[None, :] // L6        # the six blocks J < I
+print(f"largest exponent in the factored blocks: {largest:.1f}")
+assert largest <= 0.0
+rwkvlab.check("six off-diagonal 16x16 blocks, factored at the sub-chunk boundary, vs pairwise",
+              factored, pairwise * off_diagonal, 1e-12)
+
+# %% [markdown]
+# ### The code
+#
+# Three small helpers. `_edge_sums` forms exclusive prefix sums, exclusive suffix sums and totals
+# inside blocks with one matrix product by a constant 0/1 matrix — each entry a sum over its own
+# interval (the reason follows below). `_decay` exponentiates log decays; the stable form works in
+# base 2 (`e^x = 2^{x log₂e}`, the log decays multiplied by `log₂e` once), and the cut-off it
+# applies is explained after the next check. `_lower_blocks` fills the blocks `J < I` of one
+# level, one lag `I − J` at a time, the gap growing by one sub-chunk total per lag; each lag is a
+# single matrix product of all its query rows by all its key rows, of which it keeps the diagonal
+# blocks — on a CPU that is cheaper than a batch of many tiny products:
+
+# %%
+for helper in (reference._edge_sums, reference._decay, reference._lower_blocks):
+    print(inspect.getsource(helper))
+
+# %% [markdown]
+# `_chunk_intra_stable` walks the levels from single tokens up to the chunk. Moving up a level,
+# a token's prefix decay inside the bigger sub-chunk is the product of its prefix inside its
+# smaller block and the decay of the smaller blocks before that one, `e^{P + p} = e^{P} e^{p}` —
+# two adjacent intervals, not a difference. At the top, the same products give the decayed
+# queries and keys of pieces (1) and (4):
+
+# %%
+print(inspect.getsource(reference._chunk_intra_stable))
+print("block sizes for C = 64, L = 16:", reference._block_sizes(64, 16))
+
+# %%
+r, k, v, w, u = inputs(2, 64, 2, 8, 8, seed=61, dtype=torch.float64)
+heads_first = [x.transpose(1, 2)[:, :, None].contiguous() for x in (r, k, w)]   # [B, H, 1 chunk, C, K]
+A_stable, q_in, k_out, total = reference._chunk_intra_stable(*heads_first, u, reference._block_sizes(64, 16))
+A_pairwise = wkv6.attention_matrix(r, k, w, u)                            # zero start state: only piece (2) + (3)
+rwkvlab.check("stable intra-chunk matrix (64 -> 16 -> 4 -> 1) vs attention_matrix", A_stable[:, :, 0], A_pairwise, 1e-12)
+c = w.transpose(1, 2).cumsum(-2)[:, :, None]
+rwkvlab.check("decayed queries r * e^(c_{i-1}) vs the textbook formula", q_in, heads_first[0] * torch.exp(c - heads_first[2]), 1e-12)
+rwkvlab.check("decayed keys k * e^(c_last - c_j) vs the textbook formula", k_out,
+              heads_first[1] * torch.exp(c[..., -1:, :] - c), 1e-12)
+
+# %% [markdown]
+# ### Every exponent `≤ 0`
+#
+# "Never evaluates a positive exponent" is a claim about the code, not only about the algebra,
+# and it can be checked directly: intercept every exponential that torch evaluates while
+# `wkv6.chunked` runs, and record the largest argument. The textbook form is recorded for
+# comparison.
+
+# %%
+class LargestExponent(torch.overrides.TorchFunctionMode):
+    # records the largest argument of every exp evaluated inside the `with` block
+
+    def __init__(self):
+        super().__init__()
+        self.largest = -math.inf
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.exp, torch.Tensor.exp, torch.Tensor.exp_, torch.exp2, torch.Tensor.exp2, torch.Tensor.exp2_):
+            self.largest = max(self.largest, args[0].detach().max().item())
+        return func(*args, **(kwargs or {}))
+
+
+r, k, v, _, u = inputs(1, 300, 2, 16, 16, seed=62)
+cases = {"random decay": inputs(1, 300, 2, 16, 16, seed=62)[3], "w = 0": torch.zeros_like(r),
+         "w = -8": torch.full_like(r, -8.0), "w = -1e4": torch.full_like(r, -1e4)}
+for name, w in cases.items():
+    w = w.clone().requires_grad_()
+    with LargestExponent() as stable_form:
+        o, S = wkv6.chunked(r, k, v, w, u, output_final_state=True)
+    with LargestExponent() as textbook_form:
+        wkv6.chunked(r, k, v, w, u, stable=False)
+    (dw,) = torch.autograd.grad(o.sum() + S.sum(), w)
+    assert stable_form.largest <= 0.0 and torch.isfinite(o).all() and torch.isfinite(dw).all()
+    print(f"{name:<13} largest exponent evaluated: stable {stable_form.largest:7.2f}   textbook {textbook_form.largest:9.1f}")
+
+# %% [markdown]
+# ### Why each exponent is summed over its own interval
+#
+# Algebraically `w_{j+1} + … + w_{i−1} = c_{i−1} − c_j`, the difference of two running sums from
+# the chunk's start, and section 2 used that form. In float32 it is not the same number. A
+# running sum that has passed a strong decay — a spike of `w = −10^4`, which Finch's
+# data-dependent decay can produce for one token — is about `−10^4`, where float32 numbers are
+# `2^{−10} ≈ 10^{−3}` apart. Every later difference inherits that rounding, so the weight
+# between two tokens *after* the spike, which should be `e^{−0.01}`-ish and exact to `10^{−7}`,
+# is off by about `10^{−3}` relative. Summing each exponent over its own interval never lets the
+# spike into an interval that does not contain it. The cell compares both ways on `w = −0.01`
+# with two spikes, for one chunk and for the whole operator, gradients included.
+
+# %%
+T6 = 40
+w_spike = torch.full((T6, 4), -0.01, dtype=torch.float64)
+w_spike[[13, 27]] = -1e4
+exact = reference._pairwise_decay(w_spike)                                 # float64
+w32 = w_spike.float()
+c32 = w32.cumsum(0)
+diff_form = ((c32 - w32)[:, None, :] - c32[None, :, :]).masked_fill(~torch.ones(T6, T6, dtype=torch.bool).tril(-1)[..., None],
+                                                                       -math.inf).exp()
+err_diff = rwkvlab.rel_err(diff_form, exact)
+err_interval = rwkvlab.rel_err(reference._pairwise_decay(w32), exact)
+print(f"float32 decay matrix, spikes of -1e4: difference of running sums {err_diff:.1e}, interval sums {err_interval:.1e}")
+assert err_diff > 1e-5 and err_interval < 1e-6
+
+xs64 = inputs(2, 41, 2, 8, 8, seed=63, dtype=torch.float64) + [torch.randn(2, 2, 8, 8, dtype=torch.float64,
+                                                                          generator=torch.Generator().manual_seed(64))]
+xs64[3] = torch.full_like(xs64[3], -0.01)
+xs64[3][:, [13, 27]] = -1e4
+xs32 = [x.float().requires_grad_() for x in xs64]
+xs64 = [x.requires_grad_() for x in xs64]
+o32, S32 = wkv6.chunked(*xs32[:5], initial_state=xs32[5], output_final_state=True)
+o64, S64 = wkv6.naive(*xs64[:5], initial_state=xs64[5], output_final_state=True)
+rwkvlab.check("chunked (float32) vs naive (float64), decay spikes of -1e4", (o32, S32), (o64, S64), 1e-6)
+for name, a, b in zip(names, all_grads(wkv6.chunked, xs32), all_grads(wkv6.naive, xs64)):
+    rwkvlab.check(f"grad {name:<13} under decay spikes, chunked (float32) vs naive (float64)", a, b, 1e-6)
+
+# %% [markdown]
+# ### Subnormal numbers: a floor on the factors
+#
+# One more CPU matter. A factor like `e^{−95}` is a *subnormal* float32 (below `1.2·10^{−38}`, the
+# smallest normal number), and x86 processors handle subnormals in microcode, a hundred times
+# slower per operation (`torch.exp` also takes a slow path wherever its result underflows; `exp2`
+# only where the result is subnormal). Strong decays produce such factors all the time, and a
+# single matrix product full of them is enough to undo the speed-up. `wkv6.chunked` therefore
+# keeps a factor only down to `2^{floor}`, `floor = log₂(tiny)/3 = −42` in float32, and sets
+# smaller ones to exactly zero (their exponent becomes `−∞` before `exp2`): a product of three kept
+# factors (query side, key side and gap) is still a normal number, and a dropped factor weighs its
+# term below `2.3·10^{−13}`, far under float32's rounding of the sum it enters.
+
+# %%
+print(inspect.getsource(reference._flush_floor))
+a = torch.randn(256, 64, 64)
+b = torch.randn(256, 64, 64)
+for label, (x, y) in (("normal", (a, b)), ("subnormal products", (a * 1e-20, b * 1e-20))):   # a·b ~ 1e-40
+    x @ y
+    t0 = time.perf_counter()
+    for _ in range(3):
+        x @ y
+    print(f"256 matmuls 64x64x64, {label:<19}: {(time.perf_counter() - t0) / 3 * 1e3:7.2f} ms")
+tiny = torch.finfo(torch.float32).tiny
+r, k, v, _, u = inputs(1, 256, 2, 16, 16, seed=65)
+w = torch.full_like(r, -8.0)
+heads_first = [x.transpose(1, 2)[:, :, None].reshape(1, 2, 4, 64, 16) for x in (r, k, w)]
+A_s, q_in, k_out, _ = reference._chunk_intra_stable(*heads_first, u, reference._block_sizes(64, 16))
+n_sub = sum(((x != 0) & (x.abs() < tiny)).sum().item() for x in (A_s, q_in, k_out))
+print(f"subnormal entries among the stable form's factors and scores at w = -8: {n_sub}")
+assert n_sub == 0
+
+# %% [markdown]
+# ## 7. Measured: the chunked form against the loop
+#
+# What does all this buy on a CPU? The cell times `naive` and `chunked` (forward, float32, the
+# default `C = 64` and sub-chunks of 16) in this process, medians of several runs, at one head
+# size of a real model (`K = V = 64`), and prints what it measured. On a CPU this form is bound by
+# memory traffic more than by arithmetic, so `chunked` runs long inputs in segments of whole chunks
+# — about `2^18` elements per tensor, small enough to stay in a core's cache — handing the state
+# from segment to segment exactly as from chunk to chunk. The ratio depends on the machine and on
+# what else runs on it; the book's tests check correctness, never speed.
+
+# %%
+def median_ms(fn, repeats):
+    fn()                                          # warm-up: allocations, threads
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+B7, T7, H7, K7 = 1, 4096, 4, 64
+r, k, v, w, u = inputs(B7, T7, H7, K7, K7, seed=70)
+with torch.no_grad():
+    t_naive = median_ms(lambda: wkv6.naive(r, k, v, w, u, output_final_state=True), 3)
+    t_chunk = median_ms(lambda: wkv6.chunked(r, k, v, w, u, output_final_state=True), 7)
+    t_text = median_ms(lambda: wkv6.chunked(r, k, v, w, u, output_final_state=True, stable=False), 7)
+print(f"B={B7} T={T7} H={H7} K=V={K7}, float32, {torch.get_num_threads()} threads, forward:")   # no assert: a timing
+print(f"  naive (token loop)            {t_naive:8.1f} ms")
+print(f"  chunked, stable (default)     {t_chunk:8.1f} ms   {t_naive / t_chunk:5.1f}x faster than naive")
+finite = torch.isfinite(wkv6.chunked(r, k, v, w, u, stable=False)[0]).float().mean().item()
+print(f"  chunked, textbook (unstable)  {t_text:8.1f} ms   {t_naive / t_text:5.1f}x faster than naive, "
+      f"{finite:.0%} of its outputs finite")
+
+# %% [markdown]
+# The textbook form does the least arithmetic of the three. Where it is nevertheless slower than
+# the stable form (as on the two-core machine this book was written on), the reason is the
+# numbers it computes: on these random decays its `e^{−c}` overflows and its `e^{c}` underflows
+# all the time, into exactly the slow paths — subnormal factors, `exp` below `−87` — that the
+# stable form keeps clear of. On a CPU, what the numbers are matters as much as how many there are.
+#
+# ## 8. Cost against the chunk size
 #
 # Count multiply-adds per head for a sequence of `T` tokens, chunk size `C`, key size `K` and
 # value size `V` (the masked half of each block is computed and discarded, as dense kernels do):
@@ -408,8 +691,12 @@ plt.show()
 # state, just in batches), and the intra-chunk work *grows* with `C`. The correct count is
 # `O(B·H·T·(C(K+V) + KV))`, as in the GLA paper's `O(LCd + Ld²)`.
 #
-# We check the formula against PyTorch's own FLOP counter on the package's code (it counts 2
-# FLOPs per multiply-add in matrix products and einsums):
+# We check the formula against PyTorch's own FLOP counter on the textbook form
+# (`stable=False`, dense `C × C` scores; the counter counts 2 FLOPs per multiply-add in matrix
+# products and einsums). The stable form of section 6 is printed beside: it multiplies more than
+# it keeps — each lag of each level is one wide product of which only the diagonal blocks are used,
+# and its interval sums are small 0/1 matrix products — because on a CPU a few large products cost
+# less than many small ones, and its real cost is the elementwise work the table does not count.
 
 # %%
 def macs(T, C, K, V):
@@ -419,11 +706,14 @@ def macs(T, C, K, V):
 
 for (T, C, K, V) in ((256, 32, 16, 16), (96, 16, 8, 24), (100, 64, 16, 16)):
     r, k, v, w, u = inputs(1, T, 1, K, V, seed=50)
+    counted = {}
     for stable in (True, False):
         with FlopCounterMode(display=False) as counter:
             wkv6.chunked(r, k, v, w, u, chunk_size=C, stable=stable)
-        assert counter.get_total_flops() == 2 * macs(T, C, K, V), (T, C, K, V, stable, counter.get_total_flops())
-    print(f"T={T:>3} C={C:>2} K={K:>2} V={V:>2}: {macs(T, C, K, V):>9,} multiply-adds, as counted by torch")
+        counted[stable] = counter.get_total_flops() // 2
+    assert counted[False] == macs(T, C, K, V), (T, C, K, V, counted)
+    print(f"T={T:>3} C={C:>2} K={K:>2} V={V:>2}: {macs(T, C, K, V):>9,} multiply-adds, as counted by torch "
+          f"(stable form: {counted[True]:>9,})")
 
 # %% [markdown]
 # For a realistic head (`K = V = 64`) and `T = 4096`:
@@ -462,7 +752,8 @@ plt.show()
 # matrix product (`tl.dot`) accepts. Memory follows the same logic: a backward pass that keeps
 # the chunk-start states stores `(T/C)·K·V` numbers per head, `T·K·V/C`.
 #
-# No timings here: on a CPU under the Triton interpreter they would say nothing about a GPU.
+# The timings of section 7 are of plain torch on this CPU, where memory traffic and the count of
+# elementwise passes decide as much as the multiply-adds; they say nothing about a GPU.
 # Chapter 7 measures the kernels where they run.
 #
 # ## Summary
@@ -476,6 +767,12 @@ plt.show()
 # - Splitting `e^{c_i − w_i − c_j}` into `e^{c_i − w_i} · e^{−c_j}` makes the intra-chunk scores one
 #   matrix product but overflows float32 once `C·|w| > 88.7` — a cliff, reached by real models'
 #   fast channels. Forming the pairwise exponent first keeps every factor in `[0, 1]`.
+# - Splitting the exponent at a *sub-chunk* boundary instead — `p_i + gap_JI + s_j`, all three
+#   sums of log decays — makes every off-diagonal sub-chunk block one exact matrix product with
+#   factors in `[0, 1]`; `wkv6.chunked` applies the split recursively (`64 → 16 → 4 → 1`), forms
+#   every exponent as a sum over its own interval (a decay spike of `−10^4` costs no float32
+#   accuracy) and keeps its factors clear of subnormal numbers. Section 7 measures its speed
+#   against the loop on this machine.
 # - The work is `T (C(K+V) + 2KV)` multiply-adds with `T/C` sequential steps; `C` between 16 and
 #   64 (about `K`) balances the two parts.
 #
@@ -484,9 +781,10 @@ plt.show()
 # 1. Implement the re-centred factorisation of section 5 (reference point in the middle of the
 #    chunk) as a function of your own, and confirm that its failure point moves to
 #    `C·|w| ≈ 2 · 88.72`.
-# 2. Implement secondary chunking: sub-chunks of 4 tokens inside chunks of 16, matrix products
-#    between sub-chunks re-centred at the start of the query sub-chunk, the pairwise form on the diagonal. Check it
-#    against `wkv6.naive` at `w = −50`.
+# 2. Implement one level of secondary chunking yourself: sub-chunks of 4 tokens inside chunks of
+#    16, matrix products between sub-chunks split at the start of the query sub-chunk, the
+#    pairwise form (`reference._pairwise_decay`) on the diagonal blocks. Check it against
+#    `wkv6.naive` at `w = −50`, then time it against `wkv6.chunked` as in section 7.
 # 3. Derive the gradient of the loss with respect to the chunk-start state `S` from the four
 #    pieces, and check it against `torch.autograd.grad` through `wkv6.chunked`.
 # 4. A kernel that feeds `K ⊙ e^{−Cum}` to the tensor cores in float16 fails much earlier than

@@ -22,6 +22,8 @@ from rwkvlab import rel_err, wkv6
 # (name, implementation, float32 relative tolerance against the float64 reference)
 IMPLS = [
     ("naive", wkv6.naive, 1e-5),
+    ("chunked", wkv6.chunked, 1e-5),                         # the default: chunks of 64, sub-chunks of 16
+    ("chunked32_8", functools.partial(wkv6.chunked, chunk_size=32, sub_chunk_size=8), 1e-5),   # 32 → 8 → 2 → 1
     ("chunked16", functools.partial(wkv6.chunked, chunk_size=16), 1e-5),
     ("chunked5", functools.partial(wkv6.chunked, chunk_size=5), 1e-5),
 ]
@@ -117,6 +119,25 @@ def test_chunked_equals_naive_float32_for_any_chunk_size(T, chunk_size):
     assert rel_err(got, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("chunk_size,sub_chunk_size", [(64, 16), (64, 8), (64, 4), (64, 64), (48, 16), (32, 16),
+                                                       (32, 8), (20, 16), (16, 4), (8, 2)])
+@pytest.mark.parametrize("T", [1, 63, 64, 150])
+def test_chunked_equals_naive_for_any_sub_chunk_size(T, chunk_size, sub_chunk_size):
+    r, k, v, w, u, s0 = make_inputs(1, T, 2, 8, 6, seed=T + chunk_size)
+    ref = reference_loop(r, k, v, w, u, scale=0.5, initial_state=s0)
+    got = wkv6.chunked(r, k, v, w, u, scale=0.5, initial_state=s0, output_final_state=True,
+                       chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
+    assert rel_err(got, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("C,L,sizes", [(64, 16, [64, 16, 4, 1]), (64, 8, [64, 8, 1]), (32, 8, [32, 8, 2, 1]),
+                                       (32, 16, [32, 16, 8, 4, 2, 1]), (48, 16, [48, 16, 1]), (16, 16, [16, 1]),
+                                       (20, 16, [20, 1]), (5, 16, [5, 1]), (1, 16, [1]), (64, 1, [64, 1])])
+def test_block_sizes_nest_down_to_single_tokens(C, L, sizes):
+    from rwkvlab.wkv6.reference import _block_sizes
+    assert _block_sizes(C, L) == sizes
+
+
 def test_scale_multiplies_the_output_only():
     r, k, v, w, u, s0 = make_inputs(1, 10, 2, 4, 4)
     o1, s1 = wkv6.chunked(r, k, v, w, u, scale=1.0, initial_state=s0, output_final_state=True)
@@ -206,6 +227,39 @@ def test_chunked_gradients_equal_autograd_through_naive(chunk_size, cu):
         assert rel_err(a, b) < 1e-10, name
 
 
+@pytest.mark.parametrize("cu", [None, [0, 70, 71, 150]], ids=["dense", "varlen"])
+def test_default_chunked_gradients_equal_autograd_through_naive_over_several_chunks(cu):
+    # the default (chunks of 64, sub-chunks of 16, 4, 1) over more than two chunks: the in-place writes
+    # into the score matrix and every level of the split must differentiate correctly
+    B = 2 if cu is None else 1
+    N = B if cu is None else len(cu) - 1
+    xs = make_inputs(B, 150, 2, 4, 3, dtype=torch.float64, requires_grad=True, with_state=False)
+    xs[5] = torch.randn(N, 2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    cu_t = None if cu is None else torch.tensor(cu)
+    g_ref = _grads(wkv6.naive, xs, cu_seqlens=cu_t)
+    g = _grads(wkv6.chunked, xs, cu_seqlens=cu_t)
+    for name, a, b in zip(["r", "k", "v", "w", "u", "initial_state"], g, g_ref):
+        assert rel_err(a, b) < 1e-10, name
+
+
+@pytest.mark.parametrize("cu", [None, [0, 70, 71, 150]], ids=["dense", "varlen"])
+def test_segments_pass_the_state_on_exactly(monkeypatch, cu):
+    # long inputs run as segments of whole chunks (to stay in cache); force one chunk per segment here
+    from rwkvlab.wkv6 import reference
+    monkeypatch.setattr(reference, "_SEGMENT_ELEMENTS", 1)
+    B = 2 if cu is None else 1
+    N = B if cu is None else len(cu) - 1
+    xs = make_inputs(B, 150, 2, 4, 3, dtype=torch.float64, requires_grad=True, with_state=False)
+    xs[5] = torch.randn(N, 2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    cu_t = None if cu is None else torch.tensor(cu)
+    ref = wkv6.naive(*xs[:5], scale=0.5, initial_state=xs[5], output_final_state=True, cu_seqlens=cu_t)
+    got = wkv6.chunked(*xs[:5], scale=0.5, initial_state=xs[5], output_final_state=True, cu_seqlens=cu_t)
+    assert rel_err(got, ref) < 1e-12
+    for name, a, b in zip(["r", "k", "v", "w", "u", "initial_state"], _grads(wkv6.chunked, xs, cu_seqlens=cu_t),
+                          _grads(wkv6.naive, xs, cu_seqlens=cu_t)):
+        assert rel_err(a, b) < 1e-10, name
+
+
 def test_chunked_float32_gradients_close_to_float64():
     xs32 = make_inputs(1, 24, 2, 4, 4, requires_grad=True)
     xs64 = [x.detach().double().requires_grad_() for x in xs32]
@@ -232,6 +286,84 @@ def test_strong_decay_is_finite_and_equal_to_naive():
     # the factorised (GLA-style) form overflows here: e^{-c} reaches e^{8·64} ≫ float32's max
     o_bad, _ = wkv6.chunked(r, k, v, w, u, initial_state=s0, chunk_size=64, stable=False)
     assert not torch.isfinite(o_bad).all()
+
+
+def _spike_inputs(B, T, H, K, V, spike, seed):
+    """w = −0.01 everywhere except two tokens of every channel at ``spike``: a long running sum of w is
+    dominated by the spikes, so an exponent formed as the difference of two such sums loses the −0.01s."""
+    r, k, v, w, u, s0 = make_inputs(B, T, H, K, V, dtype=torch.float64, seed=seed)
+    w = torch.full_like(w, -0.01)
+    w[:, T // 3] = spike
+    w[:, (2 * T) // 3 + 1] = spike
+    return [r, k, v, w, u, s0]
+
+
+@pytest.mark.parametrize("spike", [-1e4, -1e3])
+@pytest.mark.parametrize("shape", [(1, 40, 2, 8, 8), (2, 37, 3, 16, 5), (1, 41, 1, 4, 12), (1, 150, 2, 8, 8)], ids=str)
+@pytest.mark.parametrize("chunk_size", [64, 16])
+def test_decay_spike_costs_no_float32_accuracy(chunk_size, shape, spike):
+    # every exponent is a sum over its own interval: float32 output, final state and every gradient
+    # stay at float32 rounding (~1e-7) against the float64 loop (differences of running sums: ~3e-4)
+    xs64 = _spike_inputs(*shape, spike, seed=shape[1])
+    xs32 = [x.float().requires_grad_() for x in xs64]
+    xs64 = [x.requires_grad_() for x in xs64]
+    impl = functools.partial(wkv6.chunked, chunk_size=chunk_size)
+    out32 = impl(*xs32[:5], scale=0.5, initial_state=xs32[5], output_final_state=True)
+    out64 = wkv6.naive(*xs64[:5], scale=0.5, initial_state=xs64[5], output_final_state=True)
+    assert rel_err(out32[0], out64[0]) < 1e-6 and rel_err(out32[1], out64[1]) < 1e-6
+    g32, g64 = _grads(impl, xs32), _grads(wkv6.naive, xs64)
+    for name, a, b in zip(["r", "k", "v", "w", "u", "initial_state"], g32, g64):
+        assert rel_err(a, b) < 1e-6, name
+
+
+class _ExpRecorder(torch.overrides.TorchFunctionMode):
+    """Records the largest argument of every exponential evaluated inside the block."""
+
+    EXPS = {torch.exp, torch.Tensor.exp, torch.Tensor.exp_, torch.exp2, torch.Tensor.exp2, torch.Tensor.exp2_,
+            torch.special.expm1, torch.special.exp2}
+
+    def __init__(self):
+        super().__init__()
+        self.largest = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.EXPS:
+            self.largest.append(args[0].detach().max().item())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 8.0, 1e4])
+def test_stable_chunked_never_evaluates_a_positive_exponent(decay):
+    r, k, v, w, u, s0 = make_inputs(1, 150, 2, 8, 8, decay=max(decay, 1.0), requires_grad=True)
+    if decay in (0.0, 1e4):
+        w = torch.full_like(w, -decay).requires_grad_()
+    with _ExpRecorder() as rec:
+        o, s = wkv6.chunked(r, k, v, w, u, initial_state=s0, output_final_state=True)
+    assert rec.largest and max(rec.largest) <= 0.0
+    with _ExpRecorder() as rec:
+        o_bad, _ = wkv6.chunked(r, k, v, w, u, initial_state=s0, stable=False)
+    assert max(rec.largest) > 0.0 or decay == 0.0          # the textbook form does (e^{-c})
+
+
+@pytest.mark.parametrize("w_value", [-8.0, -20.0, -1e4])
+def test_constant_strong_decay_is_finite_with_finite_gradients(w_value):
+    r, k, v, w, u, s0 = make_inputs(1, 300, 2, 8, 8, requires_grad=True)
+    w = torch.full_like(w, w_value).requires_grad_()
+    xs = [r, k, v, w, u, s0]
+    o_ref, s_ref = wkv6.naive(*xs[:5], initial_state=s0, output_final_state=True)
+    o, s = wkv6.chunked(*xs[:5], initial_state=s0, output_final_state=True)
+    assert rel_err((o, s), (o_ref, s_ref)) <= 1e-5
+    grads = torch.autograd.grad(o.sum() + s.sum(), xs)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_pairwise_decay_is_exact_under_a_spike():
+    # attention_matrix's decays are interval sums too: equal to float64 at float32 rounding
+    w64 = _spike_inputs(1, 24, 1, 4, 4, -1e4, seed=1)[3][0, :, 0]          # [T, K]
+    from rwkvlab.wkv6.reference import _pairwise_decay
+    D32, D64 = _pairwise_decay(w64.float()), _pairwise_decay(w64)
+    on_or_above = torch.ones(24, 24, dtype=torch.bool).triu()            # j ≥ i: nothing (causal, bonus aside)
+    assert torch.all(D64[on_or_above] == 0) and rel_err(D32, D64) < 1e-6
 
 
 def test_zero_decay_with_long_chunks_is_plain_linear_attention():
@@ -313,6 +445,8 @@ def test_bad_varlen_input_raises_naming_the_argument(name, impl, case):
 def test_bad_chunk_size(chunk_size):
     with pytest.raises(ValueError, match=r"^chunk_size:"):
         wkv6.chunked(**_good(), chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=r"^sub_chunk_size:"):
+        wkv6.chunked(**_good(), sub_chunk_size=chunk_size)
 
 
 def test_bad_scale():

@@ -16,6 +16,8 @@ that need gradients, so autograd differentiates every argument, ``initial_state`
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import validate
@@ -102,19 +104,25 @@ def step(r, k, v, w, u, state=None, scale=1.0):
 # The chunked (chunkwise-parallel) form
 # ----------------------------------------------------------------------------------------------
 
-def _pairwise_decay(c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """D[..., i, j, :] = exp(c_i − w_i − c_j) for j < i, and 0 elsewhere.
+def _pairwise_decay(w: torch.Tensor) -> torch.Tensor:
+    """D[..., i, j, :] = exp(w_{j+1} + … + w_{i-1}) for j < i, and 0 elsewhere.
 
-    c is the inclusive cumulative log decay inside a block ([..., C, K]). For j < i the exponent
-    is a sum of log decays w_{j+1} … w_{i-1}, all ≤ 0, so every entry lies in [0, 1]: nothing can
-    overflow, whatever the decay or the block length. The mask is applied to the *exponent*
-    (−inf ↦ 0) so that no positive exponent is ever evaluated, not even in a discarded entry —
-    an inf there would turn into NaN in the backward pass.
+    w is the log decay of a block of tokens ([..., C, K]). Each exponent is formed as a sum over
+    its own interval: row i keeps w_m for m < i, and a running sum from the right end adds
+    w_{i-1}, w_{i-2}, …, w_{j+1} — never the difference of two long running sums, which would
+    carry the rounding error of the whole prefix into a short interval. All terms are ≤ 0, so every
+    entry lies in [0, 1]. The entries with j ≥ i are masked to −inf *before* the exponential, so
+    no positive exponent is ever evaluated (an inf there would turn into NaN in the backward pass).
+    Costs C²K: for pictures and short checks.
     """
-    C = c.shape[-2]
-    e = (c - w)[..., :, None, :] - c[..., None, :, :]                       # [..., C, C, K]
-    below = torch.ones(C, C, dtype=torch.bool, device=c.device).tril(-1)   # strict lower: j < i
-    return e.masked_fill(~below[:, :, None], float("-inf")).exp()
+    C = w.shape[-2]
+    idx = torch.arange(C, device=w.device)
+    # E[..., i, j, :] = Σ_{m > j} w_m [m < i]: the reverse running sum of the masked row, shifted by one
+    rows = w[..., None, :, :] * (idx[None, :] < idx[:, None]).to(w.dtype)[:, :, None]       # [..., i, m, K]
+    tail = rows.flip(-2).cumsum(-2).flip(-2)                                                 # Σ_{m' ≥ m}
+    E = torch.nn.functional.pad(tail[..., 1:, :], (0, 0, 0, 1))                              # Σ_{m' > j}
+    below = idx[None, :] < idx[:, None]                                                      # j < i
+    return E.masked_fill(~below[:, :, None], float("-inf")).exp()
 
 
 def attention_matrix(r, k, w, u, scale=1.0):
@@ -129,92 +137,272 @@ def attention_matrix(r, k, w, u, scale=1.0):
     """
     acc = _acc_dtype(r)
     r_, k_, w_ = (x.to(acc).transpose(1, 2) for x in (r, k, w))              # [B, H, T, K]
-    c = w_.cumsum(-2)
-    A = torch.einsum("bhik,bhjk,bhijk->bhij", r_, k_, _pairwise_decay(c, w_))
+    A = torch.einsum("bhik,bhjk,bhijk->bhij", r_, k_, _pairwise_decay(w_))
     bonus = (r_ * u.to(acc)[None, :, None, :] * k_).sum(-1)                  # [B, H, T]
     return scale * (A + torch.diag_embed(bonus))
 
 
-def _chunked_one(r, k, v, w, u, S0, scale, C, stable):
-    """Chunked forward for [B, T, H, ·] tensors already in the accumulation dtype; S0 [B, H, K, V]."""
+LOG2E = 1.4426950408889634   # the stable form takes its exponentials base 2: e^x = 2^{x·log2(e)}
+
+
+def _flush_floor(dtype: torch.dtype) -> float:
+    """The smallest base-2 exponent the stable form keeps: log2(tiny) / 3 (−42 in float32, −340.7 in float64).
+
+    A product of three kept factors is still a normal float. Subnormal numbers cost x86 CPUs about a
+    hundred times more per operation (a matmul slows down ~50×), and a factor below 2^{floor}
+    (2·10⁻¹³ in float32) weighs a term far below the rounding of the sum it enters, so it is set to 0.
+    """
+    return math.log2(torch.finfo(dtype).tiny) / 3
+
+
+_FLOORS = {dt: _flush_floor(dt) for dt in (torch.float32, torch.float64)}
+
+
+def _decay(x: torch.Tensor) -> torch.Tensor:
+    """2^x for base-2 log decays x ≤ 0, exactly 0 below 2^{floor} (see :func:`_flush_floor`).
+
+    Exponents below the floor become −inf *before* the exponential, whose result is then exactly 0
+    (``exp2`` of −inf is as fast as any other; its slow path is for subnormal results only).
+    """
+    return torch.threshold(x, _FLOORS[x.dtype], -math.inf).exp2_()
+
+
+def _flush(f: torch.Tensor) -> torch.Tensor:
+    """A product of two decay factors, cut back to one kept factor (0 below 2^{floor})."""
+    return torch.threshold(f, 2.0 ** _FLOORS[f.dtype], 0.0)
+
+
+_EDGE_MATRICES: dict = {}
+
+
+def _edge_sums(x: torch.Tensor, b: int):
+    """Exclusive prefix and suffix sums inside blocks of ``b`` rows, and the blocks' totals.
+
+    x: [..., m, K] with m a multiple of b. Returns (ps, t): ps[..., 0, i, :] = Σ x_m over the rows
+    m < i of i's block and ps[..., 1, j, :] = Σ x_m over the rows m > j of j's block ([..., 2, m, K]),
+    and each block's total t ([..., m/b, K]). One matmul with a constant 0/1 matrix: every entry is
+    a sum over its own interval (the zero terms add nothing), never a difference of running sums.
+    """
+    m = x.shape[-2]
+    key = (m, b, x.dtype, x.device)
+    if key not in _EDGE_MATRICES:
+        i = torch.arange(m)
+        same = (i[:, None] // b) == (i[None, :] // b)
+        rows = [same & (i[None, :] < i[:, None]), same & (i[None, :] > i[:, None]),
+                (i[None, :] // b) == torch.arange(m // b)[:, None]]
+        _EDGE_MATRICES[key] = torch.cat(rows).to(device=x.device, dtype=x.dtype)     # [2m + m/b, m]
+    E = _EDGE_MATRICES[key] @ x
+    return E[..., :2 * m, :].unflatten(-2, (2, m)), E[..., 2 * m:, :]
+
+
+def _block_sizes(C: int, L: int) -> list[int]:
+    """The nested block sizes of the stable form: C, then L, L/f, L/f², … with f = C/L, ending at 1.
+
+    (64, 16) gives [64, 16, 4, 1]. If L does not divide C, or L ≥ C, the chunk goes straight to
+    single tokens ([C, 1]); a size that f does not divide goes to 1 next ((48, 16): [48, 16, 1]).
+    """
+    sizes = [C]
+    if 1 < L < C and C % L == 0:
+        f = C // L
+        while L > 1 and sizes[-1] % L == 0:
+            sizes.append(L)
+            if L % f:
+                break
+            L //= f
+    return sizes if sizes[-1] == 1 else sizes + [1]
+
+
+def _lower_blocks(A, q, kt, tot):
+    """Write the scores of every sub-block pair J < I of a block into A.
+
+    A: a view [..., NS, L, NS, L] of the score matrix (query sub-block, row, key sub-block, column).
+    q [..., NS, L, K]: queries decayed from the start of their sub-block, r_i ⊙ 2^{p_i}.
+    kt [..., NS, L, K]: keys decayed to the end of their sub-block, k_j ⊙ 2^{s_j}.
+    tot [..., NS, K]: each sub-block's total log decay. All log decays here are base 2 (w · log2 e).
+
+    Pair (I, J) needs the decay across the sub-blocks strictly between them, gap = Σ_{J<M<I} tot_M,
+    so the block is q_I (kt_J ⊙ 2^{gap})ᵀ. Taken by lag I − J, and the gap grows one total at a time.
+    Each lag is one matmul of all its query rows by all its key rows, of which the diagonal blocks
+    are kept (small matmuls are slow on a CPU, so the extra products are cheaper than a batch of
+    L × L ones); single-token sub-blocks take one elementwise product instead.
+    """
+    NS, L = q.shape[-3], q.shape[-2]
+    gap = None
+    for lag in range(1, NS):
+        keys = kt[..., :NS - lag, :, :]                                  # key sub-blocks J = 0 … NS−1−lag
+        if lag > 1:                                                      # gap_J = tot_{J+1} + … + tot_{J+lag−1}
+            nxt = tot[..., lag - 1:NS - 1, :]
+            gap = nxt if gap is None else gap[..., :NS - lag, :] + nxt
+            keys = keys * _decay(gap)[..., None, :]
+        if L == 1:
+            s = (q[..., lag:, 0, :] * keys[..., 0, :]).sum(-1)[..., None, None].movedim(-3, -1)
+        else:
+            s = q[..., lag:, :, :].flatten(-3, -2) @ keys.flatten(-3, -2).transpose(-1, -2)
+            s = s.unflatten(-1, (NS - lag, L)).unflatten(-3, (NS - lag, L)).diagonal(0, -4, -2)
+        A.diagonal(-lag, -4, -2).copy_(s)                                # [..., L, L, NS−lag]
+
+
+def _chunk_intra_stable(r, k, w, u, sizes):
+    """The stable intra-chunk matrix and the per-token decays the chunk's edges need.
+
+    r, k, w: [B, H, n, C, K] (chunks along dim 2), u: [H, K], sizes from :func:`_block_sizes`.
+    Returns (A, q_in, k_out, total): A [B, H, n, C, C] with A[i, j] = Σ_κ r_iκ k_jκ e^{w_{j+1}+…+w_{i−1}}
+    for j < i and the bonus on the diagonal; q_in = r ⊙ e^{c_{i−1}} (decayed from the chunk's start)
+    and k_out = k ⊙ e^{w_{j+1}+…+w_{C−1}} (decayed to its end), [B, H, n, C, K]; the chunk's log
+    decay ``total`` [B, H, n, K] comes back in base 2 (total · log2 e).
+    """
+    lead, C, K = r.shape[:3], r.shape[3], r.shape[4]
+    A = r.new_zeros(*lead, C, C)
+    tot = w * LOG2E                                                     # base-2 log decays from here on
+    q, kt = r.view(*lead, C, 1, K), k.view(*lead, C, 1, K)              # single tokens: factors 1
+    fq = fk = None                                                      # e^{p}, e^{s} of the current sub-blocks
+    L = 1
+    for bb, sub in reversed(list(zip(sizes[:-1], sizes[1:]))):          # finest level first: (4, 1), (16, 4), (64, 16)
+        if sub > 1:
+            # sub-blocks of `sub` tokens, each made of sub/L blocks of the previous level (tot: their
+            # totals); the 0/1 matmul takes one bb-block of this level at a time
+            ps, tot = _edge_sums(tot.reshape(*lead, C // bb, bb // L, K), sub // L)
+            tot = tot.reshape(*lead, C // sub, K)
+            f = _decay(ps)                                               # 2^{p}, 2^{s}: [..., 2, bb/L, K]
+            fq_new = f[..., 0, :, :].reshape(*lead, C // sub, sub // L, 1, K)
+            fk_new = f[..., 1, :, :].reshape(*lead, C // sub, sub // L, 1, K)
+            if fq is None:                                               # previous level: single tokens
+                fq, fk = fq_new, fk_new
+            else:                                                        # 2^{P + p} = 2^{P} · 2^{p}, cut back
+                fq = _flush(fq.view(*lead, C // sub, sub // L, L, K) * fq_new)
+                fk = _flush(fk.view(*lead, C // sub, sub // L, L, K) * fk_new)
+            fq, fk = fq.reshape(*lead, C // sub, sub, K), fk.reshape(*lead, C // sub, sub, K)
+            q, kt, L = r.view(fq.shape) * fq, k.view(fk.shape) * fk, sub
+        nb, NS = C // bb, bb // sub
+        blocks = A.view(*lead, nb, bb, nb, bb).diagonal(0, -4, -2).movedim(-1, -3)  # diagonal bb-blocks
+        _lower_blocks(blocks.unflatten(-1, (NS, sub)).unflatten(-3, (NS, sub)),
+                      q.view(*lead, nb, NS, sub, K), kt.view(*lead, nb, NS, sub, K), tot.reshape(*lead, nb, NS, K))
+    # the chunk's edges: the top sub-blocks' factors times the decay across the sub-blocks before / after
+    ps, total = _edge_sums(tot.reshape(*lead, C // L, K), C // L)
+    f = _decay(ps)[..., None, :]                                         # [..., 2, C/L, 1, K]
+    q_in = (q.view(*lead, C // L, L, K) * f[..., 0, :, :, :]).view(*lead, C, K)
+    k_out = (kt.view(*lead, C // L, L, K) * f[..., 1, :, :, :]).view(*lead, C, K)
+    A.diagonal(0, -2, -1).copy_(((r * k) @ u[:, None, :, None]).squeeze(-1))   # bonus: r_iᵀ diag(u) k_i
+    return A, q_in, k_out, total[..., 0, :]
+
+
+def _chunk_intra_textbook(r, k, w, u):
+    """The GLA-style form through e^{−c_j} (one matmul, overflows under strong decay); same returns."""
+    c = w.cumsum(-2)                       # inclusive cumulative log decay inside each chunk, ≤ 0
+    c_last = c[..., -1:, :]
+    C = r.shape[-2]
+    below = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
+    # e^{c_i − w_i − c_j} = e^{c_i − w_i} · e^{−c_j}: e^{−c_j} overflows float32 once −c_j > 88.7
+    A = ((r * torch.exp(c - w)) @ (k * torch.exp(-c)).transpose(-1, -2)) * below
+    A = A + torch.diag_embed((r * u[None, :, None, None, :] * k).sum(-1))
+    k_out = k * torch.exp(-c) * torch.exp(c_last)                    # e^{c_last − c_j}, via 1/b_j
+    return A, r * torch.exp(c - w), k_out, c_last[..., 0, :]
+
+
+# The stable form streams a dozen tensors of the input's size through memory; in segments of about
+# this many elements per tensor (1 MiB of float32) they stay in a CPU core's cache (measured on 2
+# cores: segments of 2^18 beat both 2^17 and 2^20 by 10–40 %).
+_SEGMENT_ELEMENTS = 1 << 18
+
+
+def _chunked_one(r, k, v, w, u, S0, scale, C, L, stable):
+    """Chunked forward for [B, T, H, ·] tensors already in the accumulation dtype; S0 [B, H, K, V].
+
+    The stable form runs over segments of whole chunks, a few hundred thousand elements each, the
+    state passing from one segment to the next exactly as from chunk to chunk.
+    """
     B, T, H, K = r.shape
     V = v.shape[-1]
+    n = -(-T // C)
+    seg = max(1, _SEGMENT_ELEMENTS // (B * H * max(K, V) * C)) * C if stable else n * C
+    o = r.new_empty(B, n, C, H, V)                     # the output, chunk by chunk
+    S = S0
+    for s in range(0, T, seg):
+        o_seg, S = _chunked_segment(r[:, s:s + seg], k[:, s:s + seg], v[:, s:s + seg], w[:, s:s + seg],
+                                    u, S, scale, C, L, stable)
+        o[:, s // C:s // C + o_seg.shape[2]] = o_seg.permute(0, 2, 3, 1, 4)     # [B, H, n, C, V] -> [B, n, C, H, V]
+    return o.view(B, n * C, H, V)[:, :T], S
+
+
+def _chunked_segment(r, k, v, w, u, S0, scale, C, L, stable):
+    """The chunked form over one stretch of tokens: [B, T, H, ·] in, (o [B, H, n, C, V], final state) out."""
+    B, T, H, K = r.shape
     n = -(-T // C)
     pad = n * C - T
     if pad:
         # padded tokens have k = v = r = 0 and w = 0 (decay factor 1): they change neither o nor S
         r, k, v, w = (torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)) for x in (r, k, v, w))
-    # [B, T, H, ·] -> [B, H, n, C, ·]: one row of chunks per head
-    r, k, v, w = (x.reshape(B, n, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4) for x in (r, k, v, w))
-    c = w.cumsum(-2)                       # inclusive cumulative log decay inside each chunk, ≤ 0
-    c_last = c[..., -1:, :]                # log decay across the whole chunk    [B, H, n, 1, K]
-
-    # (2) intra-chunk, strictly below the diagonal: Σ_{j<i} (r_i ⊙ e^{c_i − w_i − c_j} ⊙ k_j)·1  v_j
+    if scale != 1.0:
+        r = r * scale                      # scale multiplies every read-out and no state update
+    # [B, T, H, ·] -> [B, H, n, C, ·]: one row of chunks per head, contiguous for the matmuls
+    r, k, v, w = (x.reshape(B, n, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4).contiguous() for x in (r, k, v, w))
     if stable:
-        A = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", r, k, _pairwise_decay(c, w))
+        A, q_in, k_out, total = _chunk_intra_stable(r, k, w, u, _block_sizes(C, L))
+        decay = _decay(total)[..., None]                                  # [B, H, n, K, 1]
     else:
-        # GLA-style factorisation e^{c_i − w_i − c_j} = e^{c_i − w_i} · e^{−c_j}: one matmul, but
-        # e^{−c_j} grows like the inverse of the cumulative decay and overflows float32 once
-        # −c_j > 88.7 (e.g. w = −8 over 12 tokens)
-        below = torch.ones(C, C, dtype=torch.bool, device=r.device).tril(-1)
-        A = ((r * torch.exp(c - w)) @ (k * torch.exp(-c)).transpose(-1, -2)) * below
-    # (3) the diagonal: the current token with the bonus u
-    bonus = (r * u[None, :, None, None, :] * k).sum(-1)                      # [B, H, n, C]
-    o = (A + torch.diag_embed(bonus)) @ v                                    # [B, H, n, C, V]
-
-    # (4) what each chunk adds to the state, decayed to the chunk's end: (k ⊙ e^{c_last − c})ᵀ v
-    if stable:
-        k_end = k * torch.exp(c_last - c)
-    else:
-        k_end = k * torch.exp(-c) * torch.exp(c_last)                        # same ratio, via 1/b_j
-    dS = k_end.transpose(-1, -2) @ v                                         # [B, H, n, K, V]
-    decay = torch.exp(c_last).transpose(-1, -2)                              # [B, H, n, K, 1]
-    # the only sequential part: n hand-offs S ← e^{c_last} S + ΔS (no in-place writes, for autograd)
+        A, q_in, k_out, total = _chunk_intra_textbook(r, k, w, u)
+        decay = torch.exp(total)[..., None]
+    o = A @ v                                                             # intra-chunk and bonus
+    dS = k_out.transpose(-1, -2) @ v                                      # what each chunk adds to S
+    # the only sequential part: n hand-offs S ← e^{total} S + ΔS (no in-place writes, for autograd)
     S, starts = S0, []
     for i in range(n):
         starts.append(S)
-        S = decay[:, :, i] * S + dS[:, :, i]
-    S_start = torch.stack(starts, 2)                                         # [B, H, n, K, V]
-
-    # (1) inter-chunk read-out: the state at the chunk start, decayed up to (not including) token i
-    o = o + (r * torch.exp(c - w)) @ S_start
-    o = scale * o.permute(0, 2, 3, 1, 4).reshape(B, n * C, H, V)[:, :T]
-    return o, S
+        S = torch.addcmul(dS[:, :, i], decay[:, :, i], S)
+    return o + q_in @ torch.stack(starts, 2), S                           # plus the inter-chunk read-out
 
 
 def chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
-            chunk_size=16, stable=True):
+            chunk_size=64, sub_chunk_size=16, stable=True):
     """Chunkwise-parallel RWKV-6: exact (up to rounding) equal of :func:`naive`.
 
-    Same shapes and returns as :func:`naive`, plus ``chunk_size`` (a positive int; T need not be a
-    multiple). Inside a chunk of C tokens with inclusive cumulative log decay c (per channel)::
+    Same shapes and returns as :func:`naive`, plus ``chunk_size`` C and ``sub_chunk_size`` L
+    (positive ints; T need not be a multiple of C). Per chunk, with c_{i−1} = w_0 + … + w_{i−1}
+    the log decay from the chunk's start to just before token i (per channel) and S the state
+    at the chunk's start::
 
-        o_i = scale · [ (r_i ⊙ e^{c_i − w_i}) S                                    inter-chunk
-                        + Σ_{j<i} Σ_κ r_iκ k_jκ e^{c_iκ − w_iκ − c_jκ} v_j          intra-chunk
-                        + (Σ_κ r_iκ u_κ k_iκ) v_i ]                                  bonus diagonal
-        S ← diag(e^{c_last}) S + (k ⊙ e^{c_last − c})ᵀ v                             hand-off
+        o_i = scale · [ (r_i ⊙ e^{c_{i−1}})ᵀ S                                       inter-chunk
+                        + Σ_{j<i} (Σ_κ r_iκ k_jκ e^{w_{j+1,κ} + … + w_{i−1,κ}}) v_j   intra-chunk
+                        + (r_iᵀ diag(u) k_i) v_i ]                                    bonus
+        S ← diag(e^{c_{C−1}}) S + (k ⊙ e^{w_{j+1} + … + w_{C−1}})ᵀ V                  hand-off
 
-    ``stable=True`` (default) forms the pairwise factor e^{c_i − w_i − c_j} directly for j < i, so
-    every exponent is ≤ 0 and nothing overflows for any w ≤ 0 (cost C²K per chunk for the scores,
-    as a matmul would have, but elementwise). ``stable=False`` keeps the textbook factorisation
-    through e^{−c_j} (one matmul per chunk) that overflows in float32 under strong decay; it is
-    here to be shown failing, not to be used.
+    ``stable=True`` (default): the chunk is cut into sub-chunks of L tokens. For a query i in
+    sub-chunk I and a key j in an earlier sub-chunk J the intra exponent splits at I's first token:
+
+        w_{j+1} + … + w_{i−1} = p_i + gap_JI + s_j,    p_i: from I's start to i−1,
+                                                       s_j: from j+1 to J's end,
+                                                       gap_JI: the sub-chunks strictly between,
+
+    three sums of log decays, so the (I, J) block is one matmul of (r ⊙ e^{p}) by (k ⊙ e^{s+gap})
+    with every factor in [0, 1]. The diagonal L×L blocks are split the same way, by the factor C/L
+    (64 → 16 → 4 → 1, see :func:`_block_sizes`); at single tokens p = s = 0 and the exponent is the
+    pairwise interval sum itself. Every exponent is ≤ 0 and formed over its own interval (a 0/1
+    matmul or a sum of whole sub-chunk totals, never a difference of running sums), so nothing
+    overflows for any w ≤ 0 and a decay spike (w = −1e4) costs no accuracy elsewhere. Exponentials
+    are taken base 2, and factors below 2^{log2(tiny)/3} ≈ 2·10⁻¹³ (float32) are set to exactly 0
+    so that no product of factors is a subnormal number (:func:`_flush_floor`). Long inputs run in
+    segments of whole chunks (about 2^18 elements each, to stay in cache), the state passing from
+    segment to segment exactly as from chunk to chunk.
+
+    ``stable=False`` keeps the textbook factorisation e^{c_{i−1} − c_j} = e^{c_{i−1}} · e^{−c_j}
+    (one matmul per chunk, no sub-chunks) that overflows in float32 once C·|w| > 88.7; it is here
+    to be shown failing, not to be used.
     """
     B, T, H, K, V, N = _check(r, k, v, w, u, initial_state, cu_seqlens, scale)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunk_size = validate.positive_int("chunk_size", chunk_size)
+    sub_chunk_size = validate.positive_int("sub_chunk_size", sub_chunk_size)
     acc = _acc_dtype(r)
     r_, k_, v_, w_, u_ = (x.to(acc) for x in (r, k, v, w, u))
     S0 = (initial_state.to(acc) if initial_state is not None
           else torch.zeros(N, H, K, V, dtype=acc, device=r.device))
+    args = (scale, chunk_size, sub_chunk_size, stable)
     if cu_seqlens is None:
-        o, S = _chunked_one(r_, k_, v_, w_, u_, S0, scale, chunk_size, stable)
+        o, S = _chunked_one(r_, k_, v_, w_, u_, S0, *args)
     else:
         # chunks never straddle two sequences: run each packed sequence on its own
         outs, finals = [], []
         for n, (_, s, e) in enumerate(_segments(B, T, cu_seqlens)):
-            o_n, S_n = _chunked_one(r_[:, s:e], k_[:, s:e], v_[:, s:e], w_[:, s:e], u_, S0[n:n + 1],
-                                    scale, chunk_size, stable)
+            o_n, S_n = _chunked_one(r_[:, s:e], k_[:, s:e], v_[:, s:e], w_[:, s:e], u_, S0[n:n + 1], *args)
             outs.append(o_n)
             finals.append(S_n)
         o, S = torch.cat(outs, 1), torch.cat(finals, 0)
