@@ -496,7 +496,7 @@ print(inspect.getsource(kc.wkv6_fwd_chunked_kernel.fn))
 #   (`input_precision="ieee"`; the default on recent GPUs is TF32, whose 10-bit mantissa would
 #   miss the $10^{-4}$ target). With bfloat16 inputs on a GPU the operands are cast to bfloat16
 #   for the tensor cores while the state stays float32. In the interpreter everything stays
-#   float32, because `tl.dot` on bfloat16 operands gives wrong answers there (DESIGN.md).
+#   float32, because `tl.dot` on bfloat16 operands gives wrong answers there (measured with triton 3.9's interpreter; chapter 00 says how the book runs).
 # - **One kernel instead of two.** FLA splits the work into a kernel that computes and stores
 #   every chunk's starting state, then an output kernel parallel over chunks. That is better when
 #   $B\cdot H\cdot NV$ is too small to fill the GPU (long single sequences, few heads), at the

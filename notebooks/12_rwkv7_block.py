@@ -79,7 +79,7 @@ gen = torch.Generator().manual_seed(0)
 # the paper and the code use different symbols, the official training code in BlinkDL's
 # RWKV-LM repository (`RWKV-v7/train_temp/src/model.py`, class `RWKV_Tmix_x070`; the same class
 # is in `RWKV-v5/src/model.py`), because that is what produced the checkpoints people download.
-# The book's fact sheet (REFERENCES.md §4) lists the correspondences; the important ones are
+# The correspondences that matter, read off that class and the paper, are
 #
 # | paper | code name | what it is |
 # |---|---|---|
@@ -131,7 +131,7 @@ print(cfg)
 # writes $\operatorname{lerp}(a, b, \mu) = a + (b-a)\odot\mu$ and uses
 # $x^\square_t = \operatorname{lerp}(x_t, x_{t-1}, \mu_\square)$: $\mu = 0$ keeps the current
 # token, $\mu = 1$ takes the previous one. (The convention flipped between versions: RWKV-4's
-# `time_mix` weighted the *current* token; REFERENCES.md §0.) In parallel mode the previous
+# `time_mix` weighted the *current* token, see RWKV-LM `RWKV-v4/src/model.py`.) In parallel mode the previous
 # inputs are the sequence shifted by one; across a segment boundary, or in RNN mode, they come
 # from the state, which is why `token_shift` takes and returns a shift state:
 
@@ -319,8 +319,8 @@ assert 0 < float(iclr.min()) and float(iclr.max()) < 1
 # ## 6. The state update, through `rwkvlab.wkv7`
 #
 # With both keys in hand the model calls the generalised delta rule of Part III with
-# $a = -\hat\kappa$ and $b = \hat\kappa\odot a_t$ (DESIGN.md's K×V layout; the paper and
-# the CUDA kernel store the transpose, REFERENCES.md §0):
+# $a = -\hat\kappa$ and $b = \hat\kappa\odot a_t$ (the book's K×V layout of chapter 00; the paper
+# and RWKV-LM's CUDA kernel store the transpose, V×K):
 #
 # $$
 # S_t = \operatorname{diag}(e^{w_t})S_{t-1} + (\hat\kappa_t\odot a_t)\big((-\hat\kappa_t)^\top S_{t-1}\big) + \tilde k_t v_t^\top
@@ -353,7 +353,7 @@ rwkvlab.check("read-out uses the updated state: o = Sᵀ r", o, torch.einsum("bh
 # value to each other besides the residual stream and the state. The paper's Eq. 10 writes
 # the same blend as $\operatorname{lerp}(v_{t,0}, v_{t,l}, \nu_t)$, which puts the gate on the
 # *layer's own* value; the code's gate is $1 - \nu$, so the biases of the two forms are not
-# interchangeable even though the functions are (REFERENCES.md §4).
+# interchangeable even though the functions are (RWKV-LM `RWKV_Tmix_x070`, the `v0, v1, v2` lines).
 #
 # ## 8. Read-out, normalisation, bonus, gate
 #

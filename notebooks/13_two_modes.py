@@ -75,7 +75,7 @@ gen = torch.Generator().manual_seed(0)
 # $$
 #
 # `rwkvlab.model` keeps it as a list with one `LayerState(att_shift, wkv, ffn_shift)` per block;
-# the WKV matrices are float32 (DESIGN.md), whatever the model's dtype.
+# the WKV matrices are float32 (the package's contract, chapter 00), whatever the model's dtype.
 
 # %%
 cfg = M.Config7.make(vocab_size=256, n_embd=64, n_layer=2, head_size=32, d_decay=16, d_aaa=16, d_mv=16, d_gate=16)

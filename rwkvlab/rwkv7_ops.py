@@ -1,7 +1,7 @@
 """The small, elementwise pieces of an RWKV-7 block, in plain torch.
 
-These are the reference forms of the pieces that surround the WKV-7 state update (REFERENCES.md
-§4, RWKV-7 paper Eqs. 1–24, official code ``RWKV-v7``/``RWKV_Tmix_x070``). The whole model
+These are the reference forms of the pieces that surround the WKV-7 state update (RWKV-7
+paper, arXiv 2503.14456, Eqs. 1–24; official code ``RWKV-v7``/``RWKV_Tmix_x070``). The whole model
 (:mod:`rwkvlab.model`) is built from them, and the Triton chapter fuses them; both must agree
 with what is written here.
 
@@ -70,7 +70,7 @@ def token_shift(x: torch.Tensor, shift_state: torch.Tensor | None = None) -> tup
 def addcmul_mix(x: torch.Tensor, x_prev: torch.Tensor, *mus: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``lerp(x, x_prev, μ) = x + (x_prev − x) ⊙ μ`` for each ``μ`` (paper Eq. 3).
 
-    μ weights the *previous* token (the v6/v7 convention, REFERENCES.md §0). One difference
+    μ weights the *previous* token (the v6/v7 convention of RWKV-LM; RWKV-4's ``time_mix`` weighted the current one). One difference
     ``x_prev − x`` is shared by all the mixes, which is why the official code computes it once.
     """
     _tensor("x", x)

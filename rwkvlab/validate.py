@@ -1,7 +1,7 @@
 """Input checks shared by every mechanism: bad input fails early with a ``ValueError`` that
 names the argument and says what was expected, never deep inside a kernel.
 
-The linear-attention contract (DESIGN.md): tensors ``[B, T, H, K]`` (values ``[B, T, H, V]``),
+The linear-attention contract (README's API section, chapter 00): tensors ``[B, T, H, K]`` (values ``[B, T, H, V]``),
 states ``[N, H, K, V]`` float32 with ``N = B``, or ``N = len(cu_seqlens) - 1`` when ``B == 1``.
 """
 from __future__ import annotations

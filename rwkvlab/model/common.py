@@ -3,7 +3,7 @@
 A model is ``emb → blocks → ln_out → head`` with the official RWKV-LM parameter names, so
 ``model.state_dict()`` *is* an official checkpoint. Each block carries three pieces of
 recurrent state per sequence: the time-mix token-shift input ``[B, C]``, the WKV matrix
-``[B, H, N, N]`` (float32, K×V layout of DESIGN.md) and the channel-mix token-shift input
+``[B, H, N, N]`` (float32, the K×V layout of the wkv contract) and the channel-mix token-shift input
 ``[B, C]``. That is all an RWKV model remembers, however long the text.
 
 Two modes run the same blocks:

@@ -1,6 +1,6 @@
 """RWKV-6 "Finch" (x060) language model, with the official RWKV-LM parameter names.
 
-One block (Finch paper Eqs. 14–22; REFERENCES.md §3; RWKV-LM ``RWKV_Tmix_x060``)::
+One block (Finch paper, arXiv 2404.05892, Eqs. 14–22; RWKV-LM ``RWKV_Tmix_x060``)::
 
     xx          = x_prev − x
     m_w … m_g   = tanh((x + xx ⊙ time_maa_x) time_maa_w1) time_maa_w2      five LoRAs at once (ddlerp)

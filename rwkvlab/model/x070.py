@@ -1,6 +1,6 @@
 """RWKV-7 "Goose" (x070) language model, with the official RWKV-LM parameter names.
 
-One block (paper Eqs. 1–24; REFERENCES.md §4), x of shape [B, T, C], C = H·N::
+One block (RWKV-7 paper, arXiv 2503.14456, Eqs. 1–24; RWKV-LM ``RWKV_Tmix_x070``), x of shape [B, T, C], C = H·N::
 
     x_prev          = token_shift(x)                          previous token's input
     x_r … x_g       = x + (x_prev − x) ⊙ μ_□                 μ_□ = att.x_r, x_w, x_k, x_v, x_a, x_g
@@ -33,7 +33,7 @@ from .. import rwkv7_ops as ops
 from .. import wkv7
 from .common import BlockBase, LanguageModel, Sizes, random_init
 
-GROUPNORM_EPS = 64e-5   # 1e-5 · head_size_divisor² with divisor 8, as in RWKV-LM (REFERENCES.md §3, §4)
+GROUPNORM_EPS = 64e-5   # 1e-5 · head_size_divisor² with divisor 8, as in RWKV-LM (``ln_x`` of ``RWKV_Tmix_x060``/``x070``)
 
 
 def lora_rank(C: int, factor: float) -> int:

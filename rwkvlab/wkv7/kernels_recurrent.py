@@ -4,7 +4,7 @@ One program owns one (sequence·head, V-block) pair and walks through time with 
 ``S[:, v-block]`` (all K rows, ``BV`` columns) in registers. The columns of the state never
 mix (the transition acts on the left), so the V-blocks are independent programs.
 
-Per step, in the K×V layout of DESIGN.md::
+Per step, in the book's K×V layout::
 
     sa_t = S_{t-1}^T a_t                      (a reduction over K, one number per column)
     S_t  = diag(exp(w_t)) S_{t-1} + b_t sa_t^T + k_t v_t^T
@@ -179,7 +179,7 @@ def _bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
 
 # ----------------------------------------------------------------------------- launchers
 def _check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens):
-    """Validate before anything is launched (DESIGN.md); returns (scale, B, T, H, K, V, N)."""
+    """Validate before anything is launched (bad input is a ValueError, never a kernel crash); returns (scale, B, T, H, K, V, N)."""
     scale = validate.real("scale", scale)
     B, T, H, K, V, N = validate.linear_attention(
         keys={"r": r, "w": w, "k": k, "a": a, "b": b}, values={"v": v},

@@ -1,7 +1,7 @@
 """RWKV-7 ("Goose") state update in plain torch: the loop (``naive``), one RNN step (``step``)
 and the chunkwise-parallel WY/UT form (``chunked``).
 
-Layout (DESIGN.md, as in FLA): ``r, w, k, a, b`` are ``[B, T, H, K]``, ``v`` is ``[B, T, H, V]``,
+Layout (the book's contract, as in FLA): ``r, w, k, a, b`` are ``[B, T, H, K]``, ``v`` is ``[B, T, H, V]``,
 ``w`` is the *log* decay (≤ 0), states are ``[N, H, K, V]``. With the state ``S`` in K×V layout
 (rows are key channels)::
 
