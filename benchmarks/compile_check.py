@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-F32 = {"h0", "ht", "hs", "dhs", "dht", "dh0", "du", "ckpt", "scratch", "dwT"}
+F32 = {"h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT"}
 INT = {"cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32",
        "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32"}
 
@@ -42,11 +42,11 @@ def kernels(dt16: bool):
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_h_kernel",
              {**common, "BT": 64, "BK": 32, "BV": 32, "USE_H0": True, "STORE_HT": True, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_o_kernel",
-             {**common, "BT": 64, "BC": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
+             {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dh_kernel",
              {**common, "BT": 64, "BK": 32, "BV": 32, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_kernel",
-             {**common, "BT": 64, "BC": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
+             {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_chunked", "wkv6_output_kernel",
              {**common, "BT": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "LOW_PREC_DOT": dt16}),
             ("rwkvlab.wkv7.kernels_recurrent", "_fwd_kernel",

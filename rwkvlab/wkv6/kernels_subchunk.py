@@ -56,6 +56,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # launch settings per kernel (num_warps, num_stages); benchmarks/NOTES.md records how they were chosen
 TUNE = {"fwd_h": (4, 2), "fwd_o": (4, 2), "bwd_dh": (4, 2), "bwd": (4, 2)}
 BC = 16  # sub-chunk length: the smallest tile side tl.dot accepts
+QB = 4  # quarter: the diagonal 16×16 blocks are split once more, into four quarters of 4 tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,50 +105,6 @@ def _mm_tf32(a, b, DOT16: tl.constexpr):
     return tl.dot(a, b, input_precision="ieee")
 
 
-@triton.jit
-def _sub_totals(w, t0, eos, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k,
-                BT: tl.constexpr, BC: tl.constexpr):
-    """[NC, BK]: row L is the total log2 decay of sub-chunk L of the chunk starting at t0."""
-    o_l = tl.arange(0, BT // BC)
-    b_tot = tl.zeros([BT // BC, o_k.shape[0]], dtype=tl.float32)
-    for L in tl.static_range(BT // BC):
-        b_w = _rows(w, t0 + L * BC, eos, i_h, H, K, o_k, m_k, BC)
-        b_tot = tl.where(o_l[:, None] == L, tl.sum(b_w, axis=0)[None, :] * LOG2E, b_tot)
-    return b_tot
-
-
-@triton.jit
-def _between(b_tot, lo, hi):
-    """Σ of the sub-chunk totals with lo < L < hi: a decay across whole sub-chunks (≤ 0)."""
-    o_l = tl.arange(0, b_tot.shape[0])
-    return tl.sum(tl.where((o_l[:, None] > lo) & (o_l[:, None] < hi), b_tot, 0.), axis=0)
-
-
-@triton.jit
-def _diag_out(k, v, w, b_q, b_k, b_v, b_u, s0, eos, i_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-              o_k, m_k, o_v, m_v, BC: tl.constexpr):
-    """What the sub-chunk's own tokens add to its output: Σ_{j<i} A_ij v_j + (q_iᵀ diag(u) k_i) v_i.
-
-    A_ij = Σ_κ q_iκ k_jκ e^{w_{j+1}+…+w_{i-1}}, one column j at a time, right to left, added to the
-    output as the rank-1 update A[:, j] v_jᵀ (so A is never assembled). b_E[i] = e^{w_{j+1}+…+w_{i-1}}
-    is a running product of the factors e^{w_m} ∈ [0, 1]: each exponent is a sum over its own
-    interval, none is positive.
-    """
-    o_i = tl.arange(0, BC)
-    b_E = tl.full([BC, o_k.shape[0]], 1.0, dtype=tl.float32)
-    b_o = tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None] * b_v            # the bonus
-    for jj in range(0, BC):
-        j = BC - 1 - jj
-        t_k, t_v = s0 + j + 0 * o_k, s0 + j + 0 * o_v  # row j as vectors, so the masks are plain tensors
-        b_kj = tl.load(k + (t_k * H + i_h) * K + o_k, mask=m_k & (t_k < eos), other=0.).to(tl.float32)
-        b_vj = tl.load(v + (t_v * H + i_h) * V + o_v, mask=m_v & (t_v < eos), other=0.).to(tl.float32)
-        b_wj = tl.load(w + (t_k * H + i_h) * K + o_k, mask=m_k & (t_k < eos), other=0.).to(tl.float32)
-        b_a = tl.sum(tl.where(o_i[:, None] > j, b_q * b_E, 0.) * b_kj[None, :], axis=1)   # A[:, j]
-        b_o += b_a[:, None] * b_vj[None, :]
-        b_E = tl.where(o_i[:, None] > j, b_E * tl.exp2(b_wj * LOG2E)[None, :], 1.0)
-    return b_o
-
-
 # ---------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------
@@ -178,44 +135,6 @@ def wkv6_fwd_h_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
         b_h = b_h * tl.exp2(b_tot)[:, None] + _mm(tl.trans(b_k * tl.exp2(b_s)), b_v, v, DOT16)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_kv, b_h, mask=m_kv)
-
-
-@triton.jit
-def wkv6_fwd_o_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                      BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      VARLEN: tl.constexpr, DOT16: tl.constexpr):
-    """One chunk's output, sub-chunk I at a time: inter (from hs) + blocks J < I + the diagonal block."""
-    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
-    o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-
-    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-    b_h = tl.load(hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                  mask=m_k[:, None] & m_v[None, :], other=0.)
-    b_tot = _sub_totals(w, t0, eos, i_h, H, K, o_k, m_k, BT, BC)
-    for I in range(0, BT // BC):  # runtime loops: unrolled, they keep more tiles live than registers hold
-        s_i = t0 + I * BC
-        b_q = _rows(r, s_i, eos, i_h, H, K, o_k, m_k, BC) * scale
-        b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
-        b_p, b_sI, b_tI = _decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC)
-        b_qg = b_q * tl.exp2(b_p)                                     # q̂ = q ⊙ e^{p}
-        # inter: q ⊙ e^{P} with P = (totals of sub-chunks before I) + p
-        b_o = _mm(b_qg * tl.exp2(_between(b_tot, -1, I))[None, :], b_h, v, DOT16)
-        for JJ in range(0, I):                                        # key sub-chunks J < I
-            J = I - 1 - JJ
-            s_j = t0 + J * BC
-            b_kj = _rows(k, s_j, eos, i_h, H, K, o_k, m_k, BC)
-            b_pj, b_sj, b_tj = _decays(w, s_j, eos, i_h, H, K, o_k, m_k, BC)
-            b_kg = b_kj * tl.exp2(b_sj + _between(b_tot, J, I)[None, :])   # k̂ = k ⊙ e^{s + gap}
-            b_A = _mm_tf32(b_qg, tl.trans(b_kg), DOT16)
-            b_o += _mm(b_A, _rows(v, s_j, eos, i_h, H, V, o_v, m_v, BC), v, DOT16)
-        b_o += _diag_out(k, v, w, b_q, b_k, _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC), b_u, s_i, eos, i_h,
-                         H, K, V, o_k, m_k, o_v, m_v, BC)
-        o_t = s_i + tl.arange(0, BC)
-        tl.store(o + (o_t[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
-                 mask=(o_t < eos)[:, None] & m_v[None, :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,43 +171,164 @@ def wkv6_bwd_dh_kernel(r, w, do, dht, dh0, dhs, cu_seqlens, chunk_offsets, scale
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_kv, b_dh, mask=m_kv)
 
 
+# ---------------------------------------------------------------------------------------------
+# the diagonal 16×16 block, split once more into quarters of QB = 4 tokens
+# ---------------------------------------------------------------------------------------------
 @triton.jit
-def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, cu_seqlens, chunk_indices, scale, T, rows,
-                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    VARLEN: tl.constexpr, DOT16: tl.constexpr):
-    """dq, dk, dv, dw, du of one chunk (this V-block's share), sub-chunks last to first.
+def _gather(x, t, m, i_h, H: tl.constexpr, D: tl.constexpr, o_d, m_d):
+    """Row t[i] of x for every i (float32; rows where m is False are 0): [len(t), D-tile]."""
+    return tl.load(x + (t[:, None] * H + i_h) * D + o_d[None, :], mask=m[:, None] & m_d[None, :],
+                   other=0.).to(tl.float32)
 
-    Per sub-chunk I, with primes for gradients without the bonus:
-      dq'_I = e^{P} ⊙ dO_I Sᵀ + Σ_{J≤I} (dA_IJ ⊙ decay) K_J       dA = dO Vᵀ
-      dk'_I = e^{Q} ⊙ V_I dS_endᵀ + Σ_{I'≥I} (dA_I'I ⊙ decay)ᵀ Q_I'
-      dv_I  = (k ⊙ e^{Q})_I dS_end + Σ_{I'≥I} A_I'Iᵀ dO_I'
-    and dw from the running sums of q ⊙ dq' − k ⊙ dk' (right to left), seeded with rowsum(dS_end ⊙ S_end).
+
+@triton.jit
+def _quarter_decays(w, s0, eos, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k,
+                    BC: tl.constexpr, QB: tl.constexpr):
+    """Log2 decays of the sub-chunk w[s0 : s0 + BC], built from quarters of QB tokens.
+
+    Returns (pq, sq, qt0, qt1, qt2, qt3): pq_i sums w from i's quarter start to i − 1, sq_j from
+    j + 1 to j's quarter end (each at most QB − 1 terms, read as shifted rows), qtL is quarter L's
+    total. Every other decay of the sub-chunk is pq or sq plus whole quarter totals: a sum of a few
+    non-positive terms, never a difference.
+    """
+    o_i = tl.arange(0, BC)
+    t = s0 + o_i
+    r4 = o_i % QB
+    m_t = t < eos
+    b_pq = tl.zeros([BC, o_k.shape[0]], dtype=tl.float32)
+    b_sq = tl.zeros([BC, o_k.shape[0]], dtype=tl.float32)
+    for d in tl.static_range(1, QB):
+        b_pq += _gather(w, t - d, m_t & (r4 >= d), i_h, H, K, o_k, m_k)
+        b_sq += _gather(w, t + d, (t + d < eos) & (r4 + d < QB), i_h, H, K, o_k, m_k)
+    b_w = _gather(w, t, m_t, i_h, H, K, o_k, m_k) * LOG2E
+    q4 = o_i // QB
+    qt0 = tl.sum(tl.where(q4[:, None] == 0, b_w, 0.), axis=0)
+    qt1 = tl.sum(tl.where(q4[:, None] == 1, b_w, 0.), axis=0)
+    qt2 = tl.sum(tl.where(q4[:, None] == 2, b_w, 0.), axis=0)
+    qt3 = tl.sum(tl.where(q4[:, None] == 3, b_w, 0.), axis=0)
+    return b_pq * LOG2E, b_sq * LOG2E, qt0, qt1, qt2, qt3
+
+
+@triton.jit
+def _sub_decays(b_pq, b_sq, qt0, qt1, qt2, qt3, BC: tl.constexpr, QB: tl.constexpr):
+    """(p, s, total) of the sub-chunk from its quarters: p_i = Σ w from the start to i − 1,
+    s_j = Σ w from j + 1 to the end, total = Σ w — sums of non-positive terms only."""
+    q4 = (tl.arange(0, BC) // QB)[:, None]
+    b_p = b_pq + tl.where(q4 > 0, qt0[None, :], 0.) + tl.where(q4 > 1, qt1[None, :], 0.) \
+        + tl.where(q4 > 2, qt2[None, :], 0.)
+    b_s = b_sq + tl.where(q4 < 3, qt3[None, :], 0.) + tl.where(q4 < 2, qt2[None, :], 0.) \
+        + tl.where(q4 < 1, qt1[None, :], 0.)
+    return b_p, b_s, qt0 + qt1 + qt2 + qt3
+
+
+@triton.jit
+def _key_exp(b_sq, qt1, qt2, R: tl.constexpr, BC: tl.constexpr, QB: tl.constexpr):
+    """Log2 decay from key j + 1 to the start of query quarter R (for keys in quarters < R)."""
+    q4 = (tl.arange(0, BC) // QB)[:, None]
+    b_e = b_sq
+    if R > 1:
+        b_e += tl.where(q4 < 1, qt1[None, :], 0.)
+    if R > 2:
+        b_e += tl.where(q4 < 2, qt2[None, :], 0.)
+    return tl.where(q4 < R, b_e, float("-inf"))
+
+
+@triton.jit
+def _diag_weights(k, w, b_q, b_k, b_u, b_pq, b_sq, qt1, qt2, s0, eos, i_h, H: tl.constexpr, K: tl.constexpr,
+                  o_k, m_k, BC: tl.constexpr, QB: tl.constexpr, DOT16: tl.constexpr):
+    """The sub-chunk's own 16×16 weights A_ij = Σ_κ q_iκ k_jκ e^{w_{j+1}+…+w_{i-1}} (j < i), u-bonus on i = j.
+
+    Keys in an earlier quarter than the query: three tl.dots, one per query quarter R, factored at
+    R's start (q ⊙ e^{pq}, k ⊙ e^{sq + whole quarters between}). Keys in the query's own quarter:
+    QB − 1 steps, each reading for every row i the key j = (i's quarter start) + jj, with the decay
+    e^{w_{j+1}+…+w_{i-1}} grown one factor per step from the right.
+    """
+    o_i = tl.arange(0, BC)
+    q4, r4 = o_i // QB, o_i % QB
+    b_qe = b_q * tl.exp2(b_pq)
+    b_A = tl.zeros([BC, BC], dtype=tl.float32)
+    for R in tl.static_range(1, BC // QB):
+        b_kR = b_k * tl.exp2(_key_exp(b_sq, qt1, qt2, R, BC, QB))
+        b_A += _mm_tf32(tl.where(q4[:, None] == R, b_qe, 0.), tl.trans(b_kR), DOT16)
+    b_L = tl.zeros([BC, o_k.shape[0]], dtype=tl.float32)      # Σ w_{j+1..i-1} for the current j
+    for step in tl.static_range(1, QB):
+        jj = QB - 1 - step
+        m_j = r4 > jj
+        t_j = s0 + q4 * QB + jj
+        b_kj = _gather(k, t_j, m_j & (t_j < eos), i_h, H, K, o_k, m_k)
+        b_a = tl.sum(b_q * b_kj * tl.exp2(b_L), axis=1)
+        b_A = tl.where((o_i[None, :] == (q4 * QB + jj)[:, None]) & m_j[:, None], b_a[:, None], b_A)
+        b_L += tl.where(m_j[:, None], _gather(w, t_j, m_j & (t_j < eos), i_h, H, K, o_k, m_k) * LOG2E, 0.)
+    b_bonus = tl.sum(b_q * b_u[None, :] * b_k, axis=1)
+    return tl.where(o_i[None, :] == o_i[:, None], b_bonus[:, None], b_A)
+
+
+@triton.jit
+def wkv6_fwd_o_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      VARLEN: tl.constexpr, DOT16: tl.constexpr):
+    """One chunk's output, sub-chunk by sub-chunk, carrying the state across its sub-chunks.
+
+    For sub-chunk I with state S at its start: o_I = (q ⊙ e^{p}) S + A_I V_I, then
+    S ← diag(e^{total}) S + (k ⊙ e^{s})ᵀ V_I. S starts as the chunk-start state from hs, so the
+    chunk-start state and every earlier sub-chunk reach the output through one tl.dot.
+    """
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
+    o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+
+    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_h = tl.load(hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+                  mask=m_k[:, None] & m_v[None, :], other=0.)
+    for I in range(0, tl.cdiv(tl.minimum(BT, eos - t0), BC)):
+        s_i = t0 + I * BC
+        b_q = _rows(r, s_i, eos, i_h, H, K, o_k, m_k, BC) * scale
+        b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
+        b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
+        b_pq, b_sq, qt0, qt1, qt2, qt3 = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
+        b_p, b_s, b_tot = _sub_decays(b_pq, b_sq, qt0, qt1, qt2, qt3, BC, QB)
+        b_A = _diag_weights(k, w, b_q, b_k, b_u, b_pq, b_sq, qt1, qt2, s_i, eos, i_h, H, K, o_k, m_k,
+                            BC, QB, DOT16)
+        b_o = _mm(b_q * tl.exp2(b_p), b_h, v, DOT16) + _mm(b_A, b_v, v, DOT16)
+        o_t = s_i + tl.arange(0, BC)
+        tl.store(o + (o_t[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+                 mask=(o_t < eos)[:, None] & m_v[None, :])
+        b_h = b_h * tl.exp2(b_tot)[:, None] + _mm(tl.trans(b_k * tl.exp2(b_s)), b_v, v, DOT16)
+
+
+@triton.jit
+def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, xs, cu_seqlens, chunk_indices, scale, T,
+                    rows, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                    BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                    VARLEN: tl.constexpr, DOT16: tl.constexpr):
+    """dq, dk, dv, dw, du of one chunk (this V-block's share), in two sweeps over its sub-chunks.
+
+    Forward sweep, carrying S (the state at each sub-chunk's start, from hs):
+      dq'_I = e^{p} ⊙ dO_I Sᵀ + (the sub-chunk's own block)      dA = dO Vᵀ
+    Backward sweep, carrying dS (the gradient of each sub-chunk's END state, from dhs):
+      dk'_I = e^{s} ⊙ V_I dSᵀ + (own block),   dv_I = (k ⊙ e^{s})_I dS + (own block)ᵀ dO_I
+    Primes mark gradients without the bonus. dw = Σ_{i>m} q ⊙ dq' − Σ_{j≥m} k ⊙ dk' +
+    rowsum(dS_end ⊙ S_end), right to left; the forward sweep leaves q ⊙ dq' in the float32 scratch xs.
     """
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
     o_i = tl.arange(0, BC)
+    q4, r4 = o_i // QB, o_i % QB
     o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     p_part = i_v.to(tl.int64) * rows * H * K  # this V-block's slab of the partial-sum buffers
+    n_sub = tl.cdiv(tl.minimum(BT, eos - t0), BC)
 
     b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     p_h = (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
     m_kv = m_k[:, None] & m_v[None, :]
     b_h = tl.load(hs + p_h, mask=m_kv, other=0.)     # S at the chunk start
-    b_dh = tl.load(dhs + p_h, mask=m_kv, other=0.)   # dS at the chunk end
-    b_tot = _sub_totals(w, t0, eos, i_h, H, K, o_k, m_k, BT, BC)
-
-    # rowsum(dS_end ⊙ S_end), S_end = e^{W} S + (k ⊙ e^{Q})ᵀ V: the chunk's pull on the later decays
-    b_kc = _rows(k, t0, eos, i_h, H, K, o_k, m_k, BT)
-    b_pc, b_sc, b_totc = _decays(w, t0, eos, i_h, H, K, o_k, m_k, BT)
-    b_hend = b_h * tl.exp2(b_totc)[:, None] + _mm(tl.trans(b_kc * tl.exp2(b_sc)),
-                                                  _rows(v, t0, eos, i_h, H, V, o_v, m_v, BT), v, DOT16)
-    b_acc = tl.sum(b_dh * b_hend, axis=1)
     b_du = tl.zeros([BK], dtype=tl.float32)
 
-    for II in range(0, BT // BC):  # right to left (runtime loops: fewer live registers than unrolled)
-        I = BT // BC - 1 - II
+    # ---- forward sweep: dq (complete, bonus included) and x = q ⊙ dq' for dw
+    for I in range(0, n_sub):
         s_i = t0 + I * BC
         o_t = s_i + o_i
         m_t = o_t < eos
@@ -296,79 +336,96 @@ def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, cu_seqlens, 
         b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
         b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
         b_do = _rows(do, s_i, eos, i_h, H, V, o_v, m_v, BC)
-        b_p, b_s, b_tI = _decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC)
-        b_eq = tl.exp2(b_p)                                    # query side, from I's start
-        b_ek = tl.exp2(b_s)                                    # key side, to I's end
-
-        # inter-chunk terms
-        b_eP = b_eq * tl.exp2(_between(b_tot, -1, I))[None, :]          # e^{P}: chunk start → i−1
-        b_eQ = b_ek * tl.exp2(_between(b_tot, I, BT // BC))[None, :]          # e^{Q}: j+1 → chunk end
-        b_dq = _mm(b_do, tl.trans(b_h), v, DOT16) * b_eP
-        b_dk = _mm(b_v, tl.trans(b_dh), v, DOT16) * b_eQ
-        b_dv = _mm(b_k * b_eQ, b_dh, v, DOT16)
-
-        # I as the query sub-chunk: blocks J < I, factored at I's start
-        b_dqa = tl.zeros([BC, BK], dtype=tl.float32)
-        for JJ in range(0, I):
-            J = I - 1 - JJ
-            s_j = t0 + J * BC
-            b_kj = _rows(k, s_j, eos, i_h, H, K, o_k, m_k, BC)
-            b_pj, b_sj, b_tj = _decays(w, s_j, eos, i_h, H, K, o_k, m_k, BC)
-            b_dA = _mm(b_do, tl.trans(_rows(v, s_j, eos, i_h, H, V, o_v, m_v, BC)), v, DOT16)
-            b_dqa += _mm_tf32(b_dA, b_kj * tl.exp2(b_sj + _between(b_tot, J, I)[None, :]), DOT16)
-        b_dq += b_dqa * b_eq
-
-        # I as the key sub-chunk: blocks I' > I, factored at I''s start
-        b_kg = b_k * b_ek
-        b_dka = tl.zeros([BC, BK], dtype=tl.float32)
-        for I2 in range(I + 1, BT // BC):
-            s_2 = t0 + I2 * BC
-            b_p2, b_s2, b_t2 = _decays(w, s_2, eos, i_h, H, K, o_k, m_k, BC)
-            b_q2 = _rows(r, s_2, eos, i_h, H, K, o_k, m_k, BC) * scale
-            b_q2 = b_q2 * tl.exp2(b_p2 + _between(b_tot, I, I2)[None, :])
-            b_do2 = _rows(do, s_2, eos, i_h, H, V, o_v, m_v, BC)
-            b_dA = _mm(b_do2, tl.trans(b_v), v, DOT16)                       # dA_{I'I}
-            b_A = _mm_tf32(b_q2, tl.trans(b_kg), DOT16)                      # A_{I'I}
-            b_dka += _mm_tf32(tl.trans(b_dA), b_q2, DOT16)
-            b_dv += _mm(tl.trans(b_A), b_do2, v, DOT16)
-        b_dk += b_dka * b_ek
-
-        # the diagonal block, column by column (exact interval products), never assembled
-        b_E = tl.full([BC, BK], 1.0, dtype=tl.float32)
-        for jj in range(0, BC):
-            j = BC - 1 - jj
-            t_k, t_v = s_i + j + 0 * o_k, s_i + j + 0 * o_v
-            b_kr = tl.load(k + (t_k * H + i_h) * K + o_k, mask=m_k & (t_k < eos), other=0.).to(tl.float32)
-            b_vr = tl.load(v + (t_v * H + i_h) * V + o_v, mask=m_v & (t_v < eos), other=0.).to(tl.float32)
-            b_wr = tl.load(w + (t_k * H + i_h) * K + o_k, mask=m_k & (t_k < eos), other=0.).to(tl.float32)
-            b_qE = tl.where(o_i[:, None] > j, b_q * b_E, 0.)
-            b_a = tl.sum(b_qE * b_kr[None, :], axis=1)                                   # A[:, j]
-            b_dAj = tl.where(o_i > j, tl.sum(b_do * b_vr[None, :], axis=1), 0.)            # dA[:, j]
-            b_dq += b_dAj[:, None] * b_kr[None, :] * b_E
-            b_dk = tl.where(o_i[:, None] == j, b_dk + tl.sum(b_dAj[:, None] * b_qE, axis=0)[None, :], b_dk)
-            b_dv = tl.where(o_i[:, None] == j, b_dv + tl.sum(b_a[:, None] * b_do, axis=0)[None, :], b_dv)
-            b_E = tl.where(o_i[:, None] > j, b_E * tl.exp2(b_wr * LOG2E)[None, :], 1.0)
-        b_dAd = tl.sum(b_do * b_v, axis=1)                                           # dA_ii = do_i · v_i
-        b_dv += tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None] * b_do              # the bonus's share
+        b_pq, b_sq, qt0, qt1, qt2, qt3 = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
+        b_p, b_s, b_tot = _sub_decays(b_pq, b_sq, qt0, qt1, qt2, qt3, BC, QB)
+        b_dq = _mm(b_do, tl.trans(b_h), v, DOT16) * tl.exp2(b_p)
+        # own block, keys in earlier quarters: dq_i += e^{pq_i} Σ_j dA_ij k_j e^{key_exp}
+        b_dA = _mm(b_do, tl.trans(b_v), v, DOT16)
+        b_dqo = tl.zeros([BC, BK], dtype=tl.float32)
+        for R in tl.static_range(1, BC // QB):
+            b_kR = b_k * tl.exp2(_key_exp(b_sq, qt1, qt2, R, BC, QB))
+            b_dqo += _mm_tf32(tl.where(q4[:, None] == R, b_dA, 0.), b_kR, DOT16)
+        b_dq += b_dqo * tl.exp2(b_pq)
+        # own block, keys in the query's own quarter
+        b_L = tl.zeros([BC, BK], dtype=tl.float32)
+        for step in tl.static_range(1, QB):
+            jj = QB - 1 - step
+            m_j = r4 > jj
+            t_j = s_i + q4 * QB + jj
+            m_jt = m_j & (t_j < eos)
+            b_kj = _gather(k, t_j, m_jt, i_h, H, K, o_k, m_k)
+            b_dAj = tl.sum(b_do * _gather(v, t_j, m_jt, i_h, H, V, o_v, m_v), axis=1)
+            b_dq += b_dAj[:, None] * b_kj * tl.exp2(b_L)
+            b_L += tl.where(m_j[:, None], _gather(w, t_j, m_jt, i_h, H, K, o_k, m_k) * LOG2E, 0.)
+        p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        tl.store(xs + p_part + p_k, b_q * b_dq, mask=m_tk)
+        b_dAd = tl.sum(b_do * b_v, axis=1)                                   # dA_ii = do_i · v_i
         b_du += tl.sum(b_dAd[:, None] * b_q * b_k, axis=0)
+        b_dq += b_dAd[:, None] * b_u[None, :] * b_k                         # the bonus (no decay)
+        tl.store(dr + p_part + p_k, (b_dq * scale).to(dr.dtype.element_ty), mask=m_tk)
+        b_h = b_h * tl.exp2(b_tot)[:, None] + _mm(tl.trans(b_k * tl.exp2(b_s)), b_v, v, DOT16)
+    tl.store(du + ((i_v * tl.num_programs(0) + i_c).to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
-        # dw: Σ_{i>m} q ⊙ dq' − Σ_{j≥m} k ⊙ dk' + (later sub-chunks and the chunk-end pull)
-        b_x = b_q * b_dq
+    b_dh = tl.load(dhs + p_h, mask=m_kv, other=0.)   # dS at the chunk end
+    b_acc = tl.sum(b_dh * b_h, axis=1)               # rowsum(dS_end ⊙ S_end): b_h is S_end now
+    tl.debug_barrier()                               # xs written above is read below by other threads
+
+    # ---- backward sweep: dk, dv, dw
+    for II in range(0, n_sub):
+        I = n_sub - 1 - II
+        s_i = t0 + I * BC
+        o_t = s_i + o_i
+        m_t = o_t < eos
+        b_q = _rows(r, s_i, eos, i_h, H, K, o_k, m_k, BC) * scale
+        b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
+        b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
+        b_do = _rows(do, s_i, eos, i_h, H, V, o_v, m_v, BC)
+        b_pq, b_sq, qt0, qt1, qt2, qt3 = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
+        b_p, b_s, b_tot = _sub_decays(b_pq, b_sq, qt0, qt1, qt2, qt3, BC, QB)
+        b_es = tl.exp2(b_s)
+        b_dk = _mm(b_v, tl.trans(b_dh), v, DOT16) * b_es
+        b_dv = _mm(b_k * b_es, b_dh, v, DOT16)
+        # own block, queries in later quarters (three dots per gradient, one per query quarter R)
+        b_dA = _mm(b_do, tl.trans(b_v), v, DOT16)
+        b_qe = b_q * tl.exp2(b_pq)
+        b_A = tl.zeros([BC, BC], dtype=tl.float32)
+        for R in tl.static_range(1, BC // QB):
+            b_eR = tl.exp2(_key_exp(b_sq, qt1, qt2, R, BC, QB))
+            b_qR = tl.where(q4[:, None] == R, b_qe, 0.)
+            b_A += _mm_tf32(b_qR, tl.trans(b_k * b_eR), DOT16)
+            b_dk += _mm_tf32(tl.trans(tl.where(q4[:, None] == R, b_dA, 0.)), b_qR, DOT16) * b_eR
+        b_dv += _mm(tl.trans(b_A), b_do, v, DOT16)
+        # own block, queries in the key's own quarter: query i = j + d, decay e^{w_{j+1}+…+w_{i-1}}
+        b_L = tl.zeros([BC, BK], dtype=tl.float32)
+        for d in tl.static_range(1, QB):
+            m_i = r4 + d < QB
+            t_q = o_t + d
+            m_it = m_i & (t_q < eos)
+            b_qi = _gather(r, t_q, m_it, i_h, H, K, o_k, m_k) * scale
+            b_doi = _gather(do, t_q, m_it, i_h, H, V, o_v, m_v)
+            b_E = tl.exp2(b_L)
+            b_a = tl.sum(b_qi * b_k * b_E, axis=1)                          # A[j+d, j]
+            b_dAi = tl.sum(b_doi * b_v, axis=1)                            # dA[j+d, j]
+            b_dv += b_a[:, None] * b_doi
+            b_dk += b_dAi[:, None] * b_qi * b_E
+            b_L += tl.where(m_i[:, None], _gather(w, t_q, m_it, i_h, H, K, o_k, m_k) * LOG2E, 0.)
+        b_dAd = tl.sum(b_do * b_v, axis=1)
+        b_dv += tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None] * b_do              # the bonus's share
+
+        p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_x = tl.load(xs + p_part + p_k, mask=m_tk, other=0.)
         b_y = b_k * b_dk
         b_dw = b_acc[None, :] + tl.cumsum(b_x, axis=0, reverse=True) - b_x - tl.cumsum(b_y, axis=0, reverse=True)
         b_acc += tl.sum(b_x - b_y, axis=0)
-
-        # the bonus joins dq and dk only now (it has no decay, so it stays out of dw)
-        b_dq += b_dAd[:, None] * b_u[None, :] * b_k
         b_dk += b_dAd[:, None] * b_u[None, :] * b_q
-        p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
-        m_tk = m_t[:, None] & m_k[None, :]
-        tl.store(dr + p_part + p_k, (b_dq * scale).to(dr.dtype.element_ty), mask=m_tk)
         tl.store(dk + p_part + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
         tl.store(dw + p_part + p_k, b_dw.to(dw.dtype.element_ty), mask=m_tk)
         tl.store(dv + (o_t[:, None] * H + i_h) * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
                  mask=m_t[:, None] & m_v[None, :])
-    tl.store(du + ((i_v * tl.num_programs(0) + i_c).to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
+        b_dh = b_dh * tl.exp2(b_tot)[:, None] + _mm(tl.trans(b_q * tl.exp2(b_p)), b_do, do, DOT16)
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,7 +483,7 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     varlen = cu_seqlens is not None
     wkv6_fwd_o_kernel[(n_chunks, NV, H)](
         r, k, v, w, u, o, hs, cu_arg(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
-        H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r), **_launch("fwd_o"))
+        H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r), **_launch("fwd_o"))
     return o, ht
 
 
@@ -454,9 +511,11 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
     dr, dk, dw = (torch.empty(NV, B, T, H, K, dtype=part, device=dev) for _ in range(3))
     dv = torch.empty_like(v)
     du = torch.empty(NV, n_chunks, H, K, dtype=f32, device=dev)
+    xs = torch.empty(NV, B, T, H, K, dtype=f32, device=dev)  # scratch: q ⊙ dq' for dw, per V-block
     wkv6_bwd_kernel[(n_chunks, NV, H)](
-        r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, cu_arg(cu_seqlens, dev), idx, float(scale), TT, B * T,
-        H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r), **_launch("bwd"))
+        r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, xs, cu_arg(cu_seqlens, dev), idx, float(scale), TT,
+        B * T, H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r),
+        **_launch("bwd"))
     dr, dk, dw = (x.sum(0).to(r.dtype) if NV > 1 else x[0] for x in (dr, dk, dw))
     return dr, dk, dv, dw, du.sum((0, 1)).to(u.dtype), dh0
 
