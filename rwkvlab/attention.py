@@ -15,6 +15,18 @@ query–key dot products. The rungs:
 - ``triton_chunked``: the same algorithm as a Triton kernel, forward only;
 - ``kv_cache_step``: decode one new token against a cache of all past keys and values.
 
+And the counter-example that shows what really forces the cache, **linear attention**
+(Katharopoulos et al. 2020, arXiv 2006.16236, Eqs. 4–6 and 16–20): replace the kernel
+exp(q·k) by φ(q)·φ(k) with a finite feature map φ (theirs: elu(x) + 1), and
+
+    o_t = Σ_{i ≤ t} (φ(q_t)·φ(k_i)) v_i / Σ_{i ≤ t} φ(q_t)·φ(k_i)
+        = φ(q_t)ᵀ S_t / φ(q_t)ᵀ z_t,   S_t = S_{t−1} + φ(k_t) v_tᵀ,  z_t = z_{t−1} + φ(k_t),
+
+so the weights still depend on the query, yet a K×V state (plus a K-vector) replaces the cache:
+
+- ``linear_naive``: the first line, a loop over t with the sum over i ≤ t written out;
+- ``linear_recurrent``: the second line, one state update per token.
+
 ``scale`` is ``None`` (K^{-1/2}) or a finite real number (int, float or numpy scalar; not bool),
 as for :mod:`rwkvlab.wkv6` and :mod:`rwkvlab.wkv7`; B, H, K, V ≥ 1.
 """
@@ -29,7 +41,8 @@ import triton.language as tl
 
 from . import device, validate
 
-__all__ = ["naive", "parallel", "chunked", "triton_chunked", "kv_cache_step", "KVCache"]
+__all__ = ["naive", "parallel", "chunked", "triton_chunked", "kv_cache_step", "KVCache",
+           "elu_feature_map", "linear_naive", "linear_recurrent"]
 
 
 def _check(q, k, v, scale):
@@ -243,3 +256,75 @@ def kv_cache_step(q_t, k_t, v_t, cache: KVCache | None = None, scale=None):
     s = torch.einsum("bhk,bihk->bhi", q_t.to(acc), keys.to(acc)) * scale
     o = torch.einsum("bhi,bihv->bhv", torch.softmax(s, dim=-1), values.to(acc)).to(v_t.dtype)
     return o, KVCache(keys, values)
+
+
+# ---------------------------------------------------------------------------------------------
+# linear attention (Katharopoulos et al. 2020, arXiv 2006.16236)
+# ---------------------------------------------------------------------------------------------
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """φ(x) = elu(x) + 1 > 0, the feature map of Katharopoulos et al. (their Eq. 7)."""
+    return torch.nn.functional.elu(x) + 1
+
+
+_FEATURE_MAPS = {"elu": elu_feature_map, "identity": lambda x: x}
+
+
+def _linear_check(q, k, v, feature_map, normalize):
+    B, T, H, K, V, _ = validate.linear_attention(keys={"q": q, "k": k}, values={"v": v})
+    if feature_map not in _FEATURE_MAPS:
+        raise ValueError(f"feature_map: expected one of {sorted(_FEATURE_MAPS)}, got {feature_map!r}")
+    if not isinstance(normalize, bool):
+        raise ValueError(f"normalize: expected True or False, got {normalize!r}")
+    if normalize and feature_map == "identity":
+        raise ValueError("normalize: the denominator Σ φ(q)·φ(k) needs a positive feature map; "
+                         "use feature_map='elu' or normalize=False")
+    return B, T, H, K, V, _FEATURE_MAPS[feature_map]
+
+
+def linear_naive(q, k, v, feature_map: str = "elu", normalize: bool = True):
+    """Causal linear attention by its definition: for each t, a weighted sum over i ≤ t.
+
+    q, k: [B, T, H, K]; v: [B, T, H, V] -> o: [B, T, H, V].
+    o_t = Σ_{i≤t} (φ(q_t)·φ(k_i)) v_i / Σ_{i≤t} φ(q_t)·φ(k_i)   (``normalize=True``), or the
+    numerator alone (``normalize=False``, the form RWKV-5/6, RetNet and GLA build on).
+    ``feature_map``: ``"elu"`` (φ = elu + 1) or ``"identity"`` (φ(x) = x; only without the
+    denominator, which could then be zero). The loop costs O(T²): it is the reference.
+    """
+    B, T, H, K, V, phi = _linear_check(q, k, v, feature_map, normalize)
+    acc, out_dtype = _acc_dtype(q), v.dtype
+    fq, fk, v = phi(q.to(acc)), phi(k.to(acc)), v.to(acc)
+    outs = []
+    for t in range(T):
+        wts = torch.einsum("bhk,bihk->bhi", fq[:, t], fk[:, : t + 1])     # [B, H, t+1]: φ(q_t)·φ(k_i)
+        o = torch.einsum("bhi,bihv->bhv", wts, v[:, : t + 1])
+        if normalize:
+            o = o / wts.sum(-1, keepdim=True)
+        outs.append(o)
+    return torch.stack(outs, dim=1).to(out_dtype)
+
+
+def linear_recurrent(q, k, v, feature_map: str = "elu", normalize: bool = True,
+                     output_final_state: bool = False):
+    """Causal linear attention as an RNN: a K×V state and a K-vector, whatever T.
+
+    q, k: [B, T, H, K]; v: [B, T, H, V] -> o [B, T, H, V], or ``(o, (S, z))`` with
+    ``output_final_state=True`` (S: [B, H, K, V], z: [B, H, K], in float32 or float64).
+    S_t = S_{t−1} + φ(k_t) v_tᵀ, z_t = z_{t−1} + φ(k_t) (the update comes first: token t reads
+    itself), o_t = S_tᵀ φ(q_t) / (z_t·φ(q_t)). Same arguments as :func:`linear_naive`.
+    """
+    B, T, H, K, V, phi = _linear_check(q, k, v, feature_map, normalize)
+    acc, out_dtype = _acc_dtype(q), v.dtype
+    fq, fk, v = phi(q.to(acc)), phi(k.to(acc)), v.to(acc)
+    S = torch.zeros(B, H, K, V, dtype=acc, device=q.device)
+    z = torch.zeros(B, H, K, dtype=acc, device=q.device)
+    outs = []
+    for t in range(T):
+        S = S + fk[:, t, :, :, None] * v[:, t, :, None, :]                 # + φ(k_t) v_tᵀ
+        z = z + fk[:, t]
+        o = torch.einsum("bhk,bhkv->bhv", fq[:, t], S)
+        if normalize:
+            o = o / torch.einsum("bhk,bhk->bh", fq[:, t], z)[..., None]
+        outs.append(o)
+    o = torch.stack(outs, dim=1).to(out_dtype)
+    return (o, (S, z)) if output_final_state else o

@@ -21,7 +21,11 @@ Four readings of it live here:
 * **state tracking** (:func:`reflection_args`, :func:`track`, :func:`compose`,
   :func:`diagonal_track`): a transposition ``(i j)`` is the reflection ``I − 2k̂k̂ᵀ`` with
   ``k̂ = (e_i − e_j)/√2`` (``a = −k̂``, ``b = 2k̂``, ``w = 0``), so a word of transpositions run
-  from ``S_0 = I`` leaves the permutation matrix of its product in the state.
+  from ``S_0 = I`` leaves the permutation matrix of its product in the state;
+  :func:`basis_prefix_args` shows how a model that starts from ``S_0 = 0`` gets there;
+* **the ablation** (:func:`without_removal`, :func:`removal_ablation_run`): an RWKV-7 model
+  with the removal term ``b (aᵀS)`` switched off (``a = b = 0``) and everything else unchanged,
+  so the transition becomes diagonal at the same state size — chapter 14's experiment.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ __all__ = [
     "write", "read", "recall", "retrieval_error",
     "check_permutation", "check_word", "decompose", "compose", "random_word",
     "reflection_args", "track", "diagonal_track",
+    "without_removal", "removal_ablation_run",
 ]
 
 RELEASED_DECAY_BOUND = math.exp(-0.5)   # RWKV-7: log decay w = −e^{−0.5}·σ(d) ∈ (−e^{−0.5}, 0)
@@ -400,3 +405,67 @@ def diagonal_track(word, n: int, log_decay_of: dict | None = None,
     S0 = torch.eye(n, dtype=dtype)[None, None]
     _, S = wkv7.naive(zeros, w, zeros, zeros, zeros, zeros, initial_state=S0, output_final_state=True)
     return S[0, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the ablation of chapter 14: RWKV-7 with its removal term switched off
+# ---------------------------------------------------------------------------------------------
+
+def without_removal(model):
+    """Switch off the delta rule's removal term in every block of an RWKV-7 model, in place.
+
+    The model's WKV calls then receive ``a = b = 0``: ``S_t = diag(e^{w_t}) S_{t−1} + k̃_t v_tᵀ``,
+    a diagonal transition (RWKV-6's kind of memory), while every other piece of the block —
+    token shift, LoRAs, the value residual, the replacement key k̃ (which still uses the
+    in-context rate), the bonus after the norm, the FFN, the initialisation — stays as it is,
+    and so does the state size. Works for parallel mode (``model(idx)``) and RNN mode
+    (``model.step``). Returns the model.
+    """
+    from .model.x070 import RWKV7
+    if not isinstance(model, RWKV7):
+        raise ValueError(f"model: expected an RWKV-7 model (rwkvlab.model.RWKV7), got {type(model).__name__}")
+    sequence_core, step_core = model.sequence_core, model.step_core
+
+    def no_removal(core):
+        def core_without(r, w, k, v, a, b, S):
+            return core(r, w, k, v, torch.zeros_like(a), torch.zeros_like(b), S)
+        return core_without
+
+    model.sequence_core = lambda fn: no_removal(sequence_core(fn))
+    model.step_core = lambda: no_removal(step_core())
+    model.removal = False
+    return model
+
+
+ABLATION_VARIANTS = ("RWKV-7", "RWKV-7, no removal")
+
+
+def removal_ablation_run(task, steps: int, batch: int, seed: int = 0, impl: str = "naive",
+                         variants=ABLATION_VARIANTS, progress: bool = True) -> dict:
+    """Train RWKV-7 with and without its removal term on an MQAR task; same seed for both.
+
+    ``task`` is a :class:`rwkvlab.model.train.Recall`. Both variants start from the *same*
+    weights (``train.small_models(..., seed=seed)["RWKV-7"]``) and see the *same* stream of
+    batches; the only difference is :func:`without_removal`. Learning rate
+    ``train.LEARNING_RATES["RWKV-7"]``. Returns ``{variant: {"losses", "accuracy", "seconds"}}``.
+    """
+    import time
+
+    from .model import train
+    steps = validate.positive_int("steps", steps)
+    batch = validate.positive_int("batch", batch)
+    unknown = [v for v in variants if v not in ABLATION_VARIANTS]
+    if unknown:
+        raise ValueError(f"variants: expected names from {ABLATION_VARIANTS}, got {unknown}")
+    out = {}
+    for name in variants:
+        model = train.small_models(task.vocab_size, seed=seed, max_len=task.length + 1)["RWKV-7"]
+        if name != "RWKV-7":
+            without_removal(model)
+        g = torch.Generator().manual_seed(seed + 1)
+        t0 = time.perf_counter()
+        losses = train.fit(model, lambda: task.batch(batch, g), steps, train.LEARNING_RATES["RWKV-7"],
+                           impl=impl, label=f"{name:18s}", progress=progress)
+        out[name] = {"losses": losses, "seconds": time.perf_counter() - t0,
+                     "accuracy": train.recall_accuracy(model, task, impl=impl)}
+    return out

@@ -165,3 +165,54 @@ def test_kv_cache_bad_inputs():
         A.kv_cache_step(q[:, 1], k[:, 1], v[:, 1], (cache.keys, cache.values, 0))
     with pytest.raises(ValueError, match="^scale:"):
         A.kv_cache_step(q[:, 1], k[:, 1], v[:, 1], cache, scale=float("inf"))
+
+
+# ---- linear attention (Katharopoulos et al. 2020): the recurrence equals the definition ----
+
+def _linear_reference(q, k, v, normalize):
+    """Linear attention written with no shared code: the masked T × T weight matrix, float64."""
+    fq, fk = torch.nn.functional.elu(q.double()) + 1, torch.nn.functional.elu(k.double()) + 1
+    T = q.shape[1]
+    W = torch.einsum("bthk,bihk->bhti", fq, fk) * torch.ones(T, T, dtype=torch.float64).tril()
+    o = torch.einsum("bhti,bihv->bthv", W, v.double())
+    return o / W.sum(-1).permute(0, 2, 1)[..., None] if normalize else o
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_attention_naive_and_recurrent_match_the_matrix_form(shape, normalize):
+    q, k, v = _inputs(*shape, seed=21)
+    ref = _linear_reference(q, k, v, normalize)
+    assert rwkvlab.rel_err(A.linear_naive(q.double(), k.double(), v.double(), normalize=normalize), ref) < 1e-12
+    got = A.linear_recurrent(q, k, v, normalize=normalize)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert rwkvlab.rel_err(got, ref) < 1e-5
+    assert rwkvlab.rel_err(A.linear_recurrent(q.double(), k.double(), v.double(), normalize=normalize), ref) < 1e-12
+
+
+def test_linear_attention_identity_map_and_final_state():
+    q, k, v = _inputs(2, 19, 3, 6, 5, seed=22, dtype=torch.float64)
+    o, (S, z) = A.linear_recurrent(q, k, v, feature_map="identity", normalize=False, output_final_state=True)
+    assert rwkvlab.rel_err(o, A.linear_naive(q, k, v, feature_map="identity", normalize=False)) < 1e-12
+    # the state is the sum of all outer products, whatever T: [B, H, K, V] and [B, H, K]
+    assert S.shape == (2, 3, 6, 5) and z.shape == (2, 3, 6)
+    assert rwkvlab.rel_err(S, torch.einsum("bthk,bthv->bhkv", k, v)) < 1e-12
+    assert rwkvlab.rel_err(z, k.sum(1)) < 1e-12
+    # the weights depend on the query: changing q_t changes o_t
+    q2 = q.clone()
+    q2[:, 7] += 1.0
+    o2 = A.linear_recurrent(q2, k, v, feature_map="identity", normalize=False)
+    assert torch.equal(o2[:, :7], o[:, :7]) and not torch.allclose(o2[:, 7], o[:, 7])
+
+
+def test_linear_attention_bad_arguments():
+    q, k, v = _inputs(1, 4, 1, 4, 4)
+    for fn in (A.linear_naive, A.linear_recurrent):
+        with pytest.raises(ValueError, match="^feature_map:"):
+            fn(q, k, v, feature_map="relu")
+        with pytest.raises(ValueError, match="^normalize:"):
+            fn(q, k, v, feature_map="identity")
+        with pytest.raises(ValueError, match="^normalize:"):
+            fn(q, k, v, normalize=1)
+        with pytest.raises(ValueError, match="^v:"):
+            fn(q, k, v[:, :3])

@@ -257,3 +257,70 @@ def test_released_range_iclr_below_one_cannot_swap():
     assert drift > 0.05
     with pytest.raises(ValueError, match=r"^eta:"):
         delta.track(word, 5, eta=2.5)
+
+
+# --------------------------------------------------------------------------- the ablation of ch14
+def _tiny_rwkv7(seed=0):
+    from rwkvlab.model import RWKV7, Config7
+    cfg = Config7.make(29, 32, 2, head_size=16, d_decay=8, d_aaa=8, d_mv=8, d_gate=8, dim_ffn=64)
+    return RWKV7(cfg).init_weights("random", seed=seed).double()
+
+
+def test_without_removal_makes_the_removal_key_irrelevant_and_keeps_the_modes_equal():
+    idx = torch.randint(0, 29, (2, 13), generator=gen(40))
+    full, ablated = _tiny_rwkv7(), delta.without_removal(_tiny_rwkv7())
+    logits_full = full(idx, impl="naive")[0]
+    logits_abl, state_abl = ablated(idx, impl="naive")
+    assert (logits_full - logits_abl).abs().max().item() > 1e-3        # the removal term mattered
+    # k_k (the removal key's multiplier ξ) enters only κ̂, i.e. only a and b: with a = b = 0 it is dead
+    with torch.no_grad():
+        for m in (full, ablated):
+            for i, blk in enumerate(m.blocks):     # not a common factor: that would cancel in κ̂ and in b aᵀ
+                blk.att.k_k.add_(torch.randn(blk.att.k_k.shape, generator=gen(50 + i), dtype=torch.float64))
+    assert (full(idx, impl="naive")[0] - logits_full).abs().max().item() > 1e-3
+    assert torch.equal(ablated(idx, impl="naive")[0], logits_abl)
+    # the chunked core and RNN mode see the same ablation
+    assert rwkvlab.rel_err(ablated(idx, impl="chunked")[0], logits_abl) < 1e-10
+    state, steps = None, []
+    for t in range(idx.shape[1]):
+        lg, state = ablated.step(idx[:, t], state)
+        steps.append(lg)
+    assert rwkvlab.rel_err(torch.stack(steps, 1), logits_abl) < 1e-10
+    # the same state size as the model with the removal term
+    from rwkvlab.model import state_nbytes
+    assert state_nbytes(state_abl) == state_nbytes(full(idx)[1])
+
+
+def test_without_removal_equals_a_diagonal_wkv7_on_the_block_inputs():
+    # one block's core, by hand: with a = b = 0 wkv7 is S_t = diag(e^w) S + k vᵀ, an RWKV-6-like update
+    m = delta.without_removal(_tiny_rwkv7(seed=3))
+    seen = {}
+
+    def spy(r, w, k, v, a, b, **kw):
+        seen.update(a=a, b=b)
+        return wkv7.naive(r, w, k, v, a, b, **kw)
+    x = [torch.randn(1, 7, 2, 16, generator=gen(41 + i), dtype=torch.float64) for i in range(6)]
+    x[1] = -torch.rand(1, 7, 2, 16, generator=gen(47), dtype=torch.float64)
+    o, _ = m.sequence_core(spy)(*x, None)
+    assert torch.equal(seen["a"], torch.zeros_like(x[4])) and torch.equal(seen["b"], torch.zeros_like(x[5]))
+    o_ref = torch.zeros(1, 7, 2, 16, dtype=torch.float64)
+    S = torch.zeros(2, 16, 16, dtype=torch.float64)
+    for t in range(7):
+        S = torch.exp(x[1][0, t])[..., None] * S + x[2][0, t, :, :, None] * x[3][0, t, :, None, :]
+        o_ref[0, t] = torch.einsum("hk,hkv->hv", x[0][0, t], S)
+    assert rwkvlab.rel_err(o, o_ref) < 1e-12
+
+
+def test_removal_ablation_run_trains_both_variants_from_the_same_start():
+    from rwkvlab.model import train
+    task = train.Recall(n_keys=4, n_values=8, n_pairs=4, n_queries=2, overwrite=True)
+    res = delta.removal_ablation_run(task, 3, 4, seed=0, progress=False)
+    assert list(res) == list(delta.ABLATION_VARIANTS)
+    for r in res.values():
+        assert len(r["losses"]) == 3 and 0 <= r["accuracy"] <= 1
+    with pytest.raises(ValueError, match="^variants:"):
+        delta.removal_ablation_run(task, 3, 4, variants=("RWKV-8",))
+    with pytest.raises(ValueError, match="^steps:"):
+        delta.removal_ablation_run(task, 0, 4)
+    with pytest.raises(ValueError, match="^model:"):
+        delta.without_removal(train.small_models(task.vocab_size)["RWKV-6"])
