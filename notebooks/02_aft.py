@@ -58,8 +58,13 @@ from rwkvlab import aft, randn   # randn: seeded inputs, the same numbers in eve
 # $$ o_t = \frac{\sum_{i\le t} e^{q_t\cdot k_i}\, v_i}{\sum_{i \le t} e^{q_t \cdot k_i}} . $$
 #
 # The weight of position $i$ in output $t$ is $e^{q_t\cdot k_i}$: one number per *pair* of
-# positions, which depends on the query. Two things follow. Every pair must be scored, and since
-# the weight cannot be known before $q_t$ arrives, every key must be kept.
+# positions, which depends on the query. Every pair must be scored. And every key must be kept,
+# but not because of the query: chapter 1 (§8) showed that linear attention, with
+# $\varphi(q_t)\cdot\varphi(k_i)$ in place of $e^{q_t\cdot k_i}$, keeps query-dependent weights
+# with a fixed $K\times V$ state. What needs the cache is a weight matrix whose
+# past-to-future blocks have full rank, and $e^{q\cdot k}$ is one. AFT is the test of the
+# converse: its weights do not involve the query at all, and with a free position bias it still
+# needs every key (§7 measures the rank).
 #
 # AFT changes the weight in two ways.
 #
@@ -171,7 +176,11 @@ plt.show()
 # unchanged, per $(t, d)$ instead of per $t$: walk the key blocks in order, keeping a running
 # max $m$, a denominator $\sum e^{Z-m}$ and a numerator $\sum e^{Z-m}V$; when the max rises to
 # $m'$, rescale both sums by $e^{m-m'}$. Only one `block × block × D` tile of logits exists at a
-# time, so memory drops to $O(TD)$, the figure the paper's Table 1 gives for AFT-full.
+# time, so the memory of the *computation* drops to $O(TD)$, the figure the paper's Table 1 gives
+# for AFT-full. That figure leaves out the bias itself: $w$ is a learned parameter of $T^2$ numbers
+# (at $T = 4096$ as many as a $4096\times4096$ weight matrix), which is why the
+# paper factorises it as $w = U U'^\top$ with $U, U' \in \mathbb{R}^{T\times d'}$ and $d' \approx 128$
+# ($2Td'$ numbers; exercise 3).
 #
 # This rung also shows what a general bias matrix *prevents*. Blocking works because a sum can
 # be split into pieces and the pieces merged. A *recurrence* needs more: a fixed-size summary of
@@ -315,10 +324,14 @@ plt.show()
 # | AFT-local / AFT-conv | $O(Tsd)$, $s < T$ | $O(Td)$ |
 # | softmax attention, matrix form (Chapter 1, added for comparison) | $O(T^2 d)$ | $O(T^2 + Td)$ |
 #
-# The space column assumes the blocked evaluation (our `chunked` and the kernel); our `parallel`
-# rung trades that for readability. AFT-full is no cheaper than attention in time, and at
-# inference it still needs every past key and value, because row $t$ of $w$ may weigh them all
-# anew. A free $T\times T$ bias admits no recurrence.
+# The space column counts activations under the blocked evaluation (our `chunked` and the
+# kernel; our `parallel` rung trades that for readability). It does not count the parameters:
+# AFT-full's bias alone is $T^2$ numbers, or $2Td'$ factorised, and it fixes the longest sequence
+# the model can read. AFT-full is no cheaper than attention in time, and at inference it still
+# needs every past key and value, because row $t$ of $w$ may weigh them all anew. A free
+# $T\times T$ bias admits no recurrence, although no query is involved. Chapter 1's rank test says
+# so in numbers: per channel AFT's weights are $e^{w_{t,t'}}\,e^{K_{t',d}}$, the matrix $e^{w}$ with
+# its columns rescaled, so the rank of a past-to-future block is that of $e^{w}$'s block.
 #
 # Now restrict the bias. Let it depend only on the distance, and linearly, with a rate
 # $\lambda \ge 0$:
@@ -334,7 +347,9 @@ plt.show()
 #    Y_t = \sigma(Q_t)\odot \mathrm{num}_t / \mathrm{den}_t . $$
 #
 # The $T \times T$ sum has become an RNN whose state, $(\mathrm{num}, \mathrm{den})$, has $2D$
-# numbers whatever the length; each step costs $O(D)$. To stay finite, the package stores both
+# numbers whatever the length; each step costs $O(D)$. In the rank test, $e^{-(t-t')\lambda} =
+# e^{-t\lambda}e^{t'\lambda}$ is an outer product: every past-to-future block has rank 1, one
+# number per channel for the numerator and one for the denominator. To stay finite, the package stores both
 # sums divided by $e^{p}$ for a running exponent $p$, the same max-tracking as before, carried
 # from step to step. With $\lambda = 0$ this is causal AFT-simple.
 
@@ -348,6 +363,17 @@ for lam in (0.0, 0.3, 2.0):
     rwkvlab.check(f"aft recurrent (λ={lam}) vs AFT-full with w = -(t-t')λ",
                   aft.recurrent(Q, K, V, torch.full((D,), lam)),
                   aft.naive(Q.double(), K.double(), V.double(), w_lam), 1e-5)
+
+# the rank test of chapter 1 (attention.split_rank): full for a free bias, 1 for the decay bias
+from rwkvlab import attention
+
+causal = torch.ones(T, T, dtype=torch.float64).tril()
+rank_free = attention.split_rank(torch.exp(w.double()) * causal, 18)
+rank_decay = attention.split_rank(torch.exp(aft.decay_bias(T, 0.3, dtype=torch.float64)) * causal, 18)
+W_ch0 = torch.exp(w.double()) * torch.exp(K[0, :, 0].double())[None, :] * causal   # channel 0's weights
+print(f"rank of the block t >= 18, t' < 18 (T = {T}): free bias {rank_free}, channel 0 of AFT-full "
+      f"{attention.split_rank(W_ch0, 18)}, decay bias {rank_decay}")
+assert rank_free == attention.split_rank(W_ch0, 18) == min(18, T - 18) and rank_decay == 1
 
 # a free bias has no such structure: the step from row t to row t+1 is not one common factor
 ratios = torch.exp(w[11, :11] - w[10, :11])
@@ -411,8 +437,12 @@ plt.show()
 #   the torch rungs' gradients agree to $10^{-10}$.
 # - AFT-simple ($w=0$) is a softmax of the keys over time; AFT-local sets the bias to 0 outside
 #   the window and keeps global connectivity.
-# - A free $T\times T$ bias allows blocking but no recurrence. The bias $w_{t,t'} = -(t-t')\lambda$
-#   turns AFT-full into an RNN with a $2D$-number state; a per-channel $\lambda$ is RWKV-4's decay.
+# - A free $T\times T$ bias allows blocking but no recurrence, although the query plays no part
+#   in the weights: its past-to-future blocks have full rank. The bias
+#   $w_{t,t'} = -(t-t')\lambda$ (rank 1) turns AFT-full into an RNN with a $2D$-number state; a
+#   per-channel $\lambda$ is RWKV-4's decay.
+# - Table 1's $O(Td)$ space is for activations; the free bias is a parameter of $T^2$ numbers
+#   ($2Td'$ when factorised).
 #
 # ## Exercises
 #

@@ -25,7 +25,9 @@ exp(q·k) by φ(q)·φ(k) with a finite feature map φ (theirs: elu(x) + 1), and
 so the weights still depend on the query, yet a K×V state (plus a K-vector) replaces the cache:
 
 - ``linear_naive``: the first line, a loop over t with the sum over i ≤ t written out;
-- ``linear_recurrent``: the second line, one state update per token.
+- ``linear_recurrent``: the second line, one state update per token;
+- ``split_rank``: the test that tells the two kinds apart, the rank of the block of weights
+  that the future (t ≥ t0) gives the past (i < t0).
 
 ``scale`` is ``None`` (K^{-1/2}) or a finite real number (int, float or numpy scalar; not bool),
 as for :mod:`rwkvlab.wkv6` and :mod:`rwkvlab.wkv7`; B, H, K, V ≥ 1.
@@ -42,7 +44,7 @@ import triton.language as tl
 from . import device, validate
 
 __all__ = ["naive", "parallel", "chunked", "triton_chunked", "kv_cache_step", "KVCache",
-           "elu_feature_map", "linear_naive", "linear_recurrent"]
+           "elu_feature_map", "linear_naive", "linear_recurrent", "split_rank"]
 
 
 def _check(q, k, v, scale):
@@ -328,3 +330,25 @@ def linear_recurrent(q, k, v, feature_map: str = "elu", normalize: bool = True,
         outs.append(o)
     o = torch.stack(outs, dim=1).to(out_dtype)
     return (o, (S, z)) if output_final_state else o
+
+
+def split_rank(weights: torch.Tensor, t0: int, rtol: float = 1e-10) -> int:
+    """Numerical rank of the block ``weights[t0:, :t0]`` of a causal T × T weight matrix.
+
+    If o_t = Σ_{i≤t} W_ti v_i and a recurrence carries, at the split t0, a state that is linear
+    in the past values with n numbers per value channel, then every output t ≥ t0 sees the past
+    only through those n numbers, so W[t0:, :t0] has rank ≤ n. The rank is therefore a lower
+    bound on the state any such recurrence needs: ≤ m for linear attention with m features,
+    min(t0, T − t0) (full) for exp(q·k) or a free bias, i.e. a cache of every past key.
+    Singular values below ``rtol`` times the largest count as zero. Row scalings (a softmax's
+    denominator) do not change the rank.
+    """
+    validate.tensor("weights", weights, ndim=2)
+    T = weights.shape[0]
+    if weights.shape != (T, T):
+        raise ValueError(f"weights: expected a square T × T matrix, got {tuple(weights.shape)}")
+    t0 = validate.positive_int("t0", t0)
+    if t0 >= T:
+        raise ValueError(f"t0: expected 1 <= t0 < T = {T}, got {t0}")
+    sv = torch.linalg.svdvals(weights[t0:, :t0].double())
+    return int((sv > rtol * sv[0]).sum()) if sv[0] > 0 else 0

@@ -216,3 +216,22 @@ def test_linear_attention_bad_arguments():
             fn(q, k, v, normalize=1)
         with pytest.raises(ValueError, match="^v:"):
             fn(q, k, v[:, :3])
+
+
+def test_split_rank_separates_finite_feature_maps_from_the_exponential_kernel():
+    g = torch.Generator().manual_seed(23)
+    T, K = 48, 4
+    q, k = torch.randn(T, K, generator=g, dtype=torch.float64), torch.randn(T, K, generator=g, dtype=torch.float64)
+    fq, fk = A.elu_feature_map(q), A.elu_feature_map(k)
+    assert A.split_rank(fq @ fk.T, 24) == K                          # a state of K numbers suffices
+    assert A.split_rank(torch.exp(q @ k.T / 2), 24) == 24            # full: every past key is needed
+    lam = 0.3                                                        # a decay bias: one number
+    ages = torch.arange(T)[:, None] - torch.arange(T)[None, :]
+    assert A.split_rank(torch.exp(-lam * ages.double()), 24) == 1
+    # a row scaling (the softmax denominator) leaves the rank alone
+    assert A.split_rank((torch.rand(T, 1, generator=g, dtype=torch.float64) + 0.5) * (fq @ fk.T), 10) == K
+    assert A.split_rank(torch.zeros(T, T), 5) == 0
+    with pytest.raises(ValueError, match="^t0:"):
+        A.split_rank(fq @ fk.T, T)
+    with pytest.raises(ValueError, match="^weights:"):
+        A.split_rank(fq, 2)
