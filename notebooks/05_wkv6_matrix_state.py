@@ -49,6 +49,7 @@ print(rwkvlab.device.describe())
 
 # %%
 import inspect
+import math
 
 import matplotlib.pyplot as plt
 import torch
@@ -87,7 +88,8 @@ print(inspect.getsource(wkv6.random_inputs))
 # Inside a head the key is no longer a weight but a *vector address*: the outer product
 # `k_t v_tᵀ` stores the whole value vector in every key row, in proportion to that row's key
 # component. The receptance becomes a query: `r_tᵀ S` mixes the rows of the memory by how much
-# `r_t` agrees with each key channel, exactly as `q_t·k_i` does in linear attention. Unrolled,
+# `r_t` agrees with each key channel, exactly as `φ(q_t)·φ(k_i)` does in linear attention
+# (chapter 1, §8), here with `φ` the identity, no denominator and a decay. Unrolled,
 # with a constant decay (RWKV-5, Eq. 6 of the paper),
 #
 # $$
@@ -97,10 +99,23 @@ print(inspect.getsource(wkv6.random_inputs))
 #
 # which is linear attention with a per-channel, exponentially decaying relative position
 # weight: the score of the pair `(t, i)` is `Σ_κ r_t[κ] k_i[κ] e^{(t−1−i) w[κ]}`. A head now
-# remembers `K·V` numbers instead of a few per channel: for `D = 2048` and `K = 64`, a layer's
-# WKV memory grows from 6 144 numbers (RWKV-4's numerator, denominator and running maximum per
-# channel) to `H·K·V = 2048·64 = 131 072`.
-#
+# remembers `K·V` numbers instead of a few per channel. For a layer of width `D = 2048` with
+# heads of `K = 64`, the cell below counts the two states as the package holds them: RWKV-4's
+# numerator, denominator and running maximum per channel against `H·K·V = D·K`.
+
+# %%
+from rwkvlab import wkv4
+
+D_layer, K_head = 2048, 64
+x1 = torch.zeros(1, 1, D_layer)
+_, state4 = wkv4.recurrent(x1, x1, torch.ones(D_layer), torch.zeros(D_layer), output_final_state=True)
+z6 = torch.zeros(1, 1, D_layer // K_head, K_head)
+_, state6 = wkv6.naive(z6, z6, z6, z6, torch.zeros(D_layer // K_head, K_head), output_final_state=True)
+n4, n6 = sum(t.numel() for t in state4), state6.numel()
+print(f"WKV state of one layer, D = {D_layer}: RWKV-4 {n4} numbers (3 per channel), RWKV-6 {n6} (H·K·V = D·K)")
+assert n4 == 3 * D_layer and n6 == D_layer * K_head
+
+# %% [markdown]
 # RWKV-6 changes one more thing: the decay `w` becomes `w_t`, computed from the token (section
 # 5). Unrolled (Eq. 19 of the paper), the past token `i` is seen by token `t` through the product
 # of the decays of the tokens strictly *between* them:
@@ -180,16 +195,23 @@ rwkvlab.check("wkv6 naive vs float64 matrix loop", (o, S), matrix_loop(r, k, v, 
 #   = (r_t \odot e^{w_t})^\top S_{t-1} + r_t^\top \operatorname{diag}(1 + u)\, k_t v_t^\top .
 # $$
 #
-# Two things go wrong at once. The current token is counted twice — once through `S_t`, which
-# already holds `k_t v_tᵀ`, and once through the bonus — so its weight is `1 + u` instead of `u`.
-# And the past is decayed one step too far, by the current token's `e^{w_t}`. The first error
-# alone would be harmless (a model would just learn `u − 1`); the second is not a
-# reparametrisation of RWKV-6 at all when `w_t` changes from token to token.
+# Two things differ. The current token is counted twice — once through `S_t`, which already
+# holds `k_t v_tᵀ`, and once through the bonus — so its weight is `1 + u` instead of `u`. And
+# the past is decayed one step further, by the current token's `e^{w_t}`. Written with
+# `r'_t = r_t ⊙ e^{w_t}`, the right-hand side is
+# `r'_tᵀ(S_{t−1} + diag(u'_t) k_t v_tᵀ)` with `u'_t = (1 + u) ⊙ e^{−w_t}`: the `h_t` read-out
+# **is** the RWKV-6 recurrence, with a rescaled receptance and a bonus that changes from token
+# to token. So it is not a different kind of model. But it is not RWKV-6 as parameterised
+# either, because RWKV-6's bonus `u` is one learned vector per head: as soon as `w_t` depends on
+# the token, no constant `u'` reproduces it, and official weights run through the `h_t` form give
+# other outputs. (Whether a model trained in the `h_t` form would do as well is a question this
+# chapter does not test.)
 #
-# We assert each of these statements: the `h_t` version differs from the official one; with no
-# decay (`w = 0`) it equals the official one with `u + 1`; with a constant decay (RWKV-5's case)
-# it equals the official one with `r ⊙ e^{w}` and `u' = (1 + u) e^{−w}`; and with RWKV-6's
-# data-dependent decay, no constant `u'` can repair it.
+# We assert each of these statements: the `h_t` version differs from the official one; it equals
+# the official recurrence with `r ⊙ e^{w_t}` and the token-dependent bonus `(1 + u) e^{−w_t}`;
+# with no decay (`w = 0`) that is the official one with `u + 1`; with a constant decay (RWKV-5's
+# case) the bonus is constant again and it is the official one with `r ⊙ e^{w}` and
+# `u' = (1 + u) e^{−w}`; and with RWKV-6's data-dependent decay, no constant `u'` repairs it.
 
 # %%
 def readout_after_update(r, k, v, w, u):
@@ -210,6 +232,14 @@ seed_form = readout_after_update(r, k, v, w, u)
 gap = rwkvlab.rel_err(seed_form, official)
 print(f"h_t read-out vs official RWKV-6: rel diff {gap:.2f}")
 assert gap > 0.1
+
+# exactly: RWKV-6's recurrence with r' = r ⊙ e^{w_t} and the token-dependent bonus u'_t = (1+u) e^{-w_t};
+# the bonus term is local (it never enters the state), so it is added on the side
+r_resc = r * torch.exp(w)
+u_tok = (1 + u)[None, None] * torch.exp(-w)                              # [B, T, H, K]: one bonus per token
+bonus = torch.einsum("bthk,bthv->bthv", r_resc * u_tok * k, v)
+rwkvlab.check("h_t read-out == RWKV-6 recurrence with r·e^{w_t} and bonus (1+u)·e^{-w_t}",
+              seed_form, wkv6.naive(r_resc, k, v, w, torch.zeros_like(u))[0] + bonus, 1e-12)
 
 # no decay: only the double count remains, and it is exactly a bonus of u + 1
 w0 = torch.zeros_like(w)
@@ -275,9 +305,10 @@ rwkvlab.check("unrolled weight = u at t = i, then prod_{j=i+1}^{t-1} e^{w_j}", s
 #
 # RWKV-4 divided by the decayed sum of key weights; its output was a weighted *average* of
 # values, at most as large as the largest value. RWKV-6's output is a weighted *sum*, and the
-# size of that sum depends on the decays: with constant factor `e^{w}` the stationary state holds
-# about `1/(1 − e^{w})` tokens' worth of `k vᵀ` — 1.6 tokens at `e^{w} = 0.37`, 1 000 at
-# `e^{w} = 0.999`. The normalisation moved *after* the read-out: the block applies a LayerNorm
+# size of that sum depends on the decays: with a constant factor `e^{w}` a stream of equal writes
+# `k vᵀ` fills the state up to `1/(1 − e^{w})` of them (a geometric series), from under two at
+# `e^{w} = 0.37` to a thousand at `e^{w} = 0.999` (computed below, also by running the
+# recurrence). The normalisation moved *after* the read-out: the block applies a LayerNorm
 # to each head's output separately (the paper notes this is a GroupNorm with `H` groups),
 # Eq. 7: `o_t = concat(SiLU(g_t) ⊙ LayerNorm(r_t · wkv_t)) W_o`. In the official code the norm's
 # epsilon is `1e-5 · 8² = 64e-5`.
@@ -289,6 +320,15 @@ rwkvlab.check("unrolled weight = u at t = i, then prod_{j=i+1}^{t-1} e^{w_j}", s
 # `eps = 64e-5` it holds while the head's output variance is well above `eps`, and fails
 # deliberately when the output is tiny: `eps` is the floor that stops the norm from blowing
 # noise up to unit size. We assert both sides.
+
+# %%
+for f in (0.37, 0.999):
+    T_fill = 20_000                                   # long enough for 0.999^T to vanish
+    ones = torch.ones(1, T_fill, 1, 1, dtype=torch.float64)
+    _, S_fill = wkv6.naive(ones, ones, ones, torch.full_like(ones, math.log(f)), torch.zeros(1, 1, dtype=torch.float64),
+                           output_final_state=True)
+    print(f"e^w = {f}: stationary state {S_fill.item():.2f} writes, 1/(1 - e^w) = {1 / (1 - f):.2f}")
+    assert abs(S_fill.item() - 1 / (1 - f)) < 1e-6 * (1 / (1 - f))
 
 # %%
 from rwkvlab.model import x060                      # the RWKV-6 model that chapter 13 runs
@@ -588,8 +628,9 @@ rwkvlab.check("wkv6 chunked (C=16) vs naive", wkv6.chunked(r, k, v, w, u, chunk_
 #   head, written by rank-one outer products `k_t v_tᵀ` and read by the receptance `r_t` as a
 #   query: linear attention with a per-channel decay.
 # - The read-out uses the state **before** the current token, plus the bonus
-#   `r_tᵀ diag(u) k_t v_t`. Reading `h_t` instead double counts the current token and decays the
-#   past one step too far; with data-dependent decay no choice of `u` repairs it.
+#   `r_tᵀ diag(u) k_t v_t`. Reading `h_t` instead is the same recurrence with receptance
+#   `r_t ⊙ e^{w_t}` and a token-dependent bonus `(1 + u) ⊙ e^{−w_t}`; with data-dependent decay no
+#   constant `u` (RWKV-6's parameterisation) reproduces it.
 # - The division is gone; a per-head GroupNorm (eps 64e-5) normalises the output instead, which
 #   makes the block insensitive to the overall scale of each head's memory.
 # - Finch's decay is data-dependent: `d_t = λ + tanh(xA)B`, factor `exp(−exp(d_t))`. Kernels take
