@@ -1,4 +1,5 @@
-"""Command line: ``python -m rwkvlab run`` (run the book headless), ``python -m rwkvlab toc``,
+"""Command line: ``python -m rwkvlab run`` (run the book headless), ``python -m rwkvlab book`` (build
+the book as an offline website; ``run --html DIR`` does the same), ``python -m rwkvlab toc``,
 ``python -m rwkvlab generate --model PATH.pth --prompt ...`` (stream text from an RWKV checkpoint),
 and ``python -m rwkvlab bench`` (time every implementation side by side; see :mod:`rwkvlab.bench`)."""
 from __future__ import annotations
@@ -13,7 +14,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run", help="execute every chapter in book order and report per chapter")
     p_run.add_argument("chapters", nargs="*", help="only chapters whose file name contains one of these")
-    p_run.add_argument("--html", type=Path, default=None, help="also write each executed chapter as HTML here")
+    p_run.add_argument("--html", type=Path, default=None, metavar="DIR",
+                       help="build the HTML book into DIR instead (the same as `book --out DIR`)")
+    p_book = sub.add_parser("book", help="execute the chapters and build the book as an offline website",
+                            description="Execute the chapters in book.toml order (only those whose source or the "
+                                        "package changed since the last build) and write a static site.")
+    p_book.add_argument("chapters", nargs="*", help="only chapters whose file name contains one of these")
+    p_book.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="the build folder (default: build/book in the checkout)")
+    p_book.add_argument("--browser-check", action="store_true",
+                        help="then open every page in headless Chromium and check it (see rwkvlab.site.browser)")
     sub.add_parser("toc", help="print the table of contents (as README shows it)")
     from .model import cli as _generate_cli
 
@@ -38,8 +48,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from . import book
 
-    if args.cmd == "run":
-        return book.run(args.chapters, html_dir=args.html)
+    if args.cmd == "run" and args.html is None:
+        return book.run(args.chapters)
+    if args.cmd in ("run", "book"):
+        from . import site
+
+        out = args.html if args.cmd == "run" else args.out
+        code = site.build(out, args.chapters)
+        if code == 0 and getattr(args, "browser_check", False):
+            from .site import browser
+
+            code = browser.main(out or book.root() / site.DEFAULT_OUT)
+        return code
     if args.cmd == "toc":
         print(book.toc_markdown())
         return 0

@@ -2,8 +2,8 @@
 
 ``python -m rwkvlab run`` executes every chapter in book order, exactly as
 ``pytest --nbval notebooks`` does, and prints one line per chapter: did its checks hold and how
-long did it take. ``--html DIR`` also writes each executed chapter as an HTML page, the seed of
-the HTML edition of the book.
+long did it take. The HTML edition of the book is built by :mod:`rwkvlab.site`
+(``python -m rwkvlab book``; ``run --html DIR`` is the same as ``book --out DIR``).
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def read_notebook(path: Path):
     return jupytext.read(str(path))
 
 
-def run_chapter(ch: Chapter, timeout: int = 600, html_dir: Path | None = None) -> tuple[bool, float, str]:
+def run_chapter(ch: Chapter, timeout: int = 600) -> tuple[bool, float, str]:
     """Execute one chapter in a fresh kernel; return (ok, seconds, first error line)."""
     import nbclient
     from nbclient.exceptions import CellExecutionError
@@ -124,17 +124,10 @@ def run_chapter(ch: Chapter, timeout: int = 600, html_dir: Path | None = None) -
         plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # drop the traceback's terminal colours
         lines = [ln for ln in plain.splitlines() if ln.strip()]
         err = lines[-1] if lines else "cell failed"
-    seconds = time.perf_counter() - t0
-    if html_dir is not None:
-        from nbconvert import HTMLExporter
-
-        html_dir.mkdir(parents=True, exist_ok=True)
-        body, _ = HTMLExporter().from_notebook_node(nb)
-        (html_dir / f"{ch.slug}.html").write_text(body, encoding="utf-8")
-    return ok, seconds, err
+    return ok, time.perf_counter() - t0, err
 
 
-def run(selected: list[str] | None = None, html_dir: Path | None = None) -> int:
+def run(selected: list[str] | None = None) -> int:
     from . import device
 
     print(device.describe())
@@ -142,34 +135,12 @@ def run(selected: list[str] | None = None, html_dir: Path | None = None) -> int:
     if not todo:
         print(f"no chapter matches {selected}")
         return 2
-    failures, total, results = 0, 0.0, []
+    failures, total = 0, 0.0
     for ch in todo:
-        ok, seconds, err = run_chapter(ch, html_dir=html_dir)
+        ok, seconds, err = run_chapter(ch)
         total += seconds
         failures += not ok
-        results.append((ch, ok, seconds))
         mark = "ok" if ok else "FAILED"
         print(f"{ch.slug:<28} {seconds:6.1f} s  {mark}" + (f"  ({err})" if err else ""), flush=True)
     print(f"{len(todo) - failures}/{len(todo)} chapters passed in {total:.0f} s")
-    if html_dir is not None:
-        write_index(html_dir, results, device.describe())
-        print(f"HTML book: {html_dir / 'index.html'}")
     return 1 if failures else 0
-
-
-def write_index(html_dir: Path, results, mode: str) -> None:
-    """The HTML book's front page: parts, chapters, and whether each chapter's checks held."""
-    import html
-
-    title = html.escape(manifest().get("title", "rwkvlab"))
-    rows, part = [], None
-    for ch, ok, seconds in results:
-        if ch.part != part:
-            rows.append(f"<h2>{html.escape(ch.part)}</h2>")
-            part = ch.part
-        status = "checks held" if ok else "CHECKS FAILED"
-        rows.append(f'<p><a href="{ch.slug}.html">{html.escape(ch.title)}</a> '
-                    f"<small>({status}, {seconds:.1f} s)</small></p>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-            f"<body><h1>{title}</h1><p><small>{html.escape(mode)}</small></p>{''.join(rows)}</body></html>")
-    (html_dir / "index.html").write_text(page, encoding="utf-8")

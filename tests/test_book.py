@@ -61,7 +61,19 @@ def test_ci_runs_the_readme_commands():
     assert test.startswith("pytest") and "notebooks" in test and "tests" in test
 
 
-def test_headless_runner_runs_a_chapter_and_writes_the_html_book(tmp_path):
+def test_headless_runner_runs_a_chapter():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "rwkvlab", "run", "00_preface"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1/1 chapters passed" in res.stdout
+    assert re.search(r"^00_preface\s+[0-9.]+ s  ok$", res.stdout, re.M), res.stdout
+
+
+def test_run_html_builds_the_html_book(tmp_path):
+    """``run --html DIR`` is ``book --out DIR`` (tests/test_site.py tests the site itself)."""
     import subprocess
     import sys
 
@@ -69,7 +81,6 @@ def test_headless_runner_runs_a_chapter_and_writes_the_html_book(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "1/1 chapters passed" in res.stdout
-    assert re.search(r"^00_preface\s+[0-9.]+ s  ok$", res.stdout, re.M), res.stdout
     assert (tmp_path / "00_preface.html").stat().st_size > 10_000
     assert "00_preface.html" in (tmp_path / "index.html").read_text()
 
