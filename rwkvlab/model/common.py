@@ -83,9 +83,11 @@ def resolve_core(module, impl: str):
     return fn
 
 
-def check_tokens(name: str, idx, vocab_size: int, ndim: int, device: torch.device | None = None) -> torch.Tensor:
+def check_tokens(name: str, idx, vocab_size: int, ndim: int, device: torch.device | None = None,
+                 values: bool = True) -> torch.Tensor:
     """Token ids: an int tensor of rank ``ndim`` on ``device`` (the model's), ids in [0, vocab_size).
-    Structure and device first; the ids' values are read last."""
+    Structure and device first; the ids' values are read last, and only with ``values`` (reading
+    them from a GPU makes the host wait for the device)."""
     if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name}: expected an integer (int64) tensor of token ids, got "
                          f"{type(idx).__name__ if not isinstance(idx, torch.Tensor) else idx.dtype}")
@@ -97,6 +99,8 @@ def check_tokens(name: str, idx, vocab_size: int, ndim: int, device: torch.devic
     if device is not None and idx.device != device:
         raise ValueError(f"{name}: expected a tensor on the model's device ({device}), got one on {idx.device}")
     validate.has_data(name, idx)
+    if not values:
+        return idx.long()
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name}: token ids must lie in [0, {vocab_size}), got range [{lo}, {hi}]")
@@ -129,6 +133,15 @@ class BlockBase(nn.Module):
         return x + dx, LayerState(att_shift, S, ffn_shift), v_first
 
 
+def _embedding(vocab: int, dim: int) -> nn.Embedding:
+    """``nn.Embedding``; on the ``meta`` device (``load`` builds there) without its random
+    initialisation, whose ``normal_`` on meta tensors imports torch's compiler stack (~1 s of
+    start-up for nothing: the checkpoint overwrites the weights)."""
+    if torch.get_default_device().type == "meta":
+        return nn.Embedding(vocab, dim, _weight=torch.empty(vocab, dim))
+    return nn.Embedding(vocab, dim)
+
+
 class LanguageModel(nn.Module):
     """The stack around the blocks; subclasses define ``Block`` and ``version``."""
 
@@ -141,7 +154,7 @@ class LanguageModel(nn.Module):
         cfg._check()
         self.cfg = cfg
         self.impl = None          # None: chosen per call from the input's device (default_impl)
-        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.emb = _embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList([self.Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -175,13 +188,14 @@ class LanguageModel(nn.Module):
         return list(state)
 
     # -- the two modes -------------------------------------------------------------------------
-    def _run(self, x, state, core):
-        x = x  # [B, T, C]
+    def _run(self, x, state, core, last_only: bool = False):
         new_state = []
         v_first = None
         for block, layer in zip(self.blocks, state):
             x, layer, v_first = block(x, layer, v_first, core)
             new_state.append(layer)
+        if last_only:                       # prefill: only the next token's logits are needed
+            x = x[:, -1:]
         return self.head(self.ln_out(x)), new_state
 
     def forward(self, idx: torch.Tensor, state: list[LayerState] | None = None, impl: str | None = None):
@@ -191,12 +205,65 @@ class LanguageModel(nn.Module):
         fn = resolve_core(self.wkv_module, impl or self.impl or default_impl(idx))
         return self._run(self.emb(idx), state, self.sequence_core(fn))
 
+    def prefill(self, idx: torch.Tensor, state: list[LayerState] | None = None, impl: str | None = None):
+        """Read a prompt in parallel mode: ``idx`` [B, T] → ``(logits [B, vocab] of the last position,
+        state)``. The same as ``forward`` with the head applied to the last position only."""
+        idx = check_tokens("idx", idx, self.cfg.vocab_size, 2, self.emb.weight.device)
+        state = self._check_state(state, idx.shape[0])
+        fn = resolve_core(self.wkv_module, impl or self.impl or default_impl(idx))
+        logits, state = self._run(self.emb(idx), state, self.sequence_core(fn), last_only=True)
+        return logits[:, 0], state
+
     def step(self, token: torch.Tensor, state: list[LayerState] | None = None):
-        """RNN mode. ``token`` [B] ids → ``(logits [B, vocab], state)``; O(1) memory per token."""
-        token = check_tokens("token", token, self.cfg.vocab_size, 1, self.emb.weight.device)
+        """RNN mode. ``token`` [B] ids → ``(logits [B, vocab], state)``; O(1) memory per token.
+
+        The state passed in is never modified (a new one is returned). Inference (no autograd:
+        under ``torch.no_grad()``/``inference_mode()``, or parameters that need no gradient) runs the
+        version's lean :class:`Decoder` when it has one (RWKV-7): weights packed once per change of
+        the parameters, checks on shapes, dtypes and devices only — token ids are range-checked
+        only for CPU tensors, where reading them does not wait for a device. Under autograd the
+        step is the block's own code around ``wkv7.step``/``wkv6.step``, which differentiates.
+        """
+        token = check_tokens("token", token, self.cfg.vocab_size, 1, self.emb.weight.device,
+                             values=not token.is_cuda)
         state = self._check_state(state, token.shape[0])
+        dec = self._inference_decoder()
+        if dec is not None:
+            st = dec.own_state(state if state[0] is not None else None, token.shape[0])
+            return dec.step_(token.long(), st), st
+        return self.reference_step(token, state)
+
+    def reference_step(self, token: torch.Tensor, state):
+        """The differentiable RNN step: the blocks' parallel-mode code with ``T = 1`` and the
+        wkv module's ``step`` as the core (``state``: checked, a list of LayerState or Nones)."""
         logits, state = self._run(self.emb(token)[:, None], state, self.step_core())
         return logits[:, 0], state
+
+    Decoder = None        # RWKV-7 sets its lean RNN-mode class (x070.Decoder)
+
+    def decoder(self, dtype: torch.dtype | None = None):
+        """The lean RNN-mode decoder of this model's current weights (``None`` if the version has
+        none). Cached: rebuilt only when a parameter is replaced or changed in place."""
+        if self.Decoder is None:
+            return None
+        refs = self.__dict__.get("_param_refs")
+        if refs is None:        # where each parameter lives, found once (walking the modules is slow)
+            refs = [(m._parameters, n) for m in self.modules() for n, p in m._parameters.items() if p is not None]
+            self.__dict__["_param_refs"] = refs
+        # a parameter replaced (load_state_dict(assign=True)), moved or cast (.to: new storage), or
+        # changed in place (an optimiser step bumps _version) gives a new key
+        key = (dtype, tuple((id(p), p._version, p.data_ptr()) for p in (d[n] for d, n in refs)))
+        cached = self.__dict__.get("_decoder_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.Decoder(self, dtype))
+            self.__dict__["_decoder_cache"] = cached
+        return cached[1]
+
+    def _inference_decoder(self):
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return None
+        return self.decoder()
 
     # subclasses: adapters from [B, T, H, N] tensors to the wkv module's functions
     def sequence_core(self, fn):  # pragma: no cover - abstract
@@ -207,29 +274,39 @@ class LanguageModel(nn.Module):
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], n_tokens: int, temperature: float = 1.0, top_p: float = 0.85,
-                 seed: int | None = 0, state=None):
-        """An iterator over ``n_tokens`` sampled token ids: the prompt is read in parallel mode,
-        every new token in RNN mode (one ``step`` each), so memory stays constant while generating.
-        Bad arguments raise here, before anything is computed."""
-        n_tokens = validate.positive_int("n_tokens", n_tokens, minimum=0)
-        temperature, top_p = check_sampling(temperature, top_p)
+                 seed: int | None = 0, state=None, stop=None, graph: bool | None = None):
+        """An iterator over ``n_tokens`` sampled token ids (fewer if one of ``stop`` comes: it is
+        yielded, then generation ends). The prompt is read in parallel mode (one call,
+        :meth:`prefill`), every new token in RNN mode (one step each, the lean decoder with its
+        state in place; a CUDA graph on a GPU, see :mod:`rwkvlab.model.generation`), so memory stays
+        constant while generating. Bad arguments raise here, before anything is computed. The
+        iterator's ``stats`` hold prefill and decode timings, its ``state`` (once exhausted) the
+        state after the last token."""
+        from .generation import Generation, Run
+
+        if isinstance(prompt_ids, torch.Tensor):
+            prompt_ids = prompt_ids.tolist()
         if not prompt_ids:
             raise ValueError("prompt_ids: expected at least one token (RWKV World models use 0 as a start token)")
-        gen = torch.Generator(device="cpu")
-        if seed is not None:
-            gen.manual_seed(seed)
-        idx = torch.tensor([list(prompt_ids)], device=self.emb.weight.device)
+        n_tokens = validate.positive_int("n_tokens", n_tokens, minimum=0)
+        return Generation(Run(self, [prompt_ids], n_tokens, temperature, top_p, seed, state, stop, graph))
 
-        @torch.no_grad()
-        def tokens(state):
-            logits, state = self(idx, state)
-            logits = logits[:, -1]
-            for _ in range(n_tokens):
-                tok = sample(logits[0], temperature, top_p, gen)
-                yield tok
-                logits, state = self.step(torch.tensor([tok], device=idx.device), state)
+    def generate_batch(self, prompts: list[list[int]], n_tokens, temperature: float = 1.0, top_p: float = 0.85,
+                       seed: int | None = 0, state=None, stop=None, graph: bool | None = None):
+        """Generate for ``B = len(prompts)`` sequences at once, each with its own state: prompts of
+        one length are read in one parallel call; then every step reads one token of every
+        sequence still running. ``n_tokens`` and ``stop`` are one value for all or one per
+        sequence; a sequence ends at its own stop token (included) or length. Returns a
+        :class:`~rwkvlab.model.generation.BatchResult` (tokens per sequence, each row's state after
+        its last token, timings)."""
+        from .generation import BatchResult, Run
 
-        return tokens(state)
+        run = Run(self, prompts, n_tokens, temperature, top_p, seed, state, stop, graph)
+        tokens = [[] for _ in run.prompts]
+        for chosen in run:
+            for b, t in chosen:
+                tokens[b].append(t)
+        return BatchResult(tokens, run.state, run.stats)
 
 
 def check_sampling(temperature, top_p) -> tuple[float, float]:

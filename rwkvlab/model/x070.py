@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import rwkv7_ops as ops
 from .. import wkv7
-from .common import BlockBase, LanguageModel, Sizes, random_init
+from .common import BlockBase, LanguageModel, LayerState, Sizes, random_init
 
 GROUPNORM_EPS = 64e-5   # 1e-5 · head_size_divisor² with divisor 8, as in RWKV-LM (``ln_x`` of ``RWKV_Tmix_x060``/``x070``)
 
@@ -214,3 +214,144 @@ class RWKV7(LanguageModel):
                 m.bias.zero_()
         ortho(self.head.weight, 0.5)
         return self
+
+
+# ------------------------------------------------------------------------------------ RNN mode, lean
+DECAY_SCALE = math.exp(-0.5)     # log w = −e^{−0.5} σ(d): the same number as −exp(−softplus(−d) − 0.5)
+
+
+class Decoder:
+    """RWKV-7 in RNN mode for inference: the model's weights packed once, one token per call.
+
+    Same equations as ``TimeMix``/``ChannelMix`` with ``T = 1`` and ``wkv7.step``'s update, with
+    three differences that only change speed:
+
+    * **fewer, larger operations**: the six token-shift mixes are one broadcast ``lerp``
+      ([6, B, C]); the receptance/key/value maps one ``bmm`` over weights stacked [3, C, C];
+      the four LoRA down-maps (value residual, decay, in-context rate, gate; padded with zeros
+      to one rank, which adds exact zeros) one ``bmm``, and their up-maps another;
+    * **nothing is checked or read back**: no shape, range or finiteness tests and no ``.item()``,
+      so a CUDA step never waits for the device and can be captured in a CUDA graph (the caller
+      checks once: :meth:`LanguageModel.step` per call, ``generate`` per call);
+    * **the state is updated in place** (:meth:`step_` overwrites the tensors it is given).
+
+    ``dtype`` sets the weights' and activations' precision (default: the model's); the WKV state
+    stays in float32 (float64 for a float64 model) and the WKV update runs in it, as in
+    ``wkv7.step``. Packing copies only the stacked pieces; the other weights are the model's own
+    tensors (no copy when ``dtype`` is the model's).
+    """
+
+    def __init__(self, model: "RWKV7", dtype: torch.dtype | None = None):
+        c = model.cfg
+        ref = model.emb.weight
+        self.dtype = dtype or ref.dtype
+        self.acc = torch.float64 if self.dtype == torch.float64 else torch.float32
+        self.device = ref.device
+        self.C, self.H, self.N, self.V = c.n_embd, c.n_head, c.head_size, c.vocab_size
+        self.eps = model.blocks[0].att.ln_x.eps
+        D = max(c.d_mv, c.d_decay, c.d_aaa, c.d_gate)
+
+        def t(p):                                          # the model's tensor, in our dtype
+            return p.detach().to(self.dtype)
+
+        def padded(ps, rows):                              # stack LoRA factors, zero-padded to rank D
+            out = torch.zeros(len(ps), *((self.C, D) if rows else (D, self.C)), dtype=self.dtype, device=self.device)
+            for i, p in enumerate(ps):
+                if rows:
+                    out[i, :, :p.shape[1]] = p.detach()
+                else:
+                    out[i, :p.shape[0]] = p.detach()
+            return out
+
+        self.emb, self.ln0 = t(ref), (t(model.blocks[0].ln0.weight), t(model.blocks[0].ln0.bias))
+        self.layers = []
+        for blk in model.blocks:
+            a, f = blk.att, blk.ffn
+            vec = lambda p: t(p).reshape(self.C)  # noqa: E731
+            self.layers.append((
+                blk.layer_id,
+                t(blk.ln1.weight), t(blk.ln1.bias), t(blk.ln2.weight), t(blk.ln2.bias),
+                # mixes in the order r, k, v, w, a, g: [:3] feed the r/k/v maps, [2:] the LoRAs (v, w, a, g)
+                torch.stack([vec(m) for m in (a.x_r, a.x_k, a.x_v, a.x_w, a.x_a, a.x_g)])[:, None],
+                torch.stack([t(lin.weight).t() for lin in (a.receptance, a.key, a.value)]).contiguous(),
+                padded([a.v1, a.w1, a.a1, a.g1], rows=True),
+                padded([a.v2, a.w2, a.a2, a.g2], rows=False),
+                torch.stack([vec(a.v0), vec(a.w0), vec(a.a0)])[:, None],      # biases of v, w, a
+                vec(a.k_k), vec(a.k_a), 1 - vec(a.k_a), vec(a.r_k),
+                t(a.ln_x.weight), t(a.ln_x.bias), t(a.output.weight).t(),
+                vec(f.x_k), t(f.key.weight).t(), t(f.value.weight).t(),
+            ))
+        self.ln_out = (t(model.ln_out.weight), t(model.ln_out.bias))
+        self.headT = t(model.head.weight).t()
+
+    # -- state ---------------------------------------------------------------------------------
+    def new_state(self, batch: int) -> list[LayerState]:
+        """Zeros for ``batch`` sequences, in the decoder's dtypes."""
+        z = lambda *s, dt: torch.zeros(*s, dtype=dt, device=self.device)  # noqa: E731
+        return [LayerState(z(batch, self.C, dt=self.dtype), z(batch, self.H, self.N, self.N, dt=self.acc),
+                           z(batch, self.C, dt=self.dtype)) for _ in self.layers]
+
+    def own_state(self, state, batch: int) -> list[LayerState]:
+        """A private copy of ``state`` (or zeros for ``None``) that :meth:`step_` may overwrite."""
+        if state is None:
+            return self.new_state(batch)
+        return [LayerState(s.to(self.dtype, copy=True).contiguous(), S.to(self.acc, copy=True).contiguous(),
+                           f.to(self.dtype, copy=True).contiguous()) for s, S, f in state]
+
+    # -- one token -------------------------------------------------------------------------------
+    def step_(self, token: torch.Tensor, state: list[LayerState]) -> torch.Tensor:
+        """Read ``token`` [B] (int64, in range: not checked), update ``state`` in place; logits [B, V].
+
+        Written for the interpreter's sake as much as the device's: at small sizes a step is
+        nothing but per-operation overhead, so it calls the ATen operators directly (``torch.
+        layer_norm``, not ``F.layer_norm``'s Python wrapper) and folds additions into ``addmm``."""
+        C, H, N = self.C, self.H, self.N
+        B = token.shape[0]
+        up = self.acc != self.dtype
+        x = torch.layer_norm(torch.embedding(self.emb, token), (C,), *self.ln0, 1e-5, False)
+        v_first = None
+        for (lid, ln1w, ln1b, ln2w, ln2b, mu, W_rkv, down, lora_up, bias, k_k, k_a, one_minus_k_a, r_k,
+             lnxw, lnxb, W_oT, mu_f, W_fkT, W_fvT), (shift, S, fshift) in zip(self.layers, state):
+            # ---- time mix
+            xa = torch.layer_norm(x, (C,), ln1w, ln1b, 1e-5, False)
+            mixes = torch.lerp(xa, shift, mu)                     # [6, B, C]: x + (x_prev − x) ⊙ μ
+            shift.copy_(xa)
+            r, k, v = torch.bmm(mixes[:3], W_rkv).unbind(0)       # receptance, key, value
+            h = torch.bmm(mixes[2:], down)                        # LoRA down-maps of v, w, a, g
+            h[1].tanh_()
+            h[3].sigmoid_()
+            lo = torch.bmm(h, lora_up)
+            gates = lo[:3].add_(bias).sigmoid_()                  # σ(v0 + ·), σ(d), a = σ(a0 + ·)
+            if lid == 0:
+                v_first = v
+            else:
+                v = torch.lerp(v, v_first, gates[0])              # v + (v_first − v) ⊙ σ(...)
+            a = gates[2]
+            kk = (k * k_k).view(B, H, N)                          # removal key κ̂ = normalize(k ⊙ k_k), per head
+            kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min_(1e-12)
+            k = k * torch.addcmul(one_minus_k_a, a, k_a)          # k̃ = k ⊙ (1 + (a − 1) ⊙ k_a)
+            # ---- the WKV update (wkv7.step with a = −κ̂, b = κ̂ ⊙ a), in place, in float32
+            dh = torch.exp(gates[1] * -DECAY_SCALE).view(B, H, N, 1)   # e^{log w}
+            rh, kh, vh, ah = r.view(B, H, 1, N), k.view(B, H, N, 1), v.view(B, H, 1, N), a.view(B, H, N, 1)
+            if up:
+                rh, kh, vh, ah, dh, kk = (z.to(self.acc) for z in (rh, kh, vh, ah, dh, kk))
+            kk = kk.unsqueeze(-2)                                 # [B, H, 1, N]
+            sa = torch.matmul(kk, S)                              # κ̂ᵀ S
+            S.mul_(dh).addcmul_(kk.mT * ah, sa, value=-1.0).addcmul_(kh, vh)   # ⊙ w, + b (aᵀS), + k̃ vᵀ
+            o = torch.matmul(rh, S).view(B, C)
+            if up:
+                o = o.to(self.dtype)
+            # ---- read-out: per-head norm, bonus, gate, output map
+            o = torch.group_norm(o, H, lnxw, lnxb, self.eps, False)
+            bonus = (r * k * r_k).view(B, H, N).sum(-1, keepdim=True)
+            o.view(B, H, N).addcmul_(bonus, v.view(B, H, N))
+            x = torch.addmm(x, o.mul_(lo[3]), W_oT)              # x + (o ⊙ g) W_o
+            # ---- channel mix
+            xf = torch.layer_norm(x, (C,), ln2w, ln2b, 1e-5, False)
+            kf = torch.lerp(xf, fshift, mu_f)
+            fshift.copy_(xf)
+            x = torch.addmm(x, torch.mm(kf, W_fkT).relu_().square_(), W_fvT)
+        return torch.mm(torch.layer_norm(x, (C,), *self.ln_out, 1e-5, False), self.headT)
+
+
+RWKV7.Decoder = Decoder
