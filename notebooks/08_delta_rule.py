@@ -162,8 +162,18 @@ rwkvlab.check("dL/dS: autograd vs k (S^T k - v)^T", S.grad, grad_by_hand, tol=1e
 # $b = \eta \odot \hat k$ and written key $\eta \odot \hat k$ the update is
 # $S - \operatorname{diag}(\eta)\,\nabla_S L$, gradient descent with a diagonal preconditioner.
 # That is the form the RWKV-7 paper writes in its related-work discussion (with its own
-# orientation, see §4). A decay $w_t < 0$ then multiplies the old state before the step's
-# correction is added, weight decay in SGD language. `rwkvlab.delta.sgd_as_wkv7` builds these
+# orientation, see §4). A decay $w_t < 0$ adds a shrinking of the old state:
+#
+# $$
+# S_t = \operatorname{diag}(e^{w_t})\,S_{t-1} - \operatorname{diag}(\eta)\,\nabla L(S_{t-1}) .
+# $$
+#
+# Both terms are computed from the same $S_{t-1}$: the gradient is taken at the *undecayed*
+# state, and the decay sits beside it, outside the loss. In optimiser language that is
+# **decoupled** weight decay (the form AdamW made standard; Loshchilov & Hutter, arXiv
+# 1711.05101), not "decay first, then a gradient step at the decayed state", which would read
+# $D S - \operatorname{diag}(\eta)\nabla L(D S)$ with $D = \operatorname{diag}(e^{w_t})$ and is
+# a different map (the check below tells them apart). `rwkvlab.delta.sgd_as_wkv7` builds these
 # arguments; the state itself is evolved by `rwkvlab.wkv7`, whose loop is printed below it.
 
 # %%
@@ -199,6 +209,14 @@ _, S_rwkv = wkv7.step(torch.zeros_like(k), *(args[n][:, 0] for n in ("w", "k", "
 
 err = rwkvlab.check("one SGD step (autograd) vs one wkv7 step, float64", S_rwkv, S_sgd, tol=1e-12)
 assert (S_rwkv - S_sgd).abs().max().item() <= 1e-6
+
+# the other reading, "decay, then a gradient step at the decayed state", is not what wkv7 does
+S_dec = (torch.exp(w)[..., None] * S0).requires_grad_()
+delta.loss(S_dec, k_hat, v).sum().backward()
+S_coupled = S_dec.detach() - eta[..., None] * S_dec.grad
+gap = rwkvlab.rel_err(S_rwkv, S_coupled)
+print(f"wkv7 step vs 'decay, then the gradient at the decayed state': rel diff {gap:.2f}")
+assert gap > 1e-2
 
 # %% [markdown]
 # The same holds over a whole sequence: run `wkv7.naive` over T tokens and you have run
@@ -393,7 +411,8 @@ plt.show()
 # \subset \big(e^{-e^{-0.5}} - 1,\ 1\big) \approx (-0.455,\ 1),
 # $$
 #
-# and the spectral radius is **strictly below 1**. This bound is our own derivation. The paper
+# and the spectral radius is **strictly below 1** (in exact arithmetic; float32 can round the
+# top end to exactly 1, see the end of this section). This bound is our own derivation. The paper
 # (§4, after Eq. 19) states that the eigenvalues lie in $[-1, 1]$ and refers to its Appendix C
 # for the details; we have not checked that appendix, so nothing here leans on it.
 # `eigenvalue_bounds` computes the interval:
@@ -470,6 +489,67 @@ assert abs(ev_R[0].item() + 1) < 1e-12 and torch.allclose(ev_R[1:], torch.ones(K
 rwkvlab.check("reflection applied twice is the identity", R @ R, torch.eye(K, dtype=torch.float64), tol=1e-12)
 
 # %% [markdown]
+# ### Two fine points: zero is allowed, and float32 reaches 1
+#
+# The interval's lower end can be negative, so somewhere in between lies 0: $G$ can be exactly
+# singular, and with mild decay, not only at extreme settings. The matrix determinant lemma
+# gives it in closed form,
+#
+# $$
+# \det G = \det\!\big(\operatorname{diag}(e^{w})\big)\,\big(1 + a^\top\operatorname{diag}(e^{-w})\,b\big)
+#        = \prod_i e^{w_i}\;\Big(1 - \sum_i \mathrm{iclr}_i\,\hat\kappa_i^2\,e^{-w_i}\Big),
+# $$
+#
+# which vanishes when $\sum_i \mathrm{iclr}_i\hat\kappa_i^2 e^{-w_i} = 1$. Since $\|\hat\kappa\| = 1$,
+# that sum is a weighted mean of $\mathrm{iclr}_i e^{-w_i}$: it equals 1 when the iclr equals
+# the decay factor in every channel (say both 0.9), and it passes 1 when the iclr is the larger.
+# At the crossing one direction of the state is erased exactly by that token; beyond it one
+# eigenvalue is negative.
+#
+# And "strictly below 1" is a statement in exact arithmetic. Kernels compute the factor
+# $e^{w}$ in float32, where the largest number below 1 is $1 - 2^{-24}$: once
+# $|w| < 2^{-25}$, a correctly rounded $e^{w}$ is exactly 1. With $w = -e^{-0.5}\sigma(d)$ that
+# happens for $\sigma(d) < 2^{-25}e^{0.5} \approx 4.9\cdot 10^{-8}$, i.e. $d$ below about $-16.8$
+# (a library's float32 exp may switch a little earlier; the cell prints where torch's does). A
+# channel whose removal key is zero there then keeps its row of the state forever, eigenvalue
+# exactly 1.
+
+# %%
+Kd = 6
+w_d = torch.log(torch.full((Kd,), 0.9, dtype=torch.float64))
+kap = torch.nn.functional.normalize(torch.randn(Kd, generator=g, dtype=torch.float64), dim=0)
+iclr_d = torch.full((Kd,), 0.9, dtype=torch.float64)
+G_d = delta.transition(w_d, -kap, kap * iclr_d)
+det_formula = torch.exp(w_d).prod() * (1 - (iclr_d * kap**2 * torch.exp(-w_d)).sum())
+print(f"iclr = 0.9, e^w = 0.9: det G = {torch.linalg.det(G_d).item():.1e} (formula {det_formula.item():.1e}), "
+      f"smallest |eigenvalue| {torch.linalg.eigvals(G_d).abs().min().item():.1e}")
+assert abs(det_formula.item()) < 1e-15 and torch.linalg.eigvals(G_d).abs().min().item() < 1e-12
+# the formula against numerical determinants on the sampled released transitions
+det_all = torch.exp(w).prod(-1) * (1 - (iclr * kk**2 * torch.exp(-w)).sum(-1))
+rwkvlab.check("det G formula vs torch.linalg.det, 3000 released transitions", det_all, torch.linalg.det(G), tol=1e-12)
+print(f"sampled transitions with det G < 0 (one eigenvalue below 0): {(det_all < 0).sum().item()} of {count}")
+
+# float32: the decay factor rounds to exactly 1 below sigma(d) ~ 4.9e-8
+sig = torch.logspace(-9, -6, 3001, dtype=torch.float64)
+factor32 = torch.exp((-math.exp(-0.5) * sig).float())
+threshold = sig[factor32 == 1].max().item()
+print(f"float32: e^w == 1 exactly for sigma(d) <= {threshold:.2e}; 2^-25 e^0.5 = {2**-25 * math.exp(0.5):.2e}")
+# a correctly rounded exp switches at 2^-25 e^0.5; a library's float32 exp may switch a little
+# earlier (it need only be within an ulp), so the assert allows any such library
+assert 0.25 < threshold / (2**-25 * math.exp(0.5)) < 2.05 and (factor32[sig > 1.01 * threshold] < 1).all()
+w32 = torch.full((1, 1, 1, Kd), -math.exp(-0.5) * 1e-8)                   # sigma(d) = 1e-8
+kap32 = torch.zeros(1, 1, 1, Kd)
+kap32[..., 1:] = 1 / math.sqrt(Kd - 1)                                    # removal key zero on channel 0
+S32 = torch.randn(1, 1, Kd, 3, generator=torch.Generator().manual_seed(9))
+S_run = S32
+zr = torch.zeros(1, 1, 1, Kd)
+for _ in range(1000):
+    _, S_run = wkv7.naive(zr, w32, zr, torch.zeros(1, 1, 1, 3), -kap32, 0.5 * kap32, initial_state=S_run,
+                          output_final_state=True)
+assert torch.equal(S_run[0, 0, 0], S32[0, 0, 0])                          # row 0 unchanged, bit for bit
+print("float32, sigma(d) = 1e-8: after 1000 tokens row 0 of the state is unchanged bit for bit")
+
+# %% [markdown]
 # In SGD terms the reflection is a gradient step with $\eta = 2$: it overshoots the target by
 # exactly the current error, $\hat k^\top S' = 2v^\top - \hat k^\top S$. As a memory that is
 # useless; as a *state machine* it is the most useful thing in this chapter. An eigenvalue of
@@ -486,8 +566,8 @@ rwkvlab.check("reflection applied twice is the identity", R @ R, torch.eye(K, dt
 # * One gradient step on $\tfrac12\|S^\top\hat k - v\|^2$ is $(I - \eta\hat k\hat k^\top)S +
 #   \eta\hat k v^\top$, which is RWKV-7's update with $w = 0$, $a = -\hat k$,
 #   $b = \eta\hat k$ and written key $\eta\hat k$. A vector rate gives a diagonally
-#   preconditioned step, and a decay adds weight decay. We verified it against autograd, in
-#   float64, through `rwkvlab.wkv7`.
+#   preconditioned step, and a decay adds *decoupled* weight decay (the gradient is taken at
+#   the undecayed state). We verified it against autograd, in float64, through `rwkvlab.wkv7`.
 # * The released model decouples the written key $\tilde k$ from $\mathrm{iclr}\odot\hat\kappa$
 #   (the "relaxed value replacement rule"), so its update is a gradient step plus an extra
 #   additive write: an identity for the tied key, an analogy for the trained model.
@@ -499,7 +579,9 @@ rwkvlab.check("reflection applied twice is the identity", R @ R, torch.eye(K, dt
 #   state explodes.
 # * With the released ranges every eigenvalue of $G$ is real and lies in
 #   $[\min e^w - \|z\|^2, \max e^w] \subset (-0.455, 1)$: no exact reflection. The reflection
-#   ($b = 2\hat k$) has eigenvalue $-1$.
+#   ($b = 2\hat k$) has eigenvalue $-1$. Inside the interval, 0 is allowed
+#   ($\det G = \prod e^{w_i}(1 - \sum \mathrm{iclr}_i\hat\kappa_i^2 e^{-w_i})$), and in float32 the
+#   top end is reached: $e^{w}$ rounds to 1 once $\sigma(d) < 4.9\cdot10^{-8}$.
 #
 # ## Exercises
 #
