@@ -26,7 +26,7 @@
 #   product in $S_5$, run words of 100 letters through `rwkvlab.wkv7`, and read the exact
 #   permutation back after every token;
 # * say precisely which expressivity results are proven, for which parameterisation of RWKV-7,
-#   and under which assumptions, and which of this book's seed claims overstate them.
+#   and under which assumptions, and which common summaries overstate them.
 #
 # The one picture is a product of reflections. A transposition $(i\,j)$ is the reflection that
 # swaps coordinates $i$ and $j$,
@@ -37,7 +37,8 @@
 # $$
 #
 # and from $S_0 = I$ the state after $t$ tokens is $S_t = G_t\cdots G_1$: the permutation
-# matrix of the word read so far.
+# matrix of the word read so far. (A model starts from $S_0 = 0$; §3 shows the $n$ tokens that
+# write $I$ into the state first, and checks the whole run from zero.)
 
 # %%
 import rwkvlab
@@ -264,7 +265,7 @@ rwkvlab.check("diagonal states of the two words", d1, d2, tol=1e-12)
 # which swaps $x_i$ and $x_j$ and leaves every other entry alone: the permutation matrix of
 # the transposition $(i\,j)$. The construction (`reflection_args`):
 #
-# * $K = V = n$, one head, initial state $S_0 = I$;
+# * $K = V = n$, one head, initial state $S_0 = I$ (reached from $S_0 = 0$ below);
 # * letter $(i\,j)$ → $a = -\hat k$, $b = 2\hat k$, $w = 0$, and no write ($k = v = 0$);
 # * read-out key $r = (0, 1, \ldots, n-1)$ at every token.
 #
@@ -324,6 +325,42 @@ for n, length in ((3, 60), (5, 100)):
     print(f"S{n}: 3 random words of length {length}, every prefix exact (last drift {drift:.0e})")
 
 # %% [markdown]
+# ### Getting to $S_0 = I$ from a zero state
+#
+# Every model starts from $S_0 = 0$, and reflections of zero are zero: run from there, the
+# construction reads nothing at all. The identity has to be *written* first. With the additive
+# part of the update that takes $n$ tokens: token $i$ writes $k = v = e_i$ with $w = 0$ and
+# $a = b = 0$, and after $n$ of them $S = \sum_i e_ie_i^\top = I$ (`basis_prefix_args`). In a
+# network those would be $n$ fixed start symbols whose key and value projections are the basis
+# vectors. No shorter prefix exists: each token changes the state by $G_tS_{t-1} + k_tv_t^\top$,
+# which raises its rank by at most one. (The other way in is a trained initial state: every
+# `wkv7` implementation takes `initial_state` and passes gradients to it.) Below, the rank
+# after each prefix token, then the $S_5$ words of the previous cell run from zero with the
+# prefix in front.
+
+# %%
+print(inspect.getsource(delta.basis_prefix_args))
+
+# %%
+pre = delta.basis_prefix_args(5)
+ranks = []
+for t in range(1, 6):
+    _, S_pre = wkv7.naive(*(pre[m][:, :t] for m in ("r", "w", "k", "v", "a", "b")), output_final_state=True)
+    ranks.append(int(torch.linalg.matrix_rank(S_pre[0, 0])))
+print("rank of the state after each prefix token:", ranks)
+assert ranks == [1, 2, 3, 4, 5] and torch.equal(S_pre[0, 0], torch.eye(5))
+
+args_nz = delta.reflection_args(word5, 5)
+o_nz, _ = wkv7.naive(*(args_nz[m] for m in ("r", "w", "k", "v", "a", "b")))      # from zero, no prefix
+assert torch.equal(o_nz, torch.zeros_like(o_nz))
+for seed in range(3):
+    word = delta.random_word(5, 100, torch.Generator().manual_seed(500 + seed))
+    perms, drift = delta.track(word, 5, from_zero=True)
+    assert perms == delta.compose(word, 5) and drift < 1e-4
+print(f"from S_0 = 0 without the prefix: every read-out is 0; with the 5-token prefix: "
+      f"3 random S5 words of length 100, every prefix exact (last drift {drift:.0e})")
+
+# %% [markdown]
 # Letters that are not transpositions cost more than one token: `decompose` writes a
 # permutation as at most $n - 1$ transpositions (a cycle $(c_0\,c_1\cdots c_m)$ is
 # $(c_0\,c_1)$, then $(c_0\,c_2)$, …, then $(c_0\,c_m)$), and we read the output only at the
@@ -365,11 +402,11 @@ assert first_bad == 0                                # wrong from the very first
 # %% [markdown]
 # ## 4. What is proven, for which model
 #
-# The seed text of this book says RWKV-7 "achieves NC1 expressivity, surpassing the TC0
-# limitations of standard attention mechanisms", and its comparison table labels RWKV-6
-# "Linear attention (TC0)" and RWKV-7 "Dynamic state evolution (NC1)". Those labels compress
-# several conditional, parameterisation-specific results into flat statements. Here is what
-# the literature actually establishes, separated from what this chapter demonstrated.
+# Summaries of RWKV-7 often say that it "achieves NC¹ expressivity, surpassing the TC⁰
+# limitations of standard attention", and comparison tables label RWKV-6 "linear attention
+# (TC⁰)" and RWKV-7 "dynamic state evolution (NC¹)". Those labels compress several
+# conditional, parameterisation-specific results into flat statements. Here is what the
+# literature establishes, separated from what this chapter demonstrated.
 #
 # **Complexity classes, briefly.** TC⁰ is the class of problems solved by constant-depth,
 # polynomial-size circuits with unbounded fan-in threshold gates: highly parallel computation.
@@ -412,13 +449,13 @@ assert first_bad == 0                                # wrong from the very first
 #   proofs that "the generalized delta rule employed in RWKV-7 can solve problems outside of
 #   TC0 under the widely held complexity conjecture that TC0 ≠ NC1", including the $S_5$ state
 #   tracking problem with a single layer and all regular languages with a constant number of
-#   layers. According to Appendix D as quoted in a secondary source (we have not verified the
-#   wording): Theorem 2 states that RWKV-7 can solve a problem that is NC¹-complete under AC⁰
-#   reductions ($S_5$ via swaps, one layer), and Theorem 3 that every regular language is
-#   recognised by a 4-layer RWKV-7. Also according to that appendix as quoted, the proofs use
-#   the transition $\operatorname{diag}(w_t) - c\,\hat\kappa^\top(a\odot\hat\kappa)$ with
-#   $c = 2$, whereas the architecture uses $c = 1$ (there $w_t$ is the decay factor and $a$ the
-#   iclr). With $c = 2$, decay factor 1 and iclr 1 the transition is the exact reflection; that is the construction of §3.
+#   layers. The proofs are in the paper's Appendix D (D.1 "Warmup: Expressivity Beyond TC0",
+#   D.2 "Main Result: RWKV-7 Can Recognize Any Regular Language"). We have not checked the
+#   theorem statements against the paper itself, so this book does not say how many layers
+#   they use or which range of the in-context learning rate their transitions assume. What
+#   the book derives instead is the condition any swap construction must meet: the token's
+#   transition needs the eigenvalue $-1$, which with $a = -\hat\kappa$ and
+#   $b = \mathrm{iclr}\odot\hat\kappa$ means an iclr of 2 along $\hat\kappa$ (§3 and chapter 8).
 # * Grazzi et al., Thm 3: products of generalised Householder matrices with eigenvalues in
 #   $\{-1, 1\}$ implement any group automaton in one layer, with at most $n - 1$ factors per
 #   letter for permutations of $n$ elements (our `decompose` count). Thm 4: stacks of layers
@@ -429,10 +466,11 @@ assert first_bad == 0                                # wrong from the very first
 # **The released parameterisation.** Chapter 8 proved that with $\mathrm{iclr} \in (0,1)$,
 # $b = \hat\kappa\odot\mathrm{iclr}$, $a = -\hat\kappa$ and $w \in (-e^{-0.5}, 0)$, every
 # eigenvalue of the transition is real and inside $(-0.455, 1)$: spectral radius strictly
-# below 1, so no exact reflection, permutation or even identity. If the quoted appendix is
-# right, the theorems above are therefore about an architecture *variant* ($c = 2$), not about
-# the released checkpoints as parameterised; either way, the released transitions cannot
-# realise the swap construction of §3. The released transitions do have negative eigenvalues, so Grazzi et al.'s
+# below 1 (in exact arithmetic; chapter 8 shows float32 can reach 1 at the top end, never
+# $-1$ at the bottom), so no exact reflection, permutation or even identity. So, whatever
+# parameterisation the proofs use, the released transitions cannot realise the swap
+# construction of §3: a result that needs it is about a variant with a wider iclr range, not
+# about the released checkpoints as parameterised. The released transitions do have negative eigenvalues, so Grazzi et al.'s
 # necessary condition for parity is met, but a necessary condition is not sufficient. A
 # short argument of our own (not a published theorem) suggests more: on the input
 # $1\,1\,1\cdots$, each layer of a released model iterates one fixed affine map whose linear
@@ -441,7 +479,8 @@ assert first_bad == 0                                # wrong from the very first
 # unbounded length.
 #
 # **What this chapter showed, and did not.** We *constructed* arguments for which one RWKV-7
-# layer (in the $c = 2$ variant, i.e. with $b = 2\hat k$) tracks $S_3$ and $S_5$ exactly, and
+# layer (with $b = 2\hat k$, i.e. an iclr of 2, outside the released range) tracks $S_3$ and
+# $S_5$ exactly, from the identity or from zero behind an $n$-token prefix, and
 # checked it on words of length 60–100 and on 50 general $S_5$ letters through `rwkvlab.wkv7`
 # in float32. That is a demonstration that the solution exists and is easy to write down; it
 # says nothing about whether training finds it, and a finite test is not a proof for all
@@ -449,13 +488,13 @@ assert first_bad == 0                                # wrong from the very first
 # below 0.5 for every length). We showed that diagonal
 # transition products are order-independent, and two words a diagonal transition cannot
 # distinguish; the impossibility for whole diagonal networks is Merrill et al.'s conditional
-# theorem, which we cite and do not reprove. So, instead of the seed's labels:
+# theorem, which we cite and do not reprove. So, instead of the flat labels:
 #
-# | claim in the seed | what holds |
+# | flat label | what holds |
 # |---|---|
 # | RWKV-6 / linear attention: "TC⁰" | diagonal-transition SSMs are in L-uniform TC⁰ with log precision and fixed depth (Merrill et al. 2024); no NC¹-hard problem unless TC⁰ = NC¹ |
 # | attention: "TC⁰ limitations" | log-precision transformers are in uniform TC⁰ (Merrill & Sabharwal 2023): an upper bound with the same caveats |
-# | RWKV-7: "NC¹ expressivity" | the generalised delta rule with $c = 2$ solves an NC¹-complete problem ($S_5$) in one layer (paper, App. D, as quoted); the released $c = 1$, iclr $\in (0,1)$ transitions have $\rho < 1$ and cannot realise that construction |
+# | RWKV-7: "NC¹ expressivity" | the paper proves that the generalised delta rule solves $S_5$ state tracking in one layer (App. D; we have not checked its parameterisation); a swap needs an iclr of 2, and the released iclr $\in (0,1)$ transitions have $\rho < 1$ and cannot realise that construction |
 #
 # ## Summary
 #
@@ -470,11 +509,12 @@ assert first_bad == 0                                # wrong from the very first
 #   $\hat k = (e_i - e_j)/\sqrt 2$, which is one RWKV-7 token with $a = -\hat k$, $b = 2\hat k$,
 #   $w = 0$. From $S_0 = I$ the state is the permutation matrix of the running product, and the
 #   read-out with $r = (0, \ldots, n-1)$ prints the permutation. It is exact for $S_3$ and
-#   $S_5$ words of length 60–100.
-# * The RWKV-7 paper proves that the generalised delta rule solves $S_5$ in one layer; by a
-#   secondary quote of its Appendix D (not verified here), the proofs use $c = 2$. The released
-#   parameterisation ($c = 1$, iclr in $(0,1)$) has spectral radius below 1 and cannot make
-#   the swap. The TC⁰/NC¹ results are conditional on TC⁰ ≠ NC¹ and assume log precision and
+#   $S_5$ words of length 60–100. A model starts from $S_0 = 0$; $n$ prefix tokens writing
+#   $e_ie_i^\top$ (no fewer, one rank per token) bring it to $I$, and the run from zero is exact too.
+# * The RWKV-7 paper proves that the generalised delta rule solves $S_5$ in one layer (its
+#   Appendix D, whose parameterisation we have not checked). A swap needs an iclr of 2; the
+#   released parameterisation (iclr in $(0,1)$) has spectral radius below 1 and cannot make
+#   it. The TC⁰/NC¹ results are conditional on TC⁰ ≠ NC¹ and assume log precision and
 #   fixed depth; Grazzi et al.'s eigenvalue conditions are finite-precision results.
 #
 # ## Exercises

@@ -41,7 +41,7 @@ __all__ = [
     "transition", "released_transitions", "eigenvalue_bounds",
     "write", "read", "recall", "retrieval_error",
     "check_permutation", "check_word", "decompose", "compose", "random_word",
-    "reflection_args", "track", "diagonal_track",
+    "reflection_args", "basis_prefix_args", "track", "diagonal_track",
     "without_removal", "removal_ablation_run",
 ]
 
@@ -365,17 +365,43 @@ def reflection_args(word, n: int, dtype: torch.dtype = torch.float32, eta: float
     return dict(r=r, w=zeros, k=zeros, v=zeros, a=-kh, b=eta * kh)
 
 
-def track(word, n: int, dtype: torch.dtype = torch.float32, eta: float = 2.0) -> tuple[list[tuple[int, ...]], float]:
+def basis_prefix_args(n: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """``wkv7`` arguments for ``n`` tokens that take a zero state to the identity.
+
+    Token i writes ``k = v = e_i`` with ``w = 0`` and ``a = b = 0`` (nothing decays, nothing is
+    removed), so after the prefix ``S = Σ_i e_i e_iᵀ = I``: the starting point of the swap
+    construction, reached from the ``S_0 = 0`` every model starts from. Each token adds a
+    rank-one ``k vᵀ``, so no shorter prefix can do it. The read-out key is that of
+    :func:`reflection_args`.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n: expected an int >= 2, got {n!r}")
+    eye = torch.eye(n, dtype=dtype)[None, :, None, :]          # [1, T=n, 1, n]: token i carries e_i
+    zeros = torch.zeros_like(eye)
+    r = torch.arange(n, dtype=dtype).expand(1, n, 1, n).contiguous()
+    return dict(r=r, w=zeros, k=eye, v=eye.clone(), a=zeros, b=zeros)
+
+
+def track(word, n: int, dtype: torch.dtype = torch.float32, eta: float = 2.0,
+          from_zero: bool = False) -> tuple[list[tuple[int, ...]], float]:
     """Run ``word`` through ``rwkvlab.wkv7.naive`` from ``S_0 = I`` and read each prefix's permutation.
 
     Returns ``(perms, drift)``: the permutation read after every token (rounded read-out
     ``o_t = S_tᵀ (0, …, n−1)``) and the largest distance of any read-out from an integer
     (the floating-point error of the reflections, which rounding removes while it is < 0.5).
-    ``eta`` is passed to :func:`reflection_args` (2: exact reflections).
+    ``eta`` is passed to :func:`reflection_args` (2: exact reflections). With
+    ``from_zero=True`` the run starts from the zero state, as a model does, and the ``n``
+    tokens of :func:`basis_prefix_args` come first (their outputs are not returned).
     """
     args = reflection_args(word, n, dtype=dtype, eta=eta)
-    S0 = torch.eye(n, dtype=dtype)[None, None]                 # [N=1, H=1, K, V]: the identity
-    o, _ = wkv7.naive(args["r"], args["w"], args["k"], args["v"], args["a"], args["b"], initial_state=S0)
+    names = ("r", "w", "k", "v", "a", "b")
+    if from_zero:
+        pre = basis_prefix_args(n, dtype=dtype)
+        o, _ = wkv7.naive(*(torch.cat([pre[m], args[m]], dim=1) for m in names))
+        o = o[:, n:]
+    else:
+        S0 = torch.eye(n, dtype=dtype)[None, None]             # [N=1, H=1, K, V]: the identity
+        o, _ = wkv7.naive(*(args[m] for m in names), initial_state=S0)
     out = o[0, :, 0].double()                                  # [T, n]
     ints = out.round()
     drift = (out - ints).abs().max().item()

@@ -324,3 +324,28 @@ def test_removal_ablation_run_trains_both_variants_from_the_same_start():
         delta.removal_ablation_run(task, 0, 4)
     with pytest.raises(ValueError, match="^model:"):
         delta.without_removal(train.small_models(task.vocab_size)["RWKV-6"])
+
+
+# --------------------------------------------------------------------------- from S_0 = 0 to S = I
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_basis_prefix_writes_the_identity_from_zero_one_rank_per_token(n):
+    pre = delta.basis_prefix_args(n, dtype=torch.float64)
+    ranks = []
+    for t in range(1, n + 1):
+        _, S = wkv7.naive(*(pre[m][:, :t] for m in ("r", "w", "k", "v", "a", "b")), output_final_state=True)
+        ranks.append(int(torch.linalg.matrix_rank(S[0, 0])))
+    assert ranks == list(range(1, n + 1))
+    assert torch.equal(S[0, 0], torch.eye(n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n,seed", [(3, 0), (5, 1)])
+def test_tracking_from_zero_with_the_prefix_equals_tracking_from_the_identity(n, seed):
+    word = delta.random_word(n, 40, gen(60 + seed))
+    perms0, drift0 = delta.track(word, n, from_zero=True)
+    assert perms0 == delta.compose(word, n) and drift0 < 1e-4
+    # without the prefix the zero state stays zero: reflections of nothing
+    args = delta.reflection_args(word, n)
+    o, _ = wkv7.naive(*(args[m] for m in ("r", "w", "k", "v", "a", "b")))
+    assert torch.equal(o, torch.zeros_like(o))
+    with pytest.raises(ValueError, match="^n:"):
+        delta.basis_prefix_args(1)
