@@ -1,4 +1,8 @@
-"""``python -m rwkvlab generate``: stream text from an RWKV-6/7 checkpoint in RNN mode."""
+"""``python -m rwkvlab generate``: stream text from an RWKV-6/7 checkpoint in RNN mode.
+
+The prompt is read in parallel mode (one call), then one RNN step per token; stderr gets a header
+line and, at the end, prefill and decode tokens per second. Every mistake in the options or the
+checkpoint is one line on stderr and exit status 2, before anything is generated."""
 from __future__ import annotations
 
 import argparse
@@ -30,9 +34,19 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--vocab", type=Path, default=None, help="World vocabulary file (default: the one in the rwkv package)")
     p.add_argument("--impl", default=None, help="WKV core for reading the prompt: naive, chunked, triton_chunked, ...")
+    p.add_argument("--dtype", default="fp32", help="weights and activations: fp32, bf16 or fp16 (the WKV state "
+                                                   "stays float32; default fp32)")
+    p.add_argument("--batch", type=int, default=1, help="generate this many continuations of the prompt at once "
+                                                        "(each its own sample; default 1)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
+    p.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: torch's choice; 1 is "
+                                                            "often fastest for small models on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no header or timing lines on stderr")
 
 
 IMPLS = ("naive", "chunked", "triton_recurrent", "triton_chunked")
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16", "half": "float16"}
 
 
 def _fail(option: str, message: str) -> int:
@@ -55,19 +69,33 @@ def run(args: argparse.Namespace, out=None) -> int:
         return _fail("--top-p", f"expected a value in (0, 1], got {args.top_p}")
     if args.impl is not None and args.impl not in IMPLS:
         return _fail("--impl", f"expected one of {', '.join(IMPLS)}, got {args.impl!r}")
+    if args.dtype not in DTYPES:
+        return _fail("--dtype", f"expected fp32, bf16 or fp16, got {args.dtype!r}")
+    if args.batch < 1:
+        return _fail("--batch", f"expected >= 1, got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        return _fail("--threads", f"expected >= 1, got {args.threads}")
     if not Path(args.model).is_file():
         return _fail("--model", f"no checkpoint file at {str(args.model)!r} (run without --model to see where "
                                 "to get one)")
+    import time
+
+    t_start = time.perf_counter()
     import torch
 
     from .. import device as _dev
     from .. import tokenizer as tk
     from . import load
 
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
-        model = load(args.model, impl=args.impl, device=_dev.device())
+        model = load(args.model, dtype=dtype, impl=args.impl,
+                     device=args.device if args.device is not None else _dev.device())
     except ValueError as e:
-        return _fail("--model", e)
+        option = "--device" if str(e).startswith("device:") else "--model"
+        return _fail(option, e)
     model.eval()
     c = model.cfg
     if c.vocab_size not in (256, 65536):
@@ -83,15 +111,27 @@ def run(args: argparse.Namespace, out=None) -> int:
         return _fail("--prompt", e)
     if not ids:
         ids = [0]
-    print(f"[{model.version}: {c.n_layer} blocks, C = {c.n_embd}, {c.n_head} heads of {c.head_size}, "
-          f"vocab {c.vocab_size}; {type(tok).__name__}]", file=sys.stderr)
-    stream = tk.StreamDecoder(tok)
-    out.write(args.prompt)
-    out.flush()
-    with torch.no_grad():
-        for t in model.generate(ids, args.tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed):
+    say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"[{model.version}: {c.n_layer} blocks, C = {c.n_embd}, {c.n_head} heads of {c.head_size}, "
+        f"vocab {c.vocab_size}; {type(tok).__name__}; {str(dtype).replace('torch.', '')} on "
+        f"{model.emb.weight.device}; ready in {time.perf_counter() - t_start:.2f} s]")
+    if args.batch == 1:
+        stream = tk.StreamDecoder(tok)
+        out.write(args.prompt)
+        out.flush()
+        gen = model.generate(ids, args.tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        for t in gen:
             out.write(stream.push(t))
             out.flush()
-    out.write(stream.flush() + "\n")
-    out.flush()
+        out.write(stream.flush() + "\n")
+        out.flush()
+        stats = gen.stats
+    else:
+        res = model.generate_batch([ids] * args.batch, args.tokens, temperature=args.temperature,
+                                   top_p=args.top_p, seed=args.seed)
+        for b, toks in enumerate(res.tokens):
+            out.write(f"--- {b}\n{args.prompt}{tok.decode(toks)}\n")
+        out.flush()
+        stats = res.stats
+    say(f"[{stats.line()}]")
     return 0
