@@ -113,7 +113,7 @@ def _describe_failure(ch: _book.Chapter, nb, fallback: str) -> str:
             err = errors[0]
             where = f"code cell {code_no}"
             if len(markers) == len(nb.cells):
-                where += f" (notebooks/{ch.file}, line {markers[idx]})"
+                where += f" (line {markers[idx]})"
             first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
             return f"{where}: {err.get('ename', 'Error')}: {err.get('evalue', '')}  [cell starts: {first[:70]}]"
     return fallback
