@@ -244,26 +244,28 @@ rwkvlab.check("preface: row-vector r S vs column-vector Sᵀ r", r[None, :] @ S,
 # %% [markdown]
 # ### A word on sources
 #
-# The book was seeded by short notes on RWKV and on FLA's kernels. Where they simplify, the
-# chapters follow the papers and the official code instead, and say so in the text. Three examples
-# you will meet:
+# The book cites papers by arXiv id and code by repository and path; the appendix
+# (`16_references.py`) lists them all, restates the package's API contract, and collects the
+# **common misstatements about RWKV** that circulate in notes and summaries, each with the
+# primary source that settles it and the chapter whose cells check it. Where a widely read
+# account simplifies, the chapters follow the papers and the official code, say what is true,
+# and show it with a check. Three examples you will meet:
 #
-# - One note writes RWKV-6's output as a read of $h_t$, the state *after* the update. RWKV-6
-#   reads $S_{t-1}$, and the current token enters only through the bonus $u$. The note's own
-#   loop, like ours, reads before it updates.
-# - The same note writes RWKV-7's decay as $\exp(-\exp(w))$ with no limit on $w$, which is
+# - RWKV-6's output is sometimes written as a read of $h_t$, the state *after* the update.
+#   RWKV-6 reads $S_{t-1}$, and the current token enters only through the bonus $u$
+#   (chapter 5, §2).
+# - RWKV-7's decay is sometimes written $\exp(-\exp(w))$ with no limit on $w$, which is
 #   RWKV-6's form. RWKV-7's official code does apply $\exp(-\exp(w))$, but only to
 #   $w = -\mathrm{softplus}(-d) - 0.5 = \log\sigma(d) - 0.5$, so its factor is
 #   $\exp(-e^{-0.5}\sigma(d))$ (the paper's Eq. 12), which can never go below about 0.545 per step.
-# - The note credits RWKV-7 with "NC1 expressivity". What the RWKV-7 paper claims is narrower:
-#   proofs that its generalised delta rule can solve problems outside TC0, assuming the widely
-#   held conjecture TC0 ≠ NC1. Constructions of this kind use transitions that act as exact
-#   reflections or permutations (an eigenvalue of −1); a secondary account of the paper's
-#   appendix says its proofs use a variant of the transition that allows this, which this book
-#   has not checked against the paper itself. With the released parameterisation (decay factors
-#   above 0.545, in-context learning rates in (0, 1)), every eigenvalue of the transition lies
-#   strictly inside the unit circle: our own derivation, checked numerically in Part III, which
-#   works through what that does and does not allow.
+# - RWKV-7 is often credited with "NC¹ expressivity". What the RWKV-7 paper claims is narrower:
+#   proofs that its generalised delta rule can solve problems outside TC⁰, assuming the widely
+#   held conjecture TC⁰ ≠ NC¹. Constructions of this kind use transitions that act as exact
+#   reflections or permutations (an eigenvalue of −1), which needs an in-context learning rate
+#   of 2. With the released parameterisation (decay factors above 0.545, in-context learning
+#   rates in (0, 1)), every eigenvalue of the transition lies strictly inside the unit circle:
+#   our own derivation, checked numerically in Part III (chapters 8 and 9), which works through
+#   what that does and does not allow.
 #
 # ## 4. Map of the book
 #
@@ -277,7 +279,8 @@ rwkvlab.check("preface: row-vector r S vs column-vector Sᵀ r", r[None, :] @ S,
 # tracking) and what it does not, and then derives the chunked form with the WY representation
 # and builds its kernels. **Part IV** assembles whole RWKV-6 and RWKV-7 models from the official
 # formulas, shows that the parallel and recurrent modes agree, and trains small models on a laptop.
-# The **Appendix** is a teacher's guide to running a class on the book.
+# The **Appendix** is a teacher's guide to running a class on the book, and the references,
+# the API contract and the common misstatements about RWKV.
 #
 # The manifest, `book.toml`, is the single list of chapters; the README's contents and the
 # runner read it too.
