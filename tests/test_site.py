@@ -68,6 +68,9 @@ plt.show()
 def helper():
     return 42
 print("helper ready", helper())
+
+# %%
+object()
 '''
 
 BAD_CHAPTER = '''\
@@ -137,6 +140,7 @@ def test_the_page_drops_stderr_and_folds_figure_and_tagged_code(tiny):
     assert any("code of this cell" in f for f in folds), folds   # the hide-input cell
     assert len(folds) == 2, folds                                # the first code cell stays open
     assert "data:image/png;base64," in page
+    assert " at 0x" not in page                                 # a bare memory address is not worth a line
 
 
 def test_pages_load_nothing_from_the_network(tiny):

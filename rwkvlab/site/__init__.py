@@ -8,7 +8,8 @@ device and check status and a link to its source, math typeset by MathJax 3 (its
 nothing but MathJax's files); no page loads anything from the network.
 
 What the page leaves out: everything a cell wrote to stderr (library warnings, profiler and
-kernel chatter) goes to ``build.log`` in the build folder instead. What it folds away: the code of
+kernel chatter) goes to ``build.log`` in the build folder instead; a value that is only a memory
+address (``<torch._C.Generator at 0x7f…>``, a cell ending in ``torch.manual_seed(0)``) is dropped. What it folds away: the code of
 a cell whose figure is the point (a cell that draws with matplotlib, or one tagged ``hide-input``
 or ``hide-cell``); a ``show-input`` tag keeps a cell open, and ``remove-cell``, ``remove-input`` and
 ``remove-output`` drop what they say.
@@ -178,6 +179,9 @@ def _source_text(cell) -> str:
     return cell.source if isinstance(cell.source, str) else "".join(cell.source)
 
 
+_ADDRESS_REPR = re.compile(r"^<[\w.]+(?: object)? at 0x[0-9a-f]+>$")
+
+
 def prepare_for_page(run: ChapterRun):
     """A copy of the executed notebook as the page shows it: stderr out, figure code folded."""
     import copy
@@ -196,6 +200,9 @@ def prepare_for_page(run: ChapterRun):
                     text = out.get("text", "")
                     run.stderr.append(f"--- {run.chapter.slug}, cell {idx}\n{text.rstrip()}")
                     continue
+                if out.get("output_type") == "execute_result" and set(out.get("data", {})) == {"text/plain"} \
+                        and _ADDRESS_REPR.match(out["data"]["text/plain"].strip()):
+                    continue                         # e.g. <torch._C.Generator at 0x7f...>: a memory address
                 kept.append(out)
             cell.outputs = [] if "remove-output" in tags else kept
             has_figure = any("image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {})

@@ -71,7 +71,8 @@ def check_site(out: Path, chapters: list[str] | None = None, screenshot: str | N
     """Open ``index.html`` and every chapter page of the build in ``out``; one report per page.
 
     ``chapters`` are the page names (``00_preface``…) in book order (default: book.toml's);
-    ``screenshot`` the page to photograph (default: the first chapter page that has formulas).
+    ``screenshot`` the page to photograph (default: the first chapter page with formulas and a
+    figure, else the first with formulas), scrolled to its first displayed equation.
     """
     from playwright.sync_api import sync_playwright
 
@@ -89,7 +90,7 @@ def check_site(out: Path, chapters: list[str] | None = None, screenshot: str | N
                                      args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
         context = browser.new_context(viewport={"width": 1360, "height": 900}, device_scale_factor=1,
                                       service_workers="block")
-        shot_done = False
+        shot_done, fallback = False, None
         for name in pages:
             rep = PageReport(name)
             page = context.new_page()
@@ -129,15 +130,21 @@ def check_site(out: Path, chapters: list[str] | None = None, screenshot: str | N
             left = TEX_LEFT.findall(probe["prose"])
             if left:
                 rep.problems.append(f"TeX left in the text: {left[:5]}")
-            want = screenshot or (name if name != "index" and probe["formulas"] and not shot_done else None)
-            if name == want and not shot_done:
-                page.evaluate("() => { const m = document.querySelector('mjx-container[display]');"
-                              " if (m) window.scrollTo(0, Math.max(0, m.getBoundingClientRect().top"
-                              " + window.scrollY - 300)); }")
-                page.screenshot(path=str(out / "screenshot.png"))
+            if name != "index" and probe["formulas"] and fallback is None:
+                fallback = name
+            take = name == screenshot if screenshot else \
+                (name != "index" and probe["formulas"] > 0 and probe["images"] > 0)
+            if take and not shot_done:
+                _photograph(page, out / "screenshot.png")
                 shot_done = True
             reports.append(rep)
             page.close()
+        if not shot_done and (fallback or screenshot):
+            page = context.new_page()
+            page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(("file:", "data:")) else r.abort())
+            page.goto((out / f"{screenshot or fallback}.html").as_uri(), wait_until="load")
+            page.wait_for_function("() => window.rwkvbookMathDone === true", timeout=60_000)
+            _photograph(page, out / "screenshot.png")
         browser.close()
 
     # links and prev/next, now that every page's ids are known
@@ -157,6 +164,13 @@ def check_site(out: Path, chapters: list[str] | None = None, screenshot: str | N
             if probe["next"] != want_next:
                 rep.problems.append(f"next link is {probe['next']!r}, book.toml says {want_next!r}")
     return reports
+
+
+def _photograph(page, path: Path) -> None:
+    """The page at its first displayed equation, with the text above it for context."""
+    page.evaluate("() => { const m = document.querySelector('mjx-container[display]');"
+                  " if (m) window.scrollTo(0, Math.max(0, m.getBoundingClientRect().top + window.scrollY - 300)); }")
+    page.screenshot(path=str(path))
 
 
 def _check_link(out: Path, page: str, href: str, ids: dict[str, set[str]]) -> list[str]:
