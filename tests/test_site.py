@@ -71,6 +71,12 @@ print("helper ready", helper())
 
 # %%
 object()
+
+# %%
+def check(name):
+    print(name, "ok")
+    return 1.5e-7
+check("a tiny check")
 '''
 
 BAD_CHAPTER = '''\
@@ -141,6 +147,7 @@ def test_the_page_drops_stderr_and_folds_figure_and_tagged_code(tiny):
     assert len(folds) == 2, folds                                # the first code cell stays open
     assert "data:image/png;base64," in page
     assert " at 0x" not in page                                 # a bare memory address is not worth a line
+    assert "a tiny check ok" in page and "1.5e-07" not in page  # the verdict, not the echoed number
 
 
 def test_pages_load_nothing_from_the_network(tiny):

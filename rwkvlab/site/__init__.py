@@ -9,7 +9,9 @@ nothing but MathJax's files); no page loads anything from the network.
 
 What the page leaves out: everything a cell wrote to stderr (library warnings, profiler and
 kernel chatter) goes to ``build.log`` in the build folder instead; a value that is only a memory
-address (``<torch._C.Generator at 0x7f…>``, a cell ending in ``torch.manual_seed(0)``) is dropped. What it folds away: the code of
+address (``<torch._C.Generator at 0x7f…>``, a cell ending in ``torch.manual_seed(0)``) is dropped,
+and so is the echoed return value of a cell that ends in ``check(...)``, which has printed its
+own verdict line. What it folds away: the code of
 a cell whose figure is the point (a cell that draws with matplotlib, or one tagged ``hide-input``
 or ``hide-cell``); a ``show-input`` tag keeps a cell open, and ``remove-cell``, ``remove-input`` and
 ``remove-output`` drop what they say.
@@ -182,6 +184,23 @@ def _source_text(cell) -> str:
 _ADDRESS_REPR = re.compile(r"^<[\w.]+(?: object)? at 0x[0-9a-f]+>$")
 
 
+def _ends_in_check(cell) -> bool:
+    """Whether the cell's last statement is a call to ``check(...)`` (``rwkvlab.check``,
+    ``exercises.check``): those print their own one-line verdict, and the number they return,
+    echoed by the notebook, would only repeat it."""
+    import ast
+
+    try:
+        body = ast.parse(_source_text(cell)).body
+    except SyntaxError:                              # IPython magics
+        return False
+    if not body or not isinstance(body[-1], ast.Expr) or not isinstance(body[-1].value, ast.Call):
+        return False
+    func = body[-1].value.func
+    return (isinstance(func, ast.Name) and func.id == "check") or \
+        (isinstance(func, ast.Attribute) and func.attr == "check")
+
+
 def prepare_for_page(run: ChapterRun):
     """A copy of the executed notebook as the page shows it: stderr out, figure code folded."""
     import copy
@@ -201,8 +220,8 @@ def prepare_for_page(run: ChapterRun):
                     run.stderr.append(f"--- {run.chapter.slug}, cell {idx}\n{text.rstrip()}")
                     continue
                 if out.get("output_type") == "execute_result" and set(out.get("data", {})) == {"text/plain"} \
-                        and _ADDRESS_REPR.match(out["data"]["text/plain"].strip()):
-                    continue                         # e.g. <torch._C.Generator at 0x7f...>: a memory address
+                        and (_ADDRESS_REPR.match(out["data"]["text/plain"].strip()) or _ends_in_check(cell)):
+                    continue                         # a memory address, or the echo of a check's return value
                 kept.append(out)
             cell.outputs = [] if "remove-output" in tags else kept
             has_figure = any("image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {})
