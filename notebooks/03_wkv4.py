@@ -32,7 +32,7 @@
 #
 # Equation numbers in this chapter are those of the final (EMNLP Findings 2023) version of the
 # RWKV paper (Peng et al., arXiv 2305.13048): the WKV above is **Eq. 16** (it is Eq. 14 in arXiv
-# v1, the version the seed notes quote), and the RNN forms are in **Appendix D, Eqs. 19–28**
+# v1, the version many secondary accounts quote), and the RNN forms are in **Appendix D, Eqs. 19–28**
 # (Appendix B, Eqs. 19–32 in v1).
 
 # %%

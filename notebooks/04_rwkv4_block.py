@@ -18,7 +18,7 @@
 # * write RWKV-4's token shift and both of its mixing sub-blocks from the equations;
 # * run a (randomly initialised) RWKV-4 model over a whole sequence at once, *and* token by token
 #   as an RNN with a state of constant size, and show the two agree;
-# * answer, each with an experiment, the four questions the seed paper note ends with:
+# * answer, each with an experiment, the four questions a careful reader of the RWKV paper asks:
 #   what is $u$; why is the second sub-block called *channel* mixing; why time mixing and then
 #   channel mixing; and how does the whole thing run recurrently at inference.
 #
@@ -36,8 +36,8 @@
 # ```
 #
 # Equation numbers are those of the final (EMNLP Findings 2023) version of the RWKV paper (Peng
-# et al., arXiv 2305.13048), with arXiv v1's numbers in brackets where they differ; the seed
-# note quotes v1.
+# et al., arXiv 2305.13048), with arXiv v1's numbers in brackets where they differ; many
+# secondary accounts quote v1.
 
 # %%
 import rwkvlab
@@ -96,7 +96,7 @@ print("token shift moves the sequence by one; mu = 1 keeps the current token, mu
 #
 # ### Is there state?
 #
-# The seed note says of token shift: "there is not **state**". That is true in the parallel
+# It is often said of token shift that it has no state. That is true in the parallel
 # ("transformer") mode, where $x_{t-1}$ is simply the previous row of the input. It is not true
 # once you run the model as an RNN: to process token $t$ alone you must have *remembered*
 # $x_{t-1}$ — one vector of $C$ numbers per sub-block per layer. That vector is state, just a
@@ -169,7 +169,7 @@ print(f"parameters: {sum(p.numel() for p in model.parameters())}")
 # %% [markdown]
 # ## 3. Question 1 — what is $u$?
 #
-# > what is $u$ in equation 14?  *(the seed note; v1's Eq. 14 is the final version's Eq. 16)*
+# > what is $u$ in equation 14?  *(v1's Eq. 14 is the final version's Eq. 16)*
 #
 # $u$ is the **bonus for the current token**: a per-channel number added to the current token's
 # key *in the exponent*. In WKV every past token $i$ enters with log weight

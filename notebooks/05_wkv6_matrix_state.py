@@ -174,15 +174,16 @@ rwkvlab.check("wkv6 naive vs float64 matrix loop", (o, S), matrix_loop(r, k, v, 
 # %% [markdown]
 # ## 2. Which state does the read-out use?
 #
-# One of the source notes this book started from writes the recurrence as
+# A transcription of RWKV-6 that circulates in notes (appendix, misstatement 5) writes the
+# recurrence as
 #
 # > ```
 # > h_t = h_{t-1} * exp(w_t) + k_t ⊗ v_t       # Decay + outer product update
 # > o_t = sum((h_t + u * k_t ⊗ v_t) * r_t)     # Readout with current-token bonus
 # > ```
 #
-# and, a few lines later, quotes code that reads `h` *before* updating it. The two disagree, and
-# the code is right. The paper's recurrent form (Eqs. 8–9) is `wkv' = s + diag(u) kᵀv`,
+# while code written from the same description usually reads `h` *before* updating it. The two
+# disagree, and the code is right. The paper's recurrent form (Eqs. 8–9) is `wkv' = s + diag(u) kᵀv`,
 # `s' = diag(w) s + kᵀv` — the paper uses row vectors, so its `kᵀv` is our outer product
 # `k vᵀ` — and the read-out uses `s`, the state before the token. The official CUDA
 # kernel (`RWKV-LM/RWKV-v5/cuda/wkv6_cuda.cu`) does the same: it accumulates `r·(u·kv + s)` into
@@ -215,7 +216,7 @@ rwkvlab.check("wkv6 naive vs float64 matrix loop", (o, S), matrix_loop(r, k, v, 
 
 # %%
 def readout_after_update(r, k, v, w, u):
-    """The seed's transcription: update first, then read h_t (plus the bonus). Not RWKV-6."""
+    """The circulating transcription: update first, then read h_t (plus the bonus). Not RWKV-6."""
     B, T, H, K = r.shape
     S = torch.zeros(B, H, K, v.shape[-1], dtype=torch.float64)
     out = []
@@ -228,8 +229,8 @@ def readout_after_update(r, k, v, w, u):
 
 r, k, v, w, u = [x.double() for x in inputs(1, 16, 2, 4, 4, seed=2)]
 official = wkv6.naive(r, k, v, w, u)[0]
-seed_form = readout_after_update(r, k, v, w, u)
-gap = rwkvlab.rel_err(seed_form, official)
+ht_form = readout_after_update(r, k, v, w, u)
+gap = rwkvlab.rel_err(ht_form, official)
 print(f"h_t read-out vs official RWKV-6: rel diff {gap:.2f}")
 assert gap > 0.1
 
@@ -239,7 +240,7 @@ r_resc = r * torch.exp(w)
 u_tok = (1 + u)[None, None] * torch.exp(-w)                              # [B, T, H, K]: one bonus per token
 bonus = torch.einsum("bthk,bthv->bthv", r_resc * u_tok * k, v)
 rwkvlab.check("h_t read-out == RWKV-6 recurrence with r·e^{w_t} and bonus (1+u)·e^{-w_t}",
-              seed_form, wkv6.naive(r_resc, k, v, w, torch.zeros_like(u))[0] + bonus, 1e-12)
+              ht_form, wkv6.naive(r_resc, k, v, w, torch.zeros_like(u))[0] + bonus, 1e-12)
 
 # no decay: only the double count remains, and it is exactly a bonus of u + 1
 w0 = torch.zeros_like(w)
@@ -254,14 +255,14 @@ rwkvlab.check("h_t read-out, constant w  ==  official with r·e^w, (1+u)·e^-w",
 
 # data-dependent decay: neither u + 1 nor the best constant bonus u' (least squares per head,
 # since the official output is linear in u') repairs it
-err_u1 = rwkvlab.rel_err(seed_form, wkv6.naive(r, k, v, w, u + 1)[0])
+err_u1 = rwkvlab.rel_err(ht_form, wkv6.naive(r, k, v, w, u + 1)[0])
 print(f"h_t read-out vs official with u+1 under data-dependent w: rel diff {err_u1:.2f}")
 base = wkv6.naive(r, k, v, w, torch.zeros_like(u))[0]                  # official output without bonus
 feats = (r * k)[..., None] * v[..., None, :]                          # ∂o_t[v]/∂u'[κ] = r_t[κ] k_t[κ] v_t[v]
 u_best = torch.stack([torch.linalg.lstsq(feats[0, :, h].permute(0, 2, 1).reshape(-1, u.shape[1]),
-                                         (seed_form - base)[0, :, h].reshape(-1, 1)).solution[:, 0]
+                                         (ht_form - base)[0, :, h].reshape(-1, 1)).solution[:, 0]
                       for h in range(u.shape[0])])
-err_best = rwkvlab.rel_err(seed_form, wkv6.naive(r, k, v, w, u_best)[0])
+err_best = rwkvlab.rel_err(ht_form, wkv6.naive(r, k, v, w, u_best)[0])
 print(f"h_t read-out vs official with the best constant u': rel diff {err_best:.2f}")
 assert err_u1 > 0.1 and err_best > 0.1
 

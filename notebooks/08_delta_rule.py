@@ -22,7 +22,7 @@
 #   with a particular choice of its arguments $a$, $b$ and $k$, and check it against autograd
 #   to float64 precision, using the book's own `rwkvlab.wkv7`;
 # * say exactly where the real model departs from that reading (its decoupled "replacement key"),
-#   and what the seed text of this book got loose about layouts and decays;
+#   and what common transcriptions get loose about layouts and decays;
 # * explain why the removal key is L2-normalised, by watching a state blow up when it is not;
 # * bound every eigenvalue of the released model's transition matrix, and see why that bound
 #   rules out the reflections that chapter 9 builds.
@@ -231,11 +231,11 @@ print("delta read-out", read_delta)
 rwkvlab.check("delta rule: overwritten key returns the new value", read_delta, v_new, tol=1e-12)
 
 # %% [markdown]
-# ## 4. What the real model does, and what the seed got loose
+# ## 4. What the real model does, and what common transcriptions get loose
 #
 # The SGD identity is clean, but the RWKV-7 model does not use exactly that parameterisation,
-# and the seed text of this book writes the update in a way that does not match any one
-# layout. Three points, in order of importance.
+# and a transcription of the update that circulates in notes (appendix, misstatements 7, 8 and
+# 10) matches no single layout. Three points, in order of importance.
 #
 # **The replacement key is decoupled.** In the released model (RWKV-7 paper, Peng et al. 2025,
 # arXiv 2503.14456v2, Eqs. 4–7 and 15–17; the official `RWKV_Tmix_x070` code), a single key
@@ -276,7 +276,7 @@ rwkvlab.check("model update = SGD step + extra write (k~ - iclr*kappa^) v^T", S_
 assert rwkvlab.rel_err(S_model, S_step) > 1e-3      # with the decoupled key it is not the SGD step
 
 # %% [markdown]
-# **Layout: which side the transition acts on.** The seed writes the RWKV-7 update as
+# **Layout: which side the transition acts on.** That transcription writes the RWKV-7 update as
 #
 # > `S_t = diag(exp(-exp(w_t))) @ S_{t-1} + S_{t-1} @ α_t @ β_t^T + k_t ⊗ v_t`,  `o_t = S_t @ r_t`
 #
@@ -286,22 +286,22 @@ assert rwkvlab.rel_err(S_model, S_step) > 1e-3      # with the decoupled key it 
 # $\mathit{wkv}_t = \mathit{wkv}_{t-1}\,(\operatorname{diag}(w_t) - \hat\kappa_t^\top
 # (\mathrm{iclr}_t\odot\hat\kappa_t)) + v_t^\top\tilde k_t$ in the paper's row-vector notation
 # (its $w_t$ is the decay factor and its $a_t$ the iclr), with the state applied to the key
-# in the loss. The seed's second rendering, `S_t = S_{t-1} D_t + S_{t-1} α_t β_t^T + v_t k_t^T`,
+# in the loss. A second rendering that also circulates, `S_t = S_{t-1} D_t + S_{t-1} α_t β_t^T + v_t k_t^T`,
 # is consistent: that is this V×K layout. This book, like flash-linear-attention,
 # stores the transpose, K×V, so the same transition acts from the **left**:
 # $S_t = G_t S_{t-1} + k_t v_t^\top$ with $G_t = \operatorname{diag}(e^{w_t}) + b_t a_t^\top$,
-# and $o_t = S_t^\top r_t$. The seed's $\alpha, \beta$ are the kernel's $a, b$ (with
+# and $o_t = S_t^\top r_t$. The transcription's $\alpha, \beta$ are the kernel's $a, b$ (with
 # $\alpha = -\hat\kappa$, $\beta = \hat\kappa \odot \mathrm{iclr}$); transposing
 # $S\alpha\beta^\top$ of the V×K state gives $\beta\,(\alpha^\top S)$ of the K×V one, which is
 # our $b\,(a^\top S)$.
 #
-# **Decay: which logarithm.** The seed's decay factor $\exp(-\exp(w))$ is the official code's
+# **Decay: which logarithm.** The decay factor $\exp(-\exp(w))$ is the official code's
 # convention, where the code's $w$ is a "log-log" decay (RWKV-LM computes
 # $w = -\mathrm{softplus}(-(\cdot)) - 0.5$ and the kernel takes $\exp(-\exp(w))$). This book's
 # kernels, like FLA's, take the **log decay** itself, $w_{\text{ours}} = -\exp(w_{\text{code}})
 # \le 0$, with factor $e^{w_{\text{ours}}}$. In the released parameterisation (paper Eq. 12)
 # this is $w_{\text{ours}} = -e^{-0.5}\,\sigma(d_t) \in (-e^{-0.5}, 0)$, so the per-step factor
-# lies in $(e^{-e^{-0.5}}, 1) \approx (0.545, 1)$. Finally, the seed's "$S\alpha\beta^\top$
+# lies in $(e^{-e^{-0.5}}, 1) \approx (0.545, 1)$. Finally, the common gloss "$S\alpha\beta^\top$
 # simulates online gradient descent on $L = \tfrac12\|v - k^\top S\|^2$" is right in spirit,
 # with the caveat above: it is exact only for the tied written key.
 
@@ -572,7 +572,7 @@ print("float32, sigma(d) = 1e-8: after 1000 tokens row 0 of the state is unchang
 #   (the "relaxed value replacement rule"), so its update is a gradient step plus an extra
 #   additive write: an identity for the tied key, an analogy for the trained model.
 # * The paper's layout is V×K with the transition on the right; ours (and FLA's) is K×V with
-#   the transition on the left. The seed's `exp(-exp(w))` is the code's log-log decay; our
+#   the transition on the left. The `exp(-exp(w))` often quoted is the code's log-log decay; our
 #   kernels take the log decay $w = -e^{-0.5}\sigma(d) \le 0$.
 # * Normalising the removal key keeps the transition's eigenvalues in $[0,1]$ for
 #   $\eta \le 1$ and bounds the state; raw keys put an eigenvalue near $1 - \eta K$ and the

@@ -74,7 +74,7 @@ torch.set_num_threads(1)
 gen = torch.Generator().manual_seed(0)
 
 # %% [markdown]
-# ## 1. Where the formulas come from, and one warning about the seed text
+# ## 1. Where the formulas come from, and one common misreading
 #
 # We follow the RWKV-7 paper (Peng et al. 2025, arXiv 2503.14456, §4, Eqs. 1–24) and, where
 # the paper and the code use different symbols, the official training code in BlinkDL's
@@ -94,12 +94,13 @@ gen = torch.Generator().manual_seed(0)
 # | per-head LayerNorm | `att.ln_x` | `GroupNorm(H, C, eps=64e-5)` |
 # | $\mu'_k, W_{k'}, W_{v'}$ | `ffn.x_k`, `ffn.key.weight`, `ffn.value.weight` | the MLP |
 #
-# The seed notes this book grew from summarise RWKV-7 as `S_t = S D + S α βᵀ + v kᵀ` with
-# `D = diag(exp(-exp(w)))` and say that in RWKV-7 the bonus term is "incorporated into α, β".
-# One addition and one correction, both visible in the code below. The seed does not say what
+# A summary of RWKV-7 that circulates (appendix, misstatements 7 and 9) writes it as
+# `S_t = S D + S α βᵀ + v kᵀ` with `D = diag(exp(-exp(w)))` and says that in RWKV-7 the bonus
+# term is "incorporated into α, β".
+# One addition and one correction, both visible in the code below. The summary does not say what
 # $w$ is: it is *soft-clamped*, the code computes $w = -\operatorname{softplus}(-d) - 0.5$ before
 # the kernel applies $\exp(-\exp(w))$, which makes the factor $\exp(-e^{-1/2}\sigma(d))$ — never
-# smaller than $0.545$ per token. And, against the seed, RWKV-7 keeps an explicit bonus: the
+# smaller than $0.545$ per token. And, against the summary, RWKV-7 keeps an explicit bonus: the
 # $\rho$ term in $p_t$, added *after* the normalisation (in RWKV-6 the bonus $u$ sits inside
 # the state read-out, before it).
 #
