@@ -385,6 +385,40 @@ with torch.no_grad():
 check("channel mix with mu' = 1: whole sequence vs one token at a time", seq, one_by_one, 1e-6)
 
 # %% [markdown]
+# Two more parts of the answer. **The alternation runs through depth.** A time mix can only
+# form, per channel, a weighted average of that channel's past values (the Jacobian above is
+# diagonal over channels), gated by $\sigma(r)$; anything that needs a *nonlinear* function of
+# several channels of one token before it is gathered (a conjunction of two features of the
+# previous token, say) must be computed by a channel mix in the block below. So in a stack the
+# two take turns: block $\ell$'s channel mix computes features of what block $\ell$'s time mix
+# gathered, and block $\ell + 1$'s time mix gathers those features across time. That is also
+# the transformer's pattern, and the reason neither sub-block is repeated twice in a row.
+#
+# **The channel mix is a gated MLP.** Written out,
+#
+# $$ o'_t = \sigma\big(x^{r}_t W'_r\big) \odot \big(\max(x^{k}_t W'_k, 0)^2\, W'_v\big), $$
+#
+# a two-layer MLP with a squared-ReLU activation (the activation Primer found, So et al. 2021,
+# arXiv 2109.08668) whose *output* is gated by a sigmoid of a third projection, the
+# receptance. It resembles the gated MLPs of GLU variants such as GeGLU and SwiGLU (Shazeer
+# 2020, arXiv 2002.05202), which gate the *hidden* layer, $(\mathrm{act}(xW)\odot xV)\,W_2$; RWKV's
+# gate sits on the $C$ outputs instead, so it costs $C^2$ extra weights rather than $C\cdot F$.
+# The cell recomputes one channel mix from its three weight matrices and counts them.
+
+# %%
+ffn = model.blocks[1].ffn
+x_now, x_before = randn(3, 16, seed=7), randn(3, 16, seed=8)
+xk = ffn.time_mix_k * x_now + (1 - ffn.time_mix_k) * x_before           # RWKV-4's mix: μ weights x_t
+xr = ffn.time_mix_r * x_now + (1 - ffn.time_mix_r) * x_before
+by_hand = torch.sigmoid(xr @ ffn.receptance.weight.T) * (torch.relu(xk @ ffn.key.weight.T) ** 2 @ ffn.value.weight.T)
+check("channel mix = sigmoid(x_r W'_r) * relu(x_k W'_k)^2 W'_v", ffn.mixed(x_now, x_before), by_hand, 1e-6)
+C_ffn, F_ffn = 16, ffn.key.out_features
+n_ffn = sum(p.numel() for n, p in ffn.named_parameters() if n.endswith("weight"))
+assert n_ffn == 2 * C_ffn * F_ffn + C_ffn**2
+print(f"channel-mix weights: {n_ffn} = 2·C·F + C² (C = {C_ffn}, F = {F_ffn}); a GeGLU of the same F: "
+      f"3·C·F = {3 * C_ffn * F_ffn}")
+
+# %% [markdown]
 # ## 6. Question 4 — how do they run recurrently at inference?
 #
 # > How to make them recursively running during inference?
@@ -482,7 +516,10 @@ else:
 # * **Time mixing** is attention's replacement: token-shifted $r, k, v$, the per-channel WKV
 #   average across time, a $\sigma(r)$ gate and $W_o$.
 # * **Channel mixing** is the MLP's replacement: a gated squared-ReLU MLP, four times wider,
-#   applied at each position (plus the token shift). It mixes channels, not time.
+#   applied at each position (plus the token shift). It mixes channels, not time; its gate
+#   $\sigma(x^rW'_r)$ acts on the outputs, unlike GLU variants, which gate the hidden layer.
+#   Stacked, the two alternate: each channel mix computes features that the next block's time
+#   mix gathers across time.
 # * **$u$** is the log-space bonus of the current token; $u\to-\infty$ makes a channel look only
 #   at the past, $u\to+\infty$ only at the present.
 # * **Inference** runs every piece as an RNN with five $C$-vectors per layer — the two shifted

@@ -215,6 +215,8 @@ print("the signatures, defaults, shapes and dtypes above match the contract")
 # | Merrill & Sabharwal 2023 | The Parallelism Tradeoff: Limitations of Log-Precision Transformers (TACL) | arXiv 2207.00729 |
 # | Grazzi et al. 2025 | Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues (ICLR 2025) | arXiv 2411.12537 |
 # | Sarrof et al. 2024 | The Expressive Capacity of State Space Models: A Formal Language Perspective | arXiv 2405.17394 |
+# | Shazeer 2020 | GLU Variants Improve Transformer (GeGLU, SwiGLU) | arXiv 2002.05202 |
+# | So et al. 2021 | Primer: Searching for Efficient Transformers for Language Modeling (squared ReLU) | arXiv 2109.08668 |
 # | Loshchilov & Hutter 2019 | Decoupled Weight Decay Regularization (AdamW) | arXiv 1711.05101 |
 # | Barrington 1989 | Bounded-width polynomial-size branching programs recognize exactly those languages in NC¹ | J. Comput. Syst. Sci. 38(1) |
 # | Widrow & Hoff 1960 | Adaptive switching circuits (the delta / LMS rule) | IRE WESCON Convention Record |
