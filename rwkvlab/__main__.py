@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _exercises.add_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "generate"]:               # the generation benchmark has its own options
+        from . import bench_generate
+
+        return bench_generate.main(argv[2:])
     args = parser.parse_args(argv)
 
     if args.cmd == "generate":
