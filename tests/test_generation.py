@@ -285,3 +285,16 @@ def test_cli_bf16_runs(byte_ckpt, capsys):
     _, p = byte_ckpt
     rc, out, err = _cli(capsys, "--model", str(p), "--prompt", "a", "--tokens", "4", "--dtype", "bf16", "--quiet")
     assert rc == 0 and err == "" and out.startswith("a"), err
+
+
+def test_gpu_check_script_runs_its_cpu_dry_run(capsys):
+    import importlib.util
+
+    from rwkvlab import book
+
+    spec = importlib.util.spec_from_file_location("gpu_generate_check", book.root() / "benchmarks" / "gpu_generate_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--cpu-dry-run", "--size", "ch14", "--dtype", "fp32", "--batch", "1,2", "--tokens", "3", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("(ok)") == 2, out
