@@ -410,7 +410,7 @@ plt.show()
 #
 # with `A ∈ R^{D×64}`, `B ∈ R^{64×D}` and a learned offset `λ`. The paper's `w_t` is the factor;
 # the kernels (ours, FLA's) take its **log**, `log w_t = −exp(d_t) ≤ 0`, and that is what
-# `rwkvlab` calls `w`. The source note this book started from says decay is "stored in log-log
+# `rwkvlab` calls `w`. Descriptions of RWKV-6 often say the decay is "stored in log-log
 # space"; that is true of the model's parameter `d`, not of what the kernel receives. Two
 # `exp`s, three different objects: keep the names straight.
 #
@@ -456,7 +456,78 @@ plt.show()
 # The fast channels forget a token in one or two steps; the slow ones hold it across the whole
 # window, and every channel's rate wanders with the input. In a trained model that freedom is
 # what lets a head keep a name across a paragraph and flush it at a full stop.
+
+# %% [markdown]
+# ### The state over time
 #
+# The same decays, now inside one head ($K = V = 16$, the 16 channels above as its key
+# channels), with random keys and values, run token by token with `wkv6.step`. The left three
+# panels are the state $S_t$ at three times; the right panel is the size of each key channel's
+# row of the state over time. Fast channels (the bottom rows, $\lambda$ near 1) hold only the
+# last token or two; slow ones (top) keep accumulating, and the rate of each changes with the
+# input.
+
+# %%
+kh = torch.randn(1, T, 1, D, generator=g, dtype=torch.float64)
+vh = torch.randn(1, T, 1, D, generator=g, dtype=torch.float64)
+rh = torch.zeros_like(kh)
+wh = w_t[None, :, None, :]
+uh = torch.zeros(1, D, dtype=torch.float64)
+S_t, states = None, []
+for t in range(T):
+    _, S_t = wkv6.step(rh[:, t], kh[:, t], vh[:, t], wh[:, t], uh, S_t)
+    states.append(S_t[0, 0])
+_, S_final = wkv6.naive(rh, kh, vh, wh, uh, output_final_state=True)
+rwkvlab.check("token-by-token wkv6.step states vs naive final state", states[-1], S_final[0, 0], 1e-12)
+row_norm = torch.stack([S.norm(dim=1) for S in states], 1)                     # [K, T]
+slow, fast = row_norm[:4, T // 2:].mean().item(), row_norm[-4:, T // 2:].mean().item()
+print(f"mean row size over the second half: 4 slowest channels {slow:.1f}, 4 fastest {fast:.1f}")
+assert slow > 3 * fast
+
+fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), gridspec_kw={"width_ratios": [1, 1, 1, 2.2]})
+lim = max(S.abs().max().item() for S in states)
+for ax, t in zip(axes[:3], (7, 23, 47)):
+    ax.imshow(states[t].numpy(), cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_title(f"$S_t$ at t = {t}", fontsize=9)
+    ax.set_xlabel("value channel")
+    ax.set_ylabel("key channel")
+im = axes[3].imshow(row_norm.numpy(), aspect="auto", cmap="viridis")
+axes[3].set_xlabel("token t")
+axes[3].set_ylabel("key channel (slow → fast)")
+axes[3].set_title("size of each row of the state, ‖S_t[κ, :]‖", fontsize=9)
+fig.colorbar(im, ax=axes[3], shrink=0.8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ### Where the decay sits in the RWKV-6 time-mix block
+#
+# Chapter 13 builds the whole block; here is the path from a token's input to the block's
+# output, so that the decay is seen in place (RWKV-LM `RWKV_Tmix_x060`, Finch paper Eqs.
+# 14–22):
+#
+# ```
+#  x_t ─┬──────────────────────────────────────────────────────────────┐
+#       │  x_{t-1} (token shift)                                        │
+#       ▼                                                               │
+#  ddlerp: x_□ = x_t + (x_{t-1} − x_t) ⊙ (μ_□ + lora_□(·))   for □ ∈ {r, k, v, w, g}
+#       │
+#       ├── x_r W_r ──► r ─┐
+#       ├── x_k W_k ──► k ─┤
+#       ├── x_v W_v ──► v ─┼──► WKV-6 per head:  o_t = r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ)
+#       ├── x_w ──► d_t = λ + tanh(x_w A) B ──► w_t = −exp(d_t) ─┘      S_t = diag(e^{w_t}) S_{t-1} + k_t v_tᵀ
+#       │                                                                   │
+#       │                                                         GroupNorm (H groups, eps 64e-5)
+#       │                                                                   │
+#       └── x_g W_g ──► SiLU ──────────────────────────────────────────► ⊙ ──► W_o ──► out_t
+# ```
+#
+# Five token-shifted inputs (one per projection, each with its own data-dependent mixing
+# weight), the WKV core with the bonus inside the read-out, a per-head norm, a SiLU gate, and the
+# output map. RWKV-7 (chapter 12) keeps the shape but changes the core, moves the bonus after
+# the norm and replaces SiLU by a sigmoid low-rank gate.
+
+# %% [markdown]
 # ## 6. Why the decay lives in log space
 #
 # Three reasons, each of which we can check.
