@@ -46,6 +46,27 @@
 # followed by a token-shifted squared-ReLU MLP. As everywhere in this book, $w_t$ is the *log*
 # decay (the paper's $w_t$ is the factor $e^{w_t}$), and $S$ is in the K×V layout, the transpose
 # of the paper's. The rest of the chapter takes these lines one at a time.
+#
+# The same block as a diagram: the residual stream on top, the time mix below it
+# ($v^{\text{first}}$ is layer 0's value, which every later layer mixes into its own, §7):
+#
+# ```
+#  x ──► LN₁ ──► time mix ──►(+)──► x' ──► LN₂ ──► token shift ──► ReLU(x^k W'_k)² W'_v ──►(+)──► next block
+#  │                          ▲     │                                                       ▲
+#  └──────────────────────────┘     └───────────────────────────────────────────────────────┘
+#
+#  time mix:  x_t, x_{t-1} ──► six token-shift mixes x^r, x^w, x^k, x^v, x^a, x^g
+#    x^r W_r ──────────────────────────────────────► r ──┐
+#    x^k W_k ─► k ─┬─► ⊙ξ, normalise per head ──────► κ̂ ──┤
+#                  └─► ⊙(1 + (a − 1)⊙α) ───────────► k̃ ──┤
+#    x^v W_v ─► v ──► lerp towards v^first (gate ν) ─► v ──┼──► WKV-7 per head:
+#    x^w ─► LoRA ─► w = −e^{−1/2} σ(·) ────────────────────┤     S_t = (diag(e^w) − (κ̂⊙a) κ̂ᵀ) S_{t−1} + k̃ vᵀ
+#    x^a ─► LoRA ─► a = σ(·)   (iclr) ─────────────────────┘     o_t = S_tᵀ r_t
+#                                                                        │
+#                                                   GroupNorm(o_t) + (r_t·(ρ⊙k̃_t)) v_t
+#                                                                        │
+#    x^g ─► LoRA ─► g ─────────────────────────────────────────────────► ⊙ ──► W_o ──► out
+# ```
 
 # %%
 import rwkvlab
