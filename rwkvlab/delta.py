@@ -473,7 +473,8 @@ def removal_ablation_run(task, steps: int, batch: int, seed: int = 0, impl: str 
     ``task`` is a :class:`rwkvlab.model.train.Recall`. Both variants start from the *same*
     weights (``train.small_models(..., seed=seed)["RWKV-7"]``) and see the *same* stream of
     batches; the only difference is :func:`without_removal`. Learning rate
-    ``train.LEARNING_RATES["RWKV-7"]``. Returns ``{variant: {"losses", "accuracy", "seconds"}}``.
+    ``train.LEARNING_RATES["RWKV-7"]``. Returns ``{variant: {"losses", "accuracy", "seconds", "model"}}``
+    (the trained model, in eval mode).
     """
     import time
 
@@ -493,5 +494,5 @@ def removal_ablation_run(task, steps: int, batch: int, seed: int = 0, impl: str 
         losses = train.fit(model, lambda: task.batch(batch, g), steps, train.LEARNING_RATES["RWKV-7"],
                            impl=impl, label=f"{name:18s}", progress=progress)
         out[name] = {"losses": losses, "seconds": time.perf_counter() - t0,
-                     "accuracy": train.recall_accuracy(model, task, impl=impl)}
+                     "accuracy": train.recall_accuracy(model, task, impl=impl), "model": model}
     return out
