@@ -26,8 +26,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-F32 = {"h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT"}
-INT = {"cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32",
+F32 = {"h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc"}
+INT = {"flags": "*i32", "cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32",
        "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32"}
 
 
@@ -40,12 +40,15 @@ def kernels(dt16: bool):
             ("rwkvlab.wkv6.kernels_recurrent", "wkv6_fwd_recurrent_kernel",
              {**common, "BK": 64, "BV": 64, "USE_H0": True, "STORE_HT": True, "VARLEN": varlen}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_h_kernel",
-             {**common, "BT": 64, "BK": 32, "BV": 32, "USE_H0": True, "STORE_HT": True, "VARLEN": varlen, "DOT16": dt16}),
+             {**common, "BT": 64, "BK": 32, "BV": 32, "USE_H0": True, "STORE_HT": True, "VARLEN": varlen, "DOT16": dt16,
+              "CHECK": True}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_o_kernel",
              {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dh_kernel",
              {**common, "BT": 64, "BK": 32, "BV": 32, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT16": dt16}),
-            ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_kernel",
+            ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dq_kernel",
+             {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
+            ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dkv_kernel",
              {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_chunked", "wkv6_output_kernel",
              {**common, "BT": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "LOW_PREC_DOT": dt16}),
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--stages", type=int, default=2)
+    p.add_argument("--maxnreg", type=int, default=None, help="cap on registers per thread (ptxas spills past it)")
     p.add_argument("names", nargs="*", help="only kernels whose name contains one of these")
     args = p.parse_args(argv)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -87,7 +91,8 @@ def main(argv=None) -> int:
         try:
             k = triton.compile(ASTSource(fn, sig, constexprs={(params.index(n),): v for n, v in consts.items()}),
                                target=GPUTarget("cuda", 90, 32),
-                               options={"num_warps": args.warps, "num_stages": args.stages})
+                               options={"num_warps": args.warps, "num_stages": args.stages,
+                                        **({"maxnreg": args.maxnreg} if args.maxnreg else {})})
         except Exception as e:  # noqa: BLE001 - report every kernel
             failures += 1
             print(f"{label:<58} FAILED: {type(e).__name__}: {str(e).splitlines()[-1][:150]}")

@@ -122,14 +122,16 @@ def state(name: str, s, N: int, H: int, K: int, V: int, n_desc: str) -> None:
 
 
 def linear_attention(*, keys: dict, values: dict, extra: dict | None = None, initial_state=None,
-                     cu_seqlens_=None, log_decay: str | None = None) -> tuple[int, int, int, int, int, int]:
+                     cu_seqlens_=None, log_decay: str | None = None,
+                     check_values: bool = True) -> tuple[int, int, int, int, int, int]:
     """Validate the common ``[B, T, H, K]`` / ``[B, T, H, V]`` contract.
 
     ``keys`` maps argument names to tensors shaped like ``r`` (first one is the reference),
     ``values`` those shaped like ``v``; ``extra`` holds further tensors already checked by the
     caller (only the device is compared). ``log_decay`` names the argument that holds a log
     decay, which must be ≤ 0 (a positive log decay would grow the state without bound).
-    Returns ``(B, T, H, K, V, N)``.
+    ``check_values=False`` leaves the values (NaN/Inf, the sign of the log decay) to the caller, for
+    kernels that check them while they read the inputs anyway. Returns ``(B, T, H, K, V, N)``.
     """
     (ref_name, ref), *rest = keys.items()
     # structure (types, ranks, shapes, dtypes, devices) first; values are read last, so a tensor
@@ -158,6 +160,8 @@ def linear_attention(*, keys: dict, values: dict, extra: dict | None = None, ini
     state("initial_state", initial_state, N, H, K, V, "len(cu_seqlens) - 1" if cu_seqlens_ is not None else "B")
     # values last: finiteness and the sign of the log decay, for all tensors at once: one pass
     # over each (min and max propagate NaN) and a single wait for the device, not one per tensor
+    if not check_values:
+        return B, T, H, K, V, N
     named = [(n, x) for n, x in {**keys, **values, "initial_state": initial_state}.items()
              if x is not None and x.numel() > 0]
     stats = torch.stack([torch.stack(torch.aminmax(x.detach())).float() for _, x in named]).tolist()

@@ -274,14 +274,45 @@ BAD = {
 }
 
 
+# the subchunk schedule checks values (NaN/Inf, w > 0) inside its state pass, as it reads them:
+# those cases launch that kernel and must still raise, naming the argument, and return nothing
+VALUE_CASES = {"positive w", "nan in k", "state nan"}
+
+
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
 @pytest.mark.parametrize("name,impl", SOME_IMPLS, ids=SOME_IDS)
-def test_bad_input_raises_naming_the_argument_before_any_launch(name, impl, case, no_launch):
+def test_bad_input_raises_naming_the_argument_before_any_launch(name, impl, case, request):
+    if not (name.startswith("subchunk") and case in VALUE_CASES):
+        request.getfixturevalue("no_launch")
     args = _good()
     spoil, arg = BAD[case]
     spoil(args)
     with pytest.raises(ValueError, match=f"^{re.escape(arg)}:"):   # the message opens with the name
         impl(**args)
+
+
+@pytest.mark.parametrize("arg", ["r", "k", "v", "w", "u", "initial_state"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_subchunk_state_pass_flags_every_bad_value(arg, bad, varlen):
+    """One bad entry anywhere (here: the last token of the last sequence, the last channel) is found."""
+    B, T = (1, 37) if varlen else (2, 37)
+    r, k, v, w, u, s0 = make_inputs(B, T, 2, 16, 16, N=3 if varlen else None)
+    args = dict(r=r, k=k, v=v, w=w, u=u, initial_state=s0,
+                cu_seqlens=torch.tensor([0, 5, 21, 37], device=DEV) if varlen else None)
+    args[arg] = args[arg].clone()
+    args[arg].view(-1)[-1] = bad   # (w = −inf too: e^{−inf} = 0 is a limit, not a value the contract takes)
+    with pytest.raises(ValueError, match=f"^{arg}: contains NaN or Inf"):
+        wkv6.triton_chunked(**args)
+
+
+def test_subchunk_rejects_minus_inf_and_positive_w():
+    r, k, v, w, u, s0 = make_inputs(2, 37, 2, 16, 16)
+    for bad, msg in ((-float("inf"), "w: contains NaN or Inf"), (1e-3, "w: is a log decay")):
+        w2 = w.clone()
+        w2[1, 36, 1, 15] = bad
+        with pytest.raises(ValueError, match=f"^{re.escape(msg)}"):
+            wkv6.triton_chunked(r, k, v, w2, u, initial_state=s0)
 
 
 @pytest.mark.parametrize("chunk_size", [8, 48, 128, 16.0, "16"])

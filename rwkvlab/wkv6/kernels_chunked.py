@@ -497,9 +497,11 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
 
         o_t = scale · r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ),   S_t = diag(exp(w_t)) S_{t-1} + k_t v_tᵀ
     """
-    B, T, H, K, V, N = _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens)
     if not isinstance(schedule, str) or schedule not in ("subchunk", "sequential", "parallel"):
         raise ValueError(f"schedule: expected 'subchunk', 'sequential' or 'parallel', got {schedule!r}")
+    # the subchunk state pass checks the values itself, as it reads them (no extra pass, one wait)
+    B, T, H, K, V, N = _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens,
+                                         check_values=schedule != "subchunk")
     if chunk_size is None:
         chunk_size = 64 if schedule == "subchunk" else 16
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64):

@@ -191,12 +191,16 @@ def wkv6_bwd_dkvw_kernel(r, k, v, w, u, do, dr, dwT, dht, dk, dv, dw, du, dh0, c
 # --------------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------------
-def check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens):
-    """Validate the RWKV-6 contract (before any launch) and return (B, T, H, K, V, N)."""
+def check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens, check_values=True):
+    """Validate the RWKV-6 contract (before any launch) and return (B, T, H, K, V, N).
+
+    ``check_values=False`` checks structure only and leaves NaN/Inf and the sign of w to a kernel
+    that checks them as it reads (the subchunk state pass), so no extra pass and no wait here.
+    """
     B, T, H, K, V, N = validate.linear_attention(
         keys={"r": r, "k": k, "w": w}, values={"v": v}, extra={"u": u, "initial_state": initial_state},
-        initial_state=initial_state, cu_seqlens_=cu_seqlens, log_decay="w")
-    validate.tensor("u", u, ndim=2)
+        initial_state=initial_state, cu_seqlens_=cu_seqlens, log_decay="w", check_values=check_values)
+    validate.tensor("u", u, ndim=2, finite=check_values)
     if tuple(u.shape) != (H, K):
         raise ValueError(f"u: expected shape (H, K) = {(H, K)}, got {tuple(u.shape)}")
     validate.real("scale", scale)

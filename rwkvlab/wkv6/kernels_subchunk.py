@@ -48,13 +48,14 @@ import triton
 import triton.language as tl
 
 from .. import device
+from . import kernels_recurrent as _rec
 from ..kernels_common import chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
 
 __all__ = ["fwd", "bwd", "SubchunkFunction"]
 
 LOG2E = tl.constexpr(1.4426950408889634)
-# launch settings per kernel (num_warps, num_stages); benchmarks/NOTES.md records how they were chosen
-TUNE = {"fwd_h": (4, 2), "fwd_o": (4, 2), "bwd_dh": (4, 2), "bwd": (4, 2)}
+# launch settings per kernel (num_warps, num_stages[, maxnreg]); benchmarks/NOTES.md records how they were chosen
+TUNE = {"fwd_h": (4, 2), "fwd_o": (4, 2), "bwd_dh": (4, 2), "bwd_dq": (4, 2), "bwd_dkv": (4, 2)}
 BC = 16  # sub-chunk length: the smallest tile side tl.dot accepts
 QB = 4  # quarter: the diagonal 16×16 blocks are split once more, into four quarters of 4 tokens
 
@@ -109,11 +110,30 @@ def _mm_tf32(a, b, DOT16: tl.constexpr):
 # forward
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def wkv6_fwd_h_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
+def _bad(x):
+    """1 where x is NaN or ±Inf, else 0: x − x is exactly 0 for every finite x, NaN otherwise."""
+    return tl.where(x - x != 0, 1, 0)
+
+
+@triton.jit
+def _any(flags):
+    """Largest entry of an integer tile (1 if any flag is set)."""
+    return tl.max(tl.max(flags, axis=1), axis=0)
+
+
+@triton.jit
+def wkv6_fwd_h_kernel(r, k, v, w, u, h0, ht, hs, flags, cu_seqlens, chunk_offsets, T,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      VARLEN: tl.constexpr, DOT16: tl.constexpr):
-    """State pass: S ← diag(e^{W}) S + (k ⊙ e^{Q})ᵀ V per chunk; every chunk-start S to hs."""
+                      VARLEN: tl.constexpr, DOT16: tl.constexpr, CHECK: tl.constexpr):
+    """State pass: S ← diag(e^{W}) S + (k ⊙ e^{Q})ᵀ V per chunk; every chunk-start S to hs.
+
+    With CHECK, the pass that reads every input anyway also checks their values, at no extra cost
+    in memory or registers: a NaN or Inf in k, v, w or initial_state reaches the state by itself
+    (0 · Inf is NaN too), and r, w > 0 and w = −Inf are made to, as a NaN added to the exponents;
+    so one test of the final state covers them all. flags[0] becomes 1 if anything is off, and the
+    caller then finds out what (on that error path only).
+    """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
@@ -132,9 +152,17 @@ def wkv6_fwd_h_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
         b_k = _rows(k, t0, eos, i_h, H, K, o_k, m_k, BT)
         b_v = _rows(v, t0, eos, i_h, H, V, o_v, m_v, BT)
         b_p, b_s, b_tot = _decays(w, t0, eos, i_h, H, K, o_k, m_k, BT)
+        if CHECK:  # NaN into the exponent where r is not finite, w > 0 or w = −Inf
+            b_w = _rows(w, t0, eos, i_h, H, K, o_k, m_k, BT)
+            b_s += _rows(r, t0, eos, i_h, H, K, o_k, m_k, BT) * 0. \
+                + tl.where((b_w > 0) | (b_w == float("-inf")), float("nan"), 0.)
         b_h = b_h * tl.exp2(b_tot)[:, None] + _mm(tl.trans(b_k * tl.exp2(b_s)), b_v, v, DOT16)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_kv, b_h, mask=m_kv)
+    if CHECK:
+        b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        bad = tl.maximum(_any(_bad(b_h)), tl.max(_bad(b_u), axis=0))
+        tl.atomic_max(flags, bad, mask=bad > 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,18 +327,16 @@ def wkv6_fwd_o_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T,
 
 
 @triton.jit
-def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, xs, cu_seqlens, chunk_indices, scale, T,
-                    rows, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                    BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    VARLEN: tl.constexpr, DOT16: tl.constexpr):
-    """dq, dk, dv, dw, du of one chunk (this V-block's share), in two sweeps over its sub-chunks.
+def wkv6_bwd_dq_kernel(r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu_seqlens, chunk_indices, scale, T,
+                       rows, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       VARLEN: tl.constexpr, DOT16: tl.constexpr):
+    """Gradients, part 1: one chunk's dq and du (this V-block's share), sub-chunks first to last.
 
-    Forward sweep, carrying S (the state at each sub-chunk's start, from hs):
-      dq'_I = e^{p} ⊙ dO_I Sᵀ + (the sub-chunk's own block)      dA = dO Vᵀ
-    Backward sweep, carrying dS (the gradient of each sub-chunk's END state, from dhs):
-      dk'_I = e^{s} ⊙ V_I dSᵀ + (own block),   dv_I = (k ⊙ e^{s})_I dS + (own block)ᵀ dO_I
-    Primes mark gradients without the bonus. dw = Σ_{i>m} q ⊙ dq' − Σ_{j≥m} k ⊙ dk' +
-    rowsum(dS_end ⊙ S_end), right to left; the forward sweep leaves q ⊙ dq' in the float32 scratch xs.
+    Carrying S, the state at each sub-chunk's start (from hs), through the chunk:
+      dq'_I = e^{p} ⊙ dO_I Sᵀ + (the sub-chunk's own block: dA = dO Vᵀ, as in the forward)
+    It also leaves what part 2 needs for dw: x = q ⊙ dq' (the float32 scratch xs; the prime marks
+    the gradient without the bonus) and rowsum(dS_end ⊙ S_end) of the chunk (acc).
     """
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
@@ -368,8 +394,36 @@ def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, xs, cu_seqle
     tl.store(du + ((i_v * tl.num_programs(0) + i_c).to(tl.int64) * H + i_h) * K + o_k, b_du, mask=m_k)
 
     b_dh = tl.load(dhs + p_h, mask=m_kv, other=0.)   # dS at the chunk end
-    b_acc = tl.sum(b_dh * b_h, axis=1)               # rowsum(dS_end ⊙ S_end): b_h is S_end now
-    tl.debug_barrier()                               # xs written above is read below by other threads
+    tl.store(acc + ((i_v * tl.num_programs(0) + i_c).to(tl.int64) * H + i_h) * K + o_k,
+             tl.sum(b_dh * b_h, axis=1), mask=m_k)      # b_h is S at the chunk end now
+
+
+@triton.jit
+def wkv6_bwd_dkv_kernel(r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu_seqlens, chunk_indices, scale, T,
+                        rows, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                        BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        VARLEN: tl.constexpr, DOT16: tl.constexpr):
+    """Gradients, part 2: one chunk's dk, dv and dw (this V-block's share), sub-chunks last to first.
+
+    Carrying dS, the gradient of each sub-chunk's END state (from dhs), back through the chunk:
+      dk'_I = e^{s} ⊙ V_I dSᵀ + (own block),   dv_I = (k ⊙ e^{s})_I dS + (own block)ᵀ dO_I
+      dw = Σ_{i>m} q ⊙ dq' − Σ_{j≥m} k ⊙ dk' + rowsum(dS_end ⊙ S_end), right to left
+    with x = q ⊙ dq' and the rowsum from part 1.
+    """
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
+    o_i = tl.arange(0, BC)
+    q4, r4 = o_i // QB, o_i % QB
+    o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    p_part = i_v.to(tl.int64) * rows * H * K  # this V-block's slab of the partial-sum buffers
+    n_sub = tl.cdiv(tl.minimum(BT, eos - t0), BC)
+
+    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    p_h = (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    b_dh = tl.load(dhs + p_h, mask=m_kv, other=0.)   # dS at the chunk end
+    b_acc = tl.load(acc + ((i_v * tl.num_programs(0) + i_c).to(tl.int64) * H + i_h) * K + o_k, mask=m_k, other=0.)
 
     # ---- backward sweep: dk, dv, dw
     for II in range(0, n_sub):
@@ -428,6 +482,8 @@ def wkv6_bwd_kernel(r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, xs, cu_seqle
 
 
 
+
+
 # ---------------------------------------------------------------------------------------------
 # launches
 # ---------------------------------------------------------------------------------------------
@@ -447,16 +503,20 @@ def _out_tiles(K, V):
 
 
 def _launch(name):
-    num_warps, num_stages = TUNE[name]
-    return dict(num_warps=num_warps, num_stages=num_stages)
+    """Launch options of one kernel from TUNE: (num_warps, num_stages[, maxnreg])."""
+    num_warps, num_stages, *maxnreg = TUNE[name]
+    return dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg[0]} if maxnreg else {}))
 
 
 def _dot16(x):
     return x.dtype in (torch.float16, torch.bfloat16) and not device.interpreting()
 
 
-def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT):
-    """Every chunk-start state ``hs`` [n_chunks, H, K, V] float32, and the final state when asked."""
+def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, r=None, u=None):
+    """Every chunk-start state ``hs`` [n_chunks, H, K, V] float32, and the final state when asked.
+
+    Given r and u too, the pass also checks every input's values and returns its flags (else None).
+    """
     B, T, H, K = k.shape
     V = v.shape[-1]
     BK, BV = _state_tiles(N, H, K, V)
@@ -464,19 +524,30 @@ def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT):
     varlen = cu_seqlens is not None
     hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
+    check = r is not None
+    flags = torch.zeros(1, dtype=torch.int32, device=k.device) if check else None
     wkv6_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        k, v, w, initial_state if initial_state is not None else hs, ht if ht is not None else hs, hs,
-        cu_arg(cu_seqlens, k.device), offs, B * T if varlen else T,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_H0=initial_state is not None,
-        STORE_HT=output_final_state, VARLEN=varlen, DOT16=_dot16(k), **_launch("fwd_h"))
-    return hs, ht
+        r if check else k, k, v, w, u if check else k, initial_state if initial_state is not None else hs,
+        ht if ht is not None else hs, hs, flags if check else offs, cu_arg(cu_seqlens, k.device), offs,
+        B * T if varlen else T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_H0=initial_state is not None,
+        STORE_HT=output_final_state, VARLEN=varlen, DOT16=_dot16(k), CHECK=check, **_launch("fwd_h"))
+    return hs, ht, flags
+
+
+def raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens):
+    """After the forward: if the state pass flagged a value, name the argument (the full host-side
+    check, on this error path only); a flag with every input valid means the state overflowed."""
+    if flags.item():
+        _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens, check_values=True)
+        raise ValueError("k: the state overflowed float32 (inputs are finite, but |k|·|v| summed over the "
+                         "sequence exceeds 3.4e38); scale k or v down")
 
 
 def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, BT=64):
     """Two launches: the state pass, then every chunk's output in parallel."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    hs, ht = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT)
+    hs, ht, flags = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, r=r, u=u)
     _, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, r.device)
     BK, BV, NV = _out_tiles(K, V)
     o = torch.empty_like(v)
@@ -484,6 +555,7 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     wkv6_fwd_o_kernel[(n_chunks, NV, H)](
         r, k, v, w, u, o, hs, cu_arg(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
         H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r), **_launch("fwd_o"))
+    raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens)
     return o, ht
 
 
@@ -495,7 +567,7 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
     varlen = cu_seqlens is not None
     TT = B * T if varlen else T
     do = do.contiguous()
-    hs, _ = state_pass(k, v, w, initial_state, False, cu_seqlens, N, BT)
+    hs, _, _ = state_pass(k, v, w, initial_state, False, cu_seqlens, N, BT)
     offs, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, dev)
     BKs, BVs = _state_tiles(N, H, K, V)
     dhs = torch.empty_like(hs)
@@ -511,11 +583,14 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
     dr, dk, dw = (torch.empty(NV, B, T, H, K, dtype=part, device=dev) for _ in range(3))
     dv = torch.empty_like(v)
     du = torch.empty(NV, n_chunks, H, K, dtype=f32, device=dev)
-    xs = torch.empty(NV, B, T, H, K, dtype=f32, device=dev)  # scratch: q ⊙ dq' for dw, per V-block
-    wkv6_bwd_kernel[(n_chunks, NV, H)](
-        r, k, v, w, u, do, hs, dhs, dr, dk, dv, dw, du, xs, cu_arg(cu_seqlens, dev), idx, float(scale), TT,
-        B * T, H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r),
-        **_launch("bwd"))
+    xs = torch.empty(NV, B, T, H, K, dtype=f32, device=dev)  # q ⊙ dq' for dw, per V-block
+    acc = torch.empty(NV, n_chunks, H, K, dtype=f32, device=dev)  # rowsum(dS_end ⊙ S_end) per chunk
+    cu, grid = cu_arg(cu_seqlens, dev), (n_chunks, NV, H)
+    consts = dict(H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r))
+    wkv6_bwd_dq_kernel[grid](r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu, idx, float(scale), TT, B * T,
+                             **consts, **_launch("bwd_dq"))
+    wkv6_bwd_dkv_kernel[grid](r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu, idx, float(scale), TT, B * T,
+                              **consts, **_launch("bwd_dkv"))
     dr, dk, dw = (x.sum(0).to(r.dtype) if NV > 1 else x[0] for x in (dr, dk, dw))
     return dr, dk, dv, dw, du.sum((0, 1)).to(u.dtype), dh0
 
