@@ -298,3 +298,24 @@ def test_gpu_check_script_runs_its_cpu_dry_run(capsys):
     rc = mod.main(["--cpu-dry-run", "--size", "ch14", "--dtype", "fp32", "--batch", "1,2", "--tokens", "3", "--reps", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and out.count("(ok)") == 2, out
+
+
+def test_the_state_generate_hands_back_can_be_trained_through():
+    m = tiny7(seed=16)
+    gen = m.generate([1, 2, 3], 4, temperature=0)
+    list(gen)
+    assert not any(t.is_inference() for layer in gen.state for t in layer)
+    logits, _ = m(ids(1, 3, seed=16), gen.state)          # parallel mode from it, with autograd
+    logits.sum().backward()
+    assert m.head.weight.grad is not None
+
+
+def test_the_caller_runs_with_autograd_between_tokens_and_its_time_is_not_counted():
+    import time
+
+    m = tiny7(seed=17)
+    gen = m.generate([1, 2], 3, temperature=0)
+    for _ in gen:
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        time.sleep(0.05)
+    assert gen.stats.decode_s < 0.05                 # three 50 ms sleeps of the caller are not decode time

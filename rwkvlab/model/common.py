@@ -241,20 +241,22 @@ class LanguageModel(nn.Module):
 
     Decoder = None        # RWKV-7 sets its lean RNN-mode class (x070.Decoder)
 
-    def decoder(self, dtype: torch.dtype | None = None):
+    def decoder(self, dtype: torch.dtype | None = None, refresh: bool = False):
         """The lean RNN-mode decoder of this model's current weights (``None`` if the version has
-        none). Cached: rebuilt only when a parameter is replaced or changed in place."""
+        none). Cached, and rebuilt when a parameter is replaced, moved or changed in place through
+        autograd's view of it (an optimiser step, ``copy_``/``mul_`` under ``no_grad``): each of
+        those bumps the tensor's version counter. Edits through ``p.data`` bypass the counter;
+        after one, pass ``refresh=True`` (or call ``model.decoder(refresh=True)`` once)."""
         if self.Decoder is None:
             return None
         refs = self.__dict__.get("_param_refs")
         if refs is None:        # where each parameter lives, found once (walking the modules is slow)
             refs = [(m._parameters, n) for m in self.modules() for n, p in m._parameters.items() if p is not None]
             self.__dict__["_param_refs"] = refs
-        # a parameter replaced (load_state_dict(assign=True)), moved or cast (.to: new storage), or
-        # changed in place (an optimiser step bumps _version) gives a new key
-        key = (dtype, tuple((id(p), p._version, p.data_ptr()) for p in (d[n] for d, n in refs)))
+        ps = [d[n] for d, n in refs]
+        key = (dtype, tuple(map(id, ps)), tuple(p._version for p in ps), ps[0].data_ptr(), ps[-1].data_ptr())
         cached = self.__dict__.get("_decoder_cache")
-        if cached is None or cached[0] != key:
+        if refresh or cached is None or cached[0] != key:
             with torch.no_grad():
                 cached = (key, self.Decoder(self, dtype))
             self.__dict__["_decoder_cache"] = cached
