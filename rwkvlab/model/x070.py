@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -220,6 +221,30 @@ class RWKV7(LanguageModel):
 DECAY_SCALE = math.exp(-0.5)     # log w = −e^{−0.5} σ(d) = −exp(−softplus(−d) − 0.5); written out in decode_block
 
 
+class PackedBlock(NamedTuple):
+    """One block's weights as :class:`Decoder` packs them (the arguments of :func:`decode_block`)."""
+    layer_id: int
+    ln1w: torch.Tensor
+    ln1b: torch.Tensor
+    ln2w: torch.Tensor
+    ln2b: torch.Tensor
+    mu: torch.Tensor            # [6, 1, C]  token-shift weights, order r, k, v, w, a, g
+    W_rkv: torch.Tensor         # [3, C, C]  receptance, key, value maps, [in, out]
+    down: torch.Tensor          # [4, C, D]  LoRA down-maps of v, w, a, g (zero-padded to rank D)
+    up: torch.Tensor            # [4, D, C]  their up-maps
+    bias: torch.Tensor          # [3, 1, C]  v0, w0, a0
+    k_k: torch.Tensor
+    k_a: torch.Tensor
+    one_minus_k_a: torch.Tensor
+    r_k: torch.Tensor           # [C]
+    lnxw: torch.Tensor
+    lnxb: torch.Tensor
+    W_oT: torch.Tensor          # [C, C]     output map, [in, out]
+    mu_f: torch.Tensor
+    W_fkT: torch.Tensor         # [C, F]     channel-mix key, [in, out]
+    W_fvT: torch.Tensor         # [F, C]     channel-mix value, [in, out]
+
+
 class Decoder:
     """RWKV-7 in RNN mode for inference: the model's weights packed once, one token per call.
 
@@ -282,7 +307,7 @@ class Decoder:
         for blk in model.blocks:
             a, f = blk.att, blk.ffn
             vec = lambda p: t(p).reshape(self.C)  # noqa: E731
-            self.layers.append((
+            self.layers.append(PackedBlock(
                 blk.layer_id,
                 t(blk.ln1.weight), t(blk.ln1.bias), t(blk.ln2.weight), t(blk.ln2.bias),
                 # mixes in the order r, k, v, w, a, g: [:3] feed the r/k/v maps, [2:] the LoRAs (v, w, a, g)
