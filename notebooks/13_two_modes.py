@@ -96,15 +96,22 @@ with torch.no_grad():
 # %% [markdown]
 # ## 2. The two modes in code
 #
-# Both modes run the same blocks. The model hands each block a *core*, the function that
+# Both modes can run the same blocks. The model hands each block a *core*, the function that
 # applies the WKV update to `[B, T, H, N]` tensors: in parallel mode a sequence implementation
 # of `rwkvlab.wkv7` (`chunked` by default on CPU, the chunked Triton kernel on a GPU), in RNN
 # mode `wkv7.step` on a single token. Everything else — token shift, projections, norms, MLP —
-# is literally the same code, run on a sequence of length one.
+# is literally the same code, run on a sequence of length one: that is `reference_step`, the
+# RNN step that autograd can differentiate.
+#
+# `model.step` runs it whenever gradients are being recorded. For inference (under
+# `torch.no_grad()`, as in every loop below) it runs a second implementation of the same
+# equations, `x070.Decoder`, built for speed rather than for reading; section 4 says why it
+# exists and what it changes. Both are checked against parallel mode here.
 
 # %%
 print(inspect.getsource(M.LanguageModel.forward))
 print(inspect.getsource(M.LanguageModel.step))
+print(inspect.getsource(M.LanguageModel.reference_step))
 print(inspect.getsource(M.LanguageModel._run))
 print(inspect.getsource(x070.RWKV7.sequence_core))
 print(inspect.getsource(x070.RWKV7.step_core))
@@ -140,11 +147,25 @@ def in_pieces(model, idx, cuts):
 
 net6 = M.RWKV6(M.Config6.make(vocab_size=256, n_embd=64, n_layer=2, head_size=32, d_mix=8, d_decay=16))
 net6.init_weights("random", seed=1)
+
+
+def reference_mode(model, idx):
+    outs, state = [], model._check_state(None, idx.shape[0])
+    with torch.no_grad():
+        for t in range(idx.shape[1]):
+            lt, state = model.reference_step(idx[:, t], state)
+            outs.append(lt)
+    return torch.stack(outs, 1), state
+
+
 for name, mdl in (("RWKV-7", net), ("RWKV-6", net6)):
     with torch.no_grad():
         ref, ref_state = mdl(idx)
     got, got_state = rnn_mode(mdl, idx)
     rwkvlab.check(f"{name}: RNN mode vs parallel, logits", got, ref, 1e-5)
+    got_r, got_r_state = reference_mode(mdl, idx)
+    rwkvlab.check(f"{name}: reference step vs parallel, logits and state", [got_r] + flat(got_r_state),
+                  [ref] + flat(ref_state), 1e-5)
     rwkvlab.check(f"{name}: RNN mode vs parallel, final state", flat(got_state), flat(ref_state), 1e-5)
     for cuts in ([1], [7, 8, 20], [5, 10, 15, 23]):
         got, got_state = in_pieces(mdl, idx, cuts)
@@ -180,10 +201,30 @@ assert float(err_by_pos.max()) < 1e-5
 # This equality is what makes RWKV practical. A chat application reads a long prompt in
 # parallel mode (fast, like a transformer's prefill), keeps only the state, and then
 # generates in RNN mode; the next user message is again read in parallel from the saved state.
-# `model.generate` does exactly the first two steps:
+# `model.generate` does exactly the first two steps: `model.prefill` reads the prompt in one
+# parallel call (the head applied to its last position only), and the state it leaves is handed
+# to the RNN steps. `model.generate_batch` does the same for several sequences at once, each with
+# its own state, its own length and its own stop tokens. The loop itself lives in
+# `rwkvlab.model.generation`; here is the hand-over, checked: the state after prefill equals the
+# state after reading the prompt one step at a time, and the text generated greedily equals a
+# loop that re-reads it with `reference_step`.
 
 # %%
-print(inspect.getsource(M.LanguageModel.generate))
+print(inspect.getsource(M.LanguageModel.prefill))
+prompt = idx[0, :10].tolist()
+with torch.no_grad():
+    last, s_prefill = net.prefill(torch.tensor([prompt]))
+    _, s_steps = rnn_mode(net, torch.tensor([prompt]))
+rwkvlab.check("state handed over by prefill vs ten RNN steps", flat(s_prefill), flat(s_steps), 1e-5)
+g = net.generate(prompt, 12, temperature=0)
+made = list(g)
+with torch.no_grad():
+    lt, st, by_hand = last, s_prefill, []
+    for _ in range(12):
+        by_hand.append(int(lt[0].argmax()))
+        lt, st = net.reference_step(torch.tensor(by_hand[-1:]), st)
+assert made == by_hand, (made, by_hand)
+print(f"generate: {made} = the greedy loop by hand; {g.stats.line()}")
 
 # %% [markdown]
 # ## 3. Memory per token: the state against a KV cache
@@ -301,7 +342,8 @@ bigtf = tf.Transformer(tf.Config(256, 256, 4, 64, 1024, max_len=max(positions) +
 tok = torch.tensor([7], device=dev)
 with torch.no_grad():
     st0 = big.empty_state(1)
-    t_rwkv = median_time(lambda: big.step(tok, st0))
+    t_rwkv = median_time(lambda: big.step(tok, st0))                          # the lean decoder
+    t_rwkv_ref = median_time(lambda: big.reference_step(tok, st0))            # blocks + wkv7.step
     t_tf = []
     for T in positions:
         cache_T = [attention.KVCache(torch.randn(1, T, 4, 64, device=dev), torch.randn(1, T, 4, 64, device=dev))
@@ -311,7 +353,8 @@ fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
 axes[0].loglog(positions, [1e3 * t_state] * len(positions), "o-", label="wkv7.step (state)")
 axes[0].loglog(positions, [1e3 * t for t in t_cache], "s-", label="kv_cache_step (T cached)")
 axes[0].set_title("token mixer only, 12 heads of 64")
-axes[1].loglog(positions, [1e3 * t_rwkv] * len(positions), "o-", label="RWKV-7 model.step")
+axes[1].loglog(positions, [1e3 * t_rwkv] * len(positions), "o-", label="RWKV-7 model.step (lean decoder)")
+axes[1].loglog(positions, [1e3 * t_rwkv_ref] * len(positions), "^--", label="RWKV-7 reference_step")
 axes[1].loglog(positions, [1e3 * t for t in t_tf], "s-", label="softmax model.step")
 axes[1].set_title("whole model, C = 256, L = 4")
 for ax in axes:
@@ -320,8 +363,11 @@ for ax in axes:
     ax.legend(fontsize=8)
 plt.tight_layout()
 plt.show()
-print(f"RWKV-7 step: {1e3 * t_rwkv:.2f} ms at any position; softmax step: "
+print(f"RWKV-7 step: {1e3 * t_rwkv:.2f} ms (reference step {1e3 * t_rwkv_ref:.2f} ms) at any position; softmax step: "
       + ", ".join(f"{1e3 * t:.2f} ms at {T}" for T, t in zip(positions, t_tf)))
+faster = [T for T, t in zip(positions, t_tf) if t > t_rwkv]
+print("in this run the RWKV step was the faster one at " + (f"T >= {faster[0]}" if faster else "no measured T")
+      + f" (of {positions})")
 
 # %% [markdown]
 # The RWKV curves are one measurement each, drawn flat: a step's inputs (one token, a state
@@ -329,14 +375,180 @@ print(f"RWKV-7 step: {1e3 * t_rwkv:.2f} ms at any position; softmax step: "
 # grow; section 2 already ran it at every position of the long text there.
 #
 # Read the plots with the machine in mind; the timings are not asserted, and on a shared CPU
-# single points can jump. On a CPU in eager PyTorch the RWKV step is a few dozen small
-# operations per block, and at short contexts the transformer, with fewer operations, is
-# typically faster per token; its cost climbs once the cache is a few thousand tokens long,
-# while the RWKV step's does not move. On a GPU both are dominated by reading the
-# weights at small batch, the cache adds its own reads on top, and the crossover moves — but
-# the shapes of the two curves, flat against rising, are the structural fact; where they
-# cross is an engineering detail of the implementation.
+# single points can jump. The softmax step's cost climbs with the cache once the cache is long
+# enough for reading it to matter, while the RWKV step's does not move; where the curves cross
+# depends on the implementation as much as on the model: the printed line says where it was in
+# this run. The shapes of the two curves, flat against rising, are the structural fact.
 #
+# ### What a step's time is made of
+#
+# At batch 1 a step reads each weight once and does about two flops with it (the first cell
+# below prints what that is for `big`; the second measures how fast this machine streams them).
+# What else is in the time? Every operation costs a fixed overhead as well — Python calls it,
+# the dispatcher picks a kernel, the result is allocated — and an RWKV-7 block in RNN mode is
+# several dozen small operations. A step's time is therefore roughly
+#
+# $$
+# t_{\text{step}} \approx n_{\text{ops}}\, t_{\text{op}} + \frac{\text{bytes of weights}}{\text{bandwidth}},
+# $$
+#
+# and at small widths the first term dominates. Two cells measure both terms: one counts the
+# calls a step makes into torch (a `TorchFunctionMode` sees each of them), the other times the
+# decoder at growing widths and splits each step into its matrix products (the same products on
+# the same weights, timed alone) and everything else.
+#
+# `reference_step` pays the first term several times over: the blocks' parallel-mode code
+# validates every input (`wkv7.step` alone reads its inputs' minimum and maximum to check them,
+# which on a GPU makes the host wait for the device at every token), and builds one-token
+# sequences to feed code written for `[B, T, C]`. `x070.Decoder` keeps the equations and
+# changes only what they cost: the six token-shift mixes become one broadcast `lerp`, the
+# receptance, key and value maps one batched matrix product over stacked weights, the four LoRA
+# maps two more (padded with zeros to one rank, which adds exact zeros), the state is updated in
+# place, and nothing is checked inside the step — `model.step` checks shapes, dtypes and devices
+# once per call, `generate` once per call of its own. On CPU the block is compiled with
+# TorchScript, which removes the Python interpreter between operations; on a GPU, where each
+# operation is also a kernel launch, `generate` captures the whole step in a CUDA graph once
+# and replays it per token (`rwkvlab.model.generation.GraphStepper`).
+
+# %%
+from torch.overrides import TorchFunctionMode
+
+
+class CountCalls(TorchFunctionMode):
+    """Counts the calls from Python into torch made while active (functions, methods, operators)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        self.n[name] = self.n.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+# calls that only look at a tensor or re-describe it (indexing, views, attributes) versus calls
+# that run a kernel
+METADATA = {"__getitem__", "__get__", "view", "reshape", "unsqueeze", "transpose", "t", "to", "tensor",
+            "size", "dim", "contiguous", "detach", "__len__", "__iter__", "unbind", "__bool__", "is_floating_point"}
+
+
+def count_ops(fn):
+    with torch.no_grad(), CountCalls() as c:
+        fn()
+    compute = sum(v for k, v in c.n.items() if k not in METADATA)
+    return sum(c.n.values()), compute
+
+
+lean_cpu = x070.Decoder(net, script=False)                 # the plain Python block (the scripted one is opaque)
+s_lean = lean_cpu.new_state(1)
+tok0 = torch.tensor([7])
+n_big = sum(p.numel() for name, p in big.named_parameters() if name != "emb.weight")
+print(f"`big`: {n_big / 1e6:.2f} M parameters outside the embedding = {4 * n_big / 1e6:.1f} MB of float32 read "
+      f"and {2 * n_big / 1e6:.1f} MFLOP per token at batch 1")
+ops_lean = count_ops(lambda: lean_cpu.step_(tok0, s_lean))
+ops_ref = count_ops(lambda: net.reference_step(tok0, net._check_state(None, 1)))
+print(f"one step of `net` (L = {L}): reference_step makes {ops_ref[0]} calls into torch ({ops_ref[1]} that run a "
+      f"kernel), the lean decoder {ops_lean[0]} ({ops_lean[1]} that run a kernel)")
+print(f"per block: {ops_lean[1] / L:.0f} kernel calls in the lean step")
+
+# %%
+def decoder_times_ms(model, n=8, repeats=3):
+    """ms per step of the lean decoder, and of its matrix products alone (same shapes, same weights)."""
+    dec = model.decoder()
+    state, t0 = dec.new_state(1), torch.tensor([7], device=dec.device)
+    z = lambda *shape: torch.zeros(*shape, device=dec.device, dtype=dec.dtype)  # noqa: E731
+    x, x3, x4 = z(1, dec.C), z(3, 1, dec.C), z(4, 1, dec.C)
+    h, f = z(4, 1, dec.layers[0].down.shape[-1]), z(1, dec.layers[0].W_fkT.shape[-1])
+
+    def products():
+        for blk in dec.layers:
+            torch.bmm(x3, blk.W_rkv), torch.bmm(x4, blk.down), torch.bmm(h, blk.up)
+            torch.mm(x, blk.W_oT), torch.mm(x, blk.W_fkT), torch.mm(f, blk.W_fvT)
+        torch.mm(x, dec.headT)
+
+    def timed(fn):
+        def many():
+            for _ in range(n):
+                fn()
+            if dec.device.type == "cuda":
+                torch.cuda.synchronize()
+        many()
+        return 1e3 * median_time(many, repeats) / n
+
+    with torch.no_grad():
+        return timed(lambda: dec.step_(t0, state)), timed(products)
+
+
+widths = rwkvlab.device.pick([64, 128, 256, 512], [256, 768, 1024, 2048, 4096])
+sweep = []
+for C_ in widths:
+    mdl = M.RWKV7(M.Config7.make(vocab_size=256, n_embd=C_, n_layer=2, head_size=min(64, C_ // 2)))
+    mdl = mdl.init_weights("random").to(dev)
+    read = sum(p.numel() * p.element_size() for name, p in mdl.named_parameters() if name != "emb.weight")
+    sweep.append((C_, read, *decoder_times_ms(mdl)))
+    del mdl
+labels = [f"C={C_}\n{b / 1e6:.1f} MB" for C_, b, _, _ in sweep]
+prod = [pr for *_, pr in sweep]
+rest = [max(st - pr, 0.0) for _, _, st, pr in sweep]
+fig, ax = plt.subplots(figsize=(7, 3.2))
+ax.bar(labels, prod, label="matrix products (bytes of weights)")
+ax.bar(labels, rest, bottom=prod, label="everything else (elementwise, norms, state, calls)")
+ax.set_ylabel("ms per step (lean decoder, L = 2)")
+ax.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+for C_, b, st, pr in sweep:
+    print(f"C = {C_:4d}: {b / 1e6:6.2f} MB of weights, step {st:6.3f} ms = products {pr:6.3f} ms "
+          f"({b / 1e6 / max(pr, 1e-9):5.1f} GB/s) + the rest {max(st - pr, 0):6.3f} ms")
+print(f"the rest over the {len(sweep)} widths: {min(rest):.3f} to {max(rest):.3f} ms per step, for "
+      f"{ops_lean[1]} kernel calls ({1e3 * min(rest) / ops_lean[1]:.1f} to {1e3 * max(rest) / ops_lean[1]:.1f} µs each)")
+assert all(st > 0 and pr > 0 for _, _, st, pr in sweep)
+
+# %% [markdown]
+# Read the bars from the bottom: the matrix products are the part that grows with the bytes of
+# weights; the rest — a few dozen elementwise operations, two norms and the state update per
+# block, each with its fixed cost — grows far more slowly than the products (the last line
+# prints its range in this run). At the book's small widths the rest was most of the step in
+# the printed run: the time is the number of calls, not the arithmetic. A released 0.1B model
+# (L = 12, C = 768; its bytes are printed below) has per block the same calls as these and far
+# more bytes: at the bandwidth measured above, a CPU pays mostly the products for it. A GPU
+# streams bytes about a thousand times faster (`benchmarks/NOTES.md` records a 4.1 TB/s device
+# copy on the H200 this book is measured on) but pays for every call as well, each of them a
+# kernel launch there — which is why a captured graph, which replays all of a step's launches at
+# once, matters on a GPU and hardly on a CPU.
+#
+# How the whole generation loop compares with BlinkDL's own runtime, the `rwkv` pip package
+# (`cpu fp32`, its TorchScript functions), on the same checkpoint and in the same process:
+# `python -m rwkvlab bench generate` measures it and writes a CSV to `benchmarks/results/`.
+# The chapter reads the recorded CSVs rather than timing them again (each CSV's header gives the
+# run's wall time, far beyond this chapter's budget); a row is quoted with its file.
+
+# %%
+from rwkvlab import bench_generate, book
+
+with torch.device("meta"):
+    shape_01b = M.RWKV7(M.Config7.make(65536, 768, 12))
+blocks_mb = 4 * sum(p.numel() for n, p in shape_01b.named_parameters() if n.startswith("blocks.")) / 1e6
+head_mb = 4 * shape_01b.head.weight.numel() / 1e6
+print(f"0.1B shape: {blocks_mb:.0f} MB of float32 block weights + {head_mb:.0f} MB of head, read every token at batch 1")
+recorded = sorted(book.root().glob("benchmarks/results/generate_*.csv"))
+gpu_csvs = [f for f in recorded if "_cpu_" not in f.name]
+for f in recorded:
+    rows_f = bench_generate.read_csv(f)
+    meta = dict(line[2:].split(": ", 1) for line in f.read_text().splitlines() if line.startswith("# ") and ": " in line)
+    print(f"{f.name} ({meta.get('device', '?')}; {meta.get('versions', '?')}; wall {meta.get('wall_s', '?')} s):")
+    for r in rows_f:
+        if r["phase"] in ("decode", "prefill") and r["impl"] in ("rwkvlab", "rwkvlab_reference", "official"):
+            vs = f", {r['vs_official']:.2f}x official" if r["vs_official"] == r["vs_official"] else ""
+            print(f"  {r['size']:5s} {r['impl']:18s} {r['phase']:7s} B={r['batch']:<3d} "
+                  f"{r['tok_per_s']:10,.0f} tok/s{vs}")
+if not recorded:
+    print("no generation benchmark recorded in benchmarks/results/ yet")
+if not gpu_csvs:
+    print("GPU: not yet measured. No GPU generation CSV is recorded, so this chapter quotes no GPU decode "
+          "figures (graph vs eager, 0.1B and 1.5B shapes); `python -m rwkvlab bench generate` on a GPU writes one.")
+
 # ## 5. Parallel mode: reading a whole sequence
 #
 # Training and prompt reading use parallel mode. Here the comparison is between reading $T$
@@ -402,7 +614,7 @@ else:
 # |---|---|---|
 # | training | parallel (chunked, Triton on a GPU) | all positions' losses at once; matrix-matrix products |
 # | reading a prompt ("prefill") | parallel, then keep the state | same as training, no gradients |
-# | generating | RNN (`model.step`) | one token exists at a time; O(1) memory and time per token |
+# | generating | RNN (`model.generate`: prefill, then the lean `model.step`) | one token exists at a time; O(1) memory and time per token |
 # | continuing a conversation | parallel from the saved state | the state summarises everything before |
 # | many independent sequences | a batch of states (or, at the WKV-core level, packed sequences with `cu_seqlens`) | each sequence has its own state |
 #
@@ -421,6 +633,11 @@ else:
 # * A same-shaped KV cache is larger than the whole RWKV state after $1 + N/2$ tokens (33 for
 #   $N = 64$), and keeps growing by $2LC$ numbers a token; its time per generated token grows
 #   with the position, while RNN mode's stays flat.
+# * At small sizes a step's time is per-operation overhead, not arithmetic: count the operators,
+#   fit $t \approx n_{\text{ops}} t_{\text{op}} + \text{bytes}/\text{bandwidth}$, and make the
+#   operators fewer (stacked weights, in-place state, no checks inside the step, TorchScript on
+#   CPU, a CUDA graph on a GPU) without changing the equations — and check the fast step against
+#   the slow one and against parallel mode.
 # * Train and prefill in parallel mode; generate in RNN mode.
 #
 # ## Exercises
