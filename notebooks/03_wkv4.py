@@ -343,6 +343,45 @@ check("wkv4 recurrent (stable) with k + 100 vs float64 naive", y_stable, y_big_r
 check("wkv4 recurrent (stable) vs naive", wkv4.recurrent(k, v, w, u)[0], y_ref, 1e-5)
 
 # %% [markdown]
+# What the three numbers do over time, for the slowest channel of the $k + 100$ input (where the raw
+# sums overflow float32): $p_t$ follows the largest log weight in the state, dropping by $w$ per
+# token until a key larger than the decayed maximum arrives and resets it, while $b'_t$, the
+# denominator measured relative to $e^{p_t}$, never goes below 1 and stays small. Their
+# combination $p_t + \log b'_t$ is the log of the raw denominator $b_t$, checked against float64.
+
+# %%
+c0 = int(w.argmin())                                   # the slowest channel: its p_t decays between keys
+st, ps, bs = wkv4.empty_state(B, C), [], []
+for t in range(T):
+    _, st = wkv4.step(k_big[:, t], v[:, t], w, u, st)
+    ps.append(st.p[0, c0].item())
+    bs.append(st.b[0, c0].item())
+ps, bs = torch.tensor(ps, dtype=torch.float64), torch.tensor(bs, dtype=torch.float64)
+kb, wd = k_big[0, :, c0].double(), w[c0].double()
+ages = torch.arange(T)[:, None] - torch.arange(T)[None, :]                    # t - i
+logw = torch.where(ages >= 0, kb[None, :] - ages * wd, torch.tensor(float("-inf"), dtype=torch.float64))
+p_ref = logw.max(dim=1).values                                                 # max_{i<=t} k_i - (t-i) w
+log_b_ref = torch.logsumexp(logw, dim=1)                                       # log of the raw b_t, in float64
+check("p_t = max_{i<=t} (k_i - (t-i) w)", ps, p_ref, 1e-8)
+check("p_t + log b'_t = log b_t (float64)", ps + bs.log(), log_b_ref, 1e-8)
+assert (bs >= 1).all() and not torch.isfinite(torch.exp(log_b_ref.float())).all()
+print(f"channel {c0}: p_t in [{ps.min():.1f}, {ps.max():.1f}], b'_t in [{bs.min():.2f}, {bs.max():.2f}]; "
+      f"the raw b_t = e^(p_t) b'_t reaches e^{log_b_ref.max():.0f}, beyond float32")
+
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2))
+a1.plot(ps.numpy(), "o-", ms=3, label="$p_t$ (stored)")
+a1.plot(kb.numpy(), "x", ms=4, c="gray", label="$k_t$ (this channel's keys)")
+a1.set_xlabel("token t")
+a1.set_title("running exponent $p_t$")
+a1.legend(fontsize=8)
+a2.plot(bs.numpy(), "o-", ms=3, c="C1")
+a2.axhline(1, ls=":", c="gray")
+a2.set_xlabel("token t")
+a2.set_title("$b'_t$ = denominator / $e^{p_t}$ (stays ≥ 1)")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
 # The state is now $3C$ numbers instead of $2C$; the paper notes the extra $p$ is needed only
 # because of finite precision. It also makes the state *comparable* across implementations:
 # $p_t$ is a definite function of the inputs (the max of the log weights), so two correct
