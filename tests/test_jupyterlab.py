@@ -64,7 +64,7 @@ def lab(tmp_path):
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          "--allow-root", "--IdentityProvider.token=", "--ServerApp.password=",
-         "--LabApp.extension_manager=readonly",
+         "--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True",
          f"--ServerApp.root_dir={work}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
          "jupyterlab.NeverCheckForUpdate"],
         cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
@@ -108,7 +108,12 @@ def test_jupyterlab_opens_a_chapter_as_a_notebook_and_saving_changes_nothing(lab
         assert page.locator(".jp-FileEditor").count() == 0, "the chapter opened as text, not as a notebook"
         # the kernel starts and JupyterLab writes its spec into the notebook's metadata
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-        page.wait_for_timeout(1000)
+        # ... and, from the kernel's reply, its language_info (a placeholder {"name": ""} comes first)
+        page.wait_for_function("() => { const m = window.jupyterapp.shell.currentWidget.context.model.toJSON();"
+                               " return m.metadata.language_info && m.metadata.language_info.name === 'python'; }",
+                               timeout=90_000)
+        page.wait_for_timeout(300)
+        tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")
         mtime = path.stat().st_mtime_ns
         page.locator(".jp-NotebookPanel .jp-Notebook").first.click()
         page.keyboard.press("Control+s")
@@ -117,8 +122,10 @@ def test_jupyterlab_opens_a_chapter_as_a_notebook_and_saving_changes_nothing(lab
                 break
             page.wait_for_timeout(250)
         assert path.stat().st_mtime_ns != mtime, "Ctrl+S did not save the chapter"
-        page.wait_for_timeout(500)
-        tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")
+        for _ in range(80):                          # the tab's flag clears once the save has returned
+            if "jp-mod-dirty" not in (tab.get_attribute("class") or ""):
+                break
+            page.wait_for_timeout(250)
         assert "jp-mod-dirty" not in (tab.get_attribute("class") or ""), "still marked modified after saving"
         page.screenshot(path=str(work / "jupyterlab.png"))
         chromium.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.resources as _resources
 import html
 import json
 import re
@@ -37,7 +38,7 @@ from pathlib import Path
 
 from .. import book as _book
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(str(_resources.files("rwkvlab.site")))   # the template and stylesheet are package data
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 MATHJAX = "tex-svg-full.js"      # TeX in, SVG out: one file, no fonts or extensions to fetch
@@ -82,7 +83,7 @@ def environment_key() -> str:
     h = hashlib.sha256()
     h.update(f"rwkvlab {__version__}|python {sys.version}|torch {torch.__version__}|"
              f"triton {triton.__version__}|{device.select()}".encode())
-    pkg = Path(_book.__file__).resolve().parent
+    pkg = Path(str(_resources.files("rwkvlab")))
     for p in sorted(pkg.rglob("*.py")):
         if "site" in p.relative_to(pkg).parts:       # rendering only: changes no output
             continue
