@@ -726,10 +726,12 @@ rwkvlab.check("sequential grads, w = -8, vs naive", got, want, 1e-4)
 # which is what `tl.dot` computes on tensor cores. This is not the factorisation that failed in
 # Section 5: there the split point was the chunk's *start* for every pair, and $e^{-c_j}$ grew
 # without bound; here it is the start of the *query's* sub-chunk, which always lies between $j$
-# and $i$. Only the four $16\times16$ blocks on the diagonal, where $j$ and $i$ share a
-# sub-chunk and no split point lies between them, are still built elementwise: per token, the
-# same 16 columns as the old loop at $C = 16$, with a cheaper inner step (below), while the rest
-# of the 64-token chunk goes to the tensor cores.
+# and $i$. That leaves the four $16\times16$ blocks on the diagonal, where $j$ and $i$ share a
+# sub-chunk and no sub-chunk start lies between them. The same trick works one level down: cut
+# each sub-chunk into four **quarters** of 4 tokens and factor at the start of the query's
+# quarter. Pairs in different quarters become three more (small) `tl.dot`s; only pairs inside
+# one quarter — 24 of the 120 pairs of a sub-chunk — are left elementwise, in three steps instead
+# of the sixteen column steps the first version of this kernel took.
 #
 # The identity, and the claim that nothing positive is ever exponentiated, are worth a check of
 # their own. The cell builds the exact exponent of every pair of one chunk in float64 (a running
@@ -768,9 +770,10 @@ assert worst < 1e-12 and largest <= 0.0
 
 # %% [markdown]
 # The same interval rule decides the *numerics* of everything else the kernels exponentiate.
-# Each exponent is formed as a cumulative sum of $w$ shifted by one row (the exclusive prefix
-# $p$ and the exclusive suffix $s$ of `_decays`), or as a sum of whole sub-chunk totals — never as
-# the difference $c_{i-1} - c_j$ of two running sums from the chunk's start. The difference is
+# Each exponent is formed as a sum over its own interval — a cumulative sum of $w$ shifted by one
+# row (the exclusive prefix and suffix of `_decays`, used by the state passes), at most three
+# neighbouring rows inside a quarter, or whole quarter and sub-chunk totals (`_quarter_decays`) —
+# never as the difference $c_{i-1} - c_j$ of two running sums from the chunk's start. The difference is
 # exact in real arithmetic and not in float32: once a running sum has passed a strong decay, it
 # carries that decay's rounding error (about $10^{-3}$ for $w = -10^4$, whose float32 spacing is
 # $2^{-10}$) into every later exponent, and a token's weight $e^{\pm 10^{-3}}$ is off by $10^{-3}$
@@ -809,35 +812,50 @@ assert spike_err["sequential C=16"] > 1e-5
 #    rows are as independent as value columns here and both are split; the tile shrinks from 32
 #    to 16 when `N·H` is too small to give every multiprocessor two programs.
 # 2. **Output** (`wkv6_fwd_o_kernel`, grid `(n_chunks, V/BV, H)`). One program owns one chunk of
-#    one head, all programs independent. It loads its chunk's `hs` and, for each sub-chunk $I$,
-#    adds three things: the inter term $(q\odot e^{P})S$ (one `tl.dot`), the blocks $J<I$ (two
-#    `tl.dot`s each: $A_{IJ}$, then $A_{IJ}V_J$), and the diagonal block.
+#    one head, all programs independent. It loads its chunk's start state from `hs` and walks the
+#    four sub-chunks *carrying the state*: $o_I = (q_I\odot e^{p})S + A_{II}V_I$, then
+#    $S \leftarrow \mathrm{diag}(e^{W_I})S + (k_I\odot e^{s})^\top V_I$. The carried $S$ holds the
+#    chunk-start state *and* every earlier sub-chunk, decayed to $I$'s start, so the blocks
+#    $A_{IJ}$, $J < I$, are never formed: their sum $\sum_J A_{IJ}V_J$ is $(q_I\odot e^{p})$ times
+#    the part of $S$ they wrote. Per sub-chunk that is two $16\times K\times V$ products
+#    (`q·S` and the update) where the first version of this kernel did one of those plus two
+#    $16\times16$ products per earlier sub-chunk: at $K = V = 64$, 32 against 28 products of size
+#    $16\cdot16\cdot64$ per chunk — about the same arithmetic, but no reloading of earlier
+#    sub-chunks and no decay factor per pair of sub-chunks.
 # 3. **Backward.** The state pass again (autograd keeps only the inputs); a reverse pass
 #    `wkv6_bwd_dh_kernel`, the mirror image of 1, for the gradient $\bar S$ of every chunk-*end*
 #    state, $\bar S \leftarrow \mathrm{diag}(e^{W})\bar S + (q\odot e^{P})^\top\bar O$; and
-#    `wkv6_bwd_kernel`, one program per chunk and head, for $\bar q, \bar k, \bar v, \bar w, \bar u$.
+#    two gradient kernels, one program per chunk and head each: `wkv6_bwd_dq_kernel` walks the
+#    sub-chunks forward carrying $S$ (for $\bar q$), `wkv6_bwd_dkv_kernel` walks them backward
+#    carrying $\bar S$ (for $\bar k, \bar v, \bar w$).
 #
 # The picture shows one chunk's $64\times64$ weight matrix as the output kernel sees it, and the
-# three grids for the training shape of Section 4.
+# grids for the training shape of Section 4.
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 1.5]})
 for I in range(4):
     for J in range(4):
         kind = "diag" if I == J else ("dot" if J < I else "zero")
-        color = {"diag": colors[3], "dot": colors[0], "zero": "white"}[kind]
+        color = {"diag": "white", "dot": colors[0], "zero": "white"}[kind]
         ax1.add_patch(Rectangle((J * 16, I * 16), 16, 16, facecolor=color, edgecolor="k", alpha=0.6))
-        label = {"diag": "elementwise\n(exact products)", "dot": f"tl.dot\nA[{I},{J}]", "zero": "0\n(causal)"}[kind]
+        if kind == "diag":  # quarters: 3 small dots below the diagonal, 4x4 elementwise on it
+            for a in range(4):
+                for b in range(a + 1):
+                    c = colors[3] if a == b else colors[2]
+                    ax1.add_patch(Rectangle((J * 16 + 4 * b, I * 16 + 4 * a), 4, 4, facecolor=c, edgecolor="k",
+                                            linewidth=0.3, alpha=0.6))
+        label = {"diag": "", "dot": "via carried S:\n(q e^p) S", "zero": "0\n(causal)"}[kind]
         ax1.text(J * 16 + 8, I * 16 + 8, label, ha="center", va="center", fontsize=7)
 ax1.set_xlim(0, 64), ax1.set_ylim(64, 0), ax1.set_xticks([0, 16, 32, 48, 64]), ax1.set_yticks([0, 16, 32, 48, 64])
 ax1.set_xlabel("key token j in the chunk"), ax1.set_ylabel("query token i")
-ax1.set_title("intra-chunk weights: 6 blocks on tensor cores, 4 built elementwise", fontsize=9)
+ax1.set_title("blue: through the carried state; green: tl.dot per quarter; red: elementwise", fontsize=8)
 Bg, Tg, Hg, Kg, Vg = 4, 4096, 32, 64, 64
 n_ch = Bg * Tg // 64
 BKs, BVs = ks._state_tiles(Bg, Hg, Kg, Vg)
 launches = [("state pass (fwd, and bwd again)", (Kg // BKs) * (Vg // BVs) * Bg * Hg, Tg // 64),
             ("output", n_ch * Hg, 1), ("reverse state pass (bwd)", (Kg // BKs) * (Vg // BVs) * Bg * Hg, Tg // 64),
-            ("gradients (bwd)", n_ch * Hg, 1)]
+            ("dq (bwd)", n_ch * Hg, 1), ("dk, dv, dw (bwd)", n_ch * Hg, 1)]
 for y, (name, programs, steps) in enumerate(launches):
     ax2.barh(y, programs, color=colors[y], alpha=0.6)
     ax2.text(programs * 1.05, y, f"{programs} programs x {steps} chunk step{'s' if steps > 1 else ''}", va="center", fontsize=8)
@@ -846,52 +864,69 @@ ax2.invert_yaxis(), ax2.set_title(f"grids at B={Bg}, T={Tg}, H={Hg}, K=V={Kg} (1
 plt.tight_layout()
 plt.show()
 assert launches[1][1] == 16 * launches[0][1] == 8192   # one program per chunk and head, 16x the state pass's
+in_quarter = sum(1 for i in range(16) for j in range(i) if i // 4 == j // 4)
+assert in_quarter == 24 and 16 * 15 // 2 == 120          # the pairs left elementwise, of a sub-chunk's 120
 
 # %% [markdown]
 # ### The kernels, in excerpts
 #
-# Three helpers carry the ideas. `_decays` returns the exclusive prefix $p$, the exclusive suffix
-# $s$ and the total of a block of log decays, in base 2 (`exp2` is the hardware's native
-# exponential; $\log_2 e$ is folded into $w$ once) — note the two loads shifted by one row, which
-# turn "exclusive" into a plain cumulative sum instead of a subtraction. `_diag_out` is the
-# diagonal block: one column $j$ at a time, right to left, with the weights
-# $e^{w_{j+1}+\dots+w_{i-1}}$ kept as a running **product** of factors $e^{w_m}\in[0,1]$, so the
-# loop needs one multiplication per entry instead of an exponential, and each column of $A$ goes
-# straight into the output as the rank-one update $A_{:,j}v_j^\top$ (the $16\times16$ block is
-# never assembled in registers, which would cost a layout shuffle per column). The output kernel
-# strings them together.
+# Three helpers carry the ideas, all in base 2 (`exp2` is the hardware's native exponential;
+# $\log_2 e$ is folded into $w$ once). `_quarter_decays` reads one sub-chunk's log decays as
+# quarters: for each token the sum from its quarter's start up to the token before it (`pq`),
+# the sum from the token after it to its quarter's end (`sq`) — at most three neighbouring rows,
+# loaded shifted, so no subtraction — and the four quarter totals. Every other exponent of the
+# sub-chunk is one of those plus whole quarters, which `_sub_decays` and `_key_exp` add up.
+# `_diag_weights` builds the sub-chunk's own $16\times16$ weights: one `tl.dot` per query
+# quarter $R$ for the keys in earlier quarters (factored at $R$'s start, so both factors are
+# $\le 0$), then three steps for the pairs inside a quarter — step `jj` reads, for every query
+# row $i$, the key at offset `jj` of $i$'s own quarter (a gathered load), with the decay
+# between them grown by one $w$ per step from the right — and the bonus on the diagonal. The
+# output kernel strings them together around the carried state.
 
 # %%
-print(inspect.getsource(ks._decays.fn))
-print(inspect.getsource(ks._diag_out.fn))
+print(inspect.getsource(ks._quarter_decays.fn))
+print(inspect.getsource(ks._diag_weights.fn))
 print(inspect.getsource(ks.wkv6_fwd_o_kernel.fn))
 
 # %% [markdown]
 # A few choices in that listing:
 #
-# - **Runtime loops over the sub-chunks.** `for I in range(0, BT // BC)` is an ordinary loop,
-#   not `tl.static_range`. Unrolled, the four sub-chunks let the compiler hoist loads and keep
-#   tiles of several iterations alive at once: 175 registers per thread with 8 warps and 255 with
-#   spills at 4 warps, against 114 and 168 rolled (ptxas's report for sm_90, recorded in
-#   `benchmarks/NOTES.md`); on the H200 the rolled version's forward took 2.17 ms end to end
-#   against 2.39 ms unrolled at $B=4, T=4096, H=32$ (both with 4 warps; NOTES.md has the runs).
+# - **Runtime loops over the sub-chunks, static ones inside.** `for I in range(...)` is an
+#   ordinary loop; unrolled, the sub-chunks let the compiler keep tiles of several iterations
+#   alive at once (the first version of this kernel measured 2.39 ms unrolled against 2.17 ms
+#   rolled, end to end; `benchmarks/NOTES.md`). The quarter loops are `tl.static_range`: their
+#   bounds are constants and each step touches different tiles.
+# - **Registers decide occupancy.** The output kernel compiles to 193 registers per thread at
+#   4 warps, which fits two programs on a multiprocessor; capped at 168 (`TUNE`'s third entry,
+#   Triton's `maxnreg`), ptxas spills 32 bytes and three programs fit, and the forward measured
+#   4 % faster on the H200. 8 warps lost in every kernel (NOTES.md records each setting).
 # - **Precision.** With 16-bit inputs the products take 16-bit operands (the decayed queries and
-#   keys, and a bf16 copy of the float32 state) with float32 accumulation; the intra weights
-#   $A_{IJ}$ themselves are computed in TF32 from float32 operands, as FLA does, because they are
-#   products of two decayed factors. Everything that is exponentiated stays float32. float32
-#   inputs use IEEE float32 dots throughout.
+#   keys, and a bf16 copy of the float32 state) with float32 accumulation; the small intra weights
+#   of the quarters are computed in TF32 from float32 operands, as FLA does for its intra blocks,
+#   because they are products of two decayed factors. Everything that is exponentiated stays
+#   float32. float32 inputs use IEEE float32 dots throughout.
+# - **The input checks ride along.** The state pass reads every input anyway, so it also checks
+#   their values: a NaN or Inf in $k$, $v$, $w$ or the initial state reaches the state by itself
+#   ($0\cdot\infty$ is NaN too), and a non-finite $r$, a positive $w$ or $w = -\infty$ are added
+#   to the exponents as a NaN, so one test of each program's final state covers every case. The
+#   wrapper reads one flag after the launches — one small wait instead of a pass per tensor — and
+#   only if it is set runs the full host-side check that names the argument.
 #
 # ### The backward, per chunk
 #
 # The reverse state pass gives, for every chunk, the gradient $\bar S$ of its *end* state; the
 # state pass gives its *start* state $S$. With both in hand, a chunk's gradients are a local
-# problem. Write primes for gradients without the bonus. For each sub-chunk, from last to first,
-# the gradient kernel adds the inter terms ($\bar q' = e^{P}\odot \bar O S^\top$,
-# $\bar k' = e^{Q}\odot V\bar S^\top$, $\bar v = (k\odot e^{Q})\bar S$), the blocks with the
-# other sub-chunks as `tl.dot`s ($\bar A_{IJ} = \bar O_I V_J^\top$ pushed into $\bar q'_I$ through
-# $k_J\odot e^{s+\text{gap}}$, and, with $I$ as the key sub-chunk, into $\bar k'_I$ and
-# $\bar v_I$ through the later query sub-chunks), and the diagonal block column by column with
-# the same running product as the forward. The bonus terms of Section 3 join at the end.
+# problem, solved in two sweeps over its sub-chunks that mirror the forward. Write primes for
+# gradients without the bonus, and $\bar A = \bar O V^\top$ for the gradient of the weights.
+#
+# - `wkv6_bwd_dq_kernel` walks the sub-chunks first to last carrying $S$, exactly as the output
+#   kernel does: $\bar q'_I = e^{p}\odot \bar O_I S^\top$ plus the sub-chunk's own block
+#   ($\bar A$ pushed through the keys, three quarter `tl.dot`s and three in-quarter steps).
+# - `wkv6_bwd_dkv_kernel` walks them last to first carrying $\bar S$, the gradient of each
+#   sub-chunk's *end* state: $\bar k'_I = e^{s}\odot V_I\bar S^\top$ and
+#   $\bar v_I = (k_I\odot e^{s})\bar S$ plus the own block's share, then
+#   $\bar S \leftarrow \mathrm{diag}(e^{W_I})\bar S + (q_I\odot e^{p})^\top\bar O_I$. Inside a
+#   quarter it steps over the *queries* after each key, the transpose of the forward's steps.
 #
 # The decay gradient uses the identity of Section 3, now inside one chunk:
 #
@@ -901,15 +936,16 @@ print(inspect.getsource(ks.wkv6_fwd_o_kernel.fn))
 # sums over the chunk's tokens, where the last term collects everything after the chunk — for its
 # last token $e$, $\bar w_e = \mathrm{rowsum}(\bar S_e\odot e^{w_e}S_{e-1})$ directly, and
 # $k_e\odot\bar k'_e = \mathrm{rowsum}(\bar S_e\odot k_ev_e^\top)$ is the rest of
-# $\mathrm{rowsum}(\bar S_e\odot S_e)$. The kernel forms $S_\text{end}$ from $S$ with one more
-# `tl.dot`, and runs the two sums right to left as a running vector across sub-chunks and a
-# reverse cumulative sum inside each. Every per-token state stays out of memory, as in the
-# recurrent kernel. The excerpt is that last step of the loop body.
+# $\mathrm{rowsum}(\bar S_e\odot S_e)$. The first kernel ends its sweep holding $S_\text{end}$,
+# so it writes that row sum, and $q\odot\bar q'$ per token, to two float32 buffers; the second
+# runs the two sums right to left, as a running vector across sub-chunks and a reverse cumulative
+# sum inside each. No per-token state is ever stored, as in the recurrent kernel. The excerpt is
+# that step of the second kernel's loop body.
 
 # %%
-src = inspect.getsource(ks.wkv6_bwd_kernel.fn)
-start = src.index("        # dw: ")
-print(src[start:src.index("        p_k = ", start)])
+src = inspect.getsource(ks.wkv6_bwd_dkv_kernel.fn)
+start = src.index("        b_x = tl.load(xs")
+print(src[start:src.index("        b_dk += b_dAd", start)])
 
 # %% [markdown]
 # The checks: outputs, final states and every gradient against autograd through the float64
@@ -953,16 +989,17 @@ rwkvlab.check("subchunk grads, w = -8 over 130 tokens, vs naive", got, want, 1e-
 # %%
 K_, V_, C_, BC_, b16, f32 = 64, 64, 64, 16, 2, 4
 state_bytes = 4 * K_ * V_ / C_                       # one float32 state per chunk, per token
-pairs = (C_ // BC_) * (C_ // BC_ - 1) // 2           # off-diagonal sub-chunk blocks per chunk
+quarter_dot = 3 * 2 * BC_ * K_                       # 3 quarter dots [16, K] x [K, 16] per sub-chunk, per token
 roofline = {
     # name: (bytes per token·head, matmul FLOPs per token·head, elementwise FLOPs per token·head)
-    "state pass": ((2 * K_ + V_) * b16 + state_bytes, 2 * K_ * V_, 4 * K_),
+    "state pass": ((3 * K_ + V_) * b16 + state_bytes, 2 * K_ * V_, 4 * K_),   # r is read for the value check
     "output": ((3 * K_ + V_) * b16 + state_bytes + V_ * b16,
-               2 * K_ * V_ + pairs * (2 * BC_ * BC_ * K_ + 2 * BC_ * BC_ * V_) / C_, BC_ * (4 * K_ + 2 * V_) / 2),
+               4 * K_ * V_ + quarter_dot + 2 * BC_ * V_, 24 * K_),          # q·S, update, quarters, A·V
     "reverse state pass": ((2 * K_ + V_) * b16 + state_bytes, 2 * K_ * V_, 4 * K_),
-    "gradients": ((3 * K_ + 2 * V_) * b16 + 2 * state_bytes + (3 * K_ + V_) * b16,
-                  7 * K_ * V_ + pairs * 2 * (3 * 2 * BC_ * BC_ * K_ + 2 * 2 * BC_ * BC_ * V_) / C_,
-                  BC_ * (8 * K_ + 4 * V_) / 2),
+    "dq": ((3 * K_ + 2 * V_) * b16 + state_bytes + K_ * (b16 + f32),           # writes dq and q ⊙ dq' (float32)
+           4 * K_ * V_ + quarter_dot + 2 * BC_ * V_, 24 * K_),
+    "dk, dv, dw": ((3 * K_ + 2 * V_) * b16 + state_bytes + K_ * f32 + (2 * K_ + V_) * b16,
+                   6 * K_ * V_ + 2 * quarter_dot + 2 * 2 * BC_ * V_, 36 * K_),
 }
 tokens = 4 * 4096 * 32                                # B·T·H at the training shape
 print(f"{'launch':<20} {'bytes/token':>11} {'FLOP/token':>11} {'FLOP/byte':>9} {'floor us (mem)':>14} {'floor us (mma)':>14}")
@@ -981,9 +1018,10 @@ assert fwd_floor > op_floor
 # prints — more than the operator's own floor (inputs read once, output written once), because
 # the chunk-start states go to memory and back. Section 8's measured
 # times are several times that. The gap is not bandwidth but latency: the state passes are
-# sequential loops whose every step waits for its loads and a cumulative sum, and the per-chunk
-# kernels run their diagonal blocks as 16 dependent column steps. `benchmarks/NOTES.md` keeps the
-# measured breakdown per launch and what was tried.
+# sequential loops whose every step waits for its loads and a cumulative sum (0.35 ms for 64
+# steps at this shape, about 5 µs a step: `benchmarks/results/h200_wkv6_v3_2026-12-01.txt`), and the per-chunk kernels, with two or three programs
+# per multiprocessor (their register counts allow no more), cannot hide the wait on their loads
+# and reductions. `benchmarks/NOTES.md` keeps the measured breakdown per launch and what was tried.
 
 # %% [markdown]
 # ## 7. Both kernels agree with everything else
@@ -1015,26 +1053,24 @@ rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_re
 # Speed is measured by `python -m rwkvlab bench`, which times every rung, FLA's kernels and causal
 # softmax attention side by side in one process and writes a CSV with its provenance to
 # `benchmarks/results/`. The cell below reads the record taken on one NVIDIA H200 for this
-# chapter (`benchmarks/results/h200_wkv6_2026-12-01.csv`, with the log and the script that produced
-# it beside it; bf16, `do_bench` medians) and prints it with the ratios. A second record from the
-# same H200 (`h200_wkv6_breakdown_2026-12-01.txt`) times the launches alone at $B=4, T=4096$: the
-# state pass 0.35 ms, state pass plus output kernel 1.22 ms, the backward's three launches
-# 6.1 ms — **without** the package's input checks, which the end-to-end rows include. Those
-# checks read every input to reject NaN and positive decays, and at the time of the record did
-# so with one pass and one wait for the device per tensor: about 0.9 ms of the 2.17 ms forward.
-# They now take one pass per tensor and a single wait (`rwkvlab/validate.py`), a change not yet
-# re-timed on the GPU. The earlier rungs, for comparison, were recorded on an H100 at the same
-# shape: 4.5 ms forward and 11.8 ms forward+backward for the sequential schedule
+# chapter's kernels as they now stand (`benchmarks/results/h200_wkv6_v3_2026-12-01.csv`, with the
+# log and the script that produced it beside it; bf16, `do_bench` medians, input checks
+# included) and the record of the first sub-chunk version (`h200_wkv6_2026-12-01.csv`, same
+# H200, same day), and prints both with the ratios. The earlier rungs were recorded on an H100
+# at $B=4, T=4096$: 4.5 ms forward and 11.8 ms forward+backward for the sequential schedule
 # (`benchmarks/results/h100_bench_vs_fla_2026-11-23.txt`).
 #
-# What to read off it, honestly: the sub-chunk design is exact where the earlier rungs were not,
-# and faster than they were, but it is **not yet as fast as FLA**: the "speed vs FLA" columns stay
-# below 1× at every shape, and its forward sits further above the memory floor than FLA's does.
-# The roofline of Section 6 says why there is room: every launch is memory-bound on paper, and
-# the measured gap is latency — sequential state passes whose steps wait on their loads and
-# cumulative sums, and 16 dependent column steps per diagonal block. `benchmarks/NOTES.md` lists
-# what was tried and what comes next (precomputed cumulative decays, bf16 chunk states, a
-# backward split into lighter kernels).
+# What to read off it, honestly. Against the first version, carrying the state through the
+# sub-chunks, the quarters and the checks inside the state pass brought the forward from 2.17 to
+# 1.49 ms and forward+backward from 8.6 to 5.2 ms at $T = 4096$. At $T = 1024$ the kernel now
+# matches FLA's forward and beats its forward+backward; at the longer shapes it is still
+# 1.3–1.7× slower than FLA (the "speed vs FLA" column below 1×), and its forward sits further
+# above the memory floor than FLA's does. The log beside the CSV has the launches alone: the
+# state pass takes 0.35 ms without the value checks and 0.48 ms with them — the extra read of
+# $r$ in a latency-bound loop; the output kernel about 0.9 ms; the backward's four launches 3.3
+# ms. The roofline of Section 6 says there is room: every launch is memory-bound on paper.
+# `benchmarks/NOTES.md` lists what was tried and what comes next (precomputed decayed queries
+# and keys so the output kernel is only products, bf16 chunk states, the state pass's latency).
 
 # %%
 x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
@@ -1049,16 +1085,23 @@ assert io_bytes == 320 * MiB
 
 from rwkvlab import bench
 
-record = bench.read_csv(bench.RESULTS / "h200_wkv6_2026-12-01.csv")
-print(f"recorded: {record.meta['device']}, {record.meta['versions']}, {record.meta['date']}")
-print("| B, T, H | rwkvlab fwd ms | FLA fwd ms | speed vs FLA | rwkvlab fwd+bwd ms | FLA fwd+bwd ms | speed vs FLA | fwd / floor |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-dense = [row for row in record if row["layout"] == "dense"]
-for row in (row for row in dense if row["impl"] == "triton_chunked"):
-    fla = next(x for x in dense if x["impl"].startswith("fla") and (x["B"], x["T"], x["H"]) == (row["B"], row["T"], row["H"]))
-    print(f"| {row['B']}, {row['T']}, {row['H']} | {row['fwd_ms']:.2f} | {fla['fwd_ms']:.2f} | {fla['fwd_ms'] / row['fwd_ms']:.2f}x "
-          f"| {row['fwdbwd_ms']:.2f} | {fla['fwdbwd_ms']:.2f} | {fla['fwdbwd_ms'] / row['fwdbwd_ms']:.2f}x | {row['x_floor']:.0f}x |")
-assert len(dense) == 8 and all(row["fwd_ms"] > row["floor_ms"] for row in dense)
+ratios = {}
+for version, csv in (("v3 (now)", "h200_wkv6_v3_2026-12-01.csv"), ("v2 (first sub-chunk kernel)", "h200_wkv6_2026-12-01.csv")):
+    record = bench.read_csv(bench.RESULTS / csv)
+    print(f"\n{version}: {record.meta['device']}, {record.meta['versions']}, {record.meta['date']}")
+    print("| B, T, H | rwkvlab fwd ms | FLA fwd ms | speed vs FLA | rwkvlab fwd+bwd ms | FLA fwd+bwd ms | speed vs FLA | fwd / floor |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    dense = [row for row in record if row["layout"] == "dense"]
+    for row in sorted((row for row in dense if row["impl"] == "triton_chunked"), key=lambda r: (r["T"], r["B"])):
+        fla = next(x for x in dense if x["impl"].startswith("fla") and (x["B"], x["T"], x["H"]) == (row["B"], row["T"], row["H"]))
+        ratios[version, row["T"]] = (fla["fwd_ms"] / row["fwd_ms"], fla["fwdbwd_ms"] / row["fwdbwd_ms"])
+        print(f"| {row['B']}, {row['T']}, {row['H']} | {row['fwd_ms']:.2f} | {fla['fwd_ms']:.2f} | {fla['fwd_ms'] / row['fwd_ms']:.2f}x "
+              f"| {row['fwdbwd_ms']:.2f} | {fla['fwdbwd_ms']:.2f} | {fla['fwdbwd_ms'] / row['fwdbwd_ms']:.2f}x | {row['x_floor']:.0f}x |")
+    assert len(dense) == 8 and all(row["fwd_ms"] > row["floor_ms"] for row in dense)
+# what the text says of the record: faster than v2 everywhere, FLA's equal at T = 1024, slower at T >= 4096
+assert all(ratios["v3 (now)", T][i] > ratios["v2 (first sub-chunk kernel)", T][i] for T in (1024, 4096, 16384) for i in (0, 1))
+assert ratios["v3 (now)", 1024][0] > 0.95 and ratios["v3 (now)", 1024][1] > 1.0
+assert all(ratios["v3 (now)", T][0] < 0.8 for T in (4096, 16384))
 
 if rwkvlab.device.has_gpu():
     import triton
@@ -1107,12 +1150,15 @@ else:
 # - `schedule="parallel"` splits the chunked forward along its one recurrent line: a light state
 #   pass writes every chunk-start state (float32, 8× the bytes of bf16 keys at $C = 16$), then
 #   an output kernel runs one program per chunk.
-# - The default design (`schedule="subchunk"`) cuts chunks of 64 into sub-chunks of 16: the
-#   off-diagonal blocks of the intra weights are `tl.dot`s, factored at the query's sub-chunk
-#   start so that both factors have exponents ≤ 0; only the diagonal blocks are elementwise, as a
-#   running product. Every exponent is a sum over its own interval, so a decay spike costs no
-#   float32 accuracy (the earlier rungs lose three digits there). On the H200 it is the fastest
-#   rung, and still slower than FLA; the measured table and the roofline say where the time goes.
+# - The default design (`schedule="subchunk"`) cuts chunks of 64 into sub-chunks of 16 and
+#   carries the state through them inside each chunk's program, so everything before a
+#   sub-chunk reaches it through one `tl.dot` with the decayed queries; each sub-chunk's own
+#   16×16 block is split once more into quarters of 4 (three small dots, three elementwise
+#   steps). Every factor is decayed from a split point that lies between query and key, so no
+#   exponent is positive, and every exponent is a sum over its own interval, so a decay spike
+#   costs no float32 accuracy (the earlier rungs lose three digits there). The state pass checks
+#   the inputs' values as it reads them. On the H200 it matches FLA at T = 1024 and is 1.3–1.7×
+#   slower at the longer shapes; the measured table and the roofline say where the time goes.
 #
 # ## Exercises
 #

@@ -55,7 +55,7 @@ __all__ = ["fwd", "bwd", "SubchunkFunction"]
 
 LOG2E = tl.constexpr(1.4426950408889634)
 # launch settings per kernel (num_warps, num_stages[, maxnreg]); benchmarks/NOTES.md records how they were chosen
-TUNE = {"fwd_h": (4, 2), "fwd_o": (4, 2), "bwd_dh": (4, 2), "bwd_dq": (4, 2), "bwd_dkv": (4, 2)}
+TUNE = {"fwd_h": (4, 2), "fwd_o": (4, 2, 168), "bwd_dh": (4, 2), "bwd_dq": (4, 1), "bwd_dkv": (4, 1)}
 BC = 16  # sub-chunk length: the smallest tile side tl.dot accepts
 QB = 4  # quarter: the diagonal 16×16 blocks are split once more, into four quarters of 4 tokens
 
