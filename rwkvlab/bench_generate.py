@@ -283,7 +283,8 @@ def run_size(size, args, dev, dtype, official_cls, official_note, log, rows, tmp
             name = "rwkvlab" if graph is None else "rwkvlab_eager"
             add(impl=name, phase="decode", batch=B, tokens=n_b * B, tok_per_s=tps, ms_per_step=1e3 * B / tps,
                 vs_official=tps / o_dec if not math.isnan(o_dec) else "", rel_diff_official=rel, status="ok",
-                note=("CUDA graph" if gpu and graph is None else "eager") + ", greedy, generate_batch's own timing")
+                note=("CUDA graph" if gpu and graph is None else "no graph" + ("" if gpu else ", TorchScript block"))
+                + ", greedy, generate_batch's own timing (threads='auto')")
         if B == 1:
             tps = time_reference(m, short, max(4, n_b // 4), reps)
             add(impl="rwkvlab_reference", phase="decode", batch=1, tokens=max(4, n_b // 4), tok_per_s=tps,

@@ -314,8 +314,13 @@ def test_the_caller_runs_with_autograd_between_tokens_and_its_time_is_not_counte
     import time
 
     m = tiny7(seed=17)
+    torch.set_num_threads(2)
+    assert G.decode_threads(m) == 1                  # a small model decodes on one thread ...
     gen = m.generate([1, 2], 3, temperature=0)
     for _ in gen:
         assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        assert torch.get_num_threads() == 2          # ... and the caller gets its own setting back
         time.sleep(0.05)
     assert gen.stats.decode_s < 0.05                 # three 50 ms sleeps of the caller are not decode time
+    assert G.decode_threads(tiny7(C=256, L=32, N=32)) is None      # over 32 MiB: torch's setting
+    torch.set_num_threads(1)

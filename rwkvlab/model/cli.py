@@ -39,8 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="generate this many continuations of the prompt at once "
                                                         "(each its own sample; default 1)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU if there is one)")
-    p.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: torch's choice; 1 is "
-                                                            "often fastest for small models on a busy machine)")
+    p.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: torch's choice, and one "
+                                                            "while decoding a model under 32 MiB of weights)")
     p.add_argument("--quiet", action="store_true", help="no header or timing lines on stderr")
 
 
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace, out=None) -> int:
     dtype = getattr(torch, DTYPES[args.dtype])
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    threads = "auto" if args.threads is None else None         # an explicit --threads is used as given
     try:
         model = load(args.model, dtype=dtype, impl=args.impl,
                      device=args.device if args.device is not None else _dev.device())
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace, out=None) -> int:
         stream = tk.StreamDecoder(tok)
         out.write(args.prompt)
         out.flush()
-        gen = model.generate(ids, args.tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        gen = model.generate(ids, args.tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                             threads=threads)
         for t in gen:
             out.write(stream.push(t))
             out.flush()
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace, out=None) -> int:
         stats = gen.stats
     else:
         res = model.generate_batch([ids] * args.batch, args.tokens, temperature=args.temperature,
-                                   top_p=args.top_p, seed=args.seed)
+                                   top_p=args.top_p, seed=args.seed, threads=threads)
         for b, toks in enumerate(res.tokens):
             out.write(f"--- {b}\n{args.prompt}{tok.decode(toks)}\n")
         out.flush()

@@ -276,14 +276,16 @@ class LanguageModel(nn.Module):
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], n_tokens: int, temperature: float = 1.0, top_p: float = 0.85,
-                 seed: int | None = 0, state=None, stop=None, graph: bool | None = None):
+                 seed: int | None = 0, state=None, stop=None, graph: bool | None = None, threads="auto"):
         """An iterator over ``n_tokens`` sampled token ids (fewer if one of ``stop`` comes: it is
         yielded, then generation ends). The prompt is read in parallel mode (one call,
         :meth:`prefill`), every new token in RNN mode (one step each, the lean decoder with its
         state in place; a CUDA graph on a GPU, see :mod:`rwkvlab.model.generation`), so memory stays
         constant while generating. Bad arguments raise here, before anything is computed. The
         iterator's ``stats`` hold prefill and decode timings, its ``state`` (once exhausted) the
-        state after the last token."""
+        state after the last token. ``threads``: intra-op threads while decoding (``"auto"``: one
+        for small models on CPU, see :func:`~rwkvlab.model.generation.decode_threads`; ``None``:
+        torch's setting), restored around every step."""
         from .generation import Generation, Run
 
         if isinstance(prompt_ids, torch.Tensor):
@@ -291,19 +293,20 @@ class LanguageModel(nn.Module):
         if not prompt_ids:
             raise ValueError("prompt_ids: expected at least one token (RWKV World models use 0 as a start token)")
         n_tokens = validate.positive_int("n_tokens", n_tokens, minimum=0)
-        return Generation(Run(self, [prompt_ids], n_tokens, temperature, top_p, seed, state, stop, graph))
+        return Generation(Run(self, [prompt_ids], n_tokens, temperature, top_p, seed, state, stop, graph,
+                              threads=threads))
 
     def generate_batch(self, prompts: list[list[int]], n_tokens, temperature: float = 1.0, top_p: float = 0.85,
-                       seed: int | None = 0, state=None, stop=None, graph: bool | None = None):
+                       seed: int | None = 0, state=None, stop=None, graph: bool | None = None, threads="auto"):
         """Generate for ``B = len(prompts)`` sequences at once, each with its own state: prompts of
         one length are read in one parallel call; then every step reads one token of every
         sequence still running. ``n_tokens`` and ``stop`` are one value for all or one per
         sequence; a sequence ends at its own stop token (included) or length. Returns a
         :class:`~rwkvlab.model.generation.BatchResult` (tokens per sequence, each row's state after
-        its last token, timings)."""
+        its last token, timings). ``threads`` as in :meth:`generate`."""
         from .generation import BatchResult, Run
 
-        run = Run(self, prompts, n_tokens, temperature, top_p, seed, state, stop, graph)
+        run = Run(self, prompts, n_tokens, temperature, top_p, seed, state, stop, graph, threads=threads)
         tokens = [[] for _ in run.prompts]
         for chosen in run:
             for b, t in chosen:
