@@ -281,10 +281,18 @@ def test_cli_bad_new_options_are_one_line(byte_ckpt, capsys, argv, option):
     assert rc == 2 and out == "" and err.startswith(f"generate: {option}: ") and err.count("\n") == 1, err
 
 
-def test_cli_bf16_runs(byte_ckpt, capsys):
-    _, p = byte_ckpt
-    rc, out, err = _cli(capsys, "--model", str(p), "--prompt", "a", "--tokens", "4", "--dtype", "bf16", "--quiet")
-    assert rc == 0 and err == "" and out.startswith("a"), err
+def test_cli_runs_a_bf16_checkpoint_in_bf16_and_fp32(byte_ckpt, capsys, tmp_path):
+    m, _ = byte_ckpt
+    p = tmp_path / "bf16.pth"
+    torch.save({k: v.to(torch.bfloat16) for k, v in m.state_dict().items()}, p)   # as BlinkDL ships them
+    for dtype in ("bf16", "fp32"):
+        rc, out, err = _cli(capsys, "--model", str(p), "--prompt", "a", "--tokens", "4", "--dtype", dtype, "--quiet")
+        assert rc == 0 and err == "" and out.startswith("a"), err
+    m16 = M.load(p, dtype=torch.bfloat16)
+    got = list(m16.generate([97], 4, temperature=0))
+    rc, out, _ = _cli(capsys, "--model", str(p), "--prompt", "a", "--tokens", "4", "--dtype", "bf16", "--quiet",
+                      "--temperature", "0")
+    assert out == "a" + rwkvlab.tokenizer.ByteTokenizer().decode(got) + "\n"
 
 
 def test_gpu_check_script_runs_its_cpu_dry_run(capsys):
