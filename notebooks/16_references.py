@@ -218,6 +218,13 @@ print("the signatures, defaults, shapes and dtypes above match the contract")
 # | Shazeer 2020 | GLU Variants Improve Transformer (GeGLU, SwiGLU) | arXiv 2002.05202 |
 # | So et al. 2021 | Primer: Searching for Efficient Transformers for Language Modeling (squared ReLU) | arXiv 2109.08668 |
 # | Loshchilov & Hutter 2019 | Decoupled Weight Decay Regularization (AdamW) | arXiv 1711.05101 |
+# | Yang, Kautz & Hatamizadeh 2024 | Gated Delta Networks: Improving Mamba2 with Delta Rule (Gated DeltaNet) | arXiv 2412.06464 |
+# | Kimi Team 2025 | Kimi Linear: An Expressive, Efficient Attention Architecture (Kimi Delta Attention) | arXiv 2510.26692 |
+# | Siems et al. 2025 | DeltaProduct: Improving State-Tracking in Linear RNNs via Householder Products | arXiv 2502.10297 |
+# | Sun et al. 2024 | Learning to (Learn at Test Time): RNNs with Expressive Hidden States (TTT) | arXiv 2407.04620 |
+# | Behrouz, Zhong & Mirrokni 2025 | Titans: Learning to Memorize at Test Time | arXiv 2501.00663 |
+# | von Oswald et al. 2025 | MesaNet: Sequence Modeling by Locally Optimal Test-Time Training | arXiv 2506.05233 |
+# | Guo et al. 2025 | Log-Linear Attention | arXiv 2506.04761 |
 # | Barrington 1989 | Bounded-width polynomial-size branching programs recognize exactly those languages in NC¹ | J. Comput. Syst. Sci. 38(1) |
 # | Widrow & Hoff 1960 | Adaptive switching circuits (the delta / LMS rule) | IRE WESCON Convention Record |
 # | Bischof & Van Loan 1987 | The WY representation for products of Householder matrices | SIAM J. Sci. Stat. Comput. 8(1) |
@@ -233,6 +240,7 @@ print("the signatures, defaults, shapes and dtypes above match the contract")
 # | fla-org/flash-linear-attention, `fla/ops/rwkv6/`, `fla/ops/rwkv7/`, `fla/ops/delta_rule/`, `fla/layers/rwkv7.py` | the layout and log-decay convention this book follows; chunked RWKV-6/7 and the WY/UT chunk algebra (chapters 5–11) |
 # | BlinkDL/ChatRWKV, `rwkv_pip_package/src/rwkv/model.py` (the `rwkv` pip package) | the official inference runtime; it keeps RWKV-4's state as `(aa, bb, pp)`, our $(a', b', p)$ of chapter 3 |
 # | karpathy/char-rnn, `data/tinyshakespeare/input.txt` | the text of `data/shakespeare.txt` (chapter 14) |
+# | BlinkDL/RWKV-LM, `RWKV-v8/README.md`, `RWKV-v8/251014_rosa_1bit_layer.py`, `RWKV-v7/rwkv_v8_rc00_demo.py` | RWKV-8 "Heron": ROSA's suffix-automaton lookup and DeepEmbed's per-token channel-mix scale (the family chapter, §6) |
 #
 # The cell below keeps this list honest: it collects every arXiv id that the chapters and the
 # package cite and asserts that each is in the table of papers above.
