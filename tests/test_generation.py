@@ -230,7 +230,8 @@ def test_batched_sampling_draws_from_softmax_over_temperature():
 @pytest.mark.parametrize("kw,arg", [(dict(prompts=[]), "prompt_ids"), (dict(prompts=[[1], []]), "prompt_ids"),
                                     (dict(prompts=[[1, 99]]), "prompt_ids"), (dict(n_tokens=[1, 2, 3]), "n_tokens"),
                                     (dict(n_tokens=-1), "n_tokens"), (dict(stop="x"), "stop"),
-                                    (dict(temperature=-1), "temperature"), (dict(graph="yes"), "graph")])
+                                    (dict(temperature=-1), "temperature"), (dict(graph="yes"), "graph"),
+                                    (dict(seed=1.5), "seed"), (dict(threads=0), "threads")])
 def test_generate_batch_checks_its_arguments(kw, arg):
     m = tiny7()
     args = dict(prompts=[[1, 2], [3]], n_tokens=3)

@@ -17,6 +17,7 @@ Timings (prefill and decode, tokens per second) are kept in :class:`Stats`.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -264,9 +265,9 @@ def check_prompts(name: str, prompts, vocab_size: int) -> list[list[int]]:
             raise ValueError(f"{name}: prompt {i}: expected at least one token id (RWKV World models use 0 as a "
                              f"start token), got {p!r:.80}")
         for t in p:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < vocab_size:
                 raise ValueError(f"{name}: prompt {i}: token ids must be ints in [0, {vocab_size}), got {t!r}")
-        out.append(list(p))
+        out.append([int(t) for t in p])
     return out
 
 
@@ -311,6 +312,8 @@ class Run:
         self.temperature, self.top_p = check_sampling(temperature, top_p)
         if graph not in (None, True, False):
             raise ValueError(f"graph: expected None (automatic), True or False, got {graph!r}")
+        if seed is not None:
+            seed = validate.positive_int("seed", seed, minimum=0)
         self.graph, self.impl, self.seed = graph, impl, seed
         self.threads = decode_threads(model) if threads == "auto" else threads
         if self.threads is not None:
