@@ -64,9 +64,8 @@ DEV = rwkvlab.device.device()
 
 
 def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
-    """wkv6.random_inputs (chapters 05-06) plus a float32 initial state [N, H, K, V], on the book's device."""
-    s0 = torch.randn(B if N is None else N, H, K, V, generator=torch.Generator().manual_seed(1000 + seed))
-    return [x.to(DEV) for x in wkv6.random_inputs(B, T, H, K, V, seed=seed, dtype=dtype, decay=decay) + [s0]]
+    """wkv6.random_inputs (chapters 05-06) with a float32 initial state [N, H, K, V], on the book's device."""
+    return wkv6.random_inputs(B, T, H, K, V, seed=seed, dtype=dtype, decay=decay, with_state=True, N=N, device=DEV)
 
 
 def reference(r, k, v, w, u, s0, **kw):

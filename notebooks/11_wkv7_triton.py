@@ -65,10 +65,9 @@ DEV = rwkvlab.device.device()
 
 def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
     """wkv7.random_inputs (chapter 10: log decay w in (-decay, 0), a = -κ̂, b = κ̂ ⊙ iclr) with the
-    keys scaled by 1/√K, plus a float32 initial state [N, H, K, V], on the book's device."""
-    r, w, k, v, a, b = wkv7.random_inputs(B, T, H, K, V, seed=seed, decay=decay)
-    s0 = torch.randn(B if N is None else N, H, K, V, generator=torch.Generator().manual_seed(seed + 1000))
-    return [x.to(DEV, dtype) for x in (r, w, k / K ** 0.5, v, a, b)] + [s0.to(DEV)]
+    keys scaled by 1/√K and a float32 initial state [N, H, K, V], on the book's device."""
+    return wkv7.random_inputs(B, T, H, K, V, seed=seed, dtype=dtype, decay=decay, key_scale=K ** -0.5,
+                              with_state=True, N=N, device=DEV)
 
 
 def reference(r, w, k, v, a, b, s0, **kw):
@@ -138,7 +137,7 @@ plt.show()
 # steps for the backward pass (Section 4).
 
 # %%
-print(inspect.getsource(kr._fwd_kernel.fn))
+print(inspect.getsource(kr.wkv7_fwd_recurrent_kernel.fn))
 
 # %% [markdown]
 # Three lines carry the whole recurrence: `sa` (a reduction down the columns), the update (a
@@ -152,7 +151,7 @@ print(inspect.getsource(kr._fwd_kernel.fn))
 # bad argument raises `ValueError` naming it, and never reaches the kernel.
 
 # %%
-print(inspect.getsource(kr._check_inputs))
+print(inspect.getsource(kr.check_inputs))
 try:
     r, w, k, v, a, b, s0 = inputs(1, 4, 1, 16, 16)
     wkv7.triton_recurrent(r, -w, k, v, a, b)
@@ -346,7 +345,7 @@ assert 0.5 < (rows[1][1] + rows[1][2]) / GiB < 0.55 and 1.3 < (rows[1][1] + rows
 # barrier, but the kernel is written for both.
 
 # %%
-print(inspect.getsource(kr._bwd_kernel.fn))
+print(inspect.getsource(kr.wkv7_bwd_recurrent_kernel.fn))
 
 # %% [markdown]
 # `torch.autograd.Function` glues the two kernels together. `forward` saves the inputs and the
@@ -354,7 +353,7 @@ print(inspect.getsource(kr._bwd_kernel.fn))
 # $\bar S_T$ (`None` when the final state was not requested):
 
 # %%
-print(inspect.getsource(kr._Recurrent))
+print(inspect.getsource(kr._RecurrentFunction))
 
 # %% [markdown]
 # Now the check that matters for training: the gradients of all seven tensor inputs, with
@@ -461,7 +460,7 @@ rwkvlab.check("triton_chunked, w = -8 everywhere, vs naive", got,
 # Here is the chunked kernel. Match each block of lines to the four steps above.
 
 # %%
-print(inspect.getsource(kc._chunk_fwd_kernel.fn))
+print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
 
 # %% [markdown]
 # A picture of what one chunk computes: the four pairwise matrices, and the UT transform of
@@ -567,7 +566,7 @@ rwkvlab.check("triton_chunked varlen [1, 17, 22] vs naive", got,
 # gradients.
 
 # %%
-print(inspect.getsource(kc._chunk_bwd_kernel.fn))
+print(inspect.getsource(kc.wkv7_bwd_chunked_kernel.fn))
 
 # %%
 grad_check(wkv7.triton_chunked, (1, 37, 2, 16, 32), "triton_chunked (1, 37, 2, 16, 32)")
@@ -863,7 +862,7 @@ else:
 # 3. **Splitting K.** For $K = 256$ one tile no longer fits. Sketch a kernel with two K-blocks
 #    per column. Which of the three per-step operations need the two programs to communicate?
 #    (Hint: $a^\top S$ and $S^\top r$ do; the update does not.)
-# 4. **A faster chunked kernel.** Split `_chunk_fwd_kernel` into (a) a kernel over the grid
+# 4. **A faster chunked kernel.** Split `wkv7_fwd_chunked_kernel` into (a) a kernel over the grid
 #    (chunks × heads) that writes $W$, $U$, $A_{rk}V$ and $A_{rb}$ for every chunk, (b) a
 #    sequential kernel that computes only the chunk-start states, and (c) a parallel kernel for
 #    the outputs. Check it against `wkv7.naive` and time it with `python -m rwkvlab bench --kinds wkv7`.

@@ -73,3 +73,25 @@ def chunk_table(cu_seqlens, B: int, T: int, BT: int, dev):
     local = torch.arange(len(seq)) - offs[seq]
     idx = torch.stack([seq, local], 1).to(device=dev, dtype=torch.int32).contiguous()
     return offs.to(device=dev, dtype=torch.int32), idx, int(offs[-1])
+
+
+def dot16(x: torch.Tensor) -> bool:
+    """The ``DOT16`` switch of every launch: 16-bit inputs on a GPU take ``tl.dot`` with 16-bit
+    operands on tensor cores (float32 accumulation); float32 inputs, and the interpreter (whose
+    16-bit dots are not exact), use float32 operands."""
+    from . import device
+
+    return x.dtype in (torch.float16, torch.bfloat16) and not device.interpreting()
+
+
+def checkpoint_layout(B: int, T: int, cu_seqlens, C: int, dev):
+    """(N, n_ckpt, cu, ck_off): the number of sequences, of C-token checkpoints in all, the int32
+    ``cu_seqlens`` on ``dev`` (None for dense input), and where each sequence's checkpoints start."""
+    if cu_seqlens is None:
+        return B, B * triton.cdiv(T, C), None, None
+    cu = cu_seqlens.to(device=dev, dtype=torch.int32).contiguous()
+    lens = (cu[1:] - cu[:-1]).to(torch.int64)
+    n_ck = (lens + C - 1) // C
+    ck_off = torch.zeros_like(n_ck)
+    ck_off[1:] = torch.cumsum(n_ck, 0)[:-1]
+    return len(lens), int(n_ck.sum()), cu, ck_off.to(torch.int32)

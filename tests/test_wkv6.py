@@ -34,19 +34,10 @@ SHAPES = [(1, 1, 1, 4, 4), (2, 37, 2, 8, 5), (1, 32, 2, 16, 16), (3, 13, 1, 6, 1
 
 
 def make_inputs(B, T, H, K, V, dtype=torch.float32, seed=0, decay=1.0, with_state=True, requires_grad=False):
-    """Seeded r, k, v, w, u, initial_state with log decays w = −decay·exp(N(0,1)) (a wide spread)."""
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randn(B, T, H, K, generator=g, dtype=torch.float64)
-    k = torch.randn(B, T, H, K, generator=g, dtype=torch.float64)
-    v = torch.randn(B, T, H, V, generator=g, dtype=torch.float64)
-    w = -decay * torch.exp(torch.randn(B, T, H, K, generator=g, dtype=torch.float64))
-    u = torch.randn(H, K, generator=g, dtype=torch.float64)
-    s0 = torch.randn(B, H, K, V, generator=g, dtype=torch.float64) if with_state else None
-    xs = [x.to(dtype) for x in (r, k, v, w, u)] + [None if s0 is None else s0.to(
-        torch.float64 if dtype == torch.float64 else torch.float32)]
-    if requires_grad:
-        xs = [None if x is None else x.requires_grad_() for x in xs]
-    return xs
+    """wkv6.random_inputs: r, k, v, w, u and an initial state (None when ``with_state`` is False)."""
+    xs = wkv6.random_inputs(B, T, H, K, V, seed=seed, dtype=dtype, decay=decay, with_state=with_state,
+                            requires_grad=requires_grad)
+    return xs if with_state else xs + [None]
 
 
 def reference_loop(r, k, v, w, u, scale=1.0, initial_state=None):

@@ -42,16 +42,9 @@ SHAPES = device.pick(
 
 
 def make_inputs(B, T, H, K, V, dtype=torch.float32, seed=0, decay=1.0, N=None, requires_grad=False):
-    """Seeded r, k, v, w, u, initial_state on the book's device; w = −decay·exp(N(0, 1))."""
-    g = torch.Generator().manual_seed(seed)
-    N = B if N is None else N
-    xs = [torch.randn(B, T, H, K, generator=g), torch.randn(B, T, H, K, generator=g),
-          torch.randn(B, T, H, V, generator=g), -decay * torch.exp(torch.randn(B, T, H, K, generator=g)),
-          torch.randn(H, K, generator=g)]
-    xs = [x.to(DEV, dtype) for x in xs] + [torch.randn(N, H, K, V, generator=g).to(DEV)]
-    if requires_grad:
-        xs = [x.requires_grad_() for x in xs]
-    return xs
+    """wkv6.random_inputs with an initial state, on the book's device: r, k, v, w, u, initial_state."""
+    return wkv6.random_inputs(B, T, H, K, V, seed=seed, dtype=dtype, decay=decay, with_state=True, N=N,
+                              device=DEV, requires_grad=requires_grad)
 
 
 def reference(r, k, v, w, u, s0, **kw):

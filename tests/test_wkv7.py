@@ -29,25 +29,11 @@ TOL: dict[str, float] = {}
 
 
 def make_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay="rwkv7", model_like=True):
-    """Random RWKV-7 inputs. ``model_like``: a = -κ̂, b = κ̂·iclr as the models call it
-    (κ̂ unit-norm per head, iclr in (0, 1)), so the state stays bounded for any T.
-    ``decay``: "rwkv7" draws w ∈ (-e^{-0.5}, 0) like the model, or a float for a constant w."""
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    r, k = rnd(B, T, H, K), rnd(B, T, H, K)
-    v = rnd(B, T, H, V)
-    if decay == "rwkv7":
-        w = -math.exp(-0.5) * torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
-    else:
-        w = torch.full((B, T, H, K), float(decay), dtype=torch.float64)
-    if model_like:
-        kappa = rnd(B, T, H, K)
-        kappa = kappa / kappa.norm(dim=-1, keepdim=True)
-        iclr = torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
-        a, b = -kappa, kappa * iclr
-    else:
-        a, b = 0.5 * rnd(B, T, H, K), 0.5 * rnd(B, T, H, K)
-    return tuple(x.to(dtype) for x in (r, w, k, v, a, b))
+    """wkv7.random_inputs. ``model_like``: a = -κ̂, b = κ̂·iclr as the models call it (the state stays
+    bounded for any T), else a, b independent normals. ``decay``: "rwkv7" draws w ∈ (-e^{-0.5}, 0)
+    like the model, or a float for a constant w."""
+    return tuple(wkv7.random_inputs(B, T, H, K, V, seed=seed, dtype=dtype, model_like=model_like,
+                                    w_const=None if decay == "rwkv7" else decay))
 
 
 def paper_loop(r, w, k, v, a, b, scale=1.0, s0=None):

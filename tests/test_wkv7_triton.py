@@ -22,17 +22,11 @@ TOL_BF16 = 2e-2  # bfloat16 inputs: 8 bits of mantissa on every load, float32 ac
 
 
 def make_inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, n_state=None):
-    """Inputs shaped like a real RWKV-7 layer's: a = -κ̂, b = κ̂ ⊙ iclr with κ̂ unit-norm."""
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randn(B, T, H, K, generator=g)
-    w = -decay * torch.rand(B, T, H, K, generator=g)
-    k = torch.randn(B, T, H, K, generator=g) / K ** 0.5
-    v = torch.randn(B, T, H, V, generator=g)
-    kk = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=g), dim=-1)
-    iclr = torch.rand(B, T, H, K, generator=g)
-    a, b = -kk, kk * iclr
-    h0 = torch.randn(n_state or B, H, K, V, generator=g)
-    return [x.to(DEV, dtype) for x in (r, w, k, v, a, b)], h0.to(DEV)
+    """wkv7.random_inputs shaped like a real layer's (a = -κ̂, b = κ̂ ⊙ iclr, keys scaled by 1/√K),
+    on the book's device: ([r, w, k, v, a, b], initial_state)."""
+    xs = wkv7.random_inputs(B, T, H, K, V, seed=seed, dtype=dtype, decay=decay, key_scale=K ** -0.5,
+                            with_state=True, N=n_state, device=DEV)
+    return xs[:6], xs[6]
 
 
 def reference(xs, h0, cu=None, scale=1.0):
@@ -187,8 +181,8 @@ class _NoLaunch:
 def test_bad_inputs_raise_before_launch(impl, monkeypatch):
     from rwkvlab.wkv7 import kernels_chunked, kernels_recurrent
 
-    for mod, name in ((kernels_recurrent, "_fwd_kernel"), (kernels_recurrent, "_bwd_kernel"),
-                      (kernels_chunked, "_chunk_fwd_kernel"), (kernels_chunked, "_chunk_bwd_kernel")):
+    for mod, name in ((kernels_recurrent, "wkv7_fwd_recurrent_kernel"), (kernels_recurrent, "wkv7_bwd_recurrent_kernel"),
+                      (kernels_chunked, "wkv7_fwd_chunked_kernel"), (kernels_chunked, "wkv7_bwd_chunked_kernel")):
         monkeypatch.setattr(mod, name, _NoLaunch())
     f = IMPLS[impl]
     xs, h0 = make_inputs(1, 5, 1, 16, 16, seed=8)

@@ -64,7 +64,7 @@ import triton.language as tl
 from .. import device
 from . import kernels_recurrent as _rec
 from . import kernels_subchunk as _sub
-from ..kernels_common import chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
+from ..kernels_common import chunk_of, chunk_table, cu_arg, dot16, first_chunk, seq_bounds
 
 __all__ = ["triton_chunked"]
 
@@ -99,10 +99,10 @@ def _intra_weights(k, b_q, b_k, b_u, b_c, b_cp, t0, eos, i_h, o_i, o_k, m_k,
 
 
 @triton.jit
-def _chunk_output(b_q, b_cp, b_h, b_A, b_v, LOW_PREC_DOT: tl.constexpr):
+def _chunk_output(b_q, b_cp, b_h, b_A, b_v, DOT16: tl.constexpr):
     """O = (q ⊙ exp(c_{i-1})) S + A V for one chunk, S its K×BV starting state (float32)."""
     b_qg = b_q * tl.exp(b_cp)                              # q_i ⊙ exp(c_{i-1})
-    if LOW_PREC_DOT:  # tensor cores in the input's 16-bit dtype; the state stays float32
+    if DOT16:  # tensor cores in the input's 16-bit dtype; the state stays float32
         b_o = tl.dot(b_qg.to(b_v.dtype), b_h.to(b_v.dtype)) + tl.dot(b_A.to(b_v.dtype), b_v)
     else:             # float32 throughout (and always in the interpreter, where bf16 dots are wrong)
         b_vf = b_v.to(tl.float32)
@@ -111,10 +111,10 @@ def _chunk_output(b_q, b_cp, b_h, b_A, b_v, LOW_PREC_DOT: tl.constexpr):
 
 
 @triton.jit
-def _state_update(b_h, b_k, b_c, b_clast, b_v, LOW_PREC_DOT: tl.constexpr):
+def _state_update(b_h, b_k, b_c, b_clast, b_v, DOT16: tl.constexpr):
     """S ← diag(exp(c_last)) S + (k ⊙ exp(c_last - c))ᵀ V: the state at the next chunk's start."""
     b_kg = b_k * tl.exp(b_clast[None, :] - b_c)            # k_j ⊙ exp(c_last - c_j)
-    if LOW_PREC_DOT:
+    if DOT16:
         b_h = b_h * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_kg).to(b_v.dtype), b_v)
     else:
         b_h = b_h * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_kg), b_v.to(tl.float32), input_precision="ieee")
@@ -126,7 +126,7 @@ def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, hs, cu_seqlens, chunk_offs
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                             USE_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr,
-                            LOW_PREC_DOT: tl.constexpr, STORE_O: tl.constexpr, STORE_STATES: tl.constexpr):
+                            DOT16: tl.constexpr, STORE_O: tl.constexpr, STORE_STATES: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = seq_bounds(cu_seqlens, i_n, T, VARLEN)
@@ -158,8 +158,8 @@ def wkv6_fwd_chunked_kernel(r, k, v, w, u, o, h0, ht, hs, cu_seqlens, chunk_offs
         b_v = tl.load(v + p_v, mask=m_tv, other=0.)
         b_c, b_cp, b_clast = _chunk_decays(w, p_k, m_tk)
         b_A = _intra_weights(k, b_q, b_k, b_u, b_c, b_cp, t0, eos, i_h, o_i, o_k, m_k, H, K, BT)
-        b_o = _chunk_output(b_q, b_cp, b_h, b_A, b_v, LOW_PREC_DOT)
-        b_h = _state_update(b_h, b_k, b_c, b_clast, b_v, LOW_PREC_DOT)
+        b_o = _chunk_output(b_q, b_cp, b_h, b_A, b_v, DOT16)
+        b_h = _state_update(b_h, b_k, b_c, b_clast, b_v, DOT16)
         if STORE_O:
             tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_tv)
 
@@ -172,7 +172,7 @@ def wkv6_state_pass_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                            USE_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr,
-                           LOW_PREC_DOT: tl.constexpr):
+                           DOT16: tl.constexpr):
     """Parallel schedule, pass 1: only the state recurrence, every chunk-start state to ``hs``.
 
     The key rows of S are independent too (the decay is diagonal), so a program owns a BK×BV tile.
@@ -203,7 +203,7 @@ def wkv6_state_pass_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
         b_k = tl.load(k + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_v = tl.load(v + p_v, mask=m_tv, other=0.)
         b_c, b_cp, b_clast = _chunk_decays(w, p_k, m_tk)
-        b_h = _state_update(b_h, b_k, b_c, b_clast, b_v, LOW_PREC_DOT)
+        b_h = _state_update(b_h, b_k, b_c, b_clast, b_v, DOT16)
     if STORE_HT:
         tl.store(ht + p_state, b_h, mask=m_kv)
 
@@ -212,7 +212,7 @@ def wkv6_state_pass_kernel(k, v, w, h0, ht, hs, cu_seqlens, chunk_offsets, T,
 def wkv6_output_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T,
                        H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       VARLEN: tl.constexpr, LOW_PREC_DOT: tl.constexpr):
+                       VARLEN: tl.constexpr, DOT16: tl.constexpr):
     """Parallel schedule, pass 2: one chunk's output from its starting state ``hs[chunk]``.
 
     Programs are independent: grid (all chunks of the batch, V-blocks, heads).
@@ -239,7 +239,7 @@ def wkv6_output_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T
     b_A = _intra_weights(k, b_q, b_k, b_u, b_c, b_cp, t0, eos, i_h, o_i, o_k, m_k, H, K, BT)
     p_hs = (i_c * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
     b_h = tl.load(hs + p_hs, mask=m_kv, other=0.)
-    b_o = _chunk_output(b_q, b_cp, b_h, b_A, b_v, LOW_PREC_DOT)
+    b_o = _chunk_output(b_q, b_cp, b_h, b_A, b_v, DOT16)
     tl.store(o + p_v, b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
@@ -249,7 +249,7 @@ def wkv6_bwd_chunked_kernel(r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du, dh0,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                             USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr,
-                            LOW_PREC_DOT: tl.constexpr):
+                            DOT16: tl.constexpr):
     """Chunks in reverse order, dS (the gradient of the state at the chunk's end) in registers."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -294,7 +294,7 @@ def wkv6_bwd_chunked_kernel(r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du, dh0,
         b_qg = b_q * tl.exp(b_cp)                              # Q~ = q ⊙ exp(c_{i-1})
         b_kg = b_k * tl.exp(b_clast[None, :] - b_c)            # K~ = k ⊙ exp(c_last - c_j)
 
-        if LOW_PREC_DOT:
+        if DOT16:
             dt = v.dtype.element_ty
             b_dA = tl.dot(b_do.to(dt), tl.trans(b_v).to(dt))                 # dA = dO Vᵀ
             b_dqg = tl.dot(b_do.to(dt), tl.trans(b_h).to(dt))                # dQ~ = dO Sᵀ
@@ -326,7 +326,7 @@ def wkv6_bwd_chunked_kernel(r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du, dh0,
         # dq, dk (this V-block's share), dv, du
         b_dq = b_dqg * tl.exp(b_cp) + b_dq_in + b_dAd[:, None] * b_u[None, :] * b_k
         b_dk = b_dkg * tl.exp(b_clast[None, :] - b_c) + b_dk_in + b_dAd[:, None] * b_u[None, :] * b_q
-        if LOW_PREC_DOT:
+        if DOT16:
             b_dv += tl.dot(tl.trans(b_A).to(v.dtype.element_ty), b_do.to(v.dtype.element_ty))
         else:
             b_dv += tl.dot(tl.trans(b_A), b_do, input_precision="ieee")
@@ -345,7 +345,7 @@ def wkv6_bwd_chunked_kernel(r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du, dh0,
         tl.store(dw + p_part + p_k, b_dw, mask=m_tk)
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
         # dS at the chunk start: diag(exp(c_last)) dS + Q~ᵀ dO
-        if LOW_PREC_DOT:
+        if DOT16:
             b_dh = b_dh * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_qg).to(v.dtype.element_ty),
                                                               b_do.to(v.dtype.element_ty))
         else:
@@ -377,12 +377,11 @@ def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, chunk_
     offs, _, n_chunks = chunk_table(cu_seqlens, B, T, chunk_size, k.device)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
     hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=k.device)
-    low_prec = (k.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_state_pass_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        k, v, w, initial_state if initial_state is not None else hs, ht if ht is not None else hs, hs,
+        k, v, w, initial_state, ht, hs,
         cu_arg(cu_seqlens, k.device), offs, B * T if varlen else T,
         H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_H0=initial_state is not None,
-        STORE_HT=output_final_state, VARLEN=varlen, LOW_PREC_DOT=low_prec)
+        STORE_HT=output_final_state, VARLEN=varlen, DOT16=dot16(k))
     return ht, hs, offs
 
 
@@ -395,10 +394,9 @@ def fwd_parallel(r, k, v, w, u, scale, initial_state, output_final_state, cu_seq
     ht, hs, _ = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, chunk_size)
     _, idx, _ = chunk_table(cu_seqlens, B, T, chunk_size, r.device)
     o = torch.empty_like(v)
-    low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_output_kernel[(hs.shape[0], NV, H)](  # hs.shape[0]: every chunk of the batch (T ≥ 1: at least one)
         r, k, v, w, u, o, hs, cu_arg(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
-        H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, VARLEN=varlen, LOW_PREC_DOT=low_prec)
+        H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, VARLEN=varlen, DOT16=dot16(r))
     return o, ht
 
 
@@ -413,14 +411,12 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     o = torch.empty_like(v) if store_o else None
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if output_final_state else None
     hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=r.device) if store_states else None
-    dummy = v
-    low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_fwd_chunked_kernel[(NV, N * H)](
-        r, k, v, w, u, o if o is not None else dummy, initial_state if initial_state is not None else dummy,
-        ht if ht is not None else dummy, hs if hs is not None else dummy, cu_arg(cu_seqlens, r.device), offs,
+        r, k, v, w, u, o, initial_state,
+        ht, hs, cu_arg(cu_seqlens, r.device), offs,
         float(scale), B * T if varlen else T,
         H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_H0=initial_state is not None,
-        STORE_HT=output_final_state, VARLEN=varlen, LOW_PREC_DOT=low_prec, STORE_O=store_o,
+        STORE_HT=output_final_state, VARLEN=varlen, DOT16=dot16(r), STORE_O=store_o,
         STORE_STATES=store_states)
     return o, ht, hs, offs
 
@@ -447,13 +443,12 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, chunk_size, do, dht,
     du = torch.empty(NV, N, H, K, dtype=f32, device=dev)
     dv = torch.empty_like(v)
     dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev) if initial_state is not None else None
-    low_prec = (r.dtype in (torch.float16, torch.bfloat16)) and not device.interpreting()
     wkv6_bwd_chunked_kernel[(NV, N * H)](
-        r, k, v, w, u, do, hs, dht if dht is not None else hs, dr, dk, dv, dw, du,
-        dh0 if dh0 is not None else hs, cu_arg(cu_seqlens, dev), offs, float(scale),
+        r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du,
+        dh0, cu_arg(cu_seqlens, dev), offs, float(scale),
         B * T if varlen else T, B * T,
         H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
-        VARLEN=varlen, LOW_PREC_DOT=low_prec)
+        VARLEN=varlen, DOT16=dot16(r))
     dr, dk, dw = (x.sum(0) if NV > 1 else x[0] for x in (dr, dk, dw))
     du = du.sum((0, 1))
     return dr.to(r.dtype), dk.to(k.dtype), dv, dw.to(w.dtype), du.to(u.dtype), dh0
@@ -510,7 +505,7 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
     if initial_state is not None:
         initial_state = initial_state.float().contiguous()   # any float dtype; the kernels keep float32
     if schedule == "subchunk":
-        return _sub.SubchunkFunction.apply(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
-                                           cu_seqlens, N, int(chunk_size))
+        return _sub.triton_subchunk(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
+                                    cu_seqlens, N, int(chunk_size))
     return _ChunkedFunction.apply(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
                                   cu_seqlens, N, int(chunk_size), schedule)

@@ -225,11 +225,10 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N):
     BK, BV, NV = _blocks(K, V, 64 if device.has_gpu() else 32)
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if output_final_state else None
-    dummy = o
     varlen = cu_seqlens is not None
     wkv6_fwd_recurrent_kernel[(NV, N * H)](
-        r, k, v, w, u, o, initial_state if initial_state is not None else dummy,
-        ht if ht is not None else dummy, cu_arg(cu_seqlens, r.device), float(scale),
+        r, k, v, w, u, o, initial_state,
+        ht, cu_arg(cu_seqlens, r.device), float(scale),
         B * T if varlen else T, H=H, K=K, V=V, BK=BK, BV=BV,
         USE_H0=initial_state is not None, STORE_HT=output_final_state, VARLEN=varlen)
     return o, ht
@@ -249,11 +248,10 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht):
     dht = dht.contiguous() if dht is not None else None
     dr = torch.empty(NV, B, T, H, K, dtype=f32, device=dev)
     dwT = torch.empty(NV, N, H, K, dtype=f32, device=dev)
-    dummy = dwT
     grid = (NV, N * H)
     wkv6_bwd_dr_kernel[grid](
-        r, k, v, w, u, do, initial_state if initial_state is not None else dummy,
-        dht if dht is not None else dummy, dr, dwT, cu, float(scale), T_arg, B * T,
+        r, k, v, w, u, do, initial_state,
+        dht, dr, dwT, cu, float(scale), T_arg, B * T,
         H=H, K=K, V=V, BK=BK, BV=BV, USE_H0=initial_state is not None, USE_DHT=dht is not None,
         VARLEN=varlen)
     dk = torch.empty(NV, B, T, H, K, dtype=f32, device=dev)
@@ -262,8 +260,8 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht):
     dv = torch.empty_like(v)
     dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev) if initial_state is not None else None
     wkv6_bwd_dkvw_kernel[grid](
-        r, k, v, w, u, do, dr, dwT, dht if dht is not None else dummy, dk, dv, dw, du,
-        dh0 if dh0 is not None else dummy, cu, float(scale), T_arg, B * T,
+        r, k, v, w, u, do, dr, dwT, dht, dk, dv, dw, du,
+        dh0, cu, float(scale), T_arg, B * T,
         H=H, K=K, V=V, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
         VARLEN=varlen)
     # add up the per-V-block partial sums (a no-op view when V fits one block)

@@ -49,9 +49,9 @@ import triton.language as tl
 
 from .. import device
 from . import kernels_recurrent as _rec
-from ..kernels_common import chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
+from ..kernels_common import chunk_of, chunk_table, cu_arg, dot16, first_chunk, seq_bounds
 
-__all__ = ["fwd", "bwd", "SubchunkFunction"]
+__all__ = ["fwd", "bwd", "triton_subchunk"]
 
 LOG2E = tl.constexpr(1.4426950408889634)
 # launch settings per kernel (num_warps, num_stages[, maxnreg]); benchmarks/NOTES.md records how they were chosen
@@ -508,10 +508,6 @@ def _launch(name):
     return dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg[0]} if maxnreg else {}))
 
 
-def _dot16(x):
-    return x.dtype in (torch.float16, torch.bfloat16) and not device.interpreting()
-
-
 def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, r=None, u=None):
     """Every chunk-start state ``hs`` [n_chunks, H, K, V] float32, and the final state when asked.
 
@@ -527,10 +523,10 @@ def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, r=
     check = r is not None
     flags = torch.zeros(1, dtype=torch.int32, device=k.device) if check else None
     wkv6_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        r if check else k, k, v, w, u if check else k, initial_state if initial_state is not None else hs,
-        ht if ht is not None else hs, hs, flags if check else offs, cu_arg(cu_seqlens, k.device), offs,
+        r, k, v, w, u, initial_state,
+        ht, hs, flags, cu_arg(cu_seqlens, k.device), offs,
         B * T if varlen else T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_H0=initial_state is not None,
-        STORE_HT=output_final_state, VARLEN=varlen, DOT16=_dot16(k), CHECK=check, **_launch("fwd_h"))
+        STORE_HT=output_final_state, VARLEN=varlen, DOT16=dot16(k), CHECK=check, **_launch("fwd_h"))
     return hs, ht, flags
 
 
@@ -554,7 +550,7 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     varlen = cu_seqlens is not None
     wkv6_fwd_o_kernel[(n_chunks, NV, H)](
         r, k, v, w, u, o, hs, cu_arg(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
-        H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r), **_launch("fwd_o"))
+        H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=dot16(r), **_launch("fwd_o"))
     raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens)
     return o, ht
 
@@ -573,10 +569,10 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
     dhs = torch.empty_like(hs)
     dh0 = torch.empty(N, H, K, V, dtype=f32, device=dev) if initial_state is not None else None
     wkv6_bwd_dh_kernel[(triton.cdiv(K, BKs), triton.cdiv(V, BVs), N * H)](
-        r, w, do, dht.contiguous() if dht is not None else hs, dh0 if dh0 is not None else hs, dhs,
+        r, w, do, None if dht is None else dht.contiguous(), dh0, dhs,
         cu_arg(cu_seqlens, dev), offs, float(scale), TT,
         H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
-        VARLEN=varlen, DOT16=_dot16(r), **_launch("bwd_dh"))
+        VARLEN=varlen, DOT16=dot16(r), **_launch("bwd_dh"))
     BK, BV, NV = _out_tiles(K, V)
     # with one V-block the gradients are complete in one program: store them in the input dtype
     part = f32 if NV > 1 else r.dtype
@@ -586,7 +582,7 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
     xs = torch.empty(NV, B, T, H, K, dtype=f32, device=dev)  # q ⊙ dq' for dw, per V-block
     acc = torch.empty(NV, n_chunks, H, K, dtype=f32, device=dev)  # rowsum(dS_end ⊙ S_end) per chunk
     cu, grid = cu_arg(cu_seqlens, dev), (n_chunks, NV, H)
-    consts = dict(H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=_dot16(r))
+    consts = dict(H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=dot16(r))
     wkv6_bwd_dq_kernel[grid](r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu, idx, float(scale), TT, B * T,
                              **consts, **_launch("bwd_dq"))
     wkv6_bwd_dkv_kernel[grid](r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu, idx, float(scale), TT, B * T,
@@ -595,7 +591,7 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
     return dr, dk, dv, dw, du.sum((0, 1)).to(u.dtype), dh0
 
 
-class SubchunkFunction(torch.autograd.Function):
+class _SubchunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
         o, ht = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size)
@@ -609,3 +605,10 @@ class SubchunkFunction(torch.autograd.Function):
         dr, dk, dv, dw, du, dh0 = bwd(r, k, v, w, u, ctx.scale, initial_state, cu_seqlens, ctx.N, do, dht,
                                       ctx.chunk_size)
         return dr, dk, dv, dw, du, None, dh0, None, None, None, None
+
+
+def triton_subchunk(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
+    """The differentiable call behind ``triton_chunked(schedule="subchunk")``, on inputs it has checked
+    (structure only: this design checks the values in its state pass) and made contiguous."""
+    return _SubchunkFunction.apply(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N,
+                                   chunk_size)

@@ -420,12 +420,17 @@ def finch_log_decay(x, lam, A, B):
     return -torch.exp(d)
 
 
-def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=1.0):
-    """Seeded ``(r, k, v, w, u)`` in the book's layout for examples and checks.
+def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=1.0, with_state=False, N=None, device=None,
+                  requires_grad=False):
+    """Seeded ``(r, k, v, w, u)`` in the book's layout: the one input generator of chapters, tests
+    and exercises.
 
     r, k, w: [B, T, H, K]; v: [B, T, H, V]; u: [H, K]; all standard normal except the log decay
     ``w = −decay · exp(N(0, 1)) ≤ 0``, which spreads memory lengths from a fraction of a token to
     tens of tokens (``decay`` scales them all). Drawn in float32, then cast to ``dtype``.
+    ``with_state=True`` appends an ``initial_state`` [N, H, K, V] (N = B unless given), standard
+    normal, float32 (float64 for float64 inputs), drawn after the others from the same generator.
+    ``device`` moves everything there; ``requires_grad`` makes every tensor a leaf that needs grad.
     """
     g = torch.Generator().manual_seed(seed)
     r = torch.randn(B, T, H, K, generator=g)
@@ -433,4 +438,8 @@ def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=1.0):
     v = torch.randn(B, T, H, V, generator=g)
     w = -decay * torch.exp(torch.randn(B, T, H, K, generator=g))
     u = torch.randn(H, K, generator=g)
-    return [x.to(dtype) for x in (r, k, v, w, u)]
+    xs = [x.to(device=device, dtype=dtype) for x in (r, k, v, w, u)]
+    if with_state:
+        s0 = torch.randn(B if N is None else N, H, K, V, generator=g)
+        xs.append(s0.to(device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32))
+    return [x.requires_grad_() for x in xs] if requires_grad else xs

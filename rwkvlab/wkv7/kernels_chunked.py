@@ -17,7 +17,7 @@ overflows for any ``w ≤ 0``; the four pairwise matrices are formed pair by pai
 [BT, BT, BK] block of exponents instead of as a product ``e^{c_t} e^{−c_i}`` (which overflows
 once −c passes ~88). The products with the state and with V run on ``tl.dot``.
 
-Backward (``_chunk_bwd_kernel``): the same grid, walking the chunks from last to first with
+Backward (``wkv7_bwd_chunked_kernel``): the same grid, walking the chunks from last to first with
 ``dS`` in registers. The forward stores the state at every chunk start; per chunk the backward
 reloads it, recomputes the pairwise matrices, ``T``, ``W``, ``U`` and ``E``, and runs the
 adjoint of every line above (the triangular inverse's adjoint is ``dA_ab = Tᵀ dT Tᵀ``). The
@@ -34,13 +34,13 @@ import triton
 import triton.language as tl
 
 from . import kernels_recurrent as _rec
-from ..kernels_common import first_chunk, seq_bounds
+from ..kernels_common import checkpoint_layout, first_chunk, seq_bounds
 
 __all__ = ["triton_chunked"]
 
 
 @triton.jit
-def _chunk_fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
+def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
                       T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
@@ -117,7 +117,7 @@ def _chunk_fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
 
 
 @triton.jit
-def _chunk_bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
+def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
                       dr, dw, dk, dv, da, db, dh0, scale, part_stride,
                       T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -242,19 +242,19 @@ def _chunk_bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
         tl.store(dh0 + p_s, dS, mask=m_kv)
 
 
-def backward(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size):
+def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size):
     """Launch the chunked backward kernel. Returns (dr, dw, dk, dv, da, db, dh0)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    N, _, cu, ck_off = _rec._layout(B, T, cu_seqlens, chunk_size, r.device)
-    BV = _rec._block_v(V)
+    N, _, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
+    BV = _rec.block_v(V)
     NV = triton.cdiv(V, BV)
     f32 = dict(dtype=torch.float32, device=r.device)
     dr, dw, dk, da, db = (torch.empty(NV, B, T, H, K, **f32) for _ in range(5))
     dv = torch.empty_like(v)
     dh0 = torch.empty(N, H, K, V, **f32) if need_dh0 else None
     prec = "ieee" if r.dtype == torch.float32 else "tf32"
-    _chunk_bwd_kernel[(NV, N * H)](r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
+    wkv7_bwd_chunked_kernel[(NV, N * H)](r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
                                    dr, dw, dk, dv, da, db, dh0, scale, B * T * H * K,
                                    T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV,
                                    USE_DHT=dht is not None, STORE_DH0=need_dh0,
@@ -263,31 +263,31 @@ def backward(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk
     return dr, dw, dk, dv, da, db, dh0
 
 
-def forward(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size):
+def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size):
     """Launch the chunked forward on contiguous tensors. Returns (o, final_state, checkpoints),
     the checkpoints being the state at every chunk start (the recurrent backward's layout)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    N, n_ck, cu, ck_off = _rec._layout(B, T, cu_seqlens, chunk_size, r.device)
-    BV = _rec._block_v(V)
+    N, n_ck, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
+    BV = _rec.block_v(V)
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if store_ht else None
     ckpt = torch.empty(n_ck, H, K, V, dtype=torch.float32, device=r.device) if store_ckpt else None
     # float32 inputs get full-precision dots; on a GPU, 16-bit inputs may use tf32 tensor cores
     prec = "ieee" if r.dtype == torch.float32 else "tf32"
     grid = (triton.cdiv(V, BV), N * H)
-    _chunk_fwd_kernel[grid](r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
+    wkv7_fwd_chunked_kernel[grid](r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
                             T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV,
                             USE_H0=h0 is not None, STORE_HT=store_ht, STORE_CKPT=store_ckpt,
                             VARLEN=cu_seqlens is not None, DOT_PREC=prec)
     return o, ht, ckpt
 
 
-class _Chunked(torch.autograd.Function):
+class _ChunkedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, chunk_size):
         needs_grad = any(ctx.needs_input_grad[:6]) or ctx.needs_input_grad[7]
-        o, ht, ckpt = forward(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
+        o, ht, ckpt = fwd(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
                               store_ckpt=needs_grad, chunk_size=chunk_size)
         ctx.save_for_backward(r, w, k, v, a, b, ckpt, cu_seqlens)
         ctx.scale, ctx.has_h0, ctx.chunk_size = scale, h0 is not None, chunk_size
@@ -297,7 +297,7 @@ class _Chunked(torch.autograd.Function):
     def backward(ctx, do, dht):
         r, w, k, v, a, b, ckpt, cu_seqlens = ctx.saved_tensors
         # the chunk-start states saved by the forward are where each chunk's recomputation starts
-        dr, dw, dk, dv, da, db, dh0 = backward(
+        dr, dw, dk, dv, da, db, dh0 = bwd(
             r, w, k, v, a, b, do.contiguous(), None if dht is None else dht.contiguous(), ckpt,
             ctx.scale, cu_seqlens, need_dh0=ctx.has_h0, chunk_size=ctx.chunk_size)
         return dr, dw, dk, dv, da, db, None, dh0, None, None, None
@@ -320,8 +320,8 @@ def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
             or chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_size: expected 16, 32 or 64, got {chunk_size!r}")
-    scale, *_ = _rec._check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens)
+    scale, *_ = _rec.check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens)
     r, w, k, v, a, b = (x.contiguous() for x in (r, w, k, v, a, b))
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    return _Chunked.apply(r, w, k, v, a, b, scale, h0, bool(output_final_state), cu_seqlens,
+    return _ChunkedFunction.apply(r, w, k, v, a, b, scale, h0, bool(output_final_state), cu_seqlens,
                           int(chunk_size))

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .. import device, validate
-from ..kernels_common import first_chunk, seq_bounds
+from ..kernels_common import checkpoint_layout, first_chunk, seq_bounds
 
 __all__ = ["triton_recurrent", "CHECKPOINT"]
 
@@ -42,7 +42,7 @@ CHECKPOINT = 16
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
-def _fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
+def wkv7_fwd_recurrent_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
                 T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
                 USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
@@ -90,7 +90,7 @@ def _fwd_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
 
 
 @triton.jit
-def _bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
+def wkv7_bwd_recurrent_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
                 dr, dw, dk, dv, da, db, dh0, scale, part_stride,
                 T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
@@ -178,7 +178,7 @@ def _bwd_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
 
 
 # ----------------------------------------------------------------------------- launchers
-def _check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens):
+def check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens):
     """Validate before anything is launched (bad input is a ValueError, never a kernel crash); returns (scale, B, T, H, K, V, N)."""
     scale = validate.real("scale", scale)
     B, T, H, K, V, N = validate.linear_attention(
@@ -195,48 +195,37 @@ def _check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens):
     return float(scale), B, T, H, K, V, N
 
 
-def _layout(B, T, cu_seqlens, C, dev):
-    """Number of sequences, and where each one's checkpoints start in the checkpoint buffer."""
-    if cu_seqlens is None:
-        return B, B * triton.cdiv(T, C), None, None
-    cu = cu_seqlens.to(device=dev, dtype=torch.int32).contiguous()
-    lens = (cu[1:] - cu[:-1]).to(torch.int64)
-    n_ck = (lens + C - 1) // C
-    ck_off = torch.zeros_like(n_ck)
-    ck_off[1:] = torch.cumsum(n_ck, 0)[:-1]
-    return len(lens), int(n_ck.sum()), cu, ck_off.to(torch.int32)
-
-
-def _block_v(V):
+def block_v(V):
+    """Value columns per program (the chunked kernel uses the same split)."""
     # one V-block in the interpreter (fewer programs is faster there); smaller blocks on a GPU
     # give more programs to fill the SMs when B·H is small
     return V if device.interpreting() else min(V, 32)
 
 
-def forward(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, C=CHECKPOINT):
+def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, C=CHECKPOINT):
     """Launch the forward kernel on contiguous tensors. Returns (o, final_state, checkpoints)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    N, n_ck, cu, ck_off = _layout(B, T, cu_seqlens, C, r.device)
-    BV = _block_v(V)
+    N, n_ck, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, C, r.device)
+    BV = block_v(V)
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if store_ht else None
     ckpt = torch.empty(n_ck, H, K, V, dtype=torch.float32, device=r.device) if store_ckpt else None
     grid = (triton.cdiv(V, BV), N * H)
-    _fwd_kernel[grid](r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
+    wkv7_fwd_recurrent_kernel[grid](r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
                       T, H=H, K=K, V=V, BK=K, BV=BV, C=C,
                       USE_H0=h0 is not None, STORE_HT=store_ht, STORE_CKPT=store_ckpt,
                       VARLEN=cu_seqlens is not None)
     return o, ht, ckpt
 
 
-def backward(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, C=CHECKPOINT):
+def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, C=CHECKPOINT):
     """Launch the backward kernel. Returns (dr, dw, dk, dv, da, db, dh0) in the input dtype
     (dh0 in float32). ``ckpt`` holds the state before every C-th step of every sequence."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    N, _, cu, ck_off = _layout(B, T, cu_seqlens, C, r.device)
-    BV = _block_v(V)
+    N, _, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, C, r.device)
+    BV = block_v(V)
     NV = triton.cdiv(V, BV)
     f32 = dict(dtype=torch.float32, device=r.device)
     # K-sized gradients: one float32 partial sum per V-block, added up below
@@ -245,7 +234,7 @@ def backward(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, C=CHE
     dh0 = torch.empty(N, H, K, V, **f32) if need_dh0 else None
     scratch = torch.empty(NV * N * H * (C + 1) * K * BV, **f32)
     grid = (NV, N * H)
-    _bwd_kernel[grid](r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
+    wkv7_bwd_recurrent_kernel[grid](r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
                       dr, dw, dk, dv, da, db, dh0, scale, B * T * H * K,
                       T, H=H, K=K, V=V, BK=K, BV=BV, C=C,
                       USE_DHT=dht is not None, STORE_DH0=need_dh0, VARLEN=cu_seqlens is not None)
@@ -253,11 +242,11 @@ def backward(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, C=CHE
     return dr, dw, dk, dv, da, db, dh0
 
 
-class _Recurrent(torch.autograd.Function):
+class _RecurrentFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens):
         needs_grad = any(ctx.needs_input_grad[:6]) or ctx.needs_input_grad[7]
-        o, ht, ckpt = forward(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
+        o, ht, ckpt = fwd(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
                               store_ckpt=needs_grad)
         ctx.save_for_backward(r, w, k, v, a, b, ckpt, cu_seqlens)
         ctx.scale, ctx.has_h0 = scale, h0 is not None
@@ -266,7 +255,7 @@ class _Recurrent(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dht):
         r, w, k, v, a, b, ckpt, cu_seqlens = ctx.saved_tensors
-        dr, dw, dk, dv, da, db, dh0 = backward(
+        dr, dw, dk, dv, da, db, dh0 = bwd(
             r, w, k, v, a, b, do.contiguous(), None if dht is None else dht.contiguous(), ckpt,
             ctx.scale, cu_seqlens, need_dh0=ctx.has_h0)
         return dr, dw, dk, dv, da, db, None, dh0, None, None
@@ -283,7 +272,7 @@ def triton_recurrent(r, w, k, v, a, b, scale=1.0, initial_state=None, output_fin
 
         S_t = diag(exp(w_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,   o_t = scale · S_t^T r_t
     """
-    scale, *_ = _check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens)
+    scale, *_ = check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens)
     r, w, k, v, a, b = (x.contiguous() for x in (r, w, k, v, a, b))
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    return _Recurrent.apply(r, w, k, v, a, b, scale, h0, bool(output_final_state), cu_seqlens)
+    return _RecurrentFunction.apply(r, w, k, v, a, b, scale, h0, bool(output_final_state), cu_seqlens)

@@ -353,13 +353,19 @@ SEGMENT = 2048   # token-heads per segment of `chunked` (B·H·tokens); 2048-409
 
 
 # --------------------------------------------------------------------------- example inputs
-def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=math.exp(-0.5), w_const=None):
-    """Seeded ``(r, w, k, v, a, b)`` shaped as an RWKV-7 model feeds the kernel, for examples and checks.
+def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=math.exp(-0.5), w_const=None, key_scale=1.0,
+                  model_like=True, with_state=False, N=None, device=None, requires_grad=False):
+    """Seeded ``(r, w, k, v, a, b)`` shaped as an RWKV-7 model feeds the kernel: the one input
+    generator of chapters, tests and exercises.
 
-    r, w, k, a, b: [B, T, H, K]; v: [B, T, H, V]. r, k, v are standard normal; ``a = −κ̂`` and
-    ``b = κ̂ ⊙ iclr`` with κ̂ a unit vector per head and iclr uniform in (0, 1); the log decay is
-    ``w = −decay · U(0, 1)``, by default in ``(−e^{−0.5}, 0)`` as in the paper's Eq. 12 (or the
-    constant ``w_const`` everywhere, for stress tests). Drawn in float64, then cast to ``dtype``.
+    r, w, k, a, b: [B, T, H, K]; v: [B, T, H, V]. r, k, v are standard normal (k times
+    ``key_scale``); ``a = −κ̂`` and ``b = κ̂ ⊙ iclr`` with κ̂ a unit vector per head and iclr uniform
+    in (0, 1) — or, with ``model_like=False``, a and b independent 0.5·N(0, 1) (the general
+    recurrence, whose state may grow); the log decay is ``w = −decay · U(0, 1)``, by default in
+    ``(−e^{−0.5}, 0)`` as in the paper's Eq. 12 (or the constant ``w_const`` everywhere, for stress
+    tests). Drawn in float64, then cast to ``dtype``. ``with_state=True`` appends an
+    ``initial_state`` [N, H, K, V] (N = B unless given), standard normal, float32 (float64 for
+    float64 inputs). ``device`` moves everything there; ``requires_grad`` makes leaves that need grad.
     """
     g = torch.Generator().manual_seed(seed)
     r, k, kappa = (torch.randn(B, T, H, K, generator=g, dtype=torch.float64) for _ in range(3))
@@ -370,4 +376,12 @@ def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=math.exp(-0.
         w = -decay * torch.rand(B, T, H, K, generator=g, dtype=torch.float64)
     else:
         w = torch.full((B, T, H, K), float(w_const), dtype=torch.float64)
-    return [x.to(dtype) for x in (r, w, k, v, -kappa_hat, kappa_hat * iclr)]
+    if model_like:
+        a, b = -kappa_hat, kappa_hat * iclr
+    else:
+        a, b = (0.5 * torch.randn(B, T, H, K, generator=g, dtype=torch.float64) for _ in range(2))
+    xs = [x.to(device=device, dtype=dtype) for x in (r, w, k * key_scale, v, a, b)]
+    if with_state:
+        s0 = torch.randn(B if N is None else N, H, K, V, generator=g, dtype=torch.float64)
+        xs.append(s0.to(device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32))
+    return [x.requires_grad_() for x in xs] if requires_grad else xs
