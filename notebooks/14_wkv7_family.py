@@ -105,19 +105,19 @@ TOL = {"naive": 1e-14, "chunked": 1e-14, "triton_recurrent": 1e-6, "triton_chunk
 def check_model(name, to_wkv7, reference, n_h=1, beta_max=1.0, decays=("slow", "fast")):
     """Run one mapping on every rung and compare with the paper's loop; one printed line per rung."""
     worst = dict.fromkeys(TOL, 0.0)
+    cases = [(shape, ("naive", "chunked")) for shape in SHAPES] + [(TINY, ("triton_recurrent", "triton_chunked"))]
     for decay in decays:
-        cases = [(impl, shape) for shape in SHAPES for impl in ("naive", "chunked")]
-        cases += [(impl, TINY) for impl in ("triton_recurrent", "triton_chunked")]
-        for seed, (impl, shape) in enumerate(cases):
+        for seed, (shape, impls) in enumerate(cases):
             x = family.random_inputs(*shape, n_h=n_h, decay=decay, beta_max=beta_max, seed=seed)
-            o_ref, S_ref = reference(x)
-            args, S0 = to_wkv7(x), x["S0"]
-            if impl.startswith("triton"):
-                args, S0 = {n: t.float() for n, t in args.items()}, S0.float()
-            o, S = family.run(args, impl, initial_state=S0, output_final_state=True)
-            o = family.last_substep(o, n_h)
-            err = max(rel_err(o.double(), o_ref), rel_err(S.double(), S_ref))
-            worst[impl] = max(worst[impl], err)
+            o_ref, S_ref = reference(x)                                  # the paper's loop, float64
+            for impl in impls:
+                args, S0 = to_wkv7(x), x["S0"]
+                if impl.startswith("triton"):
+                    args, S0 = {n: t.float() for n, t in args.items()}, S0.float()
+                o, S = family.run(args, impl, initial_state=S0, output_final_state=True)
+                o = family.last_substep(o, n_h)
+                err = max(rel_err(o.double(), o_ref), rel_err(S.double(), S_ref))
+                worst[impl] = max(worst[impl], err)
     for impl, err in worst.items():
         ok = err <= TOL[impl]
         print(f"{name:>15} {impl:>16}: max rel err {err:.0e} (tol {TOL[impl]:.0e})  {'ok' if ok else 'FAILED'}")
@@ -382,8 +382,8 @@ for impl, out in read.items():
 # some diagonal $D$. It never does: rows 0, 1 and columns 0, 2 of $P - D$ form
 # $\begin{psmallmatrix} -d_0 & 1 \\ 1 & 0 \end{psmallmatrix}$, whose determinant is $-1$ whatever
 # $D$ is. A rank-one matrix has no non-zero $2\times2$ minor. (The same holds for any decay,
-# any $a$ and any $b$, so it rules out every row of this chapter's table at one token per letter,
-# RWKV-7 included.) A second, spectral, view: $P$'s eigenvalues are the cube roots of unity, two
+# any $a$ and any $b$, so it rules out every single-step row of this chapter's table, RWKV-7
+# included.) A second, spectral, view: $P$'s eigenvalues are the cube roots of unity, two
 # of them non-real, while a DeltaNet transition $I - \beta kk^\top$ is symmetric, with real
 # eigenvalues only.
 
@@ -416,7 +416,7 @@ assert (ev.imag.abs() > 0.8).sum() == 2 and torch.allclose(ev.abs(), torch.ones(
 # | model | $w$ | $a$ | $b$ | $k$ (written) | eigenvalues of $G_t$ | what it can track |
 # |---|---|---|---|---|---|---|
 # | linear attention | $0$ | $0$ | $0$ | $k$ | $\{1\}$ | nothing beyond sums: the transitions are the identity |
-# | GLA / RWKV-6 state | $\log\alpha$ | $0$ | $0$ | $k$ | $(0, 1]$, real | commutative summaries only (ch. 9); no parity (Grazzi Thm 1) |
+# | GLA / RWKV-6 state | $\log\alpha$ | $0$ | $0$ | $k$ | $(0, 1]$, real | transitions commute (ch. 9); no parity (Grazzi Thm 1) |
 # | DeltaNet | $0$ | $-k$ | $\beta k$ | $\beta k$ | $\{1, 1-\beta\} \subset (0, 1]$ | no parity (Grazzi Thm 1) |
 # | DeltaNet, $\beta \in (0, 2)$ | $0$ | $-k$ | $\beta k$ | $\beta k$ | $\{1, 1-\beta\} \subset (-1, 1]$ | parity, and swaps at $\beta = 2$ (ch. 9; Grazzi et al.) |
 # | Gated DeltaNet | $\log\alpha\,\mathbf 1$ | $-k$ | $\alpha\beta k$ | $\beta k$ | $\{\alpha, \alpha(1-\beta)\} \subset (0, 1)$ | no parity (Grazzi Thm 1) |
@@ -502,6 +502,10 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# Only DeltaProduct leaves the real axis. Only the rows with $\beta$ up to 2 reach towards $-1$;
+# the released RWKV-7 range stops short of it (its smallest eigenvalue in this sample is the
+# $-0.394$ printed above, inside chapter 8's bound of $-0.455$).
+#
 # Two rows deserve a word. The DeltaNet row with $\beta \in (0, 2)$ is Grazzi et al.'s fix, and
 # parity is its smallest example: one channel, $k = 1$, $\beta = 2\cdot\text{bit}$, and the
 # transition $1 - 2\cdot\text{bit}$ flips the state's sign on every 1. Run through the kernel
@@ -541,10 +545,10 @@ rwkvlab.check("DeltaNet, beta = 2 bit, K = V = 1: output vs (-1)^(ones so far), 
 #   loss but solves, at every time step, the regularised least-squares regression over all
 #   tokens seen so far, with a conjugate-gradient solver.
 #
-# In the terms of this chapter: a linear memory updated by one gradient step per token is a DPLR
-# recurrence; a deep memory (TTT-MLP, Titans) has no state matrix to multiply, and MesaNet's
-# exact solve replaces the product of transitions by an inverse of an accumulated key
-# covariance; none of the three is a call to `wkv7`.
+# In the terms of this chapter: one gradient step per token on a squared loss, for a linear
+# memory, is a DPLR update (chapter 8); a deep memory (TTT-MLP, Titans) has no state matrix for a
+# transition to multiply, and an exact least-squares solve (MesaNet) needs the inverse of an
+# accumulated key covariance rather than a product of transitions. Neither is a call to `wkv7`.
 #
 # **Where the form ends.**
 #
