@@ -11,5 +11,18 @@ a ``ValueError`` that opens with the argument's name, structure and device check
 from .reference import attention_matrix, chunked, finch_log_decay, naive, random_inputs, step  # noqa: F401
 
 __all__ = ["naive", "chunked", "step", "attention_matrix", "finch_log_decay", "random_inputs", "triton_recurrent", "triton_chunked"]
-from .kernels_recurrent import triton_recurrent  # noqa: E402
-from .kernels_chunked import triton_chunked  # noqa: E402
+
+
+def __getattr__(name):
+    """The Triton rungs load on first use (importing Triton and compiling nothing until then), so
+    the torch rungs, the model on CPU and the command line start without it."""
+    if name in _KERNELS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_KERNELS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_KERNELS = {"triton_recurrent": "kernels_recurrent", "triton_chunked": "kernels_chunked"}

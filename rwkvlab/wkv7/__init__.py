@@ -10,7 +10,20 @@ float64 in the torch rungs); B, H, K, V ≥ 1; bad input is a ``ValueError`` tha
 argument's name, structure and device checked before values.
 """
 from .reference import chunked, naive, random_inputs, step  # noqa: F401
-from .kernels_recurrent import triton_recurrent  # noqa: F401
-from .kernels_chunked import triton_chunked  # noqa: F401
 
 __all__ = ["naive", "chunked", "step", "random_inputs", "triton_recurrent", "triton_chunked"]
+
+
+def __getattr__(name):
+    """The Triton rungs load on first use (importing Triton and compiling nothing until then), so
+    the torch rungs, the model on CPU and the command line start without it."""
+    if name in _KERNELS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_KERNELS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_KERNELS = {"triton_recurrent": "kernels_recurrent", "triton_chunked": "kernels_chunked"}
