@@ -45,11 +45,6 @@ MATHJAX = "tex-svg-full.js"      # TeX in, SVG out: one file, no fonts or extens
 DEFAULT_OUT = Path("build") / "book"
 FOLD_TAGS = {"hide-input", "hide-cell"}
 SHOW_TAGS = {"show-input"}
-REMOVE = {"remove-cell": "cell", "remove-input": "input", "remove-output": "output"}
-
-
-class BuildError(RuntimeError):
-    """A chapter's checks failed; the message names the chapter, the cell and the error."""
 
 
 @dataclass
@@ -129,15 +124,12 @@ def execute(ch: _book.Chapter, number: int, cache_dir: Path, env_key: str, timeo
     import nbformat
     from nbclient.exceptions import CellExecutionError
 
-    run = ChapterRun(ch, number, built=True)
     key = chapter_key(ch, env_key)
     cached = cache_dir / f"{ch.slug}.ipynb"
-    if cached.is_file():
-        nb = nbformat.read(str(cached), as_version=4)
-        meta = nb.metadata.get("rwkvbook", {})
-        if meta.get("key") == key:
-            run.cached, run.nb, run.seconds, run.device = True, nb, meta.get("seconds", 0.0), meta.get("device", "")
-            return run
+    hit = _from_cache(ch, number, cached, key)
+    if hit is not None:
+        return hit
+    run = ChapterRun(ch, number, built=True)
     nb = _book.read_notebook(ch.path)
     client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                      resources={"metadata": {"path": str(ch.path.parent)}})
@@ -162,6 +154,20 @@ def execute(ch: _book.Chapter, number: int, cache_dir: Path, env_key: str, timeo
         nbformat.write(nb, str(tmp))
         tmp.replace(cached)
     return run
+
+
+def _from_cache(ch: _book.Chapter, number: int, cached: Path, key: str) -> ChapterRun | None:
+    """The cached run of this chapter if it was made from the same text and package, else None."""
+    import nbformat
+
+    if not cached.is_file():
+        return None
+    nb = nbformat.read(str(cached), as_version=4)
+    meta = nb.metadata.get("rwkvbook", {})
+    if meta.get("key") != key:
+        return None
+    return ChapterRun(ch, number, built=True, cached=True, nb=nb, seconds=meta.get("seconds", 0.0),
+                      device=meta.get("device", ""))
 
 
 def _device_line(nb) -> str:
@@ -230,8 +236,7 @@ def prepare_for_page(run: ChapterRun):
             source = _source_text(cell)
             draws = bool(re.search(r"\bplt\.|\bax\w*\.|matplotlib|\bfig\w*\.", source))
             fold = bool(tags & FOLD_TAGS) or (has_figure and draws and not tags & SHOW_TAGS)
-            if "remove-input" in tags:
-                cell.metadata.setdefault("transient", {})["remove_source"] = True
+            if "remove-input" in tags:             # nbconvert's TagRemovePreprocessor drops the code
                 fold = False
             if fold:
                 n = len(source.splitlines())
@@ -425,13 +430,5 @@ def build(out: Path | None = None, selected: list[str] | None = None, log=print)
 
 def execute_if_cached(ch: _book.Chapter, number: int, cache_dir: Path, env_key: str) -> ChapterRun:
     """A chapter that was not selected: its cached run if that is still current, else not built."""
-    import nbformat
-
-    cached = cache_dir / f"{ch.slug}.ipynb"
-    if cached.is_file():
-        nb = nbformat.read(str(cached), as_version=4)
-        meta = nb.metadata.get("rwkvbook", {})
-        if meta.get("key") == chapter_key(ch, env_key):
-            return ChapterRun(ch, number, built=True, cached=True, nb=nb, seconds=meta.get("seconds", 0.0),
-                              device=meta.get("device", ""))
-    return ChapterRun(ch, number, built=False)
+    hit = _from_cache(ch, number, cache_dir / f"{ch.slug}.ipynb", chapter_key(ch, env_key))
+    return hit if hit is not None else ChapterRun(ch, number, built=False)
