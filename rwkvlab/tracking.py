@@ -9,9 +9,10 @@ book's own kernel. One layer, per head::
 
 i.e. ``wkv7`` with ``a = −κ̂``, ``b = c · κ̂ ⊙ iclr`` and the released ranges otherwise
 (``w = −e^{−0.5} σ(·)``, ``iclr = σ(·)``, ``κ̂`` unit). ``c = 1`` is RWKV-7 as released (every
-eigenvalue real, above ``e^{−e^{−0.5}} − 1 ≈ −0.455``, chapter 8); ``c = 2`` reaches towards −1
-(``iclr → 1`` gives a reflection along ``κ̂`` when ``w → 0``); ``c = 0`` switches the removal off
-(a diagonal transition, eigenvalues in ``(0.545, 1)``).
+eigenvalue real, above ``e^{−e^{−0.5}} − 1 ≈ −0.455``, chapter 8); ``c = 2`` reaches −1 (a
+reflection along ``κ̂`` when ``iclr → 1`` and ``w → 0``) and can pass it, down to
+``e^{−e^{−0.5}} − 2 ≈ −1.455`` (a transition that grows the state along ``κ̂``); ``c = 0`` switches
+the removal off (a diagonal transition, eigenvalues in ``(0.545, 1)``).
 
 Every quantity of a token is a function of that token alone (an embedding and one linear map),
 so the transitions a trained model uses can be listed and their eigenvalues read off
