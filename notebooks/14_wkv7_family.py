@@ -214,8 +214,8 @@ assert err_wrong > 0.1
 # %% [markdown]
 # When `fla-core` is importable and a CUDA GPU is present, the next cell also compares the
 # kernel with FLA's own chunked kernels for these two models, `chunk_delta_rule` and
-# `chunk_gated_delta_rule` (float32 inputs, FLA's layout, `scale=1`); FLA's kernels run only on
-# GPUs. Its tolerance, 5e-3, leaves room for TF32 matrix products, which FLA's kernels may use;
+# `chunk_gated_delta_rule` (float32 inputs, FLA's layout, `scale=1`); FLA's kernels are written
+# for GPUs. Its tolerance, 5e-3, leaves room for TF32 matrix products, which FLA's kernels may use;
 # this book has not run that comparison on the machine it is tested on, so the cell says
 # whether it ran.
 
@@ -223,7 +223,7 @@ assert err_wrong > 0.1
 if importlib.util.find_spec("fla") is None:
     print("FLA comparison skipped: fla-core is not installed")
 elif not torch.cuda.is_available():
-    print("FLA comparison skipped: no CUDA GPU (FLA's kernels run on GPUs only)")
+    print("FLA comparison skipped: no CUDA GPU (FLA's kernels are written for GPUs)")
 else:
     from fla.ops.delta_rule import chunk_delta_rule
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
