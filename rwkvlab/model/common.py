@@ -283,7 +283,7 @@ class LanguageModel(nn.Module):
         state in place; a CUDA graph on a GPU, see :mod:`rwkvlab.model.generation`), so memory stays
         constant while generating. Bad arguments raise here, before anything is computed. The
         iterator's ``stats`` hold prefill and decode timings, its ``state`` (once exhausted) the
-        state after the last token. ``threads``: intra-op threads while decoding (``"auto"``: one
+        state after the last token. ``threads``: intra-op threads while generating (``"auto"``: one
         for small models on CPU, see :func:`~rwkvlab.model.generation.decode_threads`; ``None``:
         torch's setting), restored around every step."""
         from .generation import Generation, Run

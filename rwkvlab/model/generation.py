@@ -85,7 +85,8 @@ class _Threads:
 
 
 def decode_threads(model) -> int | None:
-    """Intra-op threads for decoding ``model``: 1 on CPU for models under 32 MiB of weights, else
+    """Intra-op threads while generating with ``model`` (prefill and decode): 1 on CPU for models
+    under 32 MiB of weights, else
     ``None`` (torch's own setting). A step of a small model is a hundred-odd operations on vectors
     of a few hundred numbers; none of them has enough work to split, and on a busy machine a second
     thread that has to be woken for each of them stalls the step: on this book's 2-core test machine
@@ -349,8 +350,9 @@ class Run:
         m = self.model
         dev = m.emb.weight.device
         B = len(self.prompts)
+        threads = _Threads(self.threads)
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), threads:
             logits, state = self._prefill()
             _sync(dev)
         self.stats.prefill_tokens = sum(len(p) for p in self.prompts)
@@ -370,7 +372,6 @@ class Run:
             step = stepper(m, B, self.graph)
         fast = not isinstance(step, _ReferenceStepper)
         mode = torch.inference_mode if fast else torch.no_grad
-        threads = _Threads(self.threads)
         with mode():
             step.load(state)
         toks = [0] * B
