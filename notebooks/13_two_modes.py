@@ -522,7 +522,11 @@ assert all(st > 0 and pr > 0 for _, _, st, pr in sweep)
 # (`cpu fp32`, its TorchScript functions), on the same checkpoint and in the same process:
 # `python -m rwkvlab bench generate` measures it and writes a CSV to `benchmarks/results/`.
 # The chapter reads the recorded CSVs rather than timing them again (each CSV's header gives the
-# run's wall time, far beyond this chapter's budget); a row is quoted with its file.
+# run's wall time, far beyond this chapter's budget); a row is quoted with its file. Read the
+# thread count in each header: with one thread for both runtimes the rows compare the steps;
+# with torch's default threads on a busy two-core machine they mostly show how badly a second
+# intra-op thread stalls small operations there (`generate` decodes small models on one thread
+# for that reason; `rwkvlab.model.generation.decode_threads` says where the line is).
 
 # %%
 from rwkvlab import bench_generate, book
