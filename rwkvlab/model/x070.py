@@ -218,7 +218,6 @@ class RWKV7(LanguageModel):
 
 
 # ------------------------------------------------------------------------------------ RNN mode, lean
-DECAY_SCALE = math.exp(-0.5)     # log w = −e^{−0.5} σ(d) = −exp(−softplus(−d) − 0.5); written out in decode_block
 
 
 class PackedBlock(NamedTuple):
