@@ -72,7 +72,22 @@ def build(size: str, dtype: torch.dtype, device, seed: int = 0):
 
 # ------------------------------------------------------------------------------------ official
 def import_official(gpu: bool):
-    """``rwkv.model.RWKV`` for x070, with its CUDA kernel when that builds; (class, note)."""
+    """``rwkv.model.RWKV`` for x070, with its CUDA kernel when that builds; (class, note).
+
+    The package reads its switches from the environment when it is imported; they are set for
+    the import and put back afterwards."""
+    saved = {k: os.environ.get(k) for k in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON")}
+    try:
+        return _import_official(gpu)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _import_official(gpu: bool):
     os.environ["RWKV_V7_ON"] = "1"
     os.environ.setdefault("RWKV_JIT_ON", "1")
     tries = ["1", "0"] if gpu else ["0"]
