@@ -48,6 +48,7 @@ import rwkvlab
 print(rwkvlab.device.describe())
 
 # %%
+import functools
 import inspect
 
 import matplotlib.pyplot as plt
@@ -448,15 +449,34 @@ rwkvlab.check("triton_chunked, w = -8 everywhere, vs naive", got,
               reference(r, w, k, v, a, b, s0, output_final_state=True), 1e-4)
 
 # %% [markdown]
-# Chapter 10 has a second trap: gradients through differences of running sums, $c_t - c_i$,
-# lose the tiny gradient of a strongly decaying channel to cancellation. The kernel computes its
-# exponents as such differences (`c[:, None, :] - c[None, :, :]`), because a cumulative sum is
-# one instruction, `tl.cumsum`, and segment sums would need a `[BT, BT, BK]` scan. In the
-# forward pass that is harmless: within a chunk of 16, $|c| \le 16\cdot|w|$, and float32
-# rounding perturbs each exponent by about $|c|\cdot 6\times 10^{-8}$, a relative error far
-# inside the $10^{-4}$ budget. The cancellation trap concerns only gradients taken *through*
-# those differences, and the kernel never takes any (see Section 6).
-#
+# Chapter 10 has a second trap: differences of running sums, $c_t - c_i$. The first version of
+# this kernel took them (`c[:, None, :] - c[None, :, :]`), because a cumulative sum is one
+# instruction. The reasoning then was that within a chunk of 16, $|c| \le 16\,|w|$ keeps the
+# rounding of each exponent small. That holds only while $|w|$ is small: after a decay spike
+# ($w = -10^4$ on one token) every later $c$ is about $-10^4$, its float32 spacing is $10^{-3}$,
+# and every weight of the chunk past the spike was off by that much — the cell below measures
+# it, and the first version lost three digits there (output and gradients off by
+# $2\cdot10^{-4}$ at chunks of 16 and $10^{-3}$ at 32). `_chunk_decays` now builds each factor
+# from its own interval. The prefixes are cumulative sums from the chunk's start. The suffixes
+# to the chunk's end are reverse cumulative sums of $w$ loaded one row up. The pairwise
+# exponents are a cumulative sum over the `[BT, BT, BK]` block of $w$ masked to each pair's
+# interval: one scan instead of a subtraction. The cancellation trap of gradients taken
+# *through* such differences is avoided as before (Section 6).
+
+# %%
+print(inspect.getsource(kc._chunk_decays.fn))
+xs_spike = inputs(1, 40, 2, 16, 16, seed=5)
+w_spike = torch.full_like(xs_spike[1], -0.01)
+w_spike[:, 11, :, ::2] = -1e4
+w_spike[:, 27, :, 1::2] = -1e3
+xs_spike[1] = w_spike
+want_spike = reference(*xs_spike, output_final_state=True)
+for name, impl in [("triton_recurrent", wkv7.triton_recurrent), ("triton_chunked C=16", wkv7.triton_chunked),
+                   ("triton_chunked C=32", functools.partial(wkv7.triton_chunked, chunk_size=32))]:
+    got_spike = impl(*xs_spike[:6], initial_state=xs_spike[6], output_final_state=True)
+    rwkvlab.check(f"{name}, decay spikes w = -1e4 / -1e3, vs float64", got_spike, want_spike, 2e-6)
+
+# %% [markdown]
 # Here is the chunked kernel. Match each block of lines to the four steps above.
 
 # %%

@@ -6,6 +6,8 @@ tests also run larger shapes and bfloat16, with the bf16 tolerance stated below.
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -249,3 +251,30 @@ def test_fused_addcmul_bad_inputs():
         fused_addcmul(x, mu, mu[:8])
     with pytest.raises(ValueError, match=r"^shift_state:"):
         fused_addcmul(x, mu, shift_state=torch.zeros(3, 16, device=DEV))
+
+
+@pytest.mark.parametrize("name,impl", [("recurrent", wkv7.triton_recurrent), ("chunked16", wkv7.triton_chunked),
+                                       ("chunked32", functools.partial(wkv7.triton_chunked, chunk_size=32))])
+def test_decay_spike_keeps_float32_accuracy(name, impl):
+    """w = -0.01 with w = -1e4 and -1e3 on alternate channels of two tokens: every exponent is a sum
+    over its own interval, so the output, the final state and every gradient stay at float32
+    accuracy against the float64 loop (a difference of running sums would be off by ~1e-3)."""
+    B, T, H, K, V = 1, 40, 2, 16, 16
+    x = list(wkv7.random_inputs(B, T, H, K, V, seed=21, dtype=torch.float64, w_const=-0.01))
+    x[1][:, 11, :, ::2] = -1e4
+    x[1][:, 27, :, 1::2] = -1e3
+    g = torch.Generator().manual_seed(22)
+    s0, go, gs = (torch.randn(*shape, generator=g, dtype=torch.float64)
+                  for shape in ((B, H, K, V), (B, T, H, V), (B, H, K, V)))
+
+    def run(fn, xs, s):
+        xs = [t.detach().clone().requires_grad_() for t in xs]
+        s = s.detach().clone().requires_grad_()
+        o, S = fn(*xs, initial_state=s, output_final_state=True)
+        loss = (o * go.to(o)).sum() + (S * gs.to(S)).sum()
+        return (o, S, *torch.autograd.grad(loss, [*xs, s]))
+
+    want = run(wkv7.naive, x, s0)
+    got = run(impl, [t.float().to(DEV) for t in x], s0.float().to(DEV))
+    for n, a, b in zip(["o", "final_state", "r", "w", "k", "v", "a", "b", "initial_state"], got, want):
+        assert rel_err(a, b) < 2e-6, (n, rel_err(a, b))
