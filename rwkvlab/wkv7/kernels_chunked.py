@@ -73,10 +73,10 @@ def _chunk_decays(w, off_k, m_tk, m_up, o_t, row: tl.constexpr, BT: tl.constexpr
 
 @triton.jit
 def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
-                      T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
-                      VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+                            T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                            USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
+                            VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
@@ -141,11 +141,11 @@ def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale
 
 @triton.jit
 def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
-                      dr, dw, dk, dv, da, db, dh0, scale, part_stride,
-                      T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                      USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr,
-                      DOT_PREC: tl.constexpr):
+                            dr, dw, dk, dv, da, db, dh0, scale, part_stride,
+                            T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                            USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr,
+                            DOT_PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis

@@ -43,10 +43,10 @@ CHECKPOINT = 16
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
 def wkv7_fwd_recurrent_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
-                T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
-                VARLEN: tl.constexpr):
+                              T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                              BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+                              USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
+                              VARLEN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     # where this sequence's tokens live: [bos, eos) of the (packed) time axis
@@ -91,10 +91,10 @@ def wkv7_fwd_recurrent_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, sca
 
 @triton.jit
 def wkv7_bwd_recurrent_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
-                dr, dw, dk, dv, da, db, dh0, scale, part_stride,
-                T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
-                USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr):
+                              dr, dw, dk, dv, da, db, dh0, scale, part_stride,
+                              T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                              BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr,
+                              USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
