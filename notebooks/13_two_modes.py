@@ -405,8 +405,10 @@ print("in this run the RWKV step was the faster one at " + (f"T >= {faster[0]}" 
 # receptance, key and value maps one batched matrix product over stacked weights, the four LoRA
 # maps two more (padded with zeros to one rank, which adds exact zeros), the state is updated in
 # place, and nothing is checked inside the step — `model.step` checks shapes, dtypes and devices
-# once per call, `generate` once per call of its own. On CPU the block is compiled with
-# TorchScript, which removes the Python interpreter between operations; on a GPU, where each
+# once per call, `generate` once per call of its own. On CPU a long run switches to the block
+# compiled with TorchScript, which removes the Python interpreter between operations (after a
+# couple of thousand steps, when its one-time compilation has paid for itself, or at once with
+# `model.decoder().compile()`); on a GPU, where each
 # operation is also a kernel launch, `generate` captures the whole step in a CUDA graph once
 # and replays it per token (`rwkvlab.model.generation.GraphStepper`).
 

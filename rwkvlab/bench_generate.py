@@ -279,6 +279,7 @@ def run_size(size, args, dev, dtype, official_cls, official_note, log, rows, tmp
         prompts = [short] * B
         graphs = [None, False] if gpu else [None]
         n_b = max(4, n_dec // (4 if B > 1 and not gpu else 1))
+        m.decoder().compile()                 # TorchScript's one-time cost on CPU, outside the timings
         m.generate_batch(prompts, 2, temperature=0)                        # warm-up (and graph capture)
         res = {g: [] for g in graphs}
         o_runs = []

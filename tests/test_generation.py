@@ -333,3 +333,31 @@ def test_the_caller_runs_with_autograd_between_tokens_and_its_time_is_not_counte
     assert gen.stats.decode_s < 0.05                 # three 50 ms sleeps of the caller are not decode time
     assert G.decode_threads(tiny7(C=256, L=32, N=32)) is None      # over 32 MiB: torch's setting
     torch.set_num_threads(1)
+
+
+def test_the_torchscript_block_computes_what_the_python_block_does(monkeypatch):
+    from rwkvlab.model import x070
+
+    m = tiny7(seed=18)
+    x = ids(2, 8, seed=18)
+    with torch.no_grad():
+        ref, _ = m(x)
+    outs = {}
+    for script in (False, True):
+        dec = x070.Decoder(m, script=script)
+        st = dec.new_state(2)
+        with torch.inference_mode():
+            outs[script] = torch.stack([dec.step_(x[:, t], st) for t in range(8)], 1).clone()
+    assert x070.Decoder(m, script=True)._block() is not x070.decode_block      # it really is compiled
+    rwkvlab.check("scripted vs Python block", outs[True], outs[False], 1e-6)
+    rwkvlab.check("scripted block vs parallel", outs[True], ref, 1e-5)
+    monkeypatch.setattr(x070.Decoder, "SCRIPT_AFTER", 3)
+    dec = x070.Decoder(m)                           # automatic: Python first, the script after 3 steps
+    st = dec.new_state(1)
+    blocks = []
+    with torch.inference_mode():
+        for t in range(5):
+            blocks.append(dec._block() is x070.decode_block)
+            dec.step_(x[:1, t], st)
+    assert blocks == [True, True, True, True, False]
+    assert dec.compile() is dec and dec.script is True

@@ -259,8 +259,9 @@ class Decoder:
       checks once: :meth:`LanguageModel.step` per call, ``generate`` per call);
     * **the state is updated in place** (:meth:`step_` overwrites the tensors it is given).
 
-    ``script`` picks the TorchScript-compiled block (default: on CPU in float32/float64) or the
-    plain Python function (``False``: what a profiler should look at, one ATen call per line).
+    ``script`` picks the TorchScript-compiled block (``True``), the plain Python function
+    (``False``: what a profiler should look at, one ATen call per line) or, by default, the plain
+    function for the first ``SCRIPT_AFTER`` steps and then the compiled one (CPU, float32/float64).
     ``dtype`` sets the weights' and activations' precision (default: the model's); the WKV state
     stays in float32 (float64 for a float64 model) and the WKV update runs in it, as in
     ``wkv7.step``. Memory: on CPU the decoder holds a copy of every weight matrix, laid out
@@ -268,9 +269,12 @@ class Decoder:
     the other matrices are views of the model's own tensors.
     """
 
+    SCRIPT_AFTER = 2048     # eager steps before the automatic switch to the TorchScript block
+
     def __init__(self, model: "RWKV7", dtype: torch.dtype | None = None, script: bool | None = None):
         c = model.cfg
         self.script = script
+        self.steps = 0
         ref = model.emb.weight
         self.dtype = dtype or ref.dtype
         self.acc = torch.float64 if self.dtype == torch.float64 else torch.float32
@@ -341,6 +345,7 @@ class Decoder:
     def step_(self, token: torch.Tensor, state: list[LayerState]) -> torch.Tensor:
         """Read ``token`` [B] (int64, in range: not checked), update ``state`` in place; logits [B, V]."""
         C = self.C
+        self.steps += 1
         x = torch.layer_norm(torch.embedding(self.emb, token), (C,), self.ln0[0], self.ln0[1], 1e-5, False)
         v_first = x                                          # replaced in block 0
         block = self._block()
@@ -350,12 +355,29 @@ class Decoder:
 
     def _block(self):
         # TorchScript on CPU: at small sizes a step is all per-operation overhead, and the scripted
-        # block skips the interpreter between operations (~1.3x the eager Python on 2 cores).
+        # block skips the interpreter between operations (~1.3x the eager Python on 2 cores). Its
+        # first call costs ~0.1 s (compile + profiling runs) against ~60 µs saved per step at the
+        # chapter-14 size, so by default it takes over only after SCRIPT_AFTER eager steps (short
+        # runs, and the CLI's start-up, never pay for it); compile() switches at once.
         # On CUDA the eager function: a captured graph removes that overhead there, and the script
         # executor's fusers would make the captured work depend on its profiling runs.
-        if self.script if self.script is not None else (self.device.type == "cpu" and self.acc == self.dtype):
-            return _scripted_block()
-        return decode_block
+        if self.script is None:
+            use = self.device.type == "cpu" and self.acc == self.dtype and self.steps > self.SCRIPT_AFTER
+        else:
+            use = self.script
+        return _scripted_block() if use else decode_block
+
+    def compile(self) -> "Decoder":
+        """Switch to the TorchScript block now (CPU, float32/float64 weights) and pay its one-time
+        cost here: compilation and the script executor's profiling runs, on a scratch state."""
+        if self.device.type == "cpu" and self.acc == self.dtype:
+            self.script = True
+            scratch = self.new_state(1)
+            tok = torch.zeros(1, dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                for _ in range(3):
+                    self.step_(tok, scratch)
+        return self
 
 
 def decode_block(x: torch.Tensor, shift: torch.Tensor, S: torch.Tensor, fshift: torch.Tensor, v_first: torch.Tensor,
