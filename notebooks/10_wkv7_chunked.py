@@ -699,6 +699,55 @@ assert ob.dtype == torch.bfloat16 and Sb.dtype == torch.float32
 rwkvlab.check("chunked bf16 vs naive float32 (same rounded inputs)", ob, wkv7.naive(*(t.float() for t in xb))[0], 3e-2)
 
 # %% [markdown]
+# ### The same pieces under FLA's names
+#
+# flash-linear-attention runs RWKV-7 through its generalized delta rule in
+# diagonal-plus-low-rank (DPLR) form, `fla/ops/generalized_delta_rule/dplr/` (by Songlin Yang and
+# Yu Zhang), and its kernels compute exactly the pieces derived above. The names differ only in
+# the query ($q$ for the book's $r$) and in the decayed vectors. Read with this table, the
+# book's derivation is a map of that code. The launch column is `chunk_dplr_fwd` in
+# `fla/ops/generalized_delta_rule/dplr/chunk.py`.
+#
+# | this chapter | FLA's DPLR name | computed by (FLA launch) | here |
+# | --- | --- | --- | --- |
+# | $c_t$, $c_{t-1}$ (chunk-local log decays) | `gi`, `ge` | `chunk_rwkv6_fwd_cumsum` | `segment_log_decays` (as interval sums) |
+# | $A_{rk}, A_{rb}, A_{ak}, A_{ab}$ | `A_qk`, `A_qb`, `A_ak`, `A_ab` | `chunk_dplr_fwd_intra` | `intra_chunk_matrices` |
+# | $	ilde r = r\odot e^{c_t}$, $	ilde a = a\odot e^{c_{t-1}}$ | `qg` (scale folded in), `ag` | `chunk_dplr_fwd_intra` | `r_start`, `a_start` |
+# | $\hat k, \hat b$ (decayed to the chunk's end) | `kg`, `bg` | `chunk_dplr_fwd_intra` | `k_end`, `b_end` |
+# | $\mathcal T = (I - A_{ab})^{-1}$ | `A_ab_inv` | `prepare_wy_repr_fwd` | `ut_transform`, `solve_triangular` |
+# | $W = \mathcal T	ilde A$, $U = \mathcal T A_{ak} V$ | `w`, `u` | `prepare_wy_repr_fwd` | `chunk_matrices` |
+# | chunk-start states $S$; removal rows $E = WS + U$ | `h`; `v_new` | `chunk_dplr_fwd_h` | the state loop of `_chunked_one` |
+# | $O = 	ext{scale}(	ilde R S + A_{rk}V + A_{rb}E)$ | `o` | `chunk_dplr_fwd_o` | equation (3) |
+#
+# Two differences are worth knowing. FLA forms the pairwise exponents as differences of its
+# running sums (`exp(b_gi - b_gk_j)` in `chunk_A_fwd.py`), where this book sums each interval
+# (section 6 says why), and it stores `A_qk`, `A_qb` and the decayed vectors in the input's
+# 16-bit dtype while keeping `A_ab` and `A_ak` in float32 for the inverse. The cell writes FLA's
+# definitions out in torch, from its source, and checks them against the package's pieces on one
+# chunk.
+
+# %%
+C8, K8 = 8, 4
+r8, w8, k8, v8, a8, b8 = (x[0, :, 0] for x in rwkv7_inputs(1, C8, 1, K8, 3, seed=31, dtype=torch.float64))
+gi = w8.cumsum(0)                                                   # FLA's gi: inclusive cumsum
+ge = gi - w8                                                        # FLA's ge: exclusive
+upto = torch.tril(torch.ones(C8, C8, dtype=torch.bool))             # i <= t
+before = torch.tril(torch.ones(C8, C8, dtype=torch.bool), -1)       # i < t
+fla_names = {
+    "A_qk": torch.where(upto, torch.einsum("tk,tik,ik->ti", r8, torch.exp(gi[:, None] - gi[None]), k8), 0.),
+    "A_qb": torch.where(upto, torch.einsum("tk,tik,ik->ti", r8, torch.exp(gi[:, None] - gi[None]), b8), 0.),
+    "A_ak": torch.where(before, torch.einsum("tk,tik,ik->ti", a8, torch.exp(ge[:, None] - gi[None]), k8), 0.),
+    "A_ab": torch.where(before, torch.einsum("tk,tik,ik->ti", a8, torch.exp(ge[:, None] - gi[None]), b8), 0.),
+    "qg": r8 * torch.exp(gi), "ag": a8 * torch.exp(ge),
+    "kg": k8 * torch.exp(gi[-1] - gi), "bg": b8 * torch.exp(gi[-1] - gi),
+}
+ours = ref.intra_chunk_matrices(r8, w8, k8, a8, b8)
+for fla_name, book_name in [("A_qk", "A_rk"), ("A_qb", "A_rb"), ("A_ak", "A_ak"), ("A_ab", "A_ab"),
+                            ("qg", "r_start"), ("ag", "a_start"), ("kg", "k_end"), ("bg", "b_end")]:
+    rwkvlab.check(f"FLA's {fla_name} (from its definition) == this chapter's {book_name}",
+                  fla_names[fla_name], ours[book_name], 1e-12)
+
+# %% [markdown]
 # ## 9. Gradients
 #
 # `chunked` is plain torch, so autograd differentiates it: through the products of the
