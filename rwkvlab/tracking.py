@@ -163,14 +163,14 @@ BUCKETS = ((1, 16), (17, 32), (33, 64), (65, 128), (129, 256))
 
 def experiment(tasks=tuple(TASKS), variants=None, seeds=DEFAULT["seeds"], steps=DEFAULT["steps"],
                train_len=DEFAULT["train_len"], test_len=DEFAULT["test_len"], batch=DEFAULT["batch"],
-               progress=None) -> tuple[list[dict], dict]:
+               progress=None, models: dict | None = None) -> tuple[list[dict], dict]:
     """Train every (task, variant, seed) and measure accuracy by prefix length.
 
     Returns ``(rows, curves)``: one row per (task, variant, seed, bucket of :data:`BUCKETS` up to
     ``test_len``) with keys ``task, variant, c, seed, steps, train_len, length_lo, length_hi,
     accuracy, final_loss, min_eig, seconds``; and ``curves[(task, variant, seed)]`` the per-position
     accuracy [test_len]. ``min_eig`` is the smallest real part of any token's transition eigenvalue
-    after training.
+    after training. Pass a dict as ``models`` to receive the trained models, keyed like ``curves``.
     """
     variants = dict(VARIANTS) if variants is None else variants
     rows, curves = [], {}
@@ -184,6 +184,8 @@ def experiment(tasks=tuple(TASKS), variants=None, seeds=DEFAULT["seeds"], steps=
                 seconds = time.perf_counter() - t0
                 final = sum(losses[-20:]) / len(losses[-20:])
                 curves[(task, name, seed)] = acc
+                if models is not None:
+                    models[(task, name, seed)] = model
                 min_eig = token_eigenvalues(model).real.min().item()
                 for lo, hi in BUCKETS:
                     if lo > test_len:
