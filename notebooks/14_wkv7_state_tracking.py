@@ -209,7 +209,7 @@ assert ev1.min() > math.exp(-math.exp(-0.5)) - 1 - 1e-6       # never below the 
 # the fresh file instead (the record's `wall_seconds` line says how long that took here).
 
 # %%
-record = book.root() / "data" / "state_tracking.csv"
+record = book.data_path("state_tracking.csv")
 if os.environ.get("RWKVLAB_FULL") == "1":
     record = Path(book.root()) / "out" / "state_tracking.csv"
     record.parent.mkdir(exist_ok=True)
