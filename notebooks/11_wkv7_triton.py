@@ -847,8 +847,8 @@ else:
 # - The fused recurrent kernel is the recurrence written on a register tile: one column
 #   reduction ($a^\top S$), one elementwise update with two rank-one terms, one column reduction
 #   for the read-out of the updated state.
-# - The backward pass is the transposed recurrence: $\bar S_{t-1} = \mathrm{diag}(e^{w_t})\bar S_t
-#   + a_t (b_t^\top \bar S_t)$, with the read-out's $\text{scale}\,r_t\bar o_t^\top$ injected at
+# - The backward pass is the transposed recurrence:
+#   $\bar S_{t-1} = \mathrm{diag}(e^{w_t})\bar S_t + a_t (b_t^\top \bar S_t)$, with the read-out's $\text{scale}\,r_t\bar o_t^\top$ injected at
 #   every step. The gradients of $w, a, b$ pair $\bar S_t$ with $S_{t-1}$, and those of $r, k, v$
 #   pair it with $S_t$, $v_t$ and $k_t$.
 # - The states the backward pass needs are recomputed from checkpoints every 16 steps. That costs
