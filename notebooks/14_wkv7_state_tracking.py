@@ -174,9 +174,9 @@ for task in tracking.TASKS:
 # sign flip that never fades. (In this run it even passes $-1$, so that component *grows* by
 # that factor per 1; the LayerNorm in front of the decoder removes the scale, and the cell
 # prints after how many ones a float32 state would overflow at that rate, far beyond the tested
-# 128 tokens.) The released model pushes its bit-1 eigenvalue
-# to its floor, $-0.455$: negative, but it fades. After $n$ ones that component has shrunk by
-# $0.455^n$, so the parity signal dies within a few tokens of the trained range and the decoder
+# 128 tokens.) The released model pushes its bit-1 eigenvalue to its floor, $-0.455$: negative,
+# but it fades. After $n$ ones that component has shrunk by $0.455^n$, so the parity signal is
+# gone after a few tokens, inside the trained range already (the figure above), and the decoder
 # has nothing to read.
 
 # %%
