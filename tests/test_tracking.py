@@ -77,3 +77,18 @@ def test_bad_inputs_raise():
         tracking.TinyRWKV7("parity", 3.0)
     with pytest.raises(ValueError, match="^T"):
         tracking.task_batch("parity", 2, 0)
+
+
+def test_the_shipped_record_is_the_full_experiment():
+    from rwkvlab import book
+
+    rows, prov = tracking.read_csv(book.data_path("state_tracking.csv"))
+    assert prov["command"] == "python -m rwkvlab.tracking --full --out data/state_tracking.csv"
+    for key in ("date", "machine", "software", "wall_seconds", "config"):
+        assert prov[key]
+    full = tracking.FULL
+    assert {r["seed"] for r in rows} == set(full["seeds"])
+    assert {(r["task"], r["variant"]) for r in rows} == {(t, v) for t in tracking.TASKS for v in tracking.VARIANTS}
+    assert all(r["steps"] == full["steps"][r["task"]] and r["train_len"] == full["train_len"] for r in rows)
+    assert max(r["length_hi"] for r in rows) == full["test_len"]
+    assert len(rows) == len(tracking.TASKS) * len(tracking.VARIANTS) * len(full["seeds"]) * len(tracking.BUCKETS)
