@@ -152,3 +152,23 @@ def test_bad_inputs_raise():
         family.last_substep(torch.zeros(1, 5, 1, 3), 2)
     with pytest.raises(ValueError, match="^decay"):
         family.random_inputs(1, 2, 1, 4, 3, decay="medium")
+
+
+def test_against_fla_when_available():
+    """FLA's chunked DeltaNet and Gated DeltaNet kernels against the mappings (GPU and fla-core only)."""
+    pytest.importorskip("fla", reason="fla-core is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("FLA's kernels are written for GPUs; no CUDA device")
+    from fla.ops.delta_rule import chunk_delta_rule
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    x = {n: t.float().cuda() for n, t in family.random_inputs(2, 100, 4, 64, 64, seed=3).items()}
+    common = dict(scale=1.0, initial_state=x["S0"], output_final_state=True)
+    got = chunk_delta_rule(q=x["q"], k=x["k"], v=x["v"], beta=x["beta"], **common)
+    want = family.run(family.deltanet(x["q"], x["k"], x["v"], x["beta"]), "triton_chunked",
+                      initial_state=x["S0"], output_final_state=True)
+    assert max(rel_err(got[0], want[0]), rel_err(got[1], want[1])) < 5e-3
+    got = chunk_gated_delta_rule(q=x["q"], k=x["k"], v=x["v"], g=x["g"], beta=x["beta"], **common)
+    want = family.run(family.gated_deltanet(x["q"], x["k"], x["v"], x["beta"], x["g"]), "triton_chunked",
+                      initial_state=x["S0"], output_final_state=True)
+    assert max(rel_err(got[0], want[0]), rel_err(got[1], want[1])) < 5e-3
