@@ -174,7 +174,7 @@ WRONG = {
              (_named(_forward, "tail_block_dropped", mistake=3), "last value block"),
              (_named(_forward, "no_bonus", mistake=4), "missing the bonus")],
     "07.8": [(_dw_no_seed, "final state's pull is missing"), (_dw_inclusive, "off by one"),
-             (_dw_direct_no_exp, "needs the factor exp"), (_dw_seed_notes, "seed notes' formula")],
+             (_dw_direct_no_exp, "needs the factor exp"), (_dw_seed_notes, "formula often quoted")],
     "07.9": [(_block_inclusive_prefix, "decay of token i itself"), (_block_no_gap, "the gap is missing"),
              (_block_suffix_as_difference, "decay spikes"), (_block_chunk_start, "overflowed")],
     "07.10": [(_named(_states, "shifted", kind="shifted"), "off by one in the hand-off"),

@@ -160,7 +160,8 @@ def _dw_mistakes(r, k, v, w, s0, do, dht, scale):
         "decayed), while k_m ⊙ dk'_m is summed over m >= t":
             seed + rev(rdr) - rev(kdk),
         "the direct formula needs the factor exp(w_t): dw_t = exp(w_t) ⊙ rowsum(dS_t ⊙ S_{t-1})": no_exp,
-        "that is the seed notes' formula, the gradient for RWKV-LM's raw parameter d (w = -exp(d)); for the "
+        "that is the formula often quoted (appendix, misstatement 6), the gradient for RWKV-LM's raw "
+        "parameter d (w = -exp(d)); for the "
         "log decay it is dw_t = exp(w_t) ⊙ rowsum(dS_t ⊙ S_{t-1})": seed_formula,
     }
 
