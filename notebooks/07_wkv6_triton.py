@@ -214,14 +214,14 @@ rwkvlab.check("triton_recurrent varlen [5, 17, 7] vs naive", got,
 #
 # $$ \bar w_t = e^{w_t}\odot \mathrm{rowsum}\big(\bar S_t \odot S_{t-1}\big). $$
 #
-# A remark on the seed notes this book started from. They give the decay gradient as
+# A formula that circulates for this gradient (misstatement 6 of the appendix, chapter 16) is
 # `dw = -sum(dS * S_prev) * exp(w) * exp(-exp(w))`. That is the right formula for a *different*
 # parameter: the raw `w` of RWKV-LM's CUDA kernel, where the decay factor is
 # $e^{-e^{w}}$ (so $w$ there is our $d$ with $w_\text{ours} = -e^{d}$, Finch's Eq. 18). For the
 # log decay this book and FLA pass to the kernels, the factor is $e^{w}$ and the gradient is the
 # formula above — no minus sign, no second exponential. The cell below checks all three claims
-# against autograd on a small float64 example: our formula matches, the seed's formula applied
-# to the log decay does not, and the seed's formula does match the gradient with respect to $d$.
+# against autograd on a small float64 example: our formula matches, the circulating formula
+# applied to the log decay does not, and it does match the gradient with respect to $d$.
 
 # %%
 T_, K_, V_ = 12, 4, 3
@@ -982,7 +982,10 @@ rwkvlab.check("subchunk grads, w = -8 over 130 tokens, vs naive", got, want, 1e-
 # memory (each tensor read once, 16-bit inputs, float32 states) and the floating-point work it
 # does, and divide by the ceilings measured on the H200 the book was timed on: about 4.25 TB/s
 # for a device-to-device copy (bytes read plus written) and about 790 TFLOP/s for bf16 matrix
-# products (DESIGN-time measurements, recorded with the benchmark CSV of Section 8). The state
+# products (the copy figure is measured in every benchmark run and recorded in the CSV of
+# Section 8; the matmul figure is an 8192³ bf16 product on random data, timed through PyTorch on
+# the same kind of H200 machine, not by this book's scripts; the datasheet dense peak is about
+# 990). The state
 # passes write a $K\times V$ float32 state per chunk: $4KV/C$ bytes per token.
 
 # %%
@@ -1138,7 +1141,7 @@ else:
 #   \bar u, \bar S_0$ come from the reverse pass.
 # - The decay gradient $\bar w_t = e^{w_t}\odot\mathrm{rowsum}(\bar S_t\odot S_{t-1})$ can be
 #   rewritten as a reverse cumulative sum of $r\odot\bar r' - k\odot\bar k'$ plus a final-state
-#   term, so no state is ever stored. The seed notes' formula with $e^{-e^w}$ is the gradient
+#   term, so no state is ever stored. The circulating formula with $e^{-e^w}$ is the gradient
 #   for RWKV-LM's raw parameter $d$ ($w = -e^d$), not for the log decay.
 # - Storing every state would cost 32× the inputs at a real shape; checkpoints, chunk-start
 #   states and recomputation each cost a few hundred MiB, paid in different currencies.

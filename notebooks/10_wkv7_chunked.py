@@ -94,7 +94,7 @@ print(inspect.getsource(wkv7.random_inputs))
 # > notes that its wkv is transposed to match the code. The official CUDA kernel stores it the
 # > same way. Our $S$ is the transpose of theirs; the two agree once you map our $(k, a, b)$ to
 # > their $(\tilde k, -\hat\kappa, \hat\kappa \odot \text{iclr})$ and our $e^{w}$ to their $w$.
-# > The seed notes for this book mix the two layouts in one formula (a left-multiplied decay next
+# > A formula that circulates (misstatement 8 of chapter 16) mixes the two layouts (a left-multiplied decay next
 # > to a right-multiplied low-rank term) and write the decay as $\exp(-\exp(w))$, the
 # > parameterization the official RWKV-6 and RWKV-7 CUDA kernels take; the kernels in this book
 # > take the log decay itself (chapter 8, §4, converts between the two).
@@ -820,7 +820,8 @@ rwkvlab.check("step, token by token, vs chunked", (torch.stack(o_steps, 1), stat
 # loop costs about $5TKV$ (read $a^\top S$, decay, two rank-one writes, read out), and all of
 # it is sequential. The chunked form does less than twice that arithmetic at $C = 16$ or $32$,
 # but only $T/C$ of its steps are sequential, and everything else is large batched matrix
-# products. (The seed notes give the chunked cost as $O(BTHKV/C)$. That is not right: the
+# products. (A cost of $O(BTHKV/C)$ for the chunked form circulates, misstatement 13 of chapter
+# 16. That is not right: the
 # state-sized work $TKV$ does not shrink with $C$. What shrinks is the number of *sequential*
 # steps.) A GPU kernel can afford the pairwise exponents, because it builds them tile by tile in
 # registers (chapter 11).

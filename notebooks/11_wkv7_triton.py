@@ -213,7 +213,8 @@ rwkvlab.check("triton_recurrent varlen [1, 17, 22] vs naive", got,
 # $$ \bar b_t = \bar G_t\, a_t = \bar S_t\,(S_{t-1}^\top a_t) = \bar S_t\, sa_t, \qquad
 #    \bar a_t = \bar G_t^\top b_t = S_{t-1}\,(\bar S_t^\top b_t). $$
 #
-# The seed notes this book grew from state the decay gradient differently:
+# A formula that circulates states the decay gradient differently (misstatement 6 of chapter 16,
+# there for RWKV-6; the same form is quoted for RWKV-7):
 #
 # > Gradient of decay w.r.t. w: `dw = -sum(dS * S_prev) * exp(w) * exp(-exp(w))`
 #
