@@ -279,6 +279,9 @@ rwkvlab.check("preface: row-vector r S vs column-vector Sᵀ r", r[None, :] @ S,
 # tracking) and what it does not, and then derives the chunked form with the WY representation
 # and builds its kernels. **Part IV** assembles whole RWKV-6 and RWKV-7 models from the official
 # formulas, shows that the parallel and recurrent modes agree, and trains small models on a laptop.
+# It ends beyond RWKV: two chapters numbered 14 with the training chapter show that DeltaNet,
+# Gated DeltaNet, KDA and DeltaProduct are calls to the same `wkv7` kernel, and train the
+# state-tracking result of negative eigenvalues on it.
 # The **Appendix** is a teacher's guide to running a class on the book, and the references,
 # the API contract and the common misstatements about RWKV.
 #
