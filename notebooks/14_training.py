@@ -530,7 +530,8 @@ cmd = [sys.executable, "-m", "rwkvlab", "generate", "--model", str(ckpt), "--pro
        "--tokens", "120", "--temperature", "0.8", "--seed", "3"]
 res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120,
                      env={**os.environ, "OMP_NUM_THREADS": "1"})
-print("$ python -m rwkvlab generate --model out/shakespeare-x070.pth --prompt 'JULIET:\\n' --tokens 120 ...")
+print("$ python -m rwkvlab generate --model out/shakespeare-x070.pth --prompt $'JULIET:\\n' --tokens 120 ...")
+print("  ($'...' is bash/zsh quoting that turns \\n into a newline, as the call above passes it)")
 print(res.stderr.strip())
 print(res.stdout)
 assert res.returncode == 0 and res.stdout.startswith("JULIET:\n")
