@@ -32,23 +32,25 @@ from . import validate, wkv4
 __all__ = ["token_shift", "mix", "TimeMix", "ChannelMix", "Block", "Model", "LayerState"]
 
 
-def token_shift(x: torch.Tensor, last: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def token_shift(x: torch.Tensor, shift_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The previous token's input at every position: ``x_prev[:, t] = x[:, t−1]``.
 
-    x: [B, T, C]; last: [B, C], the input just before this segment (None: zeros, as at the start
-    of a text). Returns ``(x_prev, x[:, -1])``; the second is what the next segment needs as its
-    ``last`` — in RNN mode this one vector *is* the token shift's state.
+    x: [B, T, C]; shift_state: [B, C], the input just before this segment (None: zeros, as at the
+    start of a text). Returns ``(x_prev, x[:, -1])``; the second is what the next segment needs as
+    its ``shift_state`` — in RNN mode this one vector *is* the token shift's state. The one token
+    shift of the package: RWKV-6 and RWKV-7 blocks use it too (``rwkv7_ops.token_shift``). It
+    checks structure only (type, rank, shape), not values: it runs on every token of RNN mode.
     """
-    validate.tensor("x", x, ndim=3)
+    validate.tensor("x", x, ndim=3, finite=False)
     B, T, C = x.shape
     if T < 1:
         raise ValueError(f"x: expected T >= 1, got shape {tuple(x.shape)}")
-    if last is None:
+    if shift_state is None:
         first = x.new_zeros(B, 1, C)
     else:
-        validate.tensor("last", last, ndim=2)
-        validate.same_shape("last", last, (B, C), "(B, C) of x")
-        first = last.to(x.dtype)[:, None]
+        validate.tensor("shift_state", shift_state, ndim=2, finite=False)
+        validate.same_shape("shift_state", shift_state, (B, C), "(B, C) of x")
+        first = shift_state.to(x.dtype)[:, None]
     return torch.cat([first, x[:, :-1]], dim=1), x[:, -1]
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import validate
+from .rwkv4 import token_shift  # noqa: F401  (the one token shift; chapter 04 derives it)
 
 
 def _tensor(name, x, ndim=None):
@@ -44,28 +45,6 @@ def _broadcastable(name: str, p, x: torch.Tensor) -> torch.Tensor:
     if p.shape[-1] not in (1, x.shape[-1]):
         raise ValueError(f"{name}: expected {x.shape[-1]} channels in the last dimension, got {tuple(p.shape)}")
     return p
-
-
-def token_shift(x: torch.Tensor, shift_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous token's input: ``x_prev[:, t] = x[:, t-1]``, ``x_prev[:, 0] = shift_state``.
-
-    ``x`` is ``[B, T, C]``; ``shift_state`` is ``[B, C]`` (the last input of the previous
-    segment) or ``None`` for zeros, as at the start of a text. Returns ``(x_prev, last_x)``
-    where ``last_x = x[:, -1]`` is the shift state to carry to the next segment.
-    """
-    _tensor("x", x, ndim=3)
-    B, T, C = x.shape
-    if T < 1:
-        raise ValueError(f"x: expected T >= 1, got shape {tuple(x.shape)}")
-    if shift_state is None:
-        first = x.new_zeros(B, 1, C)
-    else:
-        _tensor("shift_state", shift_state, ndim=2)
-        if tuple(shift_state.shape) != (B, C):
-            raise ValueError(f"shift_state: expected shape (B, C) = {(B, C)}, got {tuple(shift_state.shape)}")
-        first = shift_state.to(x.dtype).unsqueeze(1)
-    x_prev = torch.cat([first, x[:, :-1]], dim=1)
-    return x_prev, x[:, -1]
 
 
 def addcmul_mix(x: torch.Tensor, x_prev: torch.Tensor, *mus: torch.Tensor) -> tuple[torch.Tensor, ...]:

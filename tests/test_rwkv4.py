@@ -103,7 +103,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         model(torch.zeros(1, 3, dtype=torch.long), impl="fast")
     with pytest.raises(ValueError, match=r"^x:"):
         rwkv4.token_shift(rand(3, 4))
-    with pytest.raises(ValueError, match=r"^last:"):
+    with pytest.raises(ValueError, match=r"^shift_state:"):
         rwkv4.token_shift(rand(2, 3, 4), rand(3, 4))
     with pytest.raises(ValueError, match=r"^C:"):
         rwkv4.Model(vocab=10, C=0)

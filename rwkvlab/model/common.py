@@ -23,6 +23,10 @@ import torch.nn as nn
 from .. import device as _device
 from .. import validate
 
+# the heads' GroupNorm (``ln_x``) of both versions: 1e-5 · head_size_divisor² with divisor 8, as in
+# RWKV-LM's ``RWKV_Tmix_x060`` / ``RWKV_Tmix_x070``
+GROUPNORM_EPS = 64e-5
+
 
 class LayerState(NamedTuple):
     """Recurrent state of one block: token-shift inputs and the WKV matrix."""

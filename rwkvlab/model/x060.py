@@ -24,8 +24,7 @@ import torch.nn.functional as F
 
 from .. import rwkv7_ops as ops
 from .. import wkv6
-from .common import BlockBase, LanguageModel, Sizes, random_init
-from .x070 import GROUPNORM_EPS
+from .common import GROUPNORM_EPS, BlockBase, LanguageModel, Sizes, random_init
 
 
 @dataclass

@@ -32,9 +32,8 @@ import torch.nn.functional as F
 
 from .. import rwkv7_ops as ops
 from .. import wkv7
-from .common import BlockBase, LanguageModel, LayerState, Sizes, random_init
+from .common import GROUPNORM_EPS, BlockBase, LanguageModel, LayerState, Sizes, random_init
 
-GROUPNORM_EPS = 64e-5   # 1e-5 · head_size_divisor² with divisor 8, as in RWKV-LM (``ln_x`` of ``RWKV_Tmix_x060``/``x070``)
 
 
 def lora_rank(C: int, factor: float) -> int:
