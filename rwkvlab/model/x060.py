@@ -81,7 +81,10 @@ class TimeMix(nn.Module):
         x_prev, last = ops.token_shift(x, shift)
         p = self.projections(x, x_prev)
         heads = lambda t: t.reshape(B, T, self.n_head, C // self.n_head)  # noqa: E731
-        o, S = core(heads(p["r"]), heads(p["k"]), heads(p["v"]), heads(p["w"]), self.time_faaaa, S)
+        r, k, v, w = (heads(p[n]) for n in ("r", "k", "v", "w"))
+        # the WKV-6 call: core is wkv6.<impl>(r, k, v, w, u, initial_state=S, output_final_state=True) in
+        # parallel mode and wkv6.step in RNN mode (RWKV6.sequence_core / step_core)
+        o, S = core(r, k, v, w, self.time_faaaa, S)
         o = self.ln_x(o.reshape(B * T, C)).reshape(B, T, C)
         return self.output(o * p["g"]), last, S, v_first
 

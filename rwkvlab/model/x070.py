@@ -107,8 +107,10 @@ class TimeMix(nn.Module):
         x_prev, last = ops.token_shift(x, shift)
         p = self.projections(x, x_prev, v_first)
         heads = lambda t: t.reshape(B, T, H, C // H)  # noqa: E731
-        kk = heads(p["kk"])
-        o, S = core(heads(p["r"]), heads(p["w"]), heads(p["k"]), heads(p["v"]), -kk, kk * heads(p["a"]), S)
+        r, w, k, v, a, kk = (heads(p[n]) for n in ("r", "w", "k", "v", "a", "kk"))
+        # the WKV-7 call (RWKV-LM: RWKV7_OP(r, w, k, v, -kk, kk*a)): core is wkv7.<impl>(..., initial_state=S,
+        # output_final_state=True) in parallel mode and wkv7.step in RNN mode (RWKV7.sequence_core / step_core)
+        o, S = core(r, w, k, v, -kk, kk * a, S)
         o = self.ln_x(o.reshape(B * T, C)).reshape(B, T, C)
         o = o + ops.output_correction(p["r"], p["k"], p["v"], self.r_k, H)
         return self.output(o * p["g"]), last, S, p["v_first"]
