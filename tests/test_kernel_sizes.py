@@ -17,16 +17,11 @@ T = 70
 
 
 def _inputs(kind, K, V, T=T, H=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    r, k, v = rnd(1, T, H, K), rnd(1, T, H, K) / K ** 0.5, rnd(1, T, H, V)
-    h0 = rnd(1, H, K, V)
-    if kind == "wkv6":
-        w = -torch.exp(rnd(1, T, H, K) * 0.5 - 1.0)
-        return (r, k, v, w, rnd(H, K)), h0
-    w = -0.6065306597 * torch.sigmoid(rnd(1, T, H, K))
-    kk = torch.nn.functional.normalize(rnd(1, T, H, K), dim=-1)
-    return (r, w, k, v, -kk, kk * torch.sigmoid(rnd(1, T, H, K))), h0
+    """The operator's own generator (float64, with an initial state); wkv7's keys scaled by 1/√K."""
+    mod = {"wkv6": wkv6, "wkv7": wkv7}[kind]
+    extra = {} if kind == "wkv6" else {"key_scale": K ** -0.5}
+    *xs, h0 = mod.random_inputs(1, T, H, K, V, seed=seed, dtype=torch.float64, with_state=True, **extra)
+    return tuple(xs), h0
 
 
 @pytest.mark.parametrize("K,V", SIZES, ids=lambda x: str(x))
