@@ -652,6 +652,41 @@ print(inspect.getsource(ref._chunked_one))
 print(inspect.getsource(wkv7.chunked))
 
 # %% [markdown]
+# The data flow of those three steps, for a sequence of four chunks: everything in the two
+# outer rows runs for all chunks at once; only the middle row, one $K\times K$ by $K\times V$
+# product per chunk, runs in order. The shapes in the boxes are the ones `chunked` builds at
+# $C = 16$, $K = V = 64$; the cell checks them on the package's own `chunk_matrices`.
+
+# %%
+from matplotlib.patches import FancyBboxPatch
+
+Cd, Kd, Vd, nd = 16, 64, 64, 4
+xd = rwkv7_inputs(1, Cd, 1, Kd, Vd, seed=40)
+md = ref.chunk_matrices(xd[0][0, :, 0], xd[1][0, :, 0], xd[2][0, :, 0], xd[4][0, :, 0], xd[5][0, :, 0])
+assert md["A_ab"].shape == (Cd, Cd) and md["a_start"].shape == (Cd, Kd) and md["gamma"].shape == (Kd,)
+fig, ax = plt.subplots(figsize=(11, 4.2))
+ax.set_xlim(-1.9, nd * 2.6 + 0.4), ax.set_ylim(0, 3.2), ax.axis("off")
+flow_rows = [(2.45, "1. per chunk,\nall at once", f"A's, T = (I - A_ab)^-1\nW, TA_ak, P, Q, R, M_loc\n({Cd}x{Cd}, {Cd}x{Kd}, {Kd}x{Kd})",
+         "#cfe3f7"),
+             (1.35, "2. the scan,\nin order", f"S <- P S + Q\n({Kd}x{Kd} @ {Kd}x{Vd})", "#f7d9c4"),
+             (0.25, "3. per chunk,\nall at once", f"O = scale (R S + M_loc V)\n({Cd}x{Kd} @ {Kd}x{Vd})", "#d5efd0")]
+for y, label, text, color in flow_rows:
+    ax.text(-1.85, y + 0.35, label, fontsize=9, weight="bold", va="center")
+    for n in range(nd):
+        x0 = 0.4 + n * 2.6
+        ax.add_patch(FancyBboxPatch((x0, y), 2.1, 0.7, boxstyle="round,pad=0.02", fc=color, ec="k", lw=0.8))
+        ax.text(x0 + 1.05, y + 0.35, f"chunk {n}\n{text}" if y > 2 else text, ha="center", va="center", fontsize=6.5)
+for n in range(nd):
+    x0 = 0.4 + n * 2.6
+    ax.annotate("", xy=(x0 + 1.05, 2.05), xytext=(x0 + 1.05, 2.45), arrowprops=dict(arrowstyle="->"))   # P, Q down
+    ax.annotate("", xy=(x0 + 1.05, 0.95), xytext=(x0 + 1.05, 1.35), arrowprops=dict(arrowstyle="->"))   # S down
+    if n + 1 < nd:
+        ax.annotate("", xy=(x0 + 2.6, 1.7), xytext=(x0 + 2.1, 1.7), arrowprops=dict(arrowstyle="->", color="C3"))
+ax.set_title("wkv7.chunked: state-independent work in parallel, one light recurrence between", fontsize=10)
+plt.show()
+
+
+# %% [markdown]
 # Now the ladder's check: the chunked form against the loop in float32, for several shapes
 # (one token; odd lengths that are not a multiple of the chunk; several heads; $K \neq V$),
 # several chunk sizes, with and without an initial state. The tolerance is the book's $10^{-5}$.

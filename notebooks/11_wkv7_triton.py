@@ -291,7 +291,9 @@ print("adjoint equations == autograd for r, w, k, v, a, b and the initial state 
 # 2. **Invert the step**: compute $S_{t-1} = G_t^{-1}(S_t - k_t v_t^\top)$ going backwards.
 #    This is free in memory but useless in practice. $G_t$ is close to singular when the decay
 #    is strong ($e^{w}$ as small as $e^{-8}$ is legal input), and errors grow by $\|G_t^{-1}\|$
-#    at every step.
+#    at every step. It can even be exactly singular with a mild decay: by the determinant lemma,
+#    $\det G = \prod_\kappa e^{w_\kappa}\,(1 - \sum_\kappa \text{iclr}_\kappa\hat\kappa_\kappa^2 e^{-w_\kappa})$,
+#    which is 0 for iclr $= e^{w} = 0.9$ (chapter 08, section 6, computes it).
 # 3. **Checkpoint every $C$ steps**: store $S$ only before steps $0, C, 2C, \dots$. The backward
 #    pass takes the segments last to first. For each one it restarts from the checkpoint,
 #    recomputes the segment's $C$ states into a small scratch buffer owned by the program, then

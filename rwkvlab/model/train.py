@@ -62,7 +62,7 @@ class Recall:
         return inputs, targets, mask
 
 
-# The three recall tasks of chapter 14 (the recorded full run in data/recall_full.json used these)
+# The three recall tasks of chapter 14 (the recorded sweep, data/recall_ablation*.csv, uses these)
 RECALL_TASKS = {
     "distinct": Recall(n_keys=16, n_values=16, n_pairs=8, n_queries=8, overwrite=False),
     "overwrite": Recall(n_keys=8, n_values=16, n_pairs=16, n_queries=8, overwrite=True),
