@@ -941,6 +941,39 @@ print(inspect.getsource(ks.wkv6_fwd_o_kernel.fn))
 # sum inside each. No per-token state is ever stored, as in the recurrent kernel. The excerpt is
 # that step of the second kernel's loop body.
 
+# %% [markdown]
+# The backward's four launches and what flows between them through device memory; each box
+# says what one program owns. The cell reads the launches' grids from the package's own tile
+# choices at the training shape of Section 4.
+
+# %%
+from matplotlib.patches import FancyBboxPatch
+
+BKb, BVb = ks._state_tiles(Bg, Hg, Kg, Vg)
+n_state = (Kg // BKb) * (Vg // BVb) * Bg * Hg
+launch_boxes = [
+    (0.2, "state pass", f"{n_state} programs: one {BKb}x{BVb} state\ntile each, chunks in order", "hs: S at every chunk start"),
+    (3.0, "reverse state pass", f"{n_state} programs, chunks last to first:\ndS <- e^W dS + (q e^P)^T dO", "dhs: dS at every chunk end"),
+    (5.8, "dq kernel", f"{n_ch * Hg} programs: one chunk·head,\nsub-chunks first to last, carrying S",
+     "dr, du;  xs = q * dq',  acc = rowsum(dS*S)"),
+    (8.6, "dk, dv, dw kernel", f"{n_ch * Hg} programs: one chunk·head,\nsub-chunks last to first, carrying dS",
+     "dk, dv, dw"),
+]
+fig, ax = plt.subplots(figsize=(12, 2.9))
+ax.set_xlim(0, 11.4), ax.set_ylim(0, 2.4), ax.axis("off")
+for x0, name, owns, writes in launch_boxes:
+    ax.add_patch(FancyBboxPatch((x0, 1.05), 2.5, 1.0, boxstyle="round,pad=0.03", fc="#e8eef7", ec="k", lw=0.8))
+    ax.text(x0 + 1.25, 1.78, name, ha="center", fontsize=9, weight="bold")
+    ax.text(x0 + 1.25, 1.35, owns, ha="center", va="center", fontsize=6.8)
+    ax.text(x0 + 1.25, 0.62, "writes " + writes, ha="center", fontsize=7, color="C3", wrap=True)
+for (x0, *_), (x1, *_) in zip(launch_boxes, launch_boxes[1:]):
+    ax.annotate("", xy=(x1, 1.55), xytext=(x0 + 2.5, 1.55), arrowprops=dict(arrowstyle="->"))
+ax.text(5.7, 0.15, "hs and dhs are read by the dq kernel; dhs, xs and acc by the last one; no per-token state is stored",
+        ha="center", fontsize=8)
+ax.set_title(f"the backward at B={Bg}, T={Tg}, H={Hg}, K=V={Kg}: four launches, in stream order", fontsize=10)
+plt.show()
+assert n_state * 16 == n_ch * Hg                      # 16x more per-chunk programs than state tiles here
+
 # %%
 src = inspect.getsource(ks.wkv6_bwd_dkv_kernel.fn)
 start = src.index("        b_x = tl.load(xs")
