@@ -874,7 +874,7 @@ assert in_quarter == 24 and 16 * 15 // 2 == 120          # the pairs left elemen
 # quarters: for each token the sum from its quarter's start up to the token before it (`pq`),
 # the sum from the token after it to its quarter's end (`sq`) — at most three neighbouring rows,
 # loaded shifted, so no subtraction — and the four quarter totals. Every other exponent of the
-# sub-chunk is one of those plus whole quarters, which `_sub_decays` and `_key_exp` add up.
+# sub-chunk is one of those plus whole quarters, which `_quarter_decays` itself and `_key_exp` add up.
 # `_diag_weights` builds the sub-chunk's own $16\times16$ weights: one `tl.dot` per query
 # quarter $R$ for the keys in earlier quarters (factored at $R$'s start, so both factors are
 # $\le 0$), then three steps for the pairs inside a quarter — step `jj` reads, for every query

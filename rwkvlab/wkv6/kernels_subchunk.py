@@ -214,10 +214,11 @@ def _quarter_decays(w, s0, eos, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k,
                     BC: tl.constexpr, QB: tl.constexpr):
     """Log2 decays of the sub-chunk w[s0 : s0 + BC], built from quarters of QB tokens.
 
-    Returns (pq, sq, qt0, qt1, qt2, qt3): pq_i sums w from i's quarter start to i − 1, sq_j from
-    j + 1 to j's quarter end (each at most QB − 1 terms, read as shifted rows), qtL is quarter L's
-    total. Every other decay of the sub-chunk is pq or sq plus whole quarter totals: a sum of a few
-    non-positive terms, never a difference.
+    Returns (pq, sq, qt1, qt2, p, s, total): pq_i sums w from i's quarter start to i − 1, sq_j
+    from j + 1 to j's quarter end (each at most QB − 1 terms, read as shifted rows), qtL is
+    quarter L's total; p_i sums w from the sub-chunk's start to i − 1, s_j from j + 1 to its end,
+    total all of it. Every one is pq or sq plus whole quarter totals: a sum of a few non-positive
+    terms, never a difference.
     """
     o_i = tl.arange(0, BC)
     t = s0 + o_i
@@ -228,25 +229,18 @@ def _quarter_decays(w, s0, eos, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k,
     for d in tl.static_range(1, QB):
         b_pq += _gather(w, t - d, m_t & (r4 >= d), i_h, H, K, o_k, m_k)
         b_sq += _gather(w, t + d, (t + d < eos) & (r4 + d < QB), i_h, H, K, o_k, m_k)
+    b_pq, b_sq = b_pq * LOG2E, b_sq * LOG2E
     b_w = _gather(w, t, m_t, i_h, H, K, o_k, m_k) * LOG2E
-    q4 = o_i // QB
-    qt0 = tl.sum(tl.where(q4[:, None] == 0, b_w, 0.), axis=0)
-    qt1 = tl.sum(tl.where(q4[:, None] == 1, b_w, 0.), axis=0)
-    qt2 = tl.sum(tl.where(q4[:, None] == 2, b_w, 0.), axis=0)
-    qt3 = tl.sum(tl.where(q4[:, None] == 3, b_w, 0.), axis=0)
-    return b_pq * LOG2E, b_sq * LOG2E, qt0, qt1, qt2, qt3
-
-
-@triton.jit
-def _sub_decays(b_pq, b_sq, qt0, qt1, qt2, qt3, BC: tl.constexpr, QB: tl.constexpr):
-    """(p, s, total) of the sub-chunk from its quarters: p_i = Σ w from the start to i − 1,
-    s_j = Σ w from j + 1 to the end, total = Σ w — sums of non-positive terms only."""
-    q4 = (tl.arange(0, BC) // QB)[:, None]
+    q4 = (o_i // QB)[:, None]
+    qt0 = tl.sum(tl.where(q4 == 0, b_w, 0.), axis=0)
+    qt1 = tl.sum(tl.where(q4 == 1, b_w, 0.), axis=0)
+    qt2 = tl.sum(tl.where(q4 == 2, b_w, 0.), axis=0)
+    qt3 = tl.sum(tl.where(q4 == 3, b_w, 0.), axis=0)
     b_p = b_pq + tl.where(q4 > 0, qt0[None, :], 0.) + tl.where(q4 > 1, qt1[None, :], 0.) \
         + tl.where(q4 > 2, qt2[None, :], 0.)
     b_s = b_sq + tl.where(q4 < 3, qt3[None, :], 0.) + tl.where(q4 < 2, qt2[None, :], 0.) \
         + tl.where(q4 < 1, qt1[None, :], 0.)
-    return b_p, b_s, qt0 + qt1 + qt2 + qt3
+    return b_pq, b_sq, qt1, qt2, b_p, b_s, qt0 + qt1 + qt2 + qt3
 
 
 @triton.jit
@@ -315,8 +309,7 @@ def wkv6_fwd_o_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T,
         b_q = _rows(r, s_i, eos, i_h, H, K, o_k, m_k, BC) * scale
         b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
         b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
-        b_pq, b_sq, qt0, qt1, qt2, qt3 = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
-        b_p, b_s, b_tot = _sub_decays(b_pq, b_sq, qt0, qt1, qt2, qt3, BC, QB)
+        b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
         b_A = _diag_weights(k, w, b_q, b_k, b_u, b_pq, b_sq, qt1, qt2, s_i, eos, i_h, H, K, o_k, m_k,
                             BC, QB, DOT16)
         b_o = _mm(b_q * tl.exp2(b_p), b_h, v, DOT16) + _mm(b_A, b_v, v, DOT16)
@@ -362,8 +355,7 @@ def wkv6_bwd_dq_kernel(r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu_seqlens, 
         b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
         b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
         b_do = _rows(do, s_i, eos, i_h, H, V, o_v, m_v, BC)
-        b_pq, b_sq, qt0, qt1, qt2, qt3 = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
-        b_p, b_s, b_tot = _sub_decays(b_pq, b_sq, qt0, qt1, qt2, qt3, BC, QB)
+        b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
         b_dq = _mm(b_do, tl.trans(b_h), v, DOT16) * tl.exp2(b_p)
         # own block, keys in earlier quarters: dq_i += e^{pq_i} Σ_j dA_ij k_j e^{key_exp}
         b_dA = _mm(b_do, tl.trans(b_v), v, DOT16)
@@ -435,8 +427,7 @@ def wkv6_bwd_dkv_kernel(r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu_seqlens,
         b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
         b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
         b_do = _rows(do, s_i, eos, i_h, H, V, o_v, m_v, BC)
-        b_pq, b_sq, qt0, qt1, qt2, qt3 = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
-        b_p, b_s, b_tot = _sub_decays(b_pq, b_sq, qt0, qt1, qt2, qt3, BC, QB)
+        b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
         b_es = tl.exp2(b_s)
         b_dk = _mm(b_v, tl.trans(b_dh), v, DOT16) * b_es
         b_dv = _mm(b_k * b_es, b_dh, v, DOT16)
