@@ -52,6 +52,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from rwkvlab import check, randn, rel_err, rwkv4, wkv4   # randn: seeded inputs
+from rwkvlab.model import x040   # the RWKV-4 language model, beside x060 and x070
 
 # %% [markdown]
 # ## 1. Token shift
@@ -147,14 +148,16 @@ print(inspect.getsource(rwkv4.ChannelMix.mixed))
 # **The block** adds each sub-block's output to a residual stream; each sub-block reads the
 # stream through its own LayerNorm (pre-LN: $x \leftarrow x + f(\mathrm{LN}(x))$). The first block
 # also normalises the embeddings (LN₀), as in the official code. The
-# model is embedding → blocks → LayerNorm → head. We build a small one with random weights:
+# model is embedding → blocks → LayerNorm → head. The two sub-blocks are this chapter's pieces
+# (`rwkvlab.rwkv4`); the block and the model that stack them sit with the RWKV-6 and RWKV-7
+# models, as `rwkvlab.model.x040` (`Block`, `RWKV4`). We build a small one with random weights:
 # nothing here depends on training.
 
 # %%
-print(inspect.getsource(rwkv4.Block.forward))
+print(inspect.getsource(x040.Block.forward))
 
 # %%
-model = rwkv4.Model(vocab=32, C=16, n_layer=2, seed=0)
+model = x040.RWKV4(vocab=32, C=16, n_layer=2, seed=0)
 idx = torch.randint(0, 32, (2, 12), generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     logits, state = model(idx)
@@ -230,7 +233,7 @@ print(f"current-token weight (t >= 1): u = -30: max {alpha_neg[:, 1:].max():.1e}
 # the channel mix. The WKV contribution of the present is gone; the rest of the block is not.
 
 # %%
-model_past = rwkv4.Model(vocab=32, C=16, n_layer=2, seed=0)
+model_past = x040.RWKV4(vocab=32, C=16, n_layer=2, seed=0)
 with torch.no_grad():
     for blk in model_past.blocks:
         blk.att.time_first.fill_(-30.0)
@@ -440,7 +443,7 @@ print(f"channel-mix weights: {n_ffn} = 2·C·F + C² (C = {C_ffn}, F = {F_ffn});
 # $O(tC)$ read of its KV cache that grows with the position $t$. The step of one block:
 
 # %%
-print(inspect.getsource(rwkv4.Block.step))
+print(inspect.getsource(x040.Block.step))
 print(inspect.getsource(rwkv4.TimeMix.step))
 
 # %%
@@ -495,7 +498,7 @@ print(f"dropping the token-shift state: rel err {rel_err(o_broken, logits_par[:,
 # %%
 if rwkvlab.device.has_gpu():
     dev = rwkvlab.device.device()
-    big = rwkv4.Model(vocab=256, C=256, n_layer=4, seed=1).to(dev)
+    big = x040.RWKV4(vocab=256, C=256, n_layer=4, seed=1).to(dev)
     ids = torch.randint(0, 256, (4, 128), generator=torch.Generator().manual_seed(2)).to(dev)
     with torch.no_grad():
         lp, _ = big(ids, impl="triton_recurrent")

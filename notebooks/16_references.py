@@ -73,7 +73,9 @@ from rwkvlab import model as M
 # checkpoint and `rwkvlab.model.load(path)` reads one. `model(idx, state=None) -> (logits,
 # state)` runs the parallel mode (`idx` a LongTensor `[B, T]`, logits `[B, T, vocab]`);
 # `model.step(token, state=None) -> (logits, state)` runs the RNN mode (`token` `[B]`, logits
-# `[B, vocab]`); `state=None` is a fresh state, and the two modes agree (chapter 13).
+# `[B, vocab]`); `state=None` is a fresh state, and the two modes agree (chapter 13). Chapter 04's
+# small RWKV-4 model (`x040`, class `RWKV4`) keeps the same two calls, with its own state of five
+# vectors per block and random weights (`load` reads RWKV-6 and RWKV-7 checkpoints only).
 #
 # The cell below holds the package to the parts of this contract that a signature and a small
 # run can show.

@@ -1,4 +1,4 @@
-"""The RWKV-4 block: token shift, time mixing, channel mixing, and a tiny model in two modes.
+"""RWKV-4's block pieces: token shift, time mixing and channel mixing, in parallel and RNN modes.
 
 Peng et al. 2023 (arXiv 2305.13048), final-version equation numbers (v1 numbers in brackets):
 
@@ -9,19 +9,16 @@ Peng et al. 2023 (arXiv 2305.13048), final-version equation numbers (v1 numbers 
     channel mixing (Eqs. 14–15, 18 [v1 16–18]):
         r'_t = W'_r mix(x'_t, x'_{t−1}, μ'_r),  k'_t = W'_k mix(.., μ'_k)
         o'_t = σ(r'_t) ⊙ (W'_v max(k'_t, 0)²)
-    block: x ← x + TimeMix(LN₁(x));  x ← x + ChannelMix(LN₂(x))   (LN₀ after the embedding, in block 0)
 
 Shapes: x is [B, T, C] in parallel mode and [B, C] in RNN mode. Parameter names follow the
 official RWKV-4 code (``time_decay``, ``time_first``, ``time_mix_k``, ``key``, ``receptance`` …).
-
-Each layer's RNN state is :class:`LayerState`: five [B, C] tensors — the last input of the time
-mix, the WKV state (a', b', p), and the last input of the channel mix ("5DL" in App. D). Its size
-does not depend on how many tokens have been read.
+These are the mechanism chapters 03–04 derive; the block and the language model that stack them
+(x ← x + TimeMix(LN₁(x)); x ← x + ChannelMix(LN₂(x))) are :mod:`rwkvlab.model.x040`, beside the
+RWKV-6 and RWKV-7 models.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +26,7 @@ from torch import nn
 
 from . import validate, wkv4
 
-__all__ = ["token_shift", "mix", "TimeMix", "ChannelMix", "Block", "Model", "LayerState"]
+__all__ = ["token_shift", "mix", "TimeMix", "ChannelMix"]
 
 
 def token_shift(x: torch.Tensor, shift_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,16 +58,6 @@ def mix(x: torch.Tensor, x_prev: torch.Tensor, mu: torch.Tensor) -> torch.Tensor
     *previous* token: the same operation with μ ↦ 1 − μ.)
     """
     return mu * x + (1 - mu) * x_prev
-
-
-class LayerState(NamedTuple):
-    """One layer's RNN-mode state: five [B, C] tensors."""
-
-    tm_x: torch.Tensor  # time mixing: the previous token's (normalised) input
-    a: torch.Tensor  # WKV numerator a' (scaled by e^{-p})
-    b: torch.Tensor  # WKV denominator b'
-    p: torch.Tensor  # WKV running max exponent
-    cm_x: torch.Tensor  # channel mixing: the previous token's (normalised) input
 
 
 def _ramp(C: int) -> torch.Tensor:
@@ -152,103 +139,3 @@ class ChannelMix(nn.Module):
     def step(self, x, last):
         """RNN mode, one token. x, last: [B, C] -> (o' [B, C], x)."""
         return self.mixed(x, last), x
-
-
-class Block(nn.Module):
-    """x ← x + TimeMix(LN₁(x)); x ← x + ChannelMix(LN₂(x)). Block 0 also owns LN₀ (after the embedding)."""
-
-    def __init__(self, C: int, layer_id: int = 0, n_layer: int = 1):
-        super().__init__()
-        self.ln0 = nn.LayerNorm(C) if layer_id == 0 else None
-        self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
-        self.att = TimeMix(C, layer_id, n_layer)
-        self.ffn = ChannelMix(C, layer_id, n_layer)
-
-    def empty_state(self, B: int, device=None) -> LayerState:
-        C = self.ln1.normalized_shape[0]
-        s = wkv4.empty_state(B, C, torch.float32, device)
-        z = torch.zeros(B, C, device=device)
-        return LayerState(z, s.a, s.b, s.p, z.clone())
-
-    def forward(self, x, state: LayerState | None = None, impl: str = "chunked"):
-        """Parallel mode: x [B, T, C] -> (x [B, T, C], LayerState after the last token)."""
-        if self.ln0 is not None:
-            x = self.ln0(x)
-        tm_x = cm_x = wkv_s = None
-        if state is not None:
-            tm_x, cm_x, wkv_s = state.tm_x, state.cm_x, wkv4.State(state.a, state.b, state.p)
-        dx, tm_last, s = self.att(self.ln1(x), tm_x, wkv_s, impl)
-        x = x + dx
-        dx, cm_last = self.ffn(self.ln2(x), cm_x)
-        return x + dx, LayerState(tm_last, s.a, s.b, s.p, cm_last)
-
-    def step(self, x, state: LayerState | None = None):
-        """RNN mode: x [B, C] -> (x [B, C], new LayerState)."""
-        if state is None:
-            state = self.empty_state(x.shape[0], x.device)
-        if self.ln0 is not None:
-            x = self.ln0(x)
-        dx, tm_last, s = self.att.step(self.ln1(x), state.tm_x, wkv4.State(state.a, state.b, state.p))
-        x = x + dx
-        dx, cm_last = self.ffn.step(self.ln2(x), state.cm_x)
-        return x + dx, LayerState(tm_last, s.a, s.b, s.p, cm_last)
-
-
-class Model(nn.Module):
-    """A tiny RWKV-4 language model with random weights: embedding, blocks, LN_out, head.
-
-    ``model(idx, state=None) -> (logits, state)`` runs a whole sequence at once (idx [B, T]);
-    ``model.step(token, state=None) -> (logits, state)`` reads one token (token [B]). The two
-    agree; a state is a list with one :class:`LayerState` per block.
-    """
-
-    def __init__(self, vocab: int = 64, C: int = 32, n_layer: int = 2, seed: int = 0):
-        super().__init__()
-        for name, val in (("vocab", vocab), ("C", C), ("n_layer", n_layer)):
-            if not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name}: expected a positive int, got {val!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.emb = nn.Embedding(vocab, C)
-            self.blocks = nn.ModuleList(Block(C, i, n_layer) for i in range(n_layer))
-            self.ln_out = nn.LayerNorm(C)
-            self.head = nn.Linear(C, vocab, bias=False)
-        self.vocab = vocab
-
-    def _tokens(self, name, idx, ndim):
-        if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int32, torch.int64) or idx.ndim != ndim:
-            raise ValueError(f"{name}: expected a {ndim}-d integer tensor of token ids")
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.vocab):
-            raise ValueError(f"{name}: token ids must lie in [0, {self.vocab}), got [{idx.min()}, {idx.max()}]")
-
-    def _state(self, state, B):
-        if state is None:
-            return [None] * len(self.blocks)
-        if len(state) != len(self.blocks):
-            raise ValueError(f"state: expected one LayerState per block ({len(self.blocks)}), got {len(state)}")
-        for s in state:
-            if s is not None and tuple(s.a.shape[:1]) != (B,):
-                raise ValueError(f"state: expected batch size {B}, got {tuple(s.a.shape)}")
-        return list(state)
-
-    def forward(self, idx, state=None, impl: str = "chunked"):
-        self._tokens("idx", idx, 2)
-        if idx.shape[1] < 1:
-            raise ValueError(f"idx: expected T >= 1, got shape {tuple(idx.shape)}")
-        states = self._state(state, idx.shape[0])
-        x = self.emb(idx)
-        new = []
-        for block, s in zip(self.blocks, states):
-            x, s = block(x, s, impl)
-            new.append(s)
-        return self.head(self.ln_out(x)), new
-
-    def step(self, token, state=None):
-        self._tokens("token", token, 1)
-        states = self._state(state, token.shape[0])
-        x = self.emb(token)
-        new = []
-        for block, s in zip(self.blocks, states):
-            x, s = block.step(x, s)
-            new.append(s)
-        return self.head(self.ln_out(x)), new

@@ -1,9 +1,10 @@
-"""rwkvlab.rwkv4: the RWKV-4 block's pieces, and parallel mode == RNN mode."""
+"""rwkvlab.rwkv4: the RWKV-4 block's pieces; rwkvlab.model.x040: its model, parallel mode == RNN mode."""
 import pytest
 import torch
 
 import rwkvlab  # noqa: F401
 from rwkvlab import rel_err, rwkv4, wkv4
+from rwkvlab.model import x040
 
 
 DEV = rwkvlab.device.device()  # where the Triton WKV kernel can run
@@ -51,7 +52,7 @@ def test_channel_mix_touches_only_positions_t_and_t_plus_1():
 
 @pytest.mark.parametrize("impl", ["naive", "recurrent", "chunked", "triton_recurrent"])
 def test_model_parallel_equals_rnn_mode(impl):
-    model = rwkv4.Model(vocab=20, C=16, n_layer=2, seed=1).to(DEV)
+    model = x040.RWKV4(vocab=20, C=16, n_layer=2, seed=1).to(DEV)
     idx = torch.randint(0, 20, (2, 11), generator=torch.Generator().manual_seed(0)).to(DEV)
     with torch.no_grad():
         logits, state = model(idx, impl=impl)
@@ -66,7 +67,7 @@ def test_model_parallel_equals_rnn_mode(impl):
 
 
 def test_state_size_does_not_grow_with_length_and_segments_chain():
-    model = rwkv4.Model(vocab=10, C=8, n_layer=3, seed=2)
+    model = x040.RWKV4(vocab=10, C=8, n_layer=3, seed=2)
     idx = torch.randint(0, 10, (1, 23), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full, s_full = model(idx)
@@ -81,7 +82,7 @@ def test_gradients_flow_through_the_triton_path_like_the_chunked_one():
     idx = torch.randint(0, 12, (2, 9), generator=torch.Generator().manual_seed(2)).to(DEV)
     grads = {}
     for impl in ("chunked", "triton_recurrent"):
-        model = rwkv4.Model(vocab=12, C=16, n_layer=2, seed=3).to(DEV)
+        model = x040.RWKV4(vocab=12, C=16, n_layer=2, seed=3).to(DEV)
         logits, _ = model(idx, impl=impl)
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
         grads[impl] = [p.grad.clone() for p in model.parameters()]
@@ -90,7 +91,7 @@ def test_gradients_flow_through_the_triton_path_like_the_chunked_one():
 
 
 def test_bad_inputs_raise_value_errors_naming_the_argument():
-    model = rwkv4.Model(vocab=10, C=8, n_layer=1)
+    model = x040.RWKV4(vocab=10, C=8, n_layer=1)
     with pytest.raises(ValueError, match=r"^idx:"):
         model(torch.zeros(2, 3))  # float, not token ids
     with pytest.raises(ValueError, match=r"^idx:"):
@@ -106,7 +107,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
     with pytest.raises(ValueError, match=r"^shift_state:"):
         rwkv4.token_shift(rand(2, 3, 4), rand(3, 4))
     with pytest.raises(ValueError, match=r"^C:"):
-        rwkv4.Model(vocab=10, C=0)
+        x040.RWKV4(vocab=10, C=0)
 
 
 def test_time_mix_uses_paper_w_not_the_raw_parameter():
