@@ -28,7 +28,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 F32 = {"h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc"}
 INT = {"flags": "*i32", "cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32",
-       "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32"}
+       "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32", "lower": "fp32"}
 
 
 def kernels(dt16: bool):
@@ -56,13 +56,17 @@ def kernels(dt16: bool):
              {**common, "BK": 64, "BV": 64, "C": 16, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True, "VARLEN": varlen}),
             ("rwkvlab.wkv7.kernels_recurrent", "wkv7_bwd_recurrent_kernel",
              {**common, "BK": 64, "BV": 32, "C": 16, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen}),
-            ("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_chunked_kernel",
-             {**common, "BT": 16, "BK": 64, "BV": 32, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True,
-              "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
-            ("rwkvlab.wkv7.kernels_chunked", "wkv7_bwd_chunked_kernel",
-             {**common, "BT": 16, "BK": 64, "BV": 32, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen,
-              "DOT_PREC": "tf32" if dt16 else "ieee"}),
         ]
+        for bounded in (False, True):   # any w ≤ 0 (both paths compiled), or a declared lower bound
+            out += [
+                ("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_chunked_kernel",
+                 {**common, "BT": 16, "BK": 64, "BV": 32, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded, "CHECK": True,
+                  "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True, "VARLEN": varlen,
+                  "DOT_PREC": "tf32" if dt16 else "ieee"}),
+                ("rwkvlab.wkv7.kernels_chunked", "wkv7_bwd_chunked_kernel",
+                 {**common, "BT": 16, "BK": 64, "BV": 32, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded,
+                  "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
+            ]
     return out
 
 
@@ -87,7 +91,8 @@ def main(argv=None) -> int:
         params = list(inspect.signature(fn.fn).parameters)
         sig = {n: "constexpr" if n in consts else INT.get(n, "*fp32" if n in F32 else f"*{args.dtype}")
                for n in params}
-        label = f"{mod.split('.', 1)[1]}.{kname}{' varlen' if consts.get('VARLEN') else ''}"
+        label = (f"{mod.split('.', 1)[1]}.{kname}{' varlen' if consts.get('VARLEN') else ''}"
+                 f"{' bounded' if consts.get('BOUNDED') else ''}")
         try:
             k = triton.compile(ASTSource(fn, sig, constexprs={(params.index(n),): v for n, v in consts.items()}),
                                target=GPUTarget("cuda", 90, 32),

@@ -419,6 +419,10 @@ def implementations(kind: str, gpu: bool, fla_recurrent: bool = False) -> list[I
         for sched in ("sequential", "parallel"):
             out.append(Impl(kind, f"triton_chunked_{sched}", _ours(mod.triton_chunked, schedule=sched, chunk_size=16),
                             triton=True, note=f"C=16, schedule='{sched}'"))
+    if kind == "wkv7":  # the declared-bound fast path, the counterpart of FLA's lower_bound
+        out.append(Impl(kind, "triton_chunked_lb", _ours(mod.triton_chunked, lower_bound=WKV7_LOWER_BOUND),
+                        triton=True, varlen=True, varlen_default=True,
+                        note=f"lower_bound=-exp(-0.5)={WKV7_LOWER_BOUND:.4f}: every chunk factored"))
     for c in ((16, 32) if kind == "wkv6" else (32, 64)):
         out.append(Impl(kind, f"triton_chunked_c{c}", _ours(mod.triton_chunked, chunk_size=c), triton=True,
                         gpu_default=False, note=f"C={c}"))

@@ -189,8 +189,9 @@ def test_bad_inputs_raise_before_launch(impl, monkeypatch):
     f = IMPLS[impl]
     xs, h0 = make_inputs(1, 5, 1, 16, 16, seed=8)
     r, w, k, v, a, b = xs
-    with pytest.raises(ValueError, match=r"^w:"):
-        f(r, w.abs() + 0.1, k, v, a, b)                        # positive log decay
+    if impl == "recurrent":  # the chunked forward checks values inside its kernel (next test)
+        with pytest.raises(ValueError, match=r"^w:"):
+            f(r, w.abs() + 0.1, k, v, a, b)                    # positive log decay
     with pytest.raises(ValueError, match=r"^k:"):
         f(r, w, k[..., :8], v, a, b)                           # K mismatch
     with pytest.raises(ValueError, match=r"^r:"):
@@ -205,6 +206,76 @@ def test_bad_inputs_raise_before_launch(impl, monkeypatch):
         f(*[torch.cat([x, x]) for x in xs], cu_seqlens=torch.tensor([0, 2, 5], device=DEV))
     with pytest.raises(ValueError, match=r"^scale:"):
         f(*xs, scale="1")
+
+
+@pytest.mark.parametrize("arg", ["r", "w", "k", "v", "a", "b", "initial_state"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_chunked_checks_values_in_its_kernel(arg, bad):
+    """The chunked forward reads every value anyway and flags NaN/Inf there (no pass of its own):
+    the error still names the argument, and no output is returned."""
+    xs, h0 = make_inputs(1, 37, 2, 16, 16, seed=9)
+    named = dict(zip("rwkvab", xs), initial_state=h0)
+    x = named[arg].clone()
+    x.view(-1)[x.numel() // 2] = -bad if arg == "w" else bad
+    named[arg] = x
+    with pytest.raises(ValueError, match=rf"^{arg}:"):
+        wkv7.triton_chunked(*[named[n] for n in "rwkvab"], initial_state=named["initial_state"])
+
+
+def test_chunked_lower_bound_is_checked():
+    """A declared lower bound takes the factored path everywhere; a w below it (or above 0) is a
+    ValueError, never a wrong answer; a bound the factored path cannot carry is refused up front."""
+    xs, h0 = make_inputs(2, 40, 2, 16, 16, seed=10, decay=0.6)
+    lb = wkv7.kernels_chunked.RWKV7_LOWER_BOUND
+    o, ht = wkv7.triton_chunked(*xs, initial_state=h0, output_final_state=True, lower_bound=lb)
+    o_ref, ht_ref = reference(xs, h0)
+    assert rel_err(o, o_ref) <= TOL32 and rel_err(ht, ht_ref) <= TOL32
+    w = xs[1].clone()
+    w[0, 33, 1, 5] = lb - 0.01
+    with pytest.raises(ValueError, match=r"^w: below the declared lower_bound"):
+        wkv7.triton_chunked(xs[0], w, *xs[2:], lower_bound=lb)
+    w[0, 33, 1, 5] = 0.01
+    with pytest.raises(ValueError, match=r"^w:"):
+        wkv7.triton_chunked(xs[0], w, *xs[2:], lower_bound=lb)
+    for bad in (-3.0, 0.5, float("nan"), "x", True):
+        with pytest.raises(ValueError, match=r"^lower_bound:"):
+            wkv7.triton_chunked(*xs, lower_bound=bad)
+    with pytest.raises(ValueError, match=r"^lower_bound:"):
+        wkv7.triton_chunked(*xs, lower_bound=-1.0, chunk_size=64)        # 64 · 1 > FACTORED_SPAN
+
+
+def _exact_share(w, C=16):
+    """The share of (sequence, chunk, head) triples whose decay over the chunk exceeds FACTORED_SPAN
+    in some channel: those take the exact path."""
+    B, T, H, K = w.shape
+    pad = torch.zeros(B, -T % C, H, K, dtype=w.dtype, device=w.device)
+    spans = (-torch.cat([w, pad], 1).unflatten(1, (-1, C)).sum(2)).amax(-1)
+    return (spans > wkv7.kernels_chunked.FACTORED_SPAN).float().mean().item()
+
+
+@pytest.mark.parametrize("decay", [0.05, 1.0, 5.0], ids=lambda d: f"decay{d}")
+def test_chunked_paths_agree(decay):
+    """Chunks whose decay exceeds FACTORED_SPAN take the exact path, the others the factored one:
+    a sequence with both (decay scale 5 mixes them: its short last chunk is factored) matches the float64 loop in value and gradient,
+    declared bound or not where the bound holds."""
+    shape = rwkvlab.device.pick((1, 50, 2, 16, 16), (2, 300, 4, 64, 64))
+    xs, h0 = make_inputs(*shape, seed=11, decay=decay)
+    exact = _exact_share(xs[1])
+    assert (0 < exact < 1) if decay == 5.0 else exact == 0, exact      # both paths, or the factored one
+    leaves = [x.clone().requires_grad_() for x in xs]
+    s0 = h0.clone().requires_grad_()
+    o, ht = wkv7.triton_chunked(*leaves, initial_state=s0, output_final_state=True)
+    leaves64 = [x.double().requires_grad_() for x in xs]
+    s64 = h0.double().requires_grad_()
+    o64, ht64 = wkv7.naive(*leaves64, initial_state=s64, output_final_state=True)
+    g = torch.Generator().manual_seed(12)
+    go = torch.randn(o64.shape, generator=g, dtype=torch.float64).to(o64.device)
+    gs = torch.randn(ht64.shape, generator=g, dtype=torch.float64).to(o64.device)
+    got = torch.autograd.grad((o * go.float()).sum() + (ht * gs.float()).sum(), [*leaves, s0])
+    ref = torch.autograd.grad((o64 * go).sum() + (ht64 * gs).sum(), [*leaves64, s64])
+    assert rel_err(o, o64) <= TOL32 and rel_err(ht, ht64) <= TOL32
+    for n, gg, rr in zip(["r", "w", "k", "v", "a", "b", "initial_state"], got, ref):
+        assert rel_err(gg, rr) <= TOL32, (n, rel_err(gg, rr))
 
 
 # ----------------------------------------------------------------------------- fused block pieces

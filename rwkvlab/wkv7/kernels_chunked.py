@@ -27,54 +27,130 @@ decay's tiny gradient survives in float32, and takes the sums over t with 0/1 ma
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import validate
 from . import kernels_recurrent as _rec
 from ..kernels_common import checkpoint_layout, first_chunk, seq_bounds
 
-__all__ = ["triton_chunked"]
+__all__ = ["triton_chunked", "FACTORED_SPAN", "RWKV7_LOWER_BOUND"]
+
+#: the largest decay of a chunk (−Σ w over its tokens, in any channel) that takes the factored
+#: path: its factors e^{−c} stay ≤ e^40 ≈ 2e17 (far from float32's 3e38), and the product
+#: e^{c_t}·e^{−c_i} carries the rounding of both running sums, a relative error of about
+#: (|c_t| + |c_i|)·2⁻²⁴ ≤ 5e-6 (RWKV-7's bound gives |c| ≤ 9.7 in a chunk of 16: ≤ 1.2e-6)
+FACTORED_SPAN = 40.0
+#: RWKV-7's log decay is w = −e^{−1/2}·sigmoid(·), so w ≥ −e^{−1/2} ≈ −0.6065
+RWKV7_LOWER_BOUND = -math.exp(-0.5)
 
 
 @triton.jit
-def _chunk_decays(w, off_k, m_tk, m_up, o_t, row: tl.constexpr, BT: tl.constexpr):
-    """Every decay factor of one chunk, each exponent a sum of log decays over its own interval.
+def _prefixes(w, off_k, m_tk, m_up, o_t, row: tl.constexpr):
+    """The per-token decays of one chunk, each exponent a sum of log decays over its own interval.
 
-    Returns (x_r, x_a, e_c, e_cp, to_end, gamma): x_r[t, i] = e^{w_{i+1}+…+w_t} (t ≥ i) and
-    x_a[t, i] = e^{w_{i+1}+…+w_{t-1}} (t > i) as [BT, BT, BK] blocks (0 elsewhere); e_c = e^{c_t},
-    e_cp = e^{c_{t-1}} (prefix sums from the chunk's start, inclusive and exclusive);
-    to_end = e^{w_{t+1}+…+w_last}; gamma = e^{total}. The pairwise sums are cumulative sums of w
-    masked to the pair's interval, never differences c_t − c_i of running sums: after a decay spike
-    (w = −1e4) such a difference keeps only ~1e-3 absolute accuracy, a 1e-3 error in every weight.
-    ``row`` is the pointer stride of one token (H·K); ``m_up`` masks the rows whose next token is
-    in the same chunk and sequence.
+    Returns (b_w, b_wd, e_c, e_cp, to_end, c, c_last): b_w = w_t and b_wd = w_{t-1} (0 on the
+    chunk's first row); c = c_t = w_1 + … + w_t from the chunk's start, e_c = e^{c_t} and
+    e_cp = e^{c_{t-1}} (inclusive and exclusive prefixes, each from its own shifted load);
+    to_end = e^{w_{t+1}+…+w_last}; c_last = the chunk's total per channel. ``row`` is the pointer
+    stride of one token (H·K); ``m_up`` masks the rows whose next token is in the same chunk.
     """
     b_w = tl.load(w + off_k, mask=m_tk, other=0.).to(tl.float32)
     m_dn = (o_t > 0)[:, None] & m_tk                                   # row t holds w_{t-1}
     b_wd = tl.load(w + off_k - row, mask=m_dn, other=0.).to(tl.float32)
     b_wu = tl.load(w + off_k + row, mask=m_up, other=0.).to(tl.float32)
-    e_c = tl.exp(tl.cumsum(b_w, 0))
+    c = tl.cumsum(b_w, 0)
     e_cp = tl.exp(tl.cumsum(b_wd, 0))
     to_end = tl.where(m_tk, tl.exp(tl.cumsum(b_wu, 0, reverse=True)), 0.)
-    gamma = tl.exp(tl.sum(b_w, 0))
+    return b_w, b_wd, tl.exp(c), e_cp, to_end, c, tl.sum(b_w, 0)
+
+
+@triton.jit
+def _pair_decays(b_w, b_wd, o_t):
+    """The exact path's pairwise factors as [BT, BT, BK] blocks (0 elsewhere):
+    x_r[t, i] = e^{w_{i+1}+…+w_t} (t ≥ i) and x_a[t, i] = e^{w_{i+1}+…+w_{t-1}} (t > i).
+
+    They are cumulative sums of w masked to the pair's interval, never differences c_t − c_i of
+    running sums: after a decay spike (w = −1e4) such a difference keeps only ~1e-3 absolute
+    accuracy, a 1e-3 error in every weight.
+    """
     after = (o_t[:, None] > o_t[None, :])[:, :, None]                  # [m, i]: m > i
     X_r = tl.cumsum(tl.where(after, b_w[:, None, :], 0.), 0)           # Σ_{i<m≤t} w_m at [t, i]
     after2 = (o_t[:, None] > o_t[None, :] + 1)[:, :, None]             # [m, i]: m − 1 > i
     X_a = tl.cumsum(tl.where(after2, b_wd[:, None, :], 0.), 0)         # Σ_{i<m≤t−1} w_m at [t, i]
     incl = (o_t[:, None] >= o_t[None, :])[:, :, None]
-    strict = (o_t[:, None] > o_t[None, :])[:, :, None]
     x_r = tl.where(incl, tl.exp(tl.where(incl, X_r, 0.)), 0.)
-    x_a = tl.where(strict, tl.exp(tl.where(strict, X_a, 0.)), 0.)
-    return x_r, x_a, e_c, e_cp, to_end, gamma
+    x_a = tl.where(after, tl.exp(tl.where(after, X_a, 0.)), 0.)
+    return x_r, x_a
 
 
 @triton.jit
-def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
+def _pairs_factored(r_dec, a_dec, k_inv, b_inv, incl, strict, PREC: tl.constexpr):
+    """The four pairwise matrices as products on tl.dot: (r ⊙ e^{c}) (k ⊙ e^{−c})ᵀ is
+    Σ_κ r_tκ e^{c_tκ − c_iκ} k_iκ; the same with b, and with a ⊙ e^{c_{t-1}} for the a-rows."""
+    A_rk = tl.where(incl, tl.dot(r_dec, tl.trans(k_inv), input_precision=PREC), 0.)
+    A_rb = tl.where(incl, tl.dot(r_dec, tl.trans(b_inv), input_precision=PREC), 0.)
+    A_ak = tl.where(strict, tl.dot(a_dec, tl.trans(k_inv), input_precision=PREC), 0.)
+    A_ab = tl.where(strict, tl.dot(a_dec, tl.trans(b_inv), input_precision=PREC), 0.)
+    return A_rk, A_rb, A_ak, A_ab
+
+
+@triton.jit
+def _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last, o_t, incl, strict,
+           SPAN: tl.constexpr, BOUNDED: tl.constexpr, PREC: tl.constexpr):
+    """A_rk, A_rb (t ≥ i) and A_ak, A_ab (t > i) of one chunk.
+
+    Factored (two tl.dots per matrix) when every channel's decay over the chunk is at most SPAN
+    (always, when the caller declared a bound); else exact, pair by pair from [BT, BT, BK] blocks.
+    """
+    if BOUNDED:
+        inv = tl.exp(-c)
+        A_rk, A_rb, A_ak, A_ab = _pairs_factored(r_dec, a_dec, b_k * inv, b_b * inv, incl, strict, PREC)
+    else:
+        if tl.min(c_last, 0) >= -SPAN:
+            inv = tl.exp(-c)
+            A_rk, A_rb, A_ak, A_ab = _pairs_factored(r_dec, a_dec, b_k * inv, b_b * inv, incl, strict, PREC)
+        else:
+            x_r, x_a = _pair_decays(b_w, b_wd, o_t)
+            A_rk = tl.sum(b_r[:, None, :] * x_r * b_k[None, :, :], 2)
+            A_rb = tl.sum(b_r[:, None, :] * x_r * b_b[None, :, :], 2)
+            A_ak = tl.sum(b_a[:, None, :] * x_a * b_k[None, :, :], 2)
+            A_ab = tl.sum(b_a[:, None, :] * x_a * b_b[None, :, :], 2)
+    return A_rk, A_rb, A_ak, A_ab
+
+
+@triton.jit
+def _unit_lower_inverse(N, eye, NSQ: tl.constexpr):
+    """(I − N)⁻¹ = I + N + N² + … for a strictly lower N (N^BT = 0), as the product
+    (I + N)(I + N²)(I + N⁴)…: 2·NSQ small dots instead of BT dependent substitution steps."""
+    Tm = eye + N
+    P = N
+    for _ in tl.static_range(NSQ):
+        P = tl.dot(P, P, input_precision="ieee")
+        Tm = Tm + tl.dot(Tm, P, input_precision="ieee")
+    return Tm
+
+
+@triton.jit
+def _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower):
+    """1 if a value of the chunk is NaN or ±Inf, or a log decay lies outside [lower, 0], else 0
+    (x·0 is 0 exactly for every finite x and NaN otherwise; comparisons with NaN are false)."""
+    z = b_r * 0. + b_k * 0. + b_a * 0. + b_b * 0.
+    w_ok = (b_w <= 0.) & (b_w >= lower)
+    bad = (z != 0.) | (w_ok == 0)
+    bad_v = b_v * 0. != 0.
+    return tl.maximum(tl.max(tl.max(bad.to(tl.int32), 1), 0), tl.max(tl.max(bad_v.to(tl.int32), 1), 0))
+
+
+@triton.jit
+def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, flags, cu, ck_off, scale, lower,
                             T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NSQ: tl.constexpr,
+                            SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
                             USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
                             VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -91,14 +167,19 @@ def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale
     p_kv = o_k[:, None] * V + o_v[None, :]
     p_s = i_nh.to(tl.int64) * K * V + p_kv
     S = tl.zeros([BK, BV], dtype=tl.float32)
+    bad = 0
     if USE_H0:
         S += tl.load(h0 + p_s, mask=m_kv, other=0.).to(tl.float32)
+        if CHECK:
+            bad = tl.max(tl.max((S * 0. != 0.).to(tl.int32), 1), 0)
     eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+    incl = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
     base_k = bos * H * K + i_h * K
     base_v = bos * H * V + i_h * V
     for i_c in range(0, tl.cdiv(L, BT)):
         if STORE_CKPT:
-            # the state at the chunk's start: the recurrent backward restarts from it
+            # the state at the chunk's start: the backward restarts from it
             tl.store(ckpt + ((c0 + i_c) * H + i_h) * K * V + p_kv, S, mask=m_kv)
         # load one chunk; rows past the sequence's end are zeros (w = 0, k = a = b = 0: no effect)
         m_t = (i_c * BT + o_t) < L
@@ -111,39 +192,87 @@ def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale
         b_a = tl.load(a + off_k, mask=m_tk, other=0.).to(tl.float32)
         b_b = tl.load(b + off_k, mask=m_tk, other=0.).to(tl.float32)
         b_v = tl.load(v + off_v, mask=m_tv, other=0.).to(tl.float32)
-        # decay factors: prefixes e^{c_t}, e^{c_{t-1}}, suffixes to the chunk's end, pairwise [t, i, κ]
         m_up = ((o_t + 1 < BT) & (i_c * BT + o_t + 1 < L))[:, None] & m_k[None, :]
-        x_r, x_a, e_c, e_cp, to_end, gamma = _chunk_decays(w, off_k, m_tk, m_up, o_t, H * K, BT)
-        A_rb = tl.sum(b_r[:, None, :] * x_r * b_b[None, :, :], 2)
-        A_rk = tl.sum(b_r[:, None, :] * x_r * b_k[None, :, :], 2)
-        A_ab = tl.sum(b_a[:, None, :] * x_a * b_b[None, :, :], 2)
-        A_ak = tl.sum(b_a[:, None, :] * x_a * b_k[None, :, :], 2)
-        # UT transform by forward substitution: row t of T is e_t + Σ_{i<t} A_ab[t, i] T_i
-        Tm = eye
-        for t in tl.static_range(1, BT):
-            a_row = tl.sum(tl.where(o_t[:, None] == t, A_ab, 0.), 0)
-            new = tl.sum(a_row[:, None] * Tm, 0)
-            Tm = tl.where(o_t[:, None] == t, Tm + new[None, :], Tm)
+        b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk, m_up, o_t, H * K)
+        if CHECK:  # the values are checked here, where they are read anyway (no pass of their own)
+            bad = tl.maximum(bad, _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower))
+        r_dec = b_r * e_c                            # r̃ = r ⊙ e^{c_t}
+        a_dec = b_a * e_cp                           # ã = a ⊙ e^{c_{t-1}}
+        A_rk, A_rb, A_ak, A_ab = _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last,
+                                        o_t, incl, strict, SPAN, BOUNDED, DOT_PREC)
+        Tm = _unit_lower_inverse(A_ab, eye, NSQ)     # T = (I − A_ab)⁻¹
         # WY pieces, then the removal rows E = W S + U given this chunk's start state
-        W = tl.dot(Tm, b_a * e_cp, input_precision=DOT_PREC)
+        W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
         U = tl.dot(Tm, tl.dot(A_ak, b_v, input_precision=DOT_PREC), input_precision=DOT_PREC)
         E = tl.dot(W, S, input_precision=DOT_PREC) + U
-        b_o = tl.dot(b_r * e_c, S, input_precision=DOT_PREC) \
+        b_o = tl.dot(r_dec, S, input_precision=DOT_PREC) \
             + tl.dot(A_rk, b_v, input_precision=DOT_PREC) + tl.dot(A_rb, E, input_precision=DOT_PREC)
         tl.store(o + off_v, (scale * b_o).to(o.dtype.element_ty), mask=m_tv)
         # hand the state to the next chunk
-        S = gamma[:, None] * S \
+        S = tl.exp(c_last)[:, None] * S \
             + tl.dot(tl.trans(b_k * to_end), b_v, input_precision=DOT_PREC) \
             + tl.dot(tl.trans(b_b * to_end), E, input_precision=DOT_PREC)
     if STORE_HT:
         tl.store(ht + p_s, S, mask=m_kv)
+    if CHECK:
+        tl.atomic_max(flags, bad)
+
+
+@triton.jit
+def _pair_grads(dA_rk, dA_rb, dA_ak, dA_ab, b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, e_c, e_cp,
+                c, c_last, o_t, SPAN: tl.constexpr, BOUNDED: tl.constexpr, PREC: tl.constexpr):
+    """The adjoint of ``_pairs``: from the four matrices' gradients, the parts of dr, da, dk, db
+    and of ∂/∂c_t, ∂/∂c_{t-1} that flow through them (same path as the forward took)."""
+    if BOUNDED:
+        dr, da, dk, db, dc, dcp = _pair_grads_factored(dA_rk, dA_rb, dA_ak, dA_ab, r_dec, a_dec,
+                                                       b_k, b_b, e_c, e_cp, c, PREC)
+    else:
+        if tl.min(c_last, 0) >= -SPAN:
+            dr, da, dk, db, dc, dcp = _pair_grads_factored(dA_rk, dA_rb, dA_ak, dA_ab, r_dec, a_dec,
+                                                           b_k, b_b, e_c, e_cp, c, PREC)
+        else:
+            # one [t, i, κ] block per exponent family. dw_j collects the terms whose interval
+            # contains j; summing "+ at t, − at i" over terms that are 0 by construction (the
+            # diagonal e^0 = 1) would cancel O(1) numbers and bury a strong decay's tiny
+            # gradient, so those are left out: every ± term left carries a factor e^w or smaller
+            x_r, x_a = _pair_decays(b_w, b_wd, o_t)
+            g_r = x_r * (dA_rb[:, :, None] * b_b[None, :, :] + dA_rk[:, :, None] * b_k[None, :, :])
+            g_a = x_a * (dA_ab[:, :, None] * b_b[None, :, :] + dA_ak[:, :, None] * b_k[None, :, :])
+            h_r = x_r * b_r[:, None, :]
+            h_a = x_a * b_a[:, None, :]
+            dr = tl.sum(g_r, 1)
+            da = tl.sum(g_a, 1)
+            dk = tl.sum(dA_rk[:, :, None] * h_r, 0) + tl.sum(dA_ak[:, :, None] * h_a, 0)
+            db = tl.sum(dA_rb[:, :, None] * h_r, 0) + tl.sum(dA_ab[:, :, None] * h_a, 0)
+            P_r = tl.where((o_t[:, None] > o_t[None, :])[:, :, None], b_r[:, None, :] * g_r, 0.)
+            P_a = tl.where((o_t[:, None] > o_t[None, :] + 1)[:, :, None], b_a[:, None, :] * g_a, 0.)
+            dc = tl.sum(P_r, 1) - tl.sum(P_r, 0) - tl.sum(P_a, 0)       # exponents c_t − c_i, c_{t-1} − c_i
+            dcp = tl.sum(P_a, 1)
+    return dr, da, dk, db, dc, dcp
+
+
+@triton.jit
+def _pair_grads_factored(dA_rk, dA_rb, dA_ak, dA_ab, r_dec, a_dec, b_k, b_b, e_c, e_cp, c,
+                         PREC: tl.constexpr):
+    """The adjoint of ``_pairs_factored``: eight tl.dots, then each factor x ⊙ e^{±c} hands
+    x̃ ⊙ dx̃ (with its sign) to the exponent it carries."""
+    inv = tl.exp(-c)
+    k_inv = b_k * inv
+    b_inv = b_b * inv
+    d_r = tl.dot(dA_rk, k_inv, input_precision=PREC) + tl.dot(dA_rb, b_inv, input_precision=PREC)
+    d_a = tl.dot(dA_ak, k_inv, input_precision=PREC) + tl.dot(dA_ab, b_inv, input_precision=PREC)
+    d_k = tl.dot(tl.trans(dA_rk), r_dec, input_precision=PREC) + tl.dot(tl.trans(dA_ak), a_dec, input_precision=PREC)
+    d_b = tl.dot(tl.trans(dA_rb), r_dec, input_precision=PREC) + tl.dot(tl.trans(dA_ab), a_dec, input_precision=PREC)
+    dc = d_r * r_dec - d_k * k_inv - d_b * b_inv
+    return d_r * e_c, d_a * e_cp, d_k * inv, d_b * inv, dc, d_a * a_dec
 
 
 @triton.jit
 def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
                             dr, dw, dk, dv, da, db, dh0, scale, part_stride,
                             T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NSQ: tl.constexpr,
+                            SPAN: tl.constexpr, BOUNDED: tl.constexpr,
                             USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr,
                             DOT_PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -184,20 +313,15 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
         b_v = tl.load(v + off_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do + off_v, mask=m_tv, other=0.).to(tl.float32) * scale
         m_up = ((o_t + 1 < BT) & (i_c * BT + o_t + 1 < L))[:, None] & m_k[None, :]
-        x_r, x_a, e_c, e_cp, to_end, gamma = _chunk_decays(w, off_k, m_tk, m_up, o_t, H * K, BT)
-        A_rb = tl.sum(b_r[:, None, :] * x_r * b_b[None, :, :], 2)
-        A_rk = tl.sum(b_r[:, None, :] * x_r * b_k[None, :, :], 2)
-        A_ab = tl.sum(b_a[:, None, :] * x_a * b_b[None, :, :], 2)
-        A_ak = tl.sum(b_a[:, None, :] * x_a * b_k[None, :, :], 2)
-        Tm = eye
-        for t in tl.static_range(1, BT):
-            a_row = tl.sum(tl.where(o_t[:, None] == t, A_ab, 0.), 0)
-            new = tl.sum(a_row[:, None] * Tm, 0)
-            Tm = tl.where(o_t[:, None] == t, Tm + new[None, :], Tm)
-        a_dec = b_a * e_cp                           # ã = a ⊙ e^{c_{t-1}}
+        b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk, m_up, o_t, H * K)
+        gamma = tl.exp(c_last)
         r_dec = b_r * e_c                            # r̃ = r ⊙ e^{c_t}
+        a_dec = b_a * e_cp                           # ã = a ⊙ e^{c_{t-1}}
         k_end = b_k * to_end                         # k̄, b̄: decayed to the chunk's end
         b_end = b_b * to_end
+        A_rk, A_rb, A_ak, A_ab = _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last,
+                                        o_t, incl, strict, SPAN, BOUNDED, DOT_PREC)
+        Tm = _unit_lower_inverse(A_ab, eye, NSQ)
         W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
         AkV = tl.dot(A_ak, b_v, input_precision=DOT_PREC)
         E = tl.dot(W, S, input_precision=DOT_PREC) + tl.dot(Tm, AkV, input_precision=DOT_PREC)
@@ -226,24 +350,18 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
         # hand dS to the previous chunk: dS = γ dS' + r̃ᵀ dO + Wᵀ dE
         dS = gamma[:, None] * dS + tl.dot(tl.trans(r_dec), b_do, input_precision=DOT_PREC) \
             + tl.dot(tl.trans(W), dE, input_precision=DOT_PREC)
-        # ---- the pairwise matrices: one [t, i, κ] block per exponent family
-        g_r = x_r * (dA_rb[:, :, None] * b_b[None, :, :] + dA_rk[:, :, None] * b_k[None, :, :])
-        g_a = x_a * (dA_ab[:, :, None] * b_b[None, :, :] + dA_ak[:, :, None] * b_k[None, :, :])
-        h_r = x_r * b_r[:, None, :]
-        h_a = x_a * b_a[:, None, :]
-        b_dr = tl.sum(g_r, 1) + d_rdec * e_c
-        b_da = tl.sum(g_a, 1) + d_adec * e_cp
-        b_dk = tl.sum(dA_rk[:, :, None] * h_r, 0) + tl.sum(dA_ak[:, :, None] * h_a, 0) + d_kend * to_end
-        b_db = tl.sum(dA_rb[:, :, None] * h_r, 0) + tl.sum(dA_ab[:, :, None] * h_a, 0) + d_bend * to_end
-        # gradients of the log decays. Every exponent above is a sum of w over an interval, and
-        # dw_j collects the terms whose interval contains j. Summing "+ at t, − at i" and then
-        # cumulating would cancel O(1) terms (the diagonal e^0 = 1) and bury the tiny gradient
-        # of a strong decay, so exponents that are 0 by construction are left out (every ± term
-        # left carries a factor e^w or smaller); the sums over t are products with 0/1 matrices.
-        P_r = tl.where(strict[:, :, None], b_r[:, None, :] * g_r, 0.)        # exponent c_t − c_i, i < t
-        P_a = tl.where((o_t[:, None] > o_t[None, :] + 1)[:, :, None], b_a[:, None, :] * g_a, 0.)  # c_{t-1} − c_i
-        d_c = tl.sum(P_r, 1) - tl.sum(P_r, 0) - tl.sum(P_a, 0) + d_rdec * r_dec   # ∂/∂c_t
-        d_cp = tl.sum(P_a, 1) + d_adec * a_dec                                    # ∂/∂c_{t-1}
+        # ---- through the pairwise matrices, then the rows' own decay factors
+        p_dr, p_da, p_dk, p_db, p_dc, p_dcp = _pair_grads(dA_rk, dA_rb, dA_ak, dA_ab, b_r, b_k, b_a, b_b,
+                                                          b_w, b_wd, r_dec, a_dec, e_c, e_cp, c, c_last,
+                                                          o_t, SPAN, BOUNDED, DOT_PREC)
+        b_dr = p_dr + d_rdec * e_c
+        b_da = p_da + d_adec * e_cp
+        b_dk = p_dk + d_kend * to_end
+        b_db = p_db + d_bend * to_end
+        # gradients of the log decays: c_t = Σ_{j≤t} w_j, c_{t-1} = Σ_{j<t} w_j, and the exponent
+        # to the chunk's end Σ_{j>t} w_j; the sums over t are products with 0/1 matrices
+        d_c = p_dc + d_rdec * r_dec                                               # ∂/∂c_t
+        d_cp = p_dcp + d_adec * a_dec                                             # ∂/∂c_{t-1}
         q = d_kend * k_end + d_bend * b_end                                       # exponent c_C − c_t
         f_incl = tl.where(incl, 1., 0.)
         f_strict = tl.where(strict, 1., 0.)
@@ -251,64 +369,105 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
             + tl.dot(tl.trans(f_strict), d_cp, input_precision=DOT_PREC) \
             + tl.dot(f_strict, q, input_precision=DOT_PREC) + (d_gam * gamma)[None, :]
         off_p = i_v * part_stride + off_k
-        tl.store(dr + off_p, b_dr, mask=m_tk)
-        tl.store(dw + off_p, b_dw, mask=m_tk)
-        tl.store(dk + off_p, b_dk, mask=m_tk)
-        tl.store(da + off_p, b_da, mask=m_tk)
-        tl.store(db + off_p, b_db, mask=m_tk)
+        tl.store(dr + off_p, b_dr.to(dr.dtype.element_ty), mask=m_tk)
+        tl.store(dw + off_p, b_dw.to(dw.dtype.element_ty), mask=m_tk)
+        tl.store(dk + off_p, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+        tl.store(da + off_p, b_da.to(da.dtype.element_ty), mask=m_tk)
+        tl.store(db + off_p, b_db.to(db.dtype.element_ty), mask=m_tk)
     if STORE_DH0:
         tl.store(dh0 + p_s, dS, mask=m_kv)
 
 
-def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size):
+#: launch settings per kernel: (num_warps, num_stages)
+TUNE = {"fwd": (4, 2), "bwd": (4, 1)}
+
+
+def block_v(V):
+    """Value columns per program of both chunked kernels (the recurrent kernels' split)."""
+    return _rec.block_v(V)
+
+
+def _launch(name):
+    warps, stages = TUNE[name]
+    return dict(num_warps=warps, num_stages=stages)
+
+
+def _squarings(chunk_size):
+    return chunk_size.bit_length() - 2          # (I + N)(I + N²)…(I + N^{BT/2}): log2(BT) − 1 squarings
+
+
+def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size, lower_bound=None):
     """Launch the chunked backward kernel. Returns (dr, dw, dk, dv, da, db, dh0)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     N, _, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
-    BV = _rec.block_v(V)
+    BV = block_v(V)
     NV = triton.cdiv(V, BV)
-    f32 = dict(dtype=torch.float32, device=r.device)
-    dr, dw, dk, da, db = (torch.empty(NV, B, T, H, K, **f32) for _ in range(5))
+    # K-sized gradients: one float32 partial sum per V-block when V is split, else written directly
+    part = dict(dtype=torch.float32 if NV > 1 else r.dtype, device=r.device)
+    dr, dw, dk, da, db = (torch.empty(NV, B, T, H, K, **part) for _ in range(5))
     dv = torch.empty_like(v)
-    dh0 = torch.empty(N, H, K, V, **f32) if need_dh0 else None
+    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if need_dh0 else None
     prec = "ieee" if r.dtype == torch.float32 else "tf32"
-    wkv7_bwd_chunked_kernel[(NV, N * H)](r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
-                                   dr, dw, dk, dv, da, db, dh0, scale, B * T * H * K,
-                                   T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV,
-                                   USE_DHT=dht is not None, STORE_DH0=need_dh0,
-                                   VARLEN=cu_seqlens is not None, DOT_PREC=prec)
-    dr, dw, dk, da, db = (x.sum(0).to(r.dtype) for x in (dr, dw, dk, da, db))
+    wkv7_bwd_chunked_kernel[(NV, N * H)](
+        r, w, k, v, a, b, do, dht, ckpt, cu, ck_off, dr, dw, dk, dv, da, db, dh0, scale, B * T * H * K,
+        T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
+        BOUNDED=lower_bound is not None, USE_DHT=dht is not None, STORE_DH0=need_dh0,
+        VARLEN=cu_seqlens is not None, DOT_PREC=prec, **_launch("bwd"))
+    dr, dw, dk, da, db = (x.sum(0).to(r.dtype) if NV > 1 else x[0] for x in (dr, dw, dk, da, db))
     return dr, dw, dk, dv, da, db, dh0
 
 
-def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size):
-    """Launch the chunked forward on contiguous tensors. Returns (o, final_state, checkpoints),
-    the checkpoints being the state at every chunk start (the recurrent backward's layout)."""
+def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size, lower_bound=None,
+        check=True):
+    """Launch the chunked forward on contiguous tensors. Returns (o, final_state, checkpoints,
+    flags): the checkpoints are the state at every chunk start; ``flags`` (with ``check``) is one
+    int32 that the kernel sets if a value it read was NaN/Inf or a log decay lay outside
+    [lower_bound, 0] (read it with :func:`raise_flagged`)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     N, n_ck, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
-    BV = _rec.block_v(V)
+    BV = block_v(V)
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if store_ht else None
     ckpt = torch.empty(n_ck, H, K, V, dtype=torch.float32, device=r.device) if store_ckpt else None
+    flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
     # float32 inputs get full-precision dots; on a GPU, 16-bit inputs may use tf32 tensor cores
     prec = "ieee" if r.dtype == torch.float32 else "tf32"
+    lower = -3.0e38 if lower_bound is None else float(lower_bound)
     grid = (triton.cdiv(V, BV), N * H)
-    wkv7_fwd_chunked_kernel[grid](r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, scale,
-                            T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV,
-                            USE_H0=h0 is not None, STORE_HT=store_ht, STORE_CKPT=store_ckpt,
-                            VARLEN=cu_seqlens is not None, DOT_PREC=prec)
-    return o, ht, ckpt
+    wkv7_fwd_chunked_kernel[grid](
+        r, w, k, v, a, b, o, h0, ht, ckpt, flags, cu, ck_off, scale, lower,
+        T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
+        BOUNDED=lower_bound is not None, CHECK=check, USE_H0=h0 is not None, STORE_HT=store_ht,
+        STORE_CKPT=store_ckpt, VARLEN=cu_seqlens is not None, DOT_PREC=prec, **_launch("fwd"))
+    return o, ht, ckpt, flags
+
+
+def raise_flagged(flags, r, w, k, v, a, b, scale, initial_state, cu_seqlens, lower_bound):
+    """After the forward: if the kernel flagged a value, name the argument (the full host-side
+    check runs on this error path only), so bad input is a ValueError and never an answer."""
+    if not flags.item():
+        return
+    _rec.check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens)
+    if lower_bound is not None:
+        lo = float(w.min())
+        if lo < lower_bound:
+            raise ValueError(f"w: below the declared lower_bound {lower_bound:.6g} (min {lo:.6g}); "
+                             "drop lower_bound to take the exact path")
+    raise ValueError("w, initial_state: the kernel flagged a value the host check passes (NaN/Inf "
+                     "produced inside); check the inputs' magnitudes")
 
 
 class _ChunkedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, chunk_size):
+    def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, chunk_size, lower_bound):
         needs_grad = any(ctx.needs_input_grad[:6]) or ctx.needs_input_grad[7]
-        o, ht, ckpt = fwd(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
-                              store_ckpt=needs_grad, chunk_size=chunk_size)
+        o, ht, ckpt, flags = fwd(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
+                                 store_ckpt=needs_grad, chunk_size=chunk_size, lower_bound=lower_bound)
+        raise_flagged(flags, r, w, k, v, a, b, scale, h0, cu_seqlens, lower_bound)
         ctx.save_for_backward(r, w, k, v, a, b, ckpt, cu_seqlens)
-        ctx.scale, ctx.has_h0, ctx.chunk_size = scale, h0 is not None, chunk_size
+        ctx.scale, ctx.has_h0, ctx.chunk_size, ctx.lower_bound = scale, h0 is not None, chunk_size, lower_bound
         return o, ht
 
     @staticmethod
@@ -317,29 +476,40 @@ class _ChunkedFunction(torch.autograd.Function):
         # the chunk-start states saved by the forward are where each chunk's recomputation starts
         dr, dw, dk, dv, da, db, dh0 = bwd(
             r, w, k, v, a, b, do.contiguous(), None if dht is None else dht.contiguous(), ckpt,
-            ctx.scale, cu_seqlens, need_dh0=ctx.has_h0, chunk_size=ctx.chunk_size)
-        return dr, dw, dk, dv, da, db, None, dh0, None, None, None
+            ctx.scale, cu_seqlens, need_dh0=ctx.has_h0, chunk_size=ctx.chunk_size, lower_bound=ctx.lower_bound)
+        return dr, dw, dk, dv, da, db, None, dh0, None, None, None, None
 
 
 def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False,
-                   cu_seqlens=None, chunk_size=16):
+                   cu_seqlens=None, chunk_size=16, lower_bound=None):
     """RWKV-7 with the chunked (WY / UT) Triton kernel; differentiable in every tensor input.
 
     Shapes: ``r, w, k, a, b`` [B, T, H, K]; ``v`` [B, T, H, V]; ``initial_state`` [N, H, K, V]
     in any float dtype, cast to float32 (N = B, or ``len(cu_seqlens) - 1`` with B == 1); ``scale``:
     a finite real number. K and V: powers of two in 16..128;
     ``chunk_size`` 16, 32 or 64 (``tl.dot`` needs tiles of at least 16).
+    ``lower_bound``: optional; declares ``w ≥ lower_bound`` for every element (RWKV-7's own log
+    decay satisfies ``w ≥ −e^{−1/2}``, :data:`RWKV7_LOWER_BOUND`), so every chunk takes the
+    factored path and the exact path is not compiled; it must keep ``chunk_size·|lower_bound| ≤``
+    :data:`FACTORED_SPAN`, and a ``w`` below it is a ValueError (checked in the kernel).
     Returns ``(o [B, T, H, V] in the input dtype, final_state [N, H, K, V] float32 or None)``.
 
         S_t = diag(exp(w_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,   o_t = scale · S_t^T r_t
 
     The backward is a chunked Triton kernel too, restarting each chunk from its saved start state.
+    Values (NaN/Inf, the sign of w) are checked inside the forward kernel, which reads them anyway.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
             or chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_size: expected 16, 32 or 64, got {chunk_size!r}")
-    scale, *_ = _rec.check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens)
+    if lower_bound is not None:
+        lower_bound = validate.real("lower_bound", lower_bound)
+        lo = -FACTORED_SPAN / int(chunk_size)
+        if not lo <= lower_bound <= 0:
+            raise ValueError(f"lower_bound: expected a number in [{lo:g}, 0] for chunk_size {int(chunk_size)} "
+                             f"(chunk_size·|lower_bound| ≤ {FACTORED_SPAN:g}), got {lower_bound!r}")
+    scale, *_ = _rec.check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens, check_values=False)
     r, w, k, v, a, b = (x.contiguous() for x in (r, w, k, v, a, b))
     h0 = None if initial_state is None else initial_state.float().contiguous()
     return _ChunkedFunction.apply(r, w, k, v, a, b, scale, h0, bool(output_final_state), cu_seqlens,
-                          int(chunk_size))
+                                  int(chunk_size), lower_bound)

@@ -178,13 +178,16 @@ def wkv7_bwd_recurrent_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_o
 
 
 # ----------------------------------------------------------------------------- launchers
-def check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens):
-    """Validate before anything is launched (bad input is a ValueError, never a kernel crash); returns (scale, B, T, H, K, V, N)."""
+def check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens, check_values=True):
+    """Validate before anything is launched (bad input is a ValueError, never a kernel crash); returns (scale, B, T, H, K, V, N).
+
+    ``check_values=False`` checks structure only and leaves NaN/Inf and the sign of w to a kernel
+    that checks them while it reads the inputs (the chunked forward does)."""
     scale = validate.real("scale", scale)
     B, T, H, K, V, N = validate.linear_attention(
         keys={"r": r, "w": w, "k": k, "a": a, "b": b}, values={"v": v},
         extra={"initial_state": initial_state}, initial_state=initial_state,
-        cu_seqlens_=cu_seqlens, log_decay="w")
+        cu_seqlens_=cu_seqlens, log_decay="w", check_values=check_values)
     for name, n in (("K", K), ("V", V)):
         if n < 16 or n > 128 or n & (n - 1):
             raise ValueError(f"{'r' if name == 'K' else 'v'}: the Triton kernels need {name} a power of two "
