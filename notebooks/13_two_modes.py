@@ -431,7 +431,7 @@ class CountCalls(TorchFunctionMode):
 
 # calls that only look at a tensor or re-describe it (indexing, views, attributes) versus calls
 # that run a kernel
-METADATA = {"__getitem__", "__get__", "view", "reshape", "unsqueeze", "transpose", "t", "to", "tensor",
+METADATA = {"__getitem__", "__get__", "view", "reshape", "unsqueeze", "squeeze", "transpose", "t", "to", "tensor",
             "size", "dim", "contiguous", "detach", "__len__", "__iter__", "unbind", "__bool__", "is_floating_point"}
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .. import rwkv7_ops as ops
 from .. import wkv7
+from ..wkv7.reference import _update as wkv7_update
 from .common import GROUPNORM_EPS, BlockBase, LanguageModel, LayerState, Sizes, random_init
 
 
@@ -233,10 +234,10 @@ class PackedBlock(NamedTuple):
     down: torch.Tensor          # [4, C, D]  LoRA down-maps of v, w, a, g (zero-padded to rank D)
     up: torch.Tensor            # [4, D, C]  their up-maps
     bias: torch.Tensor          # [3, 1, C]  v0, w0, a0
-    k_k: torch.Tensor
-    k_a: torch.Tensor
-    one_minus_k_a: torch.Tensor
-    r_k: torch.Tensor           # [C]
+    k_k: torch.Tensor           # [H, N]     (these four per head, as the time mix uses them)
+    k_a: torch.Tensor           # [H, N]
+    one_minus_k_a: torch.Tensor # [H, N]
+    r_k: torch.Tensor           # [H, N]
     lnxw: torch.Tensor
     lnxb: torch.Tensor
     W_oT: torch.Tensor          # [C, C]     output map, [in, out]
@@ -248,8 +249,9 @@ class PackedBlock(NamedTuple):
 class Decoder:
     """RWKV-7 in RNN mode for inference: the model's weights packed once, one token per call.
 
-    Same equations as ``TimeMix``/``ChannelMix`` with ``T = 1`` and ``wkv7.step``'s update, with
-    three differences that only change speed:
+    Same equations as ``TimeMix``/``ChannelMix`` with ``T = 1``, and the same WKV update as
+    ``wkv7.step``: the decoder calls the function that ``wkv7.step`` runs once its inputs are checked
+    (``rwkvlab.wkv7.reference._update``), in place. Three differences only change speed:
 
     * **fewer, larger operations**: the six token-shift mixes are one broadcast ``lerp``
       ([6, B, C]); the receptance/key/value maps one ``bmm`` over weights stacked [3, C, C];
@@ -311,6 +313,7 @@ class Decoder:
         for blk in model.blocks:
             a, f = blk.att, blk.ffn
             vec = lambda p: t(p).reshape(self.C)  # noqa: E731
+            head = lambda p: t(p).reshape(self.H, self.N)  # noqa: E731
             self.layers.append(PackedBlock(
                 blk.layer_id,
                 t(blk.ln1.weight), t(blk.ln1.bias), t(blk.ln2.weight), t(blk.ln2.bias),
@@ -320,7 +323,7 @@ class Decoder:
                 padded([a.v1, a.w1, a.a1, a.g1], rows=True),
                 padded([a.v2, a.w2, a.a2, a.g2], rows=False),
                 torch.stack([vec(a.v0), vec(a.w0), vec(a.a0)])[:, None],      # biases of v, w, a
-                vec(a.k_k), vec(a.k_a), 1 - vec(a.k_a), vec(a.r_k),
+                head(a.k_k), head(a.k_a), 1 - head(a.k_a), head(a.r_k),
                 t(a.ln_x.weight), t(a.ln_x.bias), tT(a.output.weight),
                 vec(f.x_k), tT(f.key.weight), tT(f.value.weight),
             ))
@@ -398,34 +401,32 @@ def decode_block(x: torch.Tensor, shift: torch.Tensor, S: torch.Tensor, fshift: 
     xa = torch.layer_norm(x, [C], ln1w, ln1b, 1e-5, False)
     mixes = torch.lerp(xa, shift, mu)                      # [6, B, C]: x + (x_prev − x) ⊙ μ, order r k v w a g
     shift.copy_(xa)
-    rkv = torch.bmm(mixes[:3], W_rkv)                      # receptance, key, value
+    rkv = torch.bmm(mixes[:3], W_rkv).view(3, B, H, N)     # receptance, key, value, per head from here on
     r, k, v = rkv[0], rkv[1], rkv[2]
     h = torch.bmm(mixes[2:], down)                         # LoRA down-maps of v, w, a, g
     h[1].tanh_()
     h[3].sigmoid_()
     lo = torch.bmm(h, lora_up)
-    gates = lo[:3].add_(bias).sigmoid_()                   # σ(v0 + ·), σ(d), a = σ(a0 + ·)
+    gates = lo[:3].add_(bias).sigmoid_().view(3, B, H, N)  # σ(v0 + ·), σ(d), a = σ(a0 + ·)
     if lid == 0:
         v_first = v                                        # the value residual starts here
     else:
         v = torch.lerp(v, v_first, gates[0])               # v + (v_first − v) ⊙ σ(...)
     a = gates[2]
-    kk = (k * k_k).view(B, H, N)                           # removal key κ̂ = normalize(k ⊙ k_k) per head
+    kk = k * k_k                                           # removal key κ̂ = normalize(k ⊙ k_k) per head
     kk = kk / torch.linalg.vector_norm(kk, 2.0, [-1], True).clamp_min(1e-12)
     k = k * torch.addcmul(one_minus_k_a, a, k_a)           # k̃ = k ⊙ (1 + (a − 1) ⊙ k_a)
-    # ---- the WKV update (wkv7.step with a = −κ̂, b = κ̂ ⊙ a), in place, in the state's dtype
-    dh = torch.exp(gates[1] * -0.6065306597126334).view(B, H, N, 1)     # e^{log w}, log w = −e^{−0.5} σ(d)
-    rh, kh, vh, ah = r.view(B, H, 1, N), k.view(B, H, N, 1), v.view(B, H, 1, N), a.view(B, H, N, 1)
-    kq = kk.unsqueeze(-2)                                  # [B, H, 1, N]
-    if acc != x.dtype:
-        rh, kh, vh, ah, dh, kq = rh.to(acc), kh.to(acc), vh.to(acc), ah.to(acc), dh.to(acc), kq.to(acc)
-    sa = torch.matmul(kq, S)                               # κ̂ᵀ S
-    S.mul_(dh).addcmul_(kq.transpose(-1, -2) * ah, sa, value=-1.0).addcmul_(kh, vh)   # ⊙ w, + b (aᵀS), + k̃ vᵀ
-    o = torch.matmul(rh, S).view(B, C).to(x.dtype)
+    # ---- the WKV update: wkv7's own unchecked step (a = −κ̂, b = κ̂ ⊙ a), in place, in the state's dtype
+    log_w, a_, b_ = gates[1] * -0.6065306597126334, kk.neg(), kk * a     # log w = −e^{−0.5} σ(d)
+    if acc == x.dtype:
+        o = wkv7_update(S, r, log_w, k, v, a_, b_, 1.0, True)[0]
+    else:
+        o = wkv7_update(S, r.to(acc), log_w.to(acc), k.to(acc), v.to(acc), a_.to(acc), b_.to(acc), 1.0, True)[0]
+        o = o.to(x.dtype)
     # ---- read-out: per-head norm, bonus, gate, output map
-    o = torch.group_norm(o, H, lnxw, lnxb, eps, False)
-    bonus = (r * k * r_k).view(B, H, N).sum(-1, keepdim=True)
-    o.view(B, H, N).addcmul_(bonus, v.view(B, H, N))
+    o = torch.group_norm(o.view(B, C), H, lnxw, lnxb, eps, False)
+    bonus = (r * k * r_k).sum(-1, keepdim=True)
+    o.view(B, H, N).addcmul_(bonus, v)
     x = torch.addmm(x, o.mul_(lo[3]), W_oT)               # x + (o ⊙ g) W_o
     # ---- channel mix
     xf = torch.layer_norm(x, [C], ln2w, ln2b, 1e-5, False)

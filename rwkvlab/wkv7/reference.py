@@ -13,6 +13,10 @@ call this with ``a = -κ̂`` and ``b = κ̂ ⊙ iclr`` (κ̂ the L2-normalised r
 
 Accumulation is float32 (float64 inputs stay float64); ``o`` comes back in the input dtype and
 the final state in the accumulation dtype.
+
+One token's update is written once, unchecked, in ``_update``: ``naive`` runs it in its loop,
+``step`` after validating its inputs, and the model's inference decoder (``rwkvlab.model.x070.
+Decoder``) in place, where ``step``'s checks would cost several times the arithmetic.
 """
 from __future__ import annotations
 
@@ -63,14 +67,31 @@ def _initial(initial_state, N, H, K, V, acc, device):
 
 
 # --------------------------------------------------------------------------- the recurrence
-def _update(S, r, w, k, v, a, b, scale):
-    """One token: ``S`` [.., H, K, V]; ``r, w, k, a, b`` [.., H, K]; ``v`` [.., H, V] (all in the
-    accumulation dtype). Returns ``(o, S_new)``; never writes into ``S`` (autograd needs it)."""
-    sa = torch.einsum("...k,...kv->...v", a, S)              # a_t^T S_{t-1}: one row of length V
-    S = (w.exp().unsqueeze(-1) * S                           # decay every key row
-         + b.unsqueeze(-1) * sa.unsqueeze(-2)                # rank-one correction b_t (a_t^T S)
-         + k.unsqueeze(-1) * v.unsqueeze(-2))                # write k_t v_t^T
-    o = scale * torch.einsum("...k,...kv->...v", r, S)       # read the updated state
+def _update(S: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,
+            b: torch.Tensor, scale: float = 1.0, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of the recurrence, unchecked: the package's one copy of the update.
+
+    ``S`` [.., H, K, V]; ``r, w, k, a, b`` [.., H, K] (``w`` the log decay); ``v`` [.., H, V];
+    all in the accumulation dtype, nothing validated. Returns ``(o [.., H, V], S_new)``::
+
+        S_new = diag(exp(w)) S + b (aᵀ S) + k vᵀ,     o = scale · S_newᵀ r
+
+    :func:`naive` and :func:`step` (after checking their inputs) call it with ``in_place=False``,
+    which never writes into ``S`` (autograd needs the old state). The inference decoder
+    (``rwkvlab.model.x070.Decoder``) calls it with ``in_place=True``: ``S`` is overwritten with
+    ``S_new`` and returned (no new state tensor per token; not for tensors that need grad).
+    Written in the TorchScript subset, because that decoder's block is scripted on CPU."""
+    sa = torch.matmul(a.unsqueeze(-2), S)                    # a_t^T S_{t-1}: one row of length V
+    decay = torch.exp(w).unsqueeze(-1)                       # e^{w_t}: one factor per key row
+    b_col, k_col, v_row = b.unsqueeze(-1), k.unsqueeze(-1), v.unsqueeze(-2)
+    # decay every key row, add the rank-one correction b_t (a_t^T S_{t-1}), write k_t v_t^T
+    if in_place:
+        S = S.mul_(decay).addcmul_(b_col, sa).addcmul_(k_col, v_row)
+    else:
+        S = torch.addcmul(torch.addcmul(S * decay, b_col, sa), k_col, v_row)
+    o = torch.matmul(r.unsqueeze(-2), S).squeeze(-2)         # read the updated state
+    if scale != 1.0:
+        o = o * scale
     return o, S
 
 
