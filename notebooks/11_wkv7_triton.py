@@ -406,34 +406,51 @@ grad_check(wkv7.triton_recurrent, (1, 40, 2, 16, 16), "triton_recurrent varlen [
 # $$ O = \text{scale}\cdot\big((r\odot e^{c_t}) S + A_{rk} V + A_{rb} E\big),\qquad
 #    S \leftarrow \mathrm{diag}(e^{c_C}) S + (k \odot e^{c_C - c})^\top V + (b \odot e^{c_C - c})^\top E . $$
 #
-# The kernel keeps the recurrent kernel's grid: program `(i_v, i_nh)` walks its sequence chunk
-# by chunk, with its state tile in registers. Per chunk it does four things.
+# The kernel splits that work by what it depends on. Everything in the first line, and $W$ and
+# $U$, depends on the chunk's inputs only, never on the state: it can be computed for all
+# chunks at once. Only $E$, $O$ and the hand-off touch $S$. So there are two launches.
 #
-# 1. **Pairwise matrices, without overflow.** Chapter 10's first trap: writing
-#    $e^{c_t - c_i} = e^{c_t} e^{-c_i}$ turns $A_{rk}$ into one matrix product, but $e^{-c_i}$
-#    overflows float32 once $-c_i > 88.7$. A 16-token chunk with $w = -8$ gets there. The kernel
-#    forms a `[BT, BT, BK]` block of exponents $c_t - c_i$ and masks it to $-\infty$ *before*
-#    exponentiating, so every exponent it evaluates is $\le 0$. Then it multiplies and sums over
-#    $\kappa$. That is $4C^2K$ multiply-adds per chunk outside the tensor cores, small next to
-#    the state products when $C = 16$.
-# 2. **The UT transform by forward substitution.** $\mathcal T = (I - A_{ab})^{-1}$ is unit
-#    lower triangular. Row $t$ is $I_t + \sum_{i<t} A_{ab}[t,i]\,\mathcal T_i$ ($I_t$: row $t$
-#    of the identity), which needs only
-#    the rows above it. The kernel builds it in a `tl.static_range` loop of $C - 1$ steps. Each
-#    step pulls row $t$ of $A_{ab}$ out of the register tile with a masked sum and updates row
-#    $t$ of $\mathcal T$ with `tl.where`. Registers cannot be indexed by a runtime row, so rows
-#    are selected by masks.
-# 3. **The state products on `tl.dot`.** $W$, $U$, $E$, the three terms of $O$ and the two
-#    terms of the hand-off are nine matrix products of sizes $C\times C$, $C\times K$ and
-#    $K \times V$. These are the tensor-core work.
-# 4. **Store $O$, hand $S$ on.** The state at each chunk start is also written out as the
-#    backward pass's checkpoint.
+# 1. **`wkv7_fwd_prep_kernel`, parallel over (chunks × heads).** One program per chunk and head
+#    builds the four pairwise matrices, $\mathcal T$, $W$ and $U$, and stores $W$, $U$ and
+#    $[A_{rk}\,|\,A_{rb}]$ in float32 at the chunk's token rows. It also checks every value it
+#    reads (NaN, ±Inf, a positive $w$): the inputs are read here anyway, so the check costs no pass
+#    of its own. One int32 flag is raised by `tl.atomic_max`, and only when it is set does the
+#    host run its full check, which names the argument.
+# 2. **`wkv7_fwd_chunked_kernel`, the state pass.** The recurrent kernel's grid: program
+#    `(i_v, i_nh)` walks its sequence chunk by chunk with its state tile in registers. Per chunk
+#    it loads what the prep stored and does only the state's products, $E = WS + U$, the three
+#    terms of $O$, and the hand-off. It stores each chunk-start state for the backward.
+#
+# Inside the prep kernel, three choices.
+#
+# - **Pairwise matrices: factored where it is safe, exact where it is not.** Chapter 10's first
+#   trap: $e^{c_t - c_i} = e^{c_t} e^{-c_i}$ turns $A_{rk}$ into one `tl.dot`,
+#   $(r\odot e^{c})(k\odot e^{-c})^\top$, but $e^{-c_i}$ overflows float32 once $-c_i > 88.7$,
+#   and a 16-token chunk with $w = -8$ gets there (the cell below). Its second trap is
+#   rounding: $e^{c_t}e^{-c_i}$ carries the rounding of both running sums, a relative error of
+#   about $(|c_t| + |c_i|)\cdot 2^{-24}$. Both are harmless while the chunk's total decay is
+#   small, so the kernel decides per chunk. If every channel's decay over the chunk,
+#   $-c_C$, is at most `FACTORED_SPAN` $= 40$, the four matrices are eight small `tl.dot`s
+#   (factors at most $e^{40}$, errors at most about $5\cdot10^{-6}$). Otherwise the chunk takes
+#   the exact path: a `[BT, BT, BK]` block of exponents, each a cumulative sum of $w$ masked to
+#   its own interval, so every exponent is $\le 0$ and exact to float32. Real RWKV-7 layers
+#   always take the first branch (their $w \ge -e^{-1/2}$ gives $-c_C \le 9.7$ in 16 tokens); a
+#   decay spike sends its chunk, and only its chunk, to the second.
+# - **A declared bound removes the exact path.** `triton_chunked(..., lower_bound=-e^{-1/2})`
+#   compiles the prep kernel without it, so fewer registers and no branch. The promise is
+#   checked in the same pass as the other values: a $w$ below the bound is a `ValueError`,
+#   never a wrong answer.
+# - **$\mathcal T$ by repeated squaring.** For a strictly lower $N = A_{ab}$, $N^C = 0$, so
+#   $(I - N)^{-1} = I + N + \dots + N^{C-1} = (I + N)(I + N^2)(I + N^4)(I + N^8)$ at $C = 16$:
+#   six small products instead of $C - 1$ dependent substitution steps that pull rows out of a
+#   register tile with masks. They run in full float32 (`"ieee"`), whatever the input dtype.
 #
 # Two interpreter facts shape the code. `tl.dot` needs every tile dimension $\ge 16$, so the
-# chunk is 16, 32 or 64. `tl.dot` on bfloat16 operands returns garbage in the interpreter. Every
-# operand here is computed in float32 anyway, so the kernel never feeds bf16 to `tl.dot`. On
-# a GPU the precision is chosen per dtype: float32 inputs get full-precision (`"ieee"`) dots, so
-# that they meet the 1e-4 budget; 16-bit inputs get tf32 tensor cores.
+# chunk is 16 or 32 (at 64 the backward's tiles outgrow an H200's shared memory). `tl.dot` on
+# bfloat16 operands returns garbage in the interpreter. Every operand here is computed in
+# float32 anyway, so the kernel never feeds bf16 to `tl.dot`. On a GPU the precision is chosen
+# per dtype: float32 inputs get full-precision (`"ieee"`) dots, so that they meet the 1e-4
+# budget; 16-bit inputs get tf32 tensor cores.
 #
 # The cell shows trap 1 on one chunk. The factorized form overflows, and the pairwise form
 # stays finite and matches float64.
@@ -452,27 +469,31 @@ rwkvlab.check("triton_chunked, w = -8 everywhere, vs naive", got,
               reference(r, w, k, v, a, b, s0, output_final_state=True), 1e-4)
 
 # %% [markdown]
-# Chapter 10 has a second trap: differences of running sums, $c_t - c_i$. The first version of
-# this kernel took them (`c[:, None, :] - c[None, :, :]`), because a cumulative sum is one
-# instruction. The reasoning then was that within a chunk of 16, $|c| \le 16\,|w|$ keeps the
-# rounding of each exponent small. That holds only while $|w|$ is small: after a decay spike
-# ($w = -10^4$ on one token) every later $c$ is about $-10^4$, its float32 spacing is $10^{-3}$,
-# and every weight of the chunk past the spike was off by that much — the cell below measures
-# it, and the first version lost three digits there (output and gradients off by
-# $2\cdot10^{-4}$ at chunks of 16 and $10^{-3}$ at 32). `_chunk_decays` now builds each factor
-# from its own interval. The prefixes are cumulative sums from the chunk's start. The suffixes
-# to the chunk's end are reverse cumulative sums of $w$ loaded one row up. The pairwise
-# exponents are a cumulative sum over the `[BT, BT, BK]` block of $w$ masked to each pair's
-# interval: one scan instead of a subtraction. The cancellation trap of gradients taken
-# *through* such differences is avoided as before (Section 6).
+# That is the first reason for the exact path. Chapter 10's second trap is the rounding of
+# running sums: after a decay spike ($w = -10^4$ on one token) every later $c$ is about
+# $-10^4$, its float32 spacing is $10^{-3}$, and any exponent formed from it, whether as
+# $c_t - c_i$ or as $e^{c_t}e^{-c_i}$, is off by that much. The first version of this kernel
+# formed `c[:, None, :] - c[None, :, :]` and lost three digits there (output and gradients off by
+# $2\cdot10^{-4}$ at chunks of 16 and $10^{-3}$ at 32). Now a spike makes its chunk's decay
+# exceed `FACTORED_SPAN`, and that chunk builds each factor from its own interval:
+# `_pair_decays` below. The cell counts which chunks of the spike input take which path, and
+# checks both kernels against float64 at float32 accuracy.
 
 # %%
-print(inspect.getsource(kc._chunk_decays.fn))
+print(inspect.getsource(kc._pairs.fn))
+print(inspect.getsource(kc._pair_decays.fn))
 xs_spike = inputs(1, 40, 2, 16, 16, seed=5)
 w_spike = torch.full_like(xs_spike[1], -0.01)
 w_spike[:, 11, :, ::2] = -1e4
 w_spike[:, 27, :, 1::2] = -1e3
 xs_spike[1] = w_spike
+for Cs in (16, 32):
+    pad = torch.zeros(1, -40 % Cs, 2, 16)
+    span = (-torch.cat([w_spike.cpu(), pad], 1).unflatten(1, (-1, Cs)).sum(2)).amax(-1)   # [1, chunks, H]
+    exact = span > kc.FACTORED_SPAN
+    print(f"C={Cs}: {exact.sum().item()} of {exact.numel()} (chunk, head) pairs take the exact path: "
+          f"chunks {sorted(set(exact.nonzero()[:, 1].tolist()))}")
+    assert exact.any() and not exact.all()
 want_spike = reference(*xs_spike, output_final_state=True)
 for name, impl in [("triton_recurrent", wkv7.triton_recurrent), ("triton_chunked C=16", wkv7.triton_chunked),
                    ("triton_chunked C=32", functools.partial(wkv7.triton_chunked, chunk_size=32))]:
@@ -480,9 +501,30 @@ for name, impl in [("triton_recurrent", wkv7.triton_recurrent), ("triton_chunked
     rwkvlab.check(f"{name}, decay spikes w = -1e4 / -1e3, vs float64", got_spike, want_spike, 2e-6)
 
 # %% [markdown]
-# Here is the chunked kernel. Match each block of lines to the four steps above.
+# The identity behind $\mathcal T$, checked in float64 on a real chunk's $A_{ab}$ (from the
+# package's torch `reference.intra_chunk_matrices`): the product of the four factors equals the
+# triangular solve, and $N^{16}$ is exactly zero.
 
 # %%
+r, w, k, v, a, b, s0 = inputs(1, C16, 1, 16, 16, seed=10)
+N_ab = ref.intra_chunk_matrices(*(x[0, :, 0].cpu().double() for x in (r, w, k, a, b)))["A_ab"]
+eye16 = torch.eye(C16, dtype=torch.float64)
+prod, P = eye16 + N_ab, N_ab
+for _ in range(3):
+    P = P @ P
+    prod = prod + prod @ P
+solve = torch.linalg.solve_triangular(eye16 - N_ab, eye16, upper=False, unitriangular=True)
+print(f"max |(I+N)(I+N^2)(I+N^4)(I+N^8) - (I-N)^-1| = {(prod - solve).abs().max().item():.1e}, "
+      f"max |N^16| = {torch.linalg.matrix_power(N_ab, 16).abs().max().item():.1e}")
+assert (prod - solve).abs().max() < 1e-12 and torch.linalg.matrix_power(N_ab, 16).abs().max() == 0
+
+# %% [markdown]
+# Here are the two launches. In the prep kernel, match each block of lines to the choices above;
+# in the state pass, find the three products that touch `S`.
+
+# %%
+print(inspect.getsource(kc._unit_lower_inverse.fn))
+print(inspect.getsource(kc.wkv7_fwd_prep_kernel.fn))
 print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
 
 # %% [markdown]
@@ -556,9 +598,15 @@ rwkvlab.check("triton_chunked varlen [1, 17, 22] vs naive", got,
 #    \bar A_{ab} = \mathcal T^\top\, \bar{\mathcal T}\, \mathcal T^\top . $$
 #
 # With the recomputation, that is about two dozen small `tl.dot`s per chunk. The pairwise
-# matrices then pass their gradients to $r, k, a, b$ through the same `[BT, BT, BK]` blocks of
-# exponentials the forward built. For example, $A_{rk}[t,i] = \sum_\kappa r_{t\kappa} e^{c_{t\kappa}-c_{i\kappa}} k_{i\kappa}$
-# sends $\bar A_{rk}[t,i]\, e^{c_t - c_i} k_i$ to $\bar r_t$, and the mirror-image term to $\bar k_i$.
+# matrices then pass their gradients to $r, k, a, b$ along the path the forward took for that
+# chunk (`_pair_grads` makes the same test on the same numbers). On the factored path that is
+# eight more `tl.dot`s: with $\tilde r = r\odot e^{c}$ and $\hat k = k\odot e^{-c}$,
+# $\bar{\tilde r} = \bar A_{rk}\hat k + \bar A_{rb}\hat b$ and $\bar{\hat k} = \bar A_{rk}^\top\tilde r
+# + \bar A_{ak}^\top\tilde a$, and each factor hands $x\odot\bar x$ to the exponent it carries,
+# $+$ for $e^{c}$ and $-$ for $e^{-c}$. On the exact path they go through the same
+# `[BT, BT, BK]` blocks of exponentials the forward built. For example,
+# $A_{rk}[t,i] = \sum_\kappa r_{t\kappa} e^{c_{t\kappa}-c_{i\kappa}} k_{i\kappa}$ sends
+# $\bar A_{rk}[t,i]\, e^{c_t - c_i} k_i$ to $\bar r_t$, and the mirror-image term to $\bar k_i$.
 #
 # **The decay gradient, and chapter 10's second trap.** Every exponent in the chunk is a sum of
 # log decays over an interval: $c_t - c_i = \sum_{i<j\le t} w_j$, $c_C - c_t = \sum_{j>t} w_j$,
@@ -584,11 +632,15 @@ rwkvlab.check("triton_chunked varlen [1, 17, 22] vs naive", got,
 # chunk's end, and the last term is the same for every $j$ (every $w_j$ is inside $c_C$). A
 # pairwise term that is still added with $+$ and $-$ has a non-empty interval, so it carries a
 # factor $e^{w}$ or smaller and is no larger than the gradient it contributes to: nothing of
-# size $O(1)$ is subtracted any more. The check below puts a
+# size $O(1)$ is subtracted any more. (The factored path does subtract: its diagonal terms
+# $\tilde r_t\hat k_t$ enter with $+$ and $-$. It runs only where the chunk's decay is at most
+# `FACTORED_SPAN`, so $\bar w$ is not tiny there, and the cancellation costs float32 rounding
+# of numbers of its own size.) The check below puts a
 # constant $w = -20$ on every channel, which makes the true $\bar w$ about $10^{-9}$ of the other
 # gradients.
 
 # %%
+print(inspect.getsource(kc._pair_grads_factored.fn))
 print(inspect.getsource(kc.wkv7_bwd_chunked_kernel.fn))
 
 # %%
@@ -631,41 +683,41 @@ for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
 # and the book's stated tolerance for bf16 outputs and gradients is $2\times 10^{-2}$ relative to
 # a float64 loop on the same (rounded) inputs. The test suite checks the same bound.
 #
-# Measured on an NVIDIA H100 (Triton 3.6, torch 2.11) with the book's RWKV-7 benchmark script of
-# the time, since folded into `python -m rwkvlab bench --kinds wkv7` (B = 4, T = 4096, H = 32,
-# K = V = 64, bfloat16; `triton.testing.do_bench` medians, in one run). These are recorded
-# numbers, not computed by this chapter: the two Triton rows are kept in
-# `benchmarks/results/h100_bench_vs_fla_2026-11-23.txt`; the torch row and the 33.7 ms figure
-# below come from the same kind of run but are not in that file. The figures are for the public functions, so
-# they include each call's argument checks, among them the NaN scan of all six inputs, the same
-# for every row:
+# Measured on one NVIDIA H200 (Triton 3.6, torch 2.11, fla-core 0.6.0; B = 4, H = 32, K = V = 64,
+# bfloat16; `triton.testing.do_bench` medians in ms). These are recorded numbers, not computed
+# by this chapter: `benchmarks/results/h200_wkv7_v3_2026-12-01.txt` (the state-pass design above,
+# with FLA's `chunk_rwkv7(..., lower_bound=-e^{-1/2})` in the same process) and
+# `h200_wkv7_v2_2026-12-01.txt` (FLA's default). The first row is the previous design (one
+# kernel, the pairwise `[16, 16, 64]` blocks for every chunk and the substitution loop, in
+# every V-block's program), from the RWKV-7 issue's measurement on the same kind of machine.
+# Every row includes the public function's value checks.
 #
-# | kernel | forward ms | forward + backward ms | speed-up vs torch chunked (fwd / fwd+bwd) |
+# | kernel | T | forward | forward + backward |
 # |---|---|---|---|
-# | `wkv7.triton_recurrent` | 8.9 | 23.9 | 8.2× / 22.6× |
-# | `wkv7.triton_chunked` | 14.5 | 65.1 | 5.0× / 8.3× |
-# | `wkv7.chunked` (torch, chapter 10) | 73.2 | 538.4 | 1 / 1 |
+# | `triton_chunked`, previous design | 4096 | 14.7 | 62.0 |
+# | `triton_recurrent` (previous measurement) | 4096 | 7.30 | 20.1 |
+# | `triton_chunked` (any $w \le 0$) | 4096 | 2.52 | 9.23 |
+# | `triton_chunked(..., lower_bound=-e^{-1/2})` | 4096 | 1.61 | 5.77 |
+# | FLA `chunk_rwkv7` (default) | 4096 | 1.92 | 6.95 |
+# | FLA `chunk_rwkv7(..., lower_bound=-e^{-1/2})` | 4096 | 1.17 | 4.65 |
+# | `triton_chunked(..., lower_bound)` / FLA lower_bound | 1024 | 0.51 / 0.45 | — |
+# | `triton_chunked(..., lower_bound)` / FLA lower_bound | 16384 | 6.11 / 4.60 | — |
+# | same, B = 1, H = 8 | 65536 | 17.5 / 4.08 | — |
 #
-# (The torch row is the chunked form as it was then; chapter 10's rewrite — all chunks at once,
-# one batched triangular solve, a state-only scan — has been timed on a CPU only, in chapter 10.)
-#
-# Both kernels beat the torch form by a wide margin. Most of that is fusion: the torch version
-# writes every intermediate ($A$ matrices, $\mathcal T$, $W$, $U$) to memory and runs its
-# backward through autograd. The chunked kernel is *slower* than the recurrent one, forward and
-# backward. Its backward alone takes about 50 ms against the recurrent backward's 15. In an
-# earlier run on the same kind of machine, `triton_chunked` with its backward routed through the
-# recurrent backward kernel (the checkpoint layouts match, so that works) measured 33.7 ms for
-# forward + backward. That deserves a plain explanation. Each of its programs recomputes the pairwise `[16, 16, 64]`
-# blocks and the forward substitution for its own V-block: with `BV = 32` that work is done
-# twice per head, in registers, before any tensor core gets busy. The products are also tiny
-# ($16 \times 64$ by $64 \times 32$). The backward is worse: five such blocks and about two
-# dozen tiny products per chunk, all held in registers. Production kernels such as FLA's split
-# the work into
-# several launches. A kernel parallel over *all chunks at once* computes $A$, $\mathcal T$, $W$
-# and $U$; a short sequential kernel passes the states; a third produces the outputs. Exercise 4
-# asks for that split. The recurrent kernel, for its part, is close to memory-bound here. It
-# reads each input once and keeps the state in registers, which is why it does so well at
-# head size 64.
+# The factored pairwise matrices and the squared inverse made the chunked kernel 9× faster
+# forward and 11× faster forward + backward, and it now beats the recurrent kernel. With the
+# bound declared it is 0.73× FLA's speed forward and 0.81× forward + backward at T = 4096 (and
+# faster than FLA's default configuration forward + backward). It is not yet FLA's equal, and the
+# last row says why. Moving the state-free work into the parallel prep kernel did *not* speed up
+# the forward (the single-kernel version measured 1.66 ms, the same), so the chain of small
+# products was not the cost. What remains is the state pass's own per-chunk time, about
+# 6 µs for each 16-token chunk at B = 4 and 4 µs even when a program has a multiprocessor to
+# itself: at B = 1, H = 8 only eight programs run, each walks 4096 chunks, and splitting V into
+# 16-column blocks (four times the programs) gained only 7 %
+# (`h200_wkv7_v3_chunks_2026-12-01.txt`). A per-chunk time that does not shrink with the work is
+# latency: the loads of the next chunk are not overlapped with this chunk's products. FLA's
+# state pass takes chunks of 64 (four times fewer steps) and splits K as well as V. Those are
+# the next versions; `benchmarks/NOTES.md` keeps the log.
 #
 # The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,
 # it prints a note: the interpreter would take hours at these shapes.
@@ -885,10 +937,12 @@ else:
 # 3. **Splitting K.** For $K = 256$ one tile no longer fits. Sketch a kernel with two K-blocks
 #    per column. Which of the three per-step operations need the two programs to communicate?
 #    (Hint: $a^\top S$ and $S^\top r$ do; the update does not.)
-# 4. **A faster chunked kernel.** Split `wkv7_fwd_chunked_kernel` into (a) a kernel over the grid
-#    (chunks × heads) that writes $W$, $U$, $A_{rk}V$ and $A_{rb}$ for every chunk, (b) a
-#    sequential kernel that computes only the chunk-start states, and (c) a parallel kernel for
-#    the outputs. Check it against `wkv7.naive` and time it with `python -m rwkvlab bench --kinds wkv7`.
+# 4. **A faster state pass.** Section 8 measured the state pass at about the same time per chunk
+#    whatever its V-block. Prefetch by hand: load chunk $i+1$'s inputs (and the prep kernel's
+#    $W$, $U$, $A$) before the products of chunk $i$, carrying them through the loop. Or (b) move
+#    the output out of the state pass into a third launch parallel over chunks, so that the
+#    sequential kernel carries only $E$ and $S$. Check it against `wkv7.naive` and time it with
+#    `python -m rwkvlab bench --kinds wkv7`.
 # 5. **Inverting the step.** Write $S_{t-1} = G_t^{-1}(S_t - k_t v_t^\top)$ with the
 #    Sherman–Morrison formula for $G_t^{-1}$, run it backwards from $S_T$ in float32 with
 #    $w = -8$, and measure how fast the reconstructed states diverge from the true ones.

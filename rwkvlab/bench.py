@@ -423,7 +423,7 @@ def implementations(kind: str, gpu: bool, fla_recurrent: bool = False) -> list[I
         out.append(Impl(kind, "triton_chunked_lb", _ours(mod.triton_chunked, lower_bound=WKV7_LOWER_BOUND),
                         triton=True, varlen=True, varlen_default=True,
                         note=f"lower_bound=-exp(-0.5)={WKV7_LOWER_BOUND:.4f}: every chunk factored"))
-    for c in ((16, 32) if kind == "wkv6" else (32, 64)):
+    for c in ((16, 32) if kind == "wkv6" else (32,)):
         out.append(Impl(kind, f"triton_chunked_c{c}", _ours(mod.triton_chunked, chunk_size=c), triton=True,
                         gpu_default=False, note=f"C={c}"))
 

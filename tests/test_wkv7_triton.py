@@ -184,7 +184,8 @@ def test_bad_inputs_raise_before_launch(impl, monkeypatch):
     from rwkvlab.wkv7 import kernels_chunked, kernels_recurrent
 
     for mod, name in ((kernels_recurrent, "wkv7_fwd_recurrent_kernel"), (kernels_recurrent, "wkv7_bwd_recurrent_kernel"),
-                      (kernels_chunked, "wkv7_fwd_chunked_kernel"), (kernels_chunked, "wkv7_bwd_chunked_kernel")):
+                      (kernels_chunked, "wkv7_fwd_prep_kernel"), (kernels_chunked, "wkv7_fwd_chunked_kernel"),
+                      (kernels_chunked, "wkv7_bwd_chunked_kernel")):
         monkeypatch.setattr(mod, name, _NoLaunch())
     f = IMPLS[impl]
     xs, h0 = make_inputs(1, 5, 1, 16, 16, seed=8)
@@ -241,7 +242,7 @@ def test_chunked_lower_bound_is_checked():
         with pytest.raises(ValueError, match=r"^lower_bound:"):
             wkv7.triton_chunked(*xs, lower_bound=bad)
     with pytest.raises(ValueError, match=r"^lower_bound:"):
-        wkv7.triton_chunked(*xs, lower_bound=-1.0, chunk_size=64)        # 64 · 1 > FACTORED_SPAN
+        wkv7.triton_chunked(*xs, lower_bound=-2.0, chunk_size=32)        # 32 · 2 > FACTORED_SPAN
 
 
 def _exact_share(w, C=16):

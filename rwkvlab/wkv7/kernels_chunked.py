@@ -1,29 +1,35 @@
-"""RWKV-7 in chunkwise-parallel (WY / UT) form as one Triton kernel, the state hand-off on tl.dot.
+"""RWKV-7 in chunkwise-parallel (WY / UT) form: two forward launches and one backward, on tl.dot.
 
-One program owns one (sequence·head, V-block) pair and walks the sequence chunk by chunk, its
-state tile ``S[:, v-block]`` in registers. Per chunk of ``BT`` tokens (chapter 10's algebra;
-``c_t = Σ_{j≤t} w_j`` the running log decay inside the chunk)::
+Per chunk of ``BT`` tokens (chapter 10's algebra; ``c_t = Σ_{j≤t} w_j`` the running log decay
+inside the chunk)::
 
     A_ab[t,i] = Σ_κ a_tκ e^{c_{t-1,κ} − c_iκ} b_iκ   (i < t)     A_ak: the same with k_i
     A_rb[t,i] = Σ_κ r_tκ e^{c_tκ − c_iκ} b_iκ        (i ≤ t)     A_rk: the same with k_i
-    T  = (I − A_ab)^{-1}                (forward substitution, in the kernel)
+    T  = (I − A_ab)^{-1} = (I + A_ab)(I + A_ab²)(I + A_ab⁴)…   (A_ab is strictly lower: A_ab^BT = 0)
     W  = T (a ⊙ e^{c_{t-1}})            U = T A_ak V
     E  = W S + U                        (the rows a_t^T S_{t-1} of the chunk)
     O  = scale · ((r ⊙ e^{c_t}) S + A_rk V + A_rb E)
     S ← diag(e^{c_C}) S + (k ⊙ e^{c_C − c})^T V + (b ⊙ e^{c_C − c})^T E
 
-Every exponent is a log decay summed over a forward interval, so it is ≤ 0 and nothing
-overflows for any ``w ≤ 0``; the four pairwise matrices are formed pair by pair from a
-[BT, BT, BK] block of exponents instead of as a product ``e^{c_t} e^{−c_i}`` (which overflows
-once −c passes ~88). The products with the state and with V run on ``tl.dot``.
+``wkv7_fwd_prep_kernel`` (grid: chunks × heads) computes everything that does not depend on
+the state — the four pairwise matrices, T, W, U — for all chunks at once, stores W, U and
+[A_rk | A_rb] in float32, and checks every value it reads. ``wkv7_fwd_chunked_kernel`` (grid:
+V-blocks × sequence·heads) is the state pass: each program walks its sequence with its state
+tile in registers and does only the products that touch S.
 
-Backward (``wkv7_bwd_chunked_kernel``): the same grid, walking the chunks from last to first with
-``dS`` in registers. The forward stores the state at every chunk start; per chunk the backward
-reloads it, recomputes the pairwise matrices, ``T``, ``W``, ``U`` and ``E``, and runs the
-adjoint of every line above (the triangular inverse's adjoint is ``dA_ab = Tᵀ dT Tᵀ``). The
-decay gradient collects, for each ``w_j``, the exponents whose interval contains ``j``; it
-leaves out the exponents that are 0 by construction, so no O(1) terms cancel and a strong
-decay's tiny gradient survives in float32, and takes the sums over t with 0/1 matrices.
+The pairwise matrices are formed one of two ways per chunk. If every channel's decay over the
+chunk is at most ``FACTORED_SPAN``, as products (r ⊙ e^{c})(k ⊙ e^{−c})ᵀ on tl.dot; else
+exactly, pair by pair, from a [BT, BT, BK] block of exponents each summed over its own interval
+(≤ 0, so nothing overflows, and a decay spike costs no float32 accuracy). A caller that declares
+``lower_bound`` (RWKV-7's own w ≥ −e^{−1/2}) gets kernels compiled without the exact path.
+
+Backward (``wkv7_bwd_chunked_kernel``): the state pass's grid, walking the chunks from last to
+first with ``dS`` in registers. Per chunk it reloads the forward's chunk-start state, recomputes
+the pairwise matrices, ``T``, ``W``, ``U`` and ``E``, and runs the adjoint of every line above
+(the triangular inverse's adjoint is ``dA_ab = Tᵀ dT Tᵀ``). The decay gradient collects, for each
+``w_j``, the exponents whose interval contains ``j``; on the exact path it leaves out the
+exponents that are 0 by construction, so no O(1) terms cancel and a strong decay's tiny gradient
+survives in float32. The sums over t are products with 0/1 matrices.
 """
 from __future__ import annotations
 
@@ -34,9 +40,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import validate
+from .. import device, validate
 from . import kernels_recurrent as _rec
-from ..kernels_common import checkpoint_layout, first_chunk, seq_bounds
+from ..kernels_common import checkpoint_layout, chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
 
 __all__ = ["triton_chunked", "FACTORED_SPAN", "RWKV7_LOWER_BOUND"]
 
@@ -147,12 +153,68 @@ def _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower):
 
 
 @triton.jit
-def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, flags, cu, ck_off, scale, lower,
+def wkv7_fwd_prep_kernel(r, w, k, v, a, b, h0, flags, cu, idx, lower, Wp, Up, Arp, T,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                         NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
+                         USE_H0: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Everything of one chunk that does not depend on the state, for all chunks at once (grid:
+    chunks × heads): W = T ã, U = T A_ak V and the read-out matrices [A_rk | A_rb], stored
+    float32 at the chunk's token rows. With CHECK it also checks every value it reads."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos, eos, t0 = chunk_of(cu, idx, i_c, T, BT, VARLEN)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, K)
+    o_v = tl.arange(0, V)
+    m_t = t0 + o_t < eos
+    m_tk = m_t[:, None]
+    m_tv = m_t[:, None]
+    off_k = (t0 + o_t)[:, None] * H * K + i_h * K + o_k[None, :]
+    off_v = (t0 + o_t)[:, None] * H * V + i_h * V + o_v[None, :]
+    b_r = tl.load(r + off_k, mask=m_tk, other=0.).to(tl.float32)
+    b_k = tl.load(k + off_k, mask=m_tk, other=0.).to(tl.float32)
+    b_a = tl.load(a + off_k, mask=m_tk, other=0.).to(tl.float32)
+    b_b = tl.load(b + off_k, mask=m_tk, other=0.).to(tl.float32)
+    b_v = tl.load(v + off_v, mask=m_tv, other=0.).to(tl.float32)
+    m_up = ((o_t + 1 < BT) & (t0 + o_t + 1 < eos))[:, None] & (o_k < K)[None, :]
+    b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk & (o_k < K)[None, :], m_up, o_t, H * K)
+    if CHECK:  # the values are checked here, where they are read anyway (no pass of their own)
+        bad = _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower)
+        if USE_H0:
+            if t0 == bos:  # the sequence's first chunk also checks its initial state
+                if VARLEN:
+                    i_n = tl.load(idx + 2 * i_c)
+                else:
+                    i_n = i_c // tl.cdiv(T, BT)
+                p_h = (i_n.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+                b_h = tl.load(h0 + p_h)
+                bad = tl.maximum(bad, tl.max(tl.max((b_h * 0. != 0.).to(tl.int32), 1), 0))
+        tl.atomic_max(flags, bad)
+    incl = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+    r_dec = b_r * e_c
+    a_dec = b_a * e_cp
+    A_rk, A_rb, A_ak, A_ab = _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last,
+                                    o_t, incl, strict, SPAN, BOUNDED, DOT_PREC)
+    Tm = _unit_lower_inverse(A_ab, eye, NSQ)                             # T = (I − A_ab)⁻¹
+    W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
+    U = tl.dot(Tm, tl.dot(A_ak, b_v, input_precision=DOT_PREC), input_precision=DOT_PREC)
+    tl.store(Wp + off_k, W, mask=m_tk)
+    tl.store(Up + off_v, U, mask=m_tv)
+    o_j = tl.arange(0, BT)
+    off_a = (t0 + o_t)[:, None] * H * 2 * BT + i_h * 2 * BT + o_j[None, :]
+    tl.store(Arp + off_a, A_rk, mask=m_t[:, None])
+    tl.store(Arp + off_a + BT, A_rb, mask=m_t[:, None])
+
+
+@triton.jit
+def wkv7_fwd_chunked_kernel(r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, cu, ck_off, scale,
                             T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NSQ: tl.constexpr,
-                            SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
+                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                             USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
                             VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The state pass: walks one (sequence·head, V-block) through its chunks, state in registers,
+    and writes the output. Only three products per chunk touch the state; the rest was prepared."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
@@ -167,16 +229,11 @@ def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, flags, cu, ck_off
     p_kv = o_k[:, None] * V + o_v[None, :]
     p_s = i_nh.to(tl.int64) * K * V + p_kv
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    bad = 0
     if USE_H0:
         S += tl.load(h0 + p_s, mask=m_kv, other=0.).to(tl.float32)
-        if CHECK:
-            bad = tl.max(tl.max((S * 0. != 0.).to(tl.int32), 1), 0)
-    eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
-    incl = o_t[:, None] >= o_t[None, :]
-    strict = o_t[:, None] > o_t[None, :]
     base_k = bos * H * K + i_h * K
     base_v = bos * H * V + i_h * V
+    base_a = bos * H * 2 * BT + i_h * 2 * BT
     for i_c in range(0, tl.cdiv(L, BT)):
         if STORE_CKPT:
             # the state at the chunk's start: the backward restarts from it
@@ -185,37 +242,29 @@ def wkv7_fwd_chunked_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, flags, cu, ck_off
         m_t = (i_c * BT + o_t) < L
         off_k = base_k + (i_c * BT + o_t)[:, None] * H * K + o_k[None, :]
         off_v = base_v + (i_c * BT + o_t)[:, None] * H * V + o_v[None, :]
+        off_a = base_a + (i_c * BT + o_t)[:, None] * H * 2 * BT + o_t[None, :]
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_r = tl.load(r + off_k, mask=m_tk, other=0.).to(tl.float32)
         b_k = tl.load(k + off_k, mask=m_tk, other=0.).to(tl.float32)
-        b_a = tl.load(a + off_k, mask=m_tk, other=0.).to(tl.float32)
         b_b = tl.load(b + off_k, mask=m_tk, other=0.).to(tl.float32)
         b_v = tl.load(v + off_v, mask=m_tv, other=0.).to(tl.float32)
+        b_W = tl.load(Wp + off_k, mask=m_tk, other=0.)
+        b_U = tl.load(Up + off_v, mask=m_tv, other=0.)
+        A_rk = tl.load(Arp + off_a, mask=m_t[:, None], other=0.)
+        A_rb = tl.load(Arp + off_a + BT, mask=m_t[:, None], other=0.)
         m_up = ((o_t + 1 < BT) & (i_c * BT + o_t + 1 < L))[:, None] & m_k[None, :]
         b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk, m_up, o_t, H * K)
-        if CHECK:  # the values are checked here, where they are read anyway (no pass of their own)
-            bad = tl.maximum(bad, _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower))
-        r_dec = b_r * e_c                            # r̃ = r ⊙ e^{c_t}
-        a_dec = b_a * e_cp                           # ã = a ⊙ e^{c_{t-1}}
-        A_rk, A_rb, A_ak, A_ab = _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last,
-                                        o_t, incl, strict, SPAN, BOUNDED, DOT_PREC)
-        Tm = _unit_lower_inverse(A_ab, eye, NSQ)     # T = (I − A_ab)⁻¹
-        # WY pieces, then the removal rows E = W S + U given this chunk's start state
-        W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
-        U = tl.dot(Tm, tl.dot(A_ak, b_v, input_precision=DOT_PREC), input_precision=DOT_PREC)
-        E = tl.dot(W, S, input_precision=DOT_PREC) + U
-        b_o = tl.dot(r_dec, S, input_precision=DOT_PREC) \
+        # the removal rows E = W S + U, the output, and the state handed to the next chunk
+        E = tl.dot(b_W, S, input_precision=DOT_PREC) + b_U
+        b_o = tl.dot(b_r * e_c, S, input_precision=DOT_PREC) \
             + tl.dot(A_rk, b_v, input_precision=DOT_PREC) + tl.dot(A_rb, E, input_precision=DOT_PREC)
         tl.store(o + off_v, (scale * b_o).to(o.dtype.element_ty), mask=m_tv)
-        # hand the state to the next chunk
         S = tl.exp(c_last)[:, None] * S \
             + tl.dot(tl.trans(b_k * to_end), b_v, input_precision=DOT_PREC) \
             + tl.dot(tl.trans(b_b * to_end), E, input_precision=DOT_PREC)
     if STORE_HT:
         tl.store(ht + p_s, S, mask=m_kv)
-    if CHECK:
-        tl.atomic_max(flags, bad)
 
 
 @triton.jit
@@ -378,17 +427,21 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
         tl.store(dh0 + p_s, dS, mask=m_kv)
 
 
-#: launch settings per kernel: (num_warps, num_stages)
-TUNE = {"fwd": (4, 2), "bwd": (4, 1)}
+#: launch settings per kernel: (num_warps, num_stages[, largest V-block]), measured on an H200
+#: (benchmarks/NOTES.md, "wkv7 chunked"): at B=4, H=32 a whole V per program beat 16- and
+#: 32-column blocks in both directions, and 8 warps won only in the backward
+TUNE = {"prep": (4, 2), "fwd": (4, 2, 64), "bwd": (8, 1, 64)}
 
 
-def block_v(V):
-    """Value columns per program of both chunked kernels (the recurrent kernels' split)."""
-    return _rec.block_v(V)
+def block_v(V, name="fwd"):
+    """Value columns per program of the state pass (``name="fwd"``) or the backward."""
+    if device.interpreting():
+        return V                    # one V-block in the interpreter: fewer programs is faster there
+    return min(V, TUNE[name][2])
 
 
 def _launch(name):
-    warps, stages = TUNE[name]
+    warps, stages = TUNE[name][:2]
     return dict(num_warps=warps, num_stages=stages)
 
 
@@ -401,7 +454,7 @@ def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size
     B, T, H, K = r.shape
     V = v.shape[-1]
     N, _, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
-    BV = block_v(V)
+    BV = block_v(V, "bwd")
     NV = triton.cdiv(V, BV)
     # K-sized gradients: one float32 partial sum per V-block when V is split, else written directly
     part = dict(dtype=torch.float32 if NV > 1 else r.dtype, device=r.device)
@@ -420,27 +473,37 @@ def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size
 
 def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size, lower_bound=None,
         check=True):
-    """Launch the chunked forward on contiguous tensors. Returns (o, final_state, checkpoints,
-    flags): the checkpoints are the state at every chunk start; ``flags`` (with ``check``) is one
-    int32 that the kernel sets if a value it read was NaN/Inf or a log decay lay outside
-    [lower_bound, 0] (read it with :func:`raise_flagged`)."""
+    """Two launches on contiguous tensors: every chunk's state-free pieces in parallel, then the
+    state pass. Returns (o, final_state, checkpoints, flags): the checkpoints are the state at
+    every chunk start; ``flags`` (with ``check``) is one int32 that the first launch sets if a
+    value it read was NaN/Inf or a log decay lay outside [lower_bound, 0] (see raise_flagged)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     N, n_ck, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
+    _, idx, n_chunks = chunk_table(cu_seqlens, B, T, chunk_size, r.device)
     BV = block_v(V)
+    f32 = dict(dtype=torch.float32, device=r.device)
+    Wp = torch.empty(B, T, H, K, **f32)
+    Up = torch.empty(B, T, H, V, **f32)
+    Arp = torch.empty(B, T, H, 2 * chunk_size, **f32)
     o = torch.empty_like(v)
-    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if store_ht else None
-    ckpt = torch.empty(n_ck, H, K, V, dtype=torch.float32, device=r.device) if store_ckpt else None
+    ht = torch.empty(N, H, K, V, **f32) if store_ht else None
+    ckpt = torch.empty(n_ck, H, K, V, **f32) if store_ckpt else None
     flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
     # float32 inputs get full-precision dots; on a GPU, 16-bit inputs may use tf32 tensor cores
     prec = "ieee" if r.dtype == torch.float32 else "tf32"
     lower = -3.0e38 if lower_bound is None else float(lower_bound)
-    grid = (triton.cdiv(V, BV), N * H)
-    wkv7_fwd_chunked_kernel[grid](
-        r, w, k, v, a, b, o, h0, ht, ckpt, flags, cu, ck_off, scale, lower,
-        T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
-        BOUNDED=lower_bound is not None, CHECK=check, USE_H0=h0 is not None, STORE_HT=store_ht,
-        STORE_CKPT=store_ckpt, VARLEN=cu_seqlens is not None, DOT_PREC=prec, **_launch("fwd"))
+    varlen = cu_seqlens is not None
+    rows = B * T if varlen else T
+    wkv7_fwd_prep_kernel[(n_chunks, H)](
+        r, w, k, v, a, b, h0, flags, cu_arg(cu_seqlens, r.device), idx, lower, Wp, Up, Arp, rows,
+        H=H, K=K, V=V, BT=chunk_size, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
+        BOUNDED=lower_bound is not None, CHECK=check, USE_H0=h0 is not None, VARLEN=varlen,
+        DOT_PREC=prec, **_launch("prep"))
+    wkv7_fwd_chunked_kernel[(triton.cdiv(V, BV), N * H)](
+        r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, cu, ck_off, scale,
+        T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, USE_H0=h0 is not None, STORE_HT=store_ht,
+        STORE_CKPT=store_ckpt, VARLEN=varlen, DOT_PREC=prec, **_launch("fwd"))
     return o, ht, ckpt, flags
 
 
@@ -486,8 +549,7 @@ def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final
 
     Shapes: ``r, w, k, a, b`` [B, T, H, K]; ``v`` [B, T, H, V]; ``initial_state`` [N, H, K, V]
     in any float dtype, cast to float32 (N = B, or ``len(cu_seqlens) - 1`` with B == 1); ``scale``:
-    a finite real number. K and V: powers of two in 16..128;
-    ``chunk_size`` 16, 32 or 64 (``tl.dot`` needs tiles of at least 16).
+    a finite real number. K and V: powers of two in 16..128; ``chunk_size`` 16 or 32.
     ``lower_bound``: optional; declares ``w ≥ lower_bound`` for every element (RWKV-7's own log
     decay satisfies ``w ≥ −e^{−1/2}``, :data:`RWKV7_LOWER_BOUND`), so every chunk takes the
     factored path and the exact path is not compiled; it must keep ``chunk_size·|lower_bound| ≤``
@@ -500,8 +562,10 @@ def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final
     Values (NaN/Inf, the sign of w) are checked inside the forward kernel, which reads them anyway.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
-            or chunk_size not in (16, 32, 64):
-        raise ValueError(f"chunk_size: expected 16, 32 or 64, got {chunk_size!r}")
+            or chunk_size not in (16, 32):
+        # tl.dot needs tiles of at least 16; at 64 the backward's tiles outgrow an H200's shared
+        # memory (352 KB asked, 227 KB there), and 32 already measured slower than 16
+        raise ValueError(f"chunk_size: expected 16 or 32, got {chunk_size!r}")
     if lower_bound is not None:
         lower_bound = validate.real("lower_bound", lower_bound)
         lo = -FACTORED_SPAN / int(chunk_size)
