@@ -53,6 +53,7 @@ import torch
 
 from . import book as _book
 from . import device as _device
+from .wkv7.reference import RWKV7_LOWER_BOUND
 
 KINDS = ("wkv6", "wkv7")
 COLUMNS = ["kind", "impl", "layout", "B", "T", "H", "K", "V", "dtype", "device",
@@ -61,7 +62,6 @@ COLUMNS = ["kind", "impl", "layout", "B", "T", "H", "K", "V", "dtype", "device",
 INT_COLUMNS = ("B", "T", "H", "K", "V")
 FLOAT_COLUMNS = ("fwd_ms", "fwdbwd_ms", "peak_mem_mb", "floor_ms", "x_floor", "rel_diff_fla", "rel_diff_ref")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-WKV7_LOWER_BOUND = -math.exp(-0.5)  # the RWKV-7 log decay lies in (−e^{−1/2}, 0)
 
 # timing defaults: do_bench milliseconds on a GPU, repetitions on CPU
 GPU_WARMUP_MS, GPU_REP_MS = 25, 100
@@ -143,7 +143,7 @@ def make_inputs(kind: str, B: int, T: int, H: int, D: int, dtype=torch.float32, 
         x = dict(r=r, k=k, v=v, w=w, u=u)
     else:
         r, k, v = rnd(*shape), rnd(*shape) / D ** 0.5, rnd(*shape)
-        w = -math.exp(-0.5) * torch.sigmoid(rnd(*shape))
+        w = RWKV7_LOWER_BOUND * torch.sigmoid(rnd(*shape))
         kk = torch.nn.functional.normalize(rnd(*shape), dim=-1)
         iclr = torch.sigmoid(rnd(*shape))
         x = dict(r=r, w=w, k=k, v=v, a=-kk, b=kk * iclr)
@@ -420,9 +420,9 @@ def implementations(kind: str, gpu: bool, fla_recurrent: bool = False) -> list[I
             out.append(Impl(kind, f"triton_chunked_{sched}", _ours(mod.triton_chunked, schedule=sched, chunk_size=16),
                             triton=True, note=f"C=16, schedule='{sched}'"))
     if kind == "wkv7":  # the declared-bound fast path, the counterpart of FLA's lower_bound
-        out.append(Impl(kind, "triton_chunked_lb", _ours(mod.triton_chunked, lower_bound=WKV7_LOWER_BOUND),
+        out.append(Impl(kind, "triton_chunked_lb", _ours(mod.triton_chunked, lower_bound=RWKV7_LOWER_BOUND),
                         triton=True, varlen=True, varlen_default=True,
-                        note=f"lower_bound=-exp(-0.5)={WKV7_LOWER_BOUND:.4f}: every chunk factored"))
+                        note=f"lower_bound=-exp(-0.5)={RWKV7_LOWER_BOUND:.4f}: every chunk factored"))
     for c in ((16, 32) if kind == "wkv6" else (32,)):
         out.append(Impl(kind, f"triton_chunked_c{c}", _ours(mod.triton_chunked, chunk_size=c), triton=True,
                         gpu_default=False, note=f"C={c}"))
@@ -450,11 +450,11 @@ def implementations(kind: str, gpu: bool, fla_recurrent: bool = False) -> list[I
                     params, lb_missing = {}, f"signature not readable: {e}"
                 # an explicit parameter only: a **kwargs catch-all would swallow the keyword silently
                 if "lower_bound" in params:
-                    lb_fn = _fla(f, lower_bound=WKV7_LOWER_BOUND)
+                    lb_fn = _fla(f, lower_bound=RWKV7_LOWER_BOUND)
                 elif lb_missing is None:
                     lb_missing = "this fla chunk_rwkv7 has no lower_bound parameter"
             out.append(Impl(kind, "fla.chunk_rwkv7_lb", lb_fn, fla=True, triton=True, missing=lb_missing,
-                            note=f"lower_bound=-exp(-0.5)={WKV7_LOWER_BOUND:.4f}"))
+                            note=f"lower_bound=-exp(-0.5)={RWKV7_LOWER_BOUND:.4f}"))
     return out
 
 

@@ -55,7 +55,7 @@ def test_bench_rejects_an_unknown_kind(capsys):
 def test_make_inputs_statistics():
     x = bench.make_inputs("wkv7", 2, 32, 2, 16, "fp32", "cpu")
     assert list(x) == ["r", "w", "k", "v", "a", "b"]
-    assert (x["w"] < 0).all() and (x["w"] > bench.WKV7_LOWER_BOUND).all()
+    assert (x["w"] < 0).all() and (x["w"] > bench.RWKV7_LOWER_BOUND).all()
     assert torch.allclose(x["a"].norm(dim=-1), torch.ones(2, 32, 2))
     y = bench.make_inputs("wkv6", 2, 32, 2, 16, torch.bfloat16, "cpu", varlen=True)
     assert list(y)[:5] == ["r", "k", "v", "w", "u"] and y["r"].shape == (1, 64, 2, 16)

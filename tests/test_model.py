@@ -242,6 +242,33 @@ def test_triton_cores_in_the_model(version, impl):
     rwkvlab.check(f"{version} model with {impl}", got, ref, 1e-4)
 
 
+def test_model_declares_rwkv7_decay_bound_to_the_chunked_kernel(monkeypatch):
+    """x070 tells wkv7.triton_chunked that w ≥ −e^{−1/2} (its fast path); at the edge of that range
+    (w0 large, so w = −e^{−1/2} to float32 rounding) the declared bound must still hold, and the
+    logits equal the naive core's."""
+    from rwkvlab.wkv7 import kernels_chunked
+
+    m = tiny("x070", seed=6)
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.att.w0.fill_(60.0)
+    seen = []
+    real = kernels_chunked.triton_chunked
+
+    def spy(*args, **kw):
+        seen.append(kw.get("lower_bound"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(wkv7, "triton_chunked", spy)
+    spy.__name__ = "triton_chunked"
+    idx = tokens(1, 6, seed=6)
+    with torch.no_grad():
+        ref, _ = m(idx, impl="naive")
+        got, _ = m(idx, impl="triton_chunked")
+    assert seen and all(lb is not None and lb <= wkv7.RWKV7_LOWER_BOUND for lb in seen)
+    rwkvlab.check("x070 at w = -e^-0.5 with the declared bound", got, ref, 1e-4)
+
+
 def test_default_core_follows_the_input_device():
     from rwkvlab.model.common import default_impl
 

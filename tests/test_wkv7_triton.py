@@ -227,7 +227,7 @@ def test_chunked_lower_bound_is_checked():
     """A declared lower bound takes the factored path everywhere; a w below it (or above 0) is a
     ValueError, never a wrong answer; a bound the factored path cannot carry is refused up front."""
     xs, h0 = make_inputs(2, 40, 2, 16, 16, seed=10, decay=0.6)
-    lb = wkv7.kernels_chunked.RWKV7_LOWER_BOUND
+    lb = wkv7.RWKV7_LOWER_BOUND
     o, ht = wkv7.triton_chunked(*xs, initial_state=h0, output_final_state=True, lower_bound=lb)
     o_ref, ht_ref = reference(xs, h0)
     assert rel_err(o, o_ref) <= TOL32 and rel_err(ht, ht_ref) <= TOL32

@@ -146,8 +146,15 @@ class RWKV7(LanguageModel):
     wkv_module = wkv7
 
     def sequence_core(self, fn):
+        # log_decay keeps w in (−e^{−1/2}, 0), so the chunked kernel is told so and compiles without its
+        # strong-decay path (an H200, B=4, T=4096, H=32: 1.61 against 2.52 ms forward;
+        # benchmarks/results/h200_wkv7_v3_2026-12-01.txt). The margin of 0.1 % covers a device exp
+        # that rounds e^{−1/2} a few ulps up; bf16/fp16 round the bound inward anyway
+        bound = wkv7.RWKV7_LOWER_BOUND * 1.001
+        kw = {"lower_bound": bound} if getattr(fn, "__name__", "") == "triton_chunked" else {}
+
         def core(r, w, k, v, a, b, S):
-            return fn(r, w, k, v, a, b, scale=1.0, initial_state=S, output_final_state=True)
+            return fn(r, w, k, v, a, b, scale=1.0, initial_state=S, output_final_state=True, **kw)
         return core
 
     def step_core(self):

@@ -9,9 +9,9 @@ or ±inf); ``initial_state`` may be any float dtype and is cast to float32 (floa
 float64 in the torch rungs); B, H, K, V ≥ 1; bad input is a ``ValueError`` that opens with the
 argument's name, structure and device checked before values.
 """
-from .reference import chunked, naive, random_inputs, step  # noqa: F401
+from .reference import RWKV7_LOWER_BOUND, chunked, naive, random_inputs, step  # noqa: F401
 
-__all__ = ["naive", "chunked", "step", "random_inputs", "triton_recurrent", "triton_chunked"]
+__all__ = ["naive", "chunked", "step", "random_inputs", "RWKV7_LOWER_BOUND", "triton_recurrent", "triton_chunked"]
 
 
 def __getattr__(name):

@@ -33,7 +33,6 @@ survives in float32. The sums over t are products with 0/1 matrices.
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
@@ -44,15 +43,13 @@ from .. import device, validate
 from . import kernels_recurrent as _rec
 from ..kernels_common import checkpoint_layout, chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
 
-__all__ = ["triton_chunked", "FACTORED_SPAN", "RWKV7_LOWER_BOUND"]
+__all__ = ["triton_chunked", "FACTORED_SPAN"]
 
 #: the largest decay of a chunk (−Σ w over its tokens, in any channel) that takes the factored
 #: path: its factors e^{−c} stay ≤ e^40 ≈ 2e17 (far from float32's 3e38), and the product
 #: e^{c_t}·e^{−c_i} carries the rounding of both running sums, a relative error of about
 #: (|c_t| + |c_i|)·2⁻²⁴ ≤ 5e-6 (RWKV-7's bound gives |c| ≤ 9.7 in a chunk of 16: ≤ 1.2e-6)
 FACTORED_SPAN = 40.0
-#: RWKV-7's log decay is w = −e^{−1/2}·sigmoid(·), so w ≥ −e^{−1/2} ≈ −0.6065
-RWKV7_LOWER_BOUND = -math.exp(-0.5)
 
 
 @triton.jit
@@ -551,7 +548,7 @@ def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final
     in any float dtype, cast to float32 (N = B, or ``len(cu_seqlens) - 1`` with B == 1); ``scale``:
     a finite real number. K and V: powers of two in 16..128; ``chunk_size`` 16 or 32.
     ``lower_bound``: optional; declares ``w ≥ lower_bound`` for every element (RWKV-7's own log
-    decay satisfies ``w ≥ −e^{−1/2}``, :data:`RWKV7_LOWER_BOUND`), so every chunk takes the
+    decay satisfies ``w ≥ −e^{−1/2}``, :data:`rwkvlab.wkv7.RWKV7_LOWER_BOUND`), so every chunk takes the
     factored path and the exact path is not compiled; it must keep ``chunk_size·|lower_bound| ≤``
     :data:`FACTORED_SPAN`, and a ``w`` below it is a ValueError (checked in the kernel).
     Returns ``(o [B, T, H, V] in the input dtype, final_state [N, H, K, V] float32 or None)``.

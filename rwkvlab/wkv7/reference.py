@@ -27,6 +27,10 @@ import torch
 
 from .. import validate
 
+#: RWKV-7's log decay is w = −e^{−1/2}·σ(·) (the paper's Eq. 12; ``x070.TimeMix.log_decay``), so
+#: w ≥ −e^{−1/2} ≈ −0.6065 always; a kernel told so may skip its strong-decay path
+RWKV7_LOWER_BOUND = -math.exp(-0.5)
+
 __all__ = ["naive", "step", "chunked", "ut_transform", "segment_log_decays", "intra_chunk_matrices",
            "chunk_matrices", "random_inputs"]
 
@@ -374,7 +378,7 @@ SEGMENT = 2048   # token-heads per segment of `chunked` (B·H·tokens); 2048-409
 
 
 # --------------------------------------------------------------------------- example inputs
-def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=math.exp(-0.5), w_const=None, key_scale=1.0,
+def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=-RWKV7_LOWER_BOUND, w_const=None, key_scale=1.0,
                   model_like=True, with_state=False, N=None, device=None, requires_grad=False):
     """Seeded ``(r, w, k, v, a, b)`` shaped as an RWKV-7 model feeds the kernel: the one input
     generator of chapters, tests and exercises.
