@@ -279,6 +279,21 @@ def test_chunked_paths_agree(decay):
         assert rel_err(gg, rr) <= TOL32, (n, rel_err(gg, rr))
 
 
+def test_breakdown_script_launches_what_triton_chunked_launches(capsys):
+    """benchmarks/gpu_wkv7_breakdown.py times the launches one by one; its dry run checks that the
+    launches it builds still give triton_chunked's output (so the script cannot silently rot)."""
+    import importlib.util
+
+    from rwkvlab import book
+
+    path = book.root() / "benchmarks" / "gpu_wkv7_breakdown.py"
+    spec = importlib.util.spec_from_file_location("gpu_wkv7_breakdown", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--dry-run"]) == 0
+    assert capsys.readouterr().out.count("match triton_chunked") == 4
+
+
 # ----------------------------------------------------------------------------- fused block pieces
 FUSED_CASES = [(2, 7, 48, True), (1, 1, 16, False), (3, 33, 100, True)]
 if GPU:
