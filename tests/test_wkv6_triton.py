@@ -18,7 +18,7 @@ from rwkvlab import device, rel_err, wkv6
 from rwkvlab.wkv6 import kernels_chunked, kernels_recurrent, kernels_subchunk
 
 DEV = device.device()
-TOL = 1e-4  # float32, relative, Triton vs the float64 reference (the book's stated budget)
+TOL = 1e-5  # float32, relative, Triton vs the float64 reference: achieved ≤ 2.1e-6 here (dw, recurrent, T=150), 1.3e-7 on an H200
 BF16_TOL = 2e-2  # bfloat16 (and float16) inputs/outputs vs float64 on the same (rounded) inputs
 
 IMPLS = [

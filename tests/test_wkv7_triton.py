@@ -19,7 +19,7 @@ GPU = rwkvlab.device.has_gpu()
 DEV = rwkvlab.device.device()
 IMPLS = {"recurrent": wkv7.triton_recurrent, "chunked": wkv7.triton_chunked}   # both must exist
 
-TOL32 = 1e-4    # float32 kernel vs float64 loop (the book's stated budget)
+TOL32 = 1e-5    # float32 kernel vs float64 loop: achieved ≤ 2e-6 in every CPU case here, ≤ 4e-7 on an H200 (2, 512, 4, 64, 64)
 TOL_BF16 = 2e-2  # bfloat16 inputs: 8 bits of mantissa on every load, float32 accumulation
 
 
