@@ -245,6 +245,29 @@ def test_chunked_lower_bound_is_checked():
         wkv7.triton_chunked(*xs, lower_bound=-2.0, chunk_size=32)        # 32 · 2 > FACTORED_SPAN
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_slow_decay_over_many_chunks(impl):
+    """The regime trained models live in: decay factors 0.99–1.0 (w ∈ (−0.01, 0)), so the state
+    remembers across every chunk of a long sequence; output, final state and gradients of every
+    input stay at float32 accuracy against the float64 loop."""
+    shape = rwkvlab.device.pick((1, 200, 1, 16, 16), (2, 2048, 4, 64, 64))
+    xs, h0 = make_inputs(*shape, seed=13, decay=0.01)
+    assert (xs[1].exp() > 0.99).all()
+    leaves = [x.clone().requires_grad_() for x in xs]
+    s0 = h0.clone().requires_grad_()
+    o, ht = IMPLS[impl](*leaves, initial_state=s0, output_final_state=True)
+    leaves64 = [x.double().requires_grad_() for x in xs]
+    s64 = h0.double().requires_grad_()
+    o64, ht64 = wkv7.chunked(*leaves64, initial_state=s64, output_final_state=True)   # exact, and fast in float64
+    g = torch.Generator().manual_seed(14)
+    go = torch.randn(o64.shape, generator=g, dtype=torch.float64).to(o64.device)
+    got = torch.autograd.grad((o * go.float()).sum() + ht.sum(), [*leaves, s0])
+    ref = torch.autograd.grad((o64 * go).sum() + ht64.sum(), [*leaves64, s64])
+    assert rel_err(o, o64) <= TOL32 and rel_err(ht, ht64) <= TOL32, (rel_err(o, o64), rel_err(ht, ht64))
+    for n, gg, rr in zip(["r", "w", "k", "v", "a", "b", "initial_state"], got, ref):
+        assert rel_err(gg, rr) <= TOL32, (n, rel_err(gg, rr))
+
+
 def _exact_share(w, C=16):
     """The share of (sequence, chunk, head) triples whose decay over the chunk exceeds FACTORED_SPAN
     in some channel: those take the exact path."""
