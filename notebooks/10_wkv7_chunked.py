@@ -447,8 +447,9 @@ assert Mi["A_ab"].abs().max() <= 1
 # multiply-adds per matrix and chunk, none of them on tensor cores. The GLA paper (§4.3) takes a
 # middle road with a second level of chunking: factorized matrix products between sub-chunks,
 # where the exponents stay bounded, and the exact pairwise form only inside each sub-chunk.
-# Chapter 11's kernel keeps the pairwise form, which is cheap enough at $C = 16$; the package's
-# `chunked` takes the middle road all the way down (section 7).
+# Chapter 11's kernel decides per chunk: the factorized products where the chunk's whole decay
+# keeps $e^{-c}$ small (always, for real RWKV-7 decays), the pairwise form where it does not; the
+# package's `chunked` takes the middle road all the way down (section 7).
 #
 # The realistic RWKV-7 decays are much milder: $w \in (-e^{-0.5}, 0) \approx (-0.61, 0)$, so a
 # 16-token chunk reaches at most $-c \approx 9.7$. Still, a book's reference should not break on
@@ -741,18 +742,20 @@ rwkvlab.check("chunked bf16 vs naive float32 (same rounded inputs)", ob, wkv7.na
 # Yu Zhang), and its kernels compute exactly the pieces derived above. The names differ only in
 # the query ($q$ for the book's $r$) and in the decayed vectors. Read with this table, the
 # book's derivation is a map of that code. The launch column is `chunk_dplr_fwd` in
-# `fla/ops/generalized_delta_rule/dplr/chunk.py`.
+# `fla/ops/generalized_delta_rule/dplr/chunk.py`; the last column names the piece of
+# `rwkvlab/wkv7/kernels_chunked.py` (chapter 11) that computes it: a prep launch parallel over
+# chunks, then the state pass.
 #
-# | this chapter | FLA's DPLR name | computed by (FLA launch) | here |
-# | --- | --- | --- | --- |
-# | $c_t$, $c_{t-1}$ (chunk-local log decays) | `gi`, `ge` | `chunk_rwkv6_fwd_cumsum` | `segment_log_decays` (as interval sums) |
-# | $A_{rk}, A_{rb}, A_{ak}, A_{ab}$ | `A_qk`, `A_qb`, `A_ak`, `A_ab` | `chunk_dplr_fwd_intra` | `intra_chunk_matrices` |
-# | $	ilde r = r\odot e^{c_t}$, $	ilde a = a\odot e^{c_{t-1}}$ | `qg` (scale folded in), `ag` | `chunk_dplr_fwd_intra` | `r_start`, `a_start` |
-# | $\hat k, \hat b$ (decayed to the chunk's end) | `kg`, `bg` | `chunk_dplr_fwd_intra` | `k_end`, `b_end` |
-# | $\mathcal T = (I - A_{ab})^{-1}$ | `A_ab_inv` | `prepare_wy_repr_fwd` | `ut_transform`, `solve_triangular` |
-# | $W = \mathcal T	ilde A$, $U = \mathcal T A_{ak} V$ | `w`, `u` | `prepare_wy_repr_fwd` | `chunk_matrices` |
-# | chunk-start states $S$; removal rows $E = WS + U$ | `h`; `v_new` | `chunk_dplr_fwd_h` | the state loop of `_chunked_one` |
-# | $O = 	ext{scale}(	ilde R S + A_{rk}V + A_{rb}E)$ | `o` | `chunk_dplr_fwd_o` | equation (3) |
+# | this chapter | FLA's DPLR name | computed by (FLA launch) | here (torch) | chapter 11's launch |
+# | --- | --- | --- | --- | --- |
+# | $c_t$, $c_{t-1}$ (chunk-local log decays) | `gi`, `ge` | `chunk_rwkv6_fwd_cumsum` | `segment_log_decays` (as interval sums) | prep and state pass (`_prefixes`) |
+# | $A_{rk}, A_{rb}, A_{ak}, A_{ab}$ | `A_qk`, `A_qb`, `A_ak`, `A_ab` | `chunk_dplr_fwd_intra` | `intra_chunk_matrices` | prep (`_pairs`: factored or exact per chunk) |
+# | $\tilde r = r\odot e^{c_t}$, $\tilde a = a\odot e^{c_{t-1}}$ | `qg` (scale folded in), `ag` | `chunk_dplr_fwd_intra` | `r_start`, `a_start` | prep (`a_dec`), state pass (`b_r * e_c`) |
+# | $\hat k, \hat b$ (decayed to the chunk's end) | `kg`, `bg` | `chunk_dplr_fwd_intra` | `k_end`, `b_end` | state pass (`b_k * to_end`) |
+# | $\mathcal T = (I - A_{ab})^{-1}$ | `A_ab_inv` | `prepare_wy_repr_fwd` | `ut_transform`, `solve_triangular` | prep (`_unit_lower_inverse`: repeated squaring) |
+# | $W = \mathcal T\tilde A$, $U = \mathcal T A_{ak} V$ | `w`, `u` | `prepare_wy_repr_fwd` | `chunk_matrices` | prep (stores `W`, `U`) |
+# | chunk-start states $S$; removal rows $E = WS + U$ | `h`; `v_new` | `chunk_dplr_fwd_h` | the state loop of `_chunked_one` | state pass (`E = W S + U`, `S ←`) |
+# | $O = \text{scale}(\tilde R S + A_{rk}V + A_{rb}E)$ | `o` | `chunk_dplr_fwd_o` | equation (3) | state pass (FLA: a launch of its own) |
 #
 # Two differences are worth knowing. FLA forms the pairwise exponents as differences of its
 # running sums (`exp(b_gi - b_gk_j)` in `chunk_A_fwd.py`), where this book sums each interval
@@ -858,8 +861,8 @@ rwkvlab.check("step, token by token, vs chunked", (torch.stack(o_steps, 1), stat
 # products. (A cost of $O(BTHKV/C)$ for the chunked form circulates, misstatement 13 of chapter
 # 16. That is not right: the
 # state-sized work $TKV$ does not shrink with $C$. What shrinks is the number of *sequential*
-# steps.) A GPU kernel can afford the pairwise exponents, because it builds them tile by tile in
-# registers (chapter 11).
+# steps.) A GPU kernel builds the pairwise exponents tile by tile in registers when a chunk
+# needs them, and the factorized products on tensor cores otherwise (chapter 11).
 #
 # The cell evaluates the table for a typical RWKV-7 head ($K = V = 64$) at a few chunk sizes.
 
