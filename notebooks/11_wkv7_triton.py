@@ -528,6 +528,107 @@ print(inspect.getsource(kc.wkv7_fwd_prep_kernel.fn))
 print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
 
 # %% [markdown]
+# ### Who owns what in the two launches
+#
+# The two launches cut the same work along different axes.
+#
+# - **The prep kernel's grid is `(chunks, H)`.** Program `(i_c, i_h)` owns the `C` token rows of
+#   one chunk of one head. It reads their $r, w, k, v, a, b$ and writes three float32 pieces at
+#   exactly those rows: $W$ (`[C, K]`), $U$ (`[C, V]`) and $[A_{rk}\,|\,A_{rb}]$ (`[C, 2C]`). No
+#   program reads what another writes, so all of them can run at once.
+# - **The state pass's grid is `(NV, N·H)`**, the recurrent kernel's. Program `(i_v, i_nh)` owns
+#   the tile $S[:, i_v\cdot BV : (i_v+1)\cdot BV]$ of one sequence·head, `[K, BV]` float32 in
+#   registers. It walks that sequence's chunks in order, reads at each one what the prep stored
+#   there, and writes its `BV` columns of the output and the chunk-start state (the checkpoint).
+#
+# The cell first records the grids of a real call and checks them against that arithmetic. A
+# small stand-in for each kernel object notes the grid it is launched with, then launches. Then
+# it draws both grids for a small shape. In the interpreter `kc.block_v(V)` returns `V`, a single
+# V-block, because each extra program costs time there. On a GPU the V-block is
+# `min(V, kc.TUNE["fwd"][2])`, read from the package's launch table, and that is the tiling the
+# picture shows. At RWKV-7's head size, V = 64, the H200's table gives each program all of V
+# (NV = 1). The picture takes V = 128 so that the split shows.
+
+# %%
+from unittest import mock
+
+
+class GridRecorder:
+    """Stands in for a Triton kernel object: notes the grid of each launch `kernel[grid](...)`."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(tuple(grid))
+        return self.kernel[grid]
+
+
+CHUNK = inspect.signature(kc.triton_chunked).parameters["chunk_size"].default   # 16
+Bs, Ts, Hs, Ks, Vs = 2, 40, 2, 16, 16
+xs_g = inputs(Bs, Ts, Hs, Ks, Vs, seed=18)
+prep_rec, state_rec = GridRecorder(kc.wkv7_fwd_prep_kernel), GridRecorder(kc.wkv7_fwd_chunked_kernel)
+with mock.patch.object(kc, "wkv7_fwd_prep_kernel", prep_rec), mock.patch.object(kc, "wkv7_fwd_chunked_kernel", state_rec):
+    wkv7.triton_chunked(*xs_g[:6], initial_state=xs_g[6])
+assert prep_rec.grids == [(Bs * -(-Ts // CHUNK), Hs)]                  # one program per chunk and head
+assert state_rec.grids == [(-(-Vs // kc.block_v(Vs)), Bs * Hs)]        # V-blocks x sequence·heads
+print(f"launched at B={Bs} T={Ts} H={Hs} V={Vs}, C={CHUNK}: prep grid {prep_rec.grids[0]}, "
+      f"state pass grid {state_rec.grids[0]} (block_v(V) = {kc.block_v(Vs)} on this machine)")
+
+
+def gpu_block_v(V, name="fwd"):
+    """kc.block_v as it is on a GPU: the launch table's largest V-block."""
+    return min(V, kc.TUNE[name][2])
+
+
+Bt, Tt, Ht, Kt, Vt = 4, 4096, 32, 64, 64
+print(f"on a GPU at B={Bt} T={Tt} H={Ht} K=V={Kt}: prep {Bt * -(-Tt // CHUNK) * Ht} programs of one chunk; "
+      f"state pass {-(-Vt // gpu_block_v(Vt)) * Bt * Ht} programs (BV = {gpu_block_v(Vt)}), "
+      f"each walking {-(-Tt // CHUNK)} chunks in order")
+
+Bp, Tp, Hp, Kp, Vp = 2, 48, 2, 64, 128                # the picture's shape
+BVp = gpu_block_v(Vp)
+NVp, n_seq_ch = -(-Vp // BVp), -(-Tp // CHUNK)        # V-blocks; chunks per sequence
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.1, 1]})
+for i_c in range(Bp * n_seq_ch):
+    i_n, t0 = divmod(i_c, n_seq_ch)
+    for i_h in range(Hp):
+        ax1.add_patch(Rectangle((i_c + 0.04, i_h + 0.06), 0.92, 0.88, color=colors[i_n], alpha=0.35))
+        ax1.text(i_c + 0.5, i_h + 0.5, f"tokens\n{t0 * CHUNK}..{(t0 + 1) * CHUNK - 1}\nwrites\nW U A", ha="center",
+                 va="center", fontsize=7)
+ax1.set_xlim(0, Bp * n_seq_ch), ax1.set_ylim(Hp, 0)
+ax1.set_xticks([i + 0.5 for i in range(Bp * n_seq_ch)], [f"i_c={i}\n(n={i // n_seq_ch})" for i in range(Bp * n_seq_ch)],
+               fontsize=7)
+ax1.set_yticks([h + 0.5 for h in range(Hp)], [f"i_h={h}" for h in range(Hp)], fontsize=8)
+ax1.set_title(f"prep: grid ({Bp * n_seq_ch}, {Hp}) = chunks x heads, all at once\n"
+              f"each: W [{CHUNK}, K], U [{CHUNK}, V], [A_rk|A_rb] [{CHUNK}, {2 * CHUNK}] float32 at its rows", fontsize=9)
+for i_nh in range(Bp * Hp):
+    for i_v in range(NVp):
+        y = i_nh * NVp + i_v
+        ax2.add_patch(Rectangle((0.04, y + 0.1), n_seq_ch + 0.9, 0.8, color=colors[i_v + 2], alpha=0.25))
+        ax2.text(0.5, y + 0.5, f"S[:, {i_v * BVp}:{(i_v + 1) * BVp}]\n[{Kp}, {BVp}]", ha="center", va="center",
+                 fontsize=6.5)
+        for j in range(n_seq_ch):
+            ax2.text(j + 1.5, y + 0.5, f"chunk {j}\nckpt, o", ha="center", va="center", fontsize=6.5)
+            ax2.annotate("", xy=(j + 1.08, y + 0.5), xytext=(j + 0.92, y + 0.5), arrowprops=dict(arrowstyle="->"))
+ax2.set_xlim(0, n_seq_ch + 1), ax2.set_ylim(Bp * Hp * NVp, 0), ax2.set_xticks([])
+ax2.set_yticks([y + 0.5 for y in range(Bp * Hp * NVp)],
+               [f"i_v={y % NVp}, i_nh={y // NVp}" for y in range(Bp * Hp * NVp)], fontsize=7)
+ax2.set_title(f"state pass: grid ({NVp}, {Bp * Hp}) = V-blocks x sequence·heads (GPU tiling, BV = {BVp})\n"
+              "each: its state tile in registers, the chunks in order", fontsize=9)
+plt.tight_layout()
+plt.show()
+assert NVp * BVp == Vp and NVp == 2                                       # the V-blocks tile V exactly
+assert (Bp * n_seq_ch * Hp) * CHUNK == Bp * Tp * Hp                      # prep programs tile the token rows
+
+# %% [markdown]
+# The two grids differ in shape as much as in size. At the training shape the prep has 32768
+# programs with one chunk each, far more than the 132 multiprocessors. The state pass has 128,
+# fewer than one per multiprocessor, and each of them runs 256 chunks one after another. All
+# the parallel work went into the first launch. What is left in the second is a chain, and
+# Section 8 measures what one link of it costs.
+
+# %% [markdown]
 # A picture of what one chunk computes: the four pairwise matrices, and the UT transform of
 # $A_{ab}$, for one 16-token chunk of realistic inputs. They are made with the package's torch
 # functions, `reference.intra_chunk_matrices` and `reference.ut_transform`, which compute the
@@ -661,6 +762,72 @@ print(f"(|dw| ~ {want_dw.abs().max().item():.0e}: tiny, and still exact to float
 assert want_dw.abs().max() < 1e-6
 
 # %% [markdown]
+# ### What flows where
+#
+# The backward never sees the forward's registers. What connects them is the checkpoints, the
+# state at every chunk start, which the state pass writes (float32, one `[K, V]` state per
+# chunk and head, `[n_chunks, H, K, V]`). The backward kernel has the state pass's grid,
+# `(NV, N·H)`, and each program walks its sequence from the last chunk to the first with
+# $\bar S$ in registers. At each chunk it reloads the checkpoint, rebuilds the pairwise matrices,
+# $\mathcal T$, $W$, $U$ and $E$ from it and the inputs (the prep kernel's $W$, $U$, $A$ are not
+# kept), runs the adjoint, and hands $\bar S$ on to the chunk before. $\bar v$ sums over $K$, so
+# it is complete in one program. The five K-sized gradients sum over $V$, so each V-block writes
+# its own partial sum to an `[NV, B, T, H, K]` buffer, and the host adds those up after the launch.
+# With one V-block, as on the H200, they are written directly in the input dtype.
+#
+# The cell checks the two facts the picture rests on. The checkpoints of a real forward are the
+# states of `wkv7.naive` at the chunk starts, and the backward is launched on the state
+# pass's grid.
+
+# %%
+r, w, k, v, a, b, s0 = xs_g
+_, _, ckpt_g, _ = kc.fwd(r, w, k, v, a, b, 1.0, s0, False, None, True, CHUNK)
+n_c = -(-Ts // CHUNK)
+starts = [s0.double().cpu()] + [reference(*(x[:, :i * CHUNK] for x in xs_g[:6]), s0, output_final_state=True)[1]
+                                for i in range(1, n_c)]
+rwkvlab.check(f"checkpoints of the forward vs naive states at tokens {[i * CHUNK for i in range(n_c)]}",
+              ckpt_g.view(Bs, n_c, Hs, Ks, Vs).transpose(0, 1), torch.stack(starts), 1e-5)
+bwd_rec = GridRecorder(kc.wkv7_bwd_chunked_kernel)
+xk = [x.clone().requires_grad_() for x in xs_g]
+with mock.patch.object(kc, "wkv7_bwd_chunked_kernel", bwd_rec):
+    wkv7.triton_chunked(*xk[:6], initial_state=xk[6])[0].sum().backward()
+assert bwd_rec.grids == state_rec.grids == [(-(-Vs // kc.block_v(Vs, "bwd")), Bs * Hs)]
+print(f"backward grid {bwd_rec.grids[0]} = the state pass's grid")
+
+n_pic = 4
+NVb_t = -(-Vt // gpu_block_v(Vt, "bwd"))
+ckpt_mib = Bt * -(-Tt // CHUNK) * Ht * Kt * Vt * 4 / 2 ** 20
+fig, ax = plt.subplots(figsize=(13, 3.6))
+ax.set_xlim(-1.6, 12.4), ax.set_ylim(-0.2, 3.5), ax.axis("off")
+xs_box = [0.2 + 2.3 * i for i in range(n_pic)]
+for i, x0 in enumerate(xs_box):
+    ax.add_patch(Rectangle((x0, 2.55), 1.9, 0.7, fc=colors[0], alpha=0.3))
+    ax.text(x0 + 0.95, 2.9, f"chunk {i}: E, o,\nhand-off S", ha="center", va="center", fontsize=7.5)
+    ax.add_patch(Rectangle((x0 + 0.35, 1.55), 1.2, 0.55, fc=colors[2], alpha=0.35))
+    ax.text(x0 + 0.95, 1.82, f"ckpt {i}\n[K, V] float32", ha="center", va="center", fontsize=7)
+    ax.add_patch(Rectangle((x0, 0.15), 1.9, 0.95, fc=colors[3], alpha=0.3))
+    ax.text(x0 + 0.95, 0.62, f"chunk {i}: reload ckpt {i},\nrecompute A, T, W, U, E,\nadjoint -> grads, dS",
+            ha="center", va="center", fontsize=7)
+    ax.annotate("", xy=(x0 + 0.95, 2.1), xytext=(x0 + 0.95, 2.55), arrowprops=dict(arrowstyle="->"))
+    ax.annotate("", xy=(x0 + 0.95, 1.1), xytext=(x0 + 0.95, 1.55), arrowprops=dict(arrowstyle="->"))
+    if i + 1 < n_pic:
+        ax.annotate("", xy=(x0 + 2.3, 2.9), xytext=(x0 + 1.9, 2.9), arrowprops=dict(arrowstyle="->"))
+        ax.annotate("", xy=(x0 + 1.9, 0.62), xytext=(x0 + 2.3, 0.62), arrowprops=dict(arrowstyle="->", color="C3"))
+        ax.text(x0 + 2.1, 0.82, "dS", ha="center", fontsize=7, color="C3")
+ax.text(-0.8, 2.9, "forward\nstate pass\n(chunks in order)", ha="center", va="center", fontsize=8)
+ax.text(-0.8, 1.82, "device\nmemory", ha="center", va="center", fontsize=8)
+ax.text(-0.8, 0.62, "backward\n(last chunk\nto first)", ha="center", va="center", fontsize=8)
+ax.text(0.1, -0.1, "dh0 = dS after chunk 0", fontsize=7, color="C3")
+ax.add_patch(Rectangle((9.5, 0.15), 2.85, 0.95, fc="0.9"))
+ax.text(10.92, 0.62, "dv: complete per program\ndr, dw, dk, da, db: one partial per\n"
+        "V-block [NV, B, T, H, K]; host sums NV", ha="center", va="center", fontsize=7)
+ax.annotate("", xy=(9.5, 0.62), xytext=(xs_box[-1] + 1.9, 0.62), arrowprops=dict(arrowstyle="->"))
+ax.set_title(f"the backward at B={Bt}, T={Tt}, H={Ht}, K=V={Kt} on a GPU: {NVb_t * Bt * Ht} programs (NV = {NVb_t}), "
+             f"{-(-Tt // CHUNK)} chunks each; checkpoints {ckpt_mib:.0f} MiB", fontsize=9)
+plt.show()
+assert ckpt_mib * 2 ** 20 == rows[1][1]                  # Section 4's "checkpoint every C = 16" row
+
+# %% [markdown]
 # ## 7. Every rung agrees
 #
 # On one input, the four implementations of RWKV-7 in the package: the loop, the torch chunked
@@ -682,7 +849,175 @@ for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
 # $2^{-8} \approx 4\times 10^{-3}$ per number. The kernels accumulate in float32, so that rounding does not compound,
 # and the book's stated tolerance for bf16 outputs and gradients is $2\times 10^{-2}$ relative to
 # a float64 loop on the same (rounded) inputs. The test suite checks the same bound.
+
+# %% [markdown]
+# ### What tf32 does to the in-chunk factors
 #
+# That tolerance covers the whole pipeline. Inside the prep kernel one step deserves its own
+# numbers. With 16-bit inputs the factored pairwise matrices
+# $A_{rk} = (r\odot e^{c})(k\odot e^{-c})^\top$ (and the three others, $W$, $U$ and the state
+# pass's products) run on tf32 tensor cores. The float32 operands keep only 10 of their 23
+# mantissa bits there. Two errors meet in these factors.
+#
+# - **float32 running sums.** $e^{c_t}e^{-c_i}$ carries the rounding of both $c_t$ and $c_i$,
+#   a relative error of up to about $(|c_t| + |c_i|)\cdot 2^{-24}$. It grows with the chunk's decay
+#   span $-c_C$, and `FACTORED_SPAN = 40` caps it near $2\cdot 40\cdot 2^{-24} \approx 5\cdot10^{-6}$.
+# - **tf32 operands.** Rounding an operand to nearest costs up to $2^{-11} \approx 4.9\cdot10^{-4}$,
+#   whatever the span. Dropping the low 13 bits costs up to $2^{-10}$. Triton's `"tf32"` dot feeds
+#   the float32 bits to the tensor cores unrounded (the hardware ignores the low 13), so the GPU
+#   truncates unless a kernel rounds first. Torch's and cuBLAS's tf32 round to nearest. The
+#   difference is discussed in triton-lang/triton issue #4574.
+#
+# The cell emulates one chunk of the 16-bit path in torch on a CPU. The inputs come from
+# `wkv7.random_inputs` (8 heads, $K = V = 64$), rounded to bf16, with $w$ rescaled so that the
+# largest channel decay over the chunk, $-c_C$, sweeps from 1 to 40. In float32 it computes
+# the four matrices as the kernel does, then $\mathcal T$ by squaring (`"ieee"`, plain float32), $W$, $U$, $E$ and the chunk's output
+# $O$ from a float32 start state. It does this three times: every product in float32, tf32
+# rounded to nearest, and tf32 truncated. The reference is float64 on the same rounded inputs:
+# `reference.intra_chunk_matrices`, `reference.ut_transform`, and the same three lines for $W$,
+# $U$ and $O$, checked against `wkv7.naive` on the chunk. The first panel isolates the decay
+# factor $e^{c_t}e^{-c_i}$ itself, against the exact $e^{\sum_{i<j\le t} w_j}$, for every pair
+# and channel.
+
+# %%
+NSQ = kc._squarings(CHUNK)
+
+
+def to_tf32(x, how):
+    """float32 -> tf32 (10 mantissa bits) by bit masking: "round" to nearest (ties away, as
+    cvt.rna), "trunc" drops the low 13 bits (a tensor core fed float32 bits); "ieee": unchanged."""
+    if how == "ieee":
+        return x
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000 if how == "round" else bits) & -0x2000).view(torch.float32)
+
+
+def chunk_16bit_path(r, w, k, v, a, b, S, how):
+    """One chunk of the prep kernel and the state pass on the factored path, in float32 torch,
+    every tl.dot with DOT_PREC = `how` (T's squarings are always "ieee"). Inputs [H, C, K]."""
+    dot = lambda x, y: to_tf32(x, how) @ to_tf32(y, how)                     # noqa: E731
+    c = w.cumsum(-2)
+    c_prev = torch.nn.functional.pad(c[..., :-1, :], (0, 0, 1, 0))
+    r_dec, a_dec, k_inv, b_inv = r * c.exp(), a * c_prev.exp(), k * (-c).exp(), b * (-c).exp()
+    incl, strict = torch.ones(CHUNK, CHUNK).tril(), torch.ones(CHUNK, CHUNK).tril(-1)
+    out = {"A_rk": dot(r_dec, k_inv.mT) * incl, "A_rb": dot(r_dec, b_inv.mT) * incl,
+           "A_ak": dot(a_dec, k_inv.mT) * strict, "A_ab": dot(a_dec, b_inv.mT) * strict}
+    Tm, P = torch.eye(CHUNK) + out["A_ab"], out["A_ab"]
+    for _ in range(NSQ):
+        P = P @ P
+        Tm = Tm + Tm @ P
+    W, U = dot(Tm, a_dec), dot(Tm, dot(out["A_ak"], v))
+    E = dot(W, S) + U
+    return out | {"T": Tm, "W": W, "U": U, "O": dot(r_dec, S) + dot(out["A_rk"], v) + dot(out["A_rb"], E)}
+
+
+def chunk_float64(r, w, k, v, a, b, S):
+    """The same quantities from the package's float64 pieces (every exponent over its own interval)."""
+    m = ref.intra_chunk_matrices(r, w, k, a, b)
+    Tm = ref.ut_transform(m["A_ab"])
+    W, U = Tm @ m["a_start"], Tm @ m["A_ak"] @ v
+    O = m["r_start"] @ S + m["A_rk"] @ v + m["A_rb"] @ (W @ S + U)
+    return {n: m[n] for n in ("A_rk", "A_rb", "A_ak", "A_ab")} | {"T": Tm, "W": W, "U": U, "O": O}
+
+
+H8, K64 = 8, 64
+x64 = wkv7.random_inputs(1, CHUNK, H8, K64, K64, seed=19, dtype=torch.float64, key_scale=K64 ** -0.5,
+                         with_state=True)
+heads = [x[0].transpose(0, 1) for x in x64[:6]]                                 # [H, C, K]
+S_f32 = x64[6][0].float()
+o_naive = wkv7.naive(*(x.bfloat16().double() for x in x64[:6]), initial_state=x64[6])[0][0].transpose(0, 1)
+assert rel_err(chunk_float64(*(x.bfloat16().double() for x in heads), x64[6][0])["O"], o_naive) < 1e-12
+
+
+
+def factor_error(w):
+    """Max relative error of e^{c_t} e^{-c_i} in float32 over all pairs i <= t and channels, against the
+    exact e^{w_{i+1} + ... + w_t}; with the max of the bound (|c_t| + |c_i|) 2^-24, and the share of
+    running sums c_t that float32 holds exactly."""
+    c32 = w.cumsum(-2)
+    fac32 = c32.exp()[:, :, None, :] * (-c32).exp()[:, None, :, :]              # [H, t, i, K]
+    fac64 = ref.segment_log_decays(w.double()).exp()
+    lower = torch.ones(CHUNK, CHUNK, dtype=torch.bool).tril()[None, :, :, None].expand_as(fac64)
+    ca = c32.double().abs()
+    bound = (ca[:, :, None, :] + ca[:, None, :, :]) * 2 ** -24
+    err = (fac32.double() - fac64).abs() / fac64
+    assert (err - bound - 3 * 2 ** -24)[lower].max() <= 0    # + the roundings of two exps and a product
+    exact = (c32.double() == w.double().cumsum(-2)).double().mean().item()
+    return err[lower].max().item(), bound[lower].max().item(), exact
+
+
+spans, fac16, fac32, mat_err = [], [], [], {how: [] for how in ("ieee", "round", "trunc")}
+for target in (1, 2, 5, 10, 20, 30, 40):
+    w_t = heads[1] * target / (-heads[1].sum(-2, keepdim=True)).amax(-1, keepdim=True)
+    x16 = [x.bfloat16().float() for x in (heads[0], w_t, *heads[2:])]          # bf16-rounded, as float32
+    spans.append((-x16[1].double().sum(-2)).amax().item())
+    assert spans[-1] <= kc.FACTORED_SPAN * 1.001                                # the factored path's range
+    fac16.append(factor_error(x16[1]))                                          # w in bf16 (16-bit path)
+    fac32.append(factor_error(w_t.float()))                                     # w in float32 (float32 path)
+    want = chunk_float64(*(x.double() for x in x16), S_f32.double())
+    for how in mat_err:
+        got = chunk_16bit_path(*x16, S_f32, how)
+        mat_err[how].append({n: rel_err(got[n], want[n]) for n in want})
+
+print(f"{'-c_C':>5} {'bound':>7} {'bf16 w':>7} {'f32 w':>7} |" + "".join(f" {how + ': A':>12} {'T':>7} {'O':>7} |" for how in mat_err))
+for i, s in enumerate(spans):
+    cells = "".join(f" {max(mat_err[how][i][n] for n in ('A_rk', 'A_rb', 'A_ak', 'A_ab')):12.1e}"
+                    f" {mat_err[how][i]['T']:7.1e} {mat_err[how][i]['O']:7.1e} |" for how in mat_err)
+    print(f"{s:5.1f} {fac32[i][1]:7.1e} {fac16[i][0]:7.1e} {fac32[i][0]:7.1e} |{cells}")
+print(f"running sums c_t exact in float32: {min(f[2] for f in fac16):.0%} with bf16 w, "
+      f"{max(f[2] for f in fac32):.0%} at most with float32 w")
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
+ax1.plot(spans, [f[0] for f in fac16], "o-", label="e^{c_t} e^{-c_i} in float32, w in bf16")
+ax1.plot(spans, [f[0] for f in fac32], "s-", label="the same, w in float32")
+ax1.plot(spans, [f[1] for f in fac32], "k--", label="(|c_t| + |c_i|) 2^-24")
+for level, name in ((2 ** -11, "tf32 round, 2^-11"), (2 ** -10, "tf32 truncate, 2^-10")):
+    ax1.axhline(level, color="0.5", lw=0.8), ax1.text(1, level * 1.25, name, fontsize=8, color="0.3")
+ax1.set_yscale("log"), ax1.set_ylim(top=3e-3), ax1.set_xlabel("the chunk's largest decay span -c_C")
+ax1.set_ylabel("relative error")
+ax1.set_title("one decay factor, elementwise", fontsize=10), ax1.legend(fontsize=7, loc="center right")
+for how, style in (("ieee", "o-"), ("round", "s-"), ("trunc", "^-")):
+    label = {"ieee": "float32", "round": "tf32 round", "trunc": "tf32 truncate"}[how]
+    ax2.plot(spans, [max(e[n] for n in ("A_rk", "A_rb", "A_ak", "A_ab")) for e in mat_err[how]], style,
+             label=f"A, {label}")
+    ax2.plot(spans, [e["O"] for e in mat_err[how]], style, alpha=0.4, label=f"O, {label}")
+ax2.axhline(2 ** -11, color="0.5", lw=0.8)
+ax2.set_yscale("log"), ax2.set_xlabel("the chunk's largest decay span -c_C"), ax2.set_ylabel("||got - f64|| / ||f64||")
+ax2.set_title("the four matrices and the chunk's output, normwise", fontsize=10), ax2.legend(fontsize=7, ncol=3)
+plt.tight_layout()
+plt.show()
+worst = {how: max(max(e.values()) for e in mat_err[how]) for how in mat_err}
+assert max(f[0] for f in fac16) < 4 * 2 ** -24                            # bf16 w: a few roundings, any span
+assert fac32[-1][0] > 5 * fac32[0][0] and max(f[0] for f in fac32) < 5e-6   # float32 w: grows, under the cap
+assert worst["ieee"] < 1e-6 < 2e-4 < worst["round"] < 2 ** -10 < worst["trunc"] < 2 ** -9
+assert all(max(e["O"] for e in mat_err[how]) < 2 * min(e["O"] for e in mat_err[how]) for how in ("round", "trunc"))
+
+# %% [markdown]
+# The numbers say three things.
+#
+# 1. **The float32 bound holds, and with bf16 inputs it is not even approached.** With float32
+#    log decays the factor's error grows with $-c_C$ as the bound says: $1.7\cdot10^{-7}$ at a
+#    span of 1, $3.5\cdot10^{-6}$ at 40, under $(|c_t| + |c_i|)\cdot 2^{-24} = 4.8\cdot10^{-6}$.
+#    With bf16 log decays every running sum here is exact in float32. A sum of 16 numbers with
+#    8-bit significands needs only a few more bits than they have, unless a channel mixes tiny
+#    and large decays. So the factor is off only by the rounding of two exponentials and a
+#    product, about $1.5\cdot10^{-7}$ at every span.
+# 2. **tf32 is the error, by three orders of magnitude.** With full float32 products every
+#    quantity is good to about $10^{-7}$. With tf32 the matrices and the output sit near
+#    $2^{-11}$ ($3\cdot10^{-4}$) when rounded and near $2^{-10}$ ($8\cdot10^{-4}$ to
+#    $1.1\cdot10^{-3}$) when truncated, flat across the sweep. The `FACTORED_SPAN` cap guards
+#    against overflow and against the float32 error, which even with float32 decays at a span of
+#    40 stays about 100 times below tf32's. It is not what sets the 16-bit path's accuracy.
+# 3. **It is well inside the budget.** $\mathcal T$ comes out more accurate than $A_{ab}$ (its
+#    squarings run in IEEE float32, and $A_{ab}$ is small). The output's worst, $1.1\cdot10^{-3}$
+#    truncated, is about 20 times below the $2\times10^{-2}$ tolerance, and it is smaller than
+#    bf16's own rounding, $2^{-9}$. The H200 record agrees
+#    (`benchmarks/results/h200_wkv7_v3_2026-12-01.txt`, $B = 2$, $T = 512$, $H = 4$, bf16
+#    against float64 on the same inputs). There the float32 final state is off by
+#    $3.4\times10^{-4}$, the same order as the emulation, and the bf16 output by
+#    $2.0\times10^{-3}$, about the size of bf16's rounding.
+
+# %% [markdown]
 # Measured on one NVIDIA H200 (Triton 3.6, torch 2.11, fla-core 0.6.0; B = 4, H = 32, K = V = 64,
 # bfloat16; `triton.testing.do_bench` medians in ms). These are recorded numbers, not computed
 # by this chapter: `benchmarks/results/h200_wkv7_v3_2026-12-01.txt` (the state-pass design above,
@@ -718,7 +1053,139 @@ for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
 # latency: the loads of the next chunk are not overlapped with this chunk's products. FLA's
 # state pass takes chunks of 64 (four times fewer steps) and splits K as well as V. Those are
 # the next versions; `benchmarks/NOTES.md` keeps the log.
+
+# %% [markdown]
+# ### The roofline of each launch
 #
+# How far is each launch from what the hardware allows? Count, at the benchmark's shape, the
+# bytes each one moves and the tensor-core FLOPs it does, and divide by the H200's measured
+# ceilings: 4.1 TB/s for a device-to-device copy (bytes read + written) and ~790 TFLOP/s for a
+# bf16 matmul (`benchmarks/NOTES.md`, "Ceilings").
+#
+# - **Bytes.** The prep reads $r, w, k, v, a, b$ in bf16 and writes $W$, $U$ and
+#   $[A_{rk}\,|\,A_{rb}]$ in float32. The state pass reads $r, k, b, w$, its columns of $v$, and
+#   the prep's three pieces, and writes $o$ (bf16), the final state and, when training, the
+#   checkpoints. The backward reads $r, w, k, v, a, b, \bar o$ and the checkpoints, and writes the
+#   six gradients. Every V-block re-reads the K-sized rows, so those bytes count `NV` times
+#   (`NV = 1` on the H200). One assumption: `_prefixes` loads $w$ three times, at the chunk's
+#   rows and shifted one row up and one down. The cell assumes all three loads miss the cache
+#   (`W_LOADS = 3`), which is pessimistic: the shifted rows overlap 15 of 16 rows with the
+#   first load and would mostly hit L1/L2. Setting it to 1 lowers each floor by a few percent.
+# - **FLOPs.** One entry per `tl.dot` per chunk: its `(m, n, k)`, at `2mnk` FLOPs. The cell
+#   counts the `tl.dot(` calls in the kernels' own source, so the list cannot silently miss a
+#   product. The floor counts every product at the bf16 rate. The 16-bit path's dots are tf32,
+#   which Hopper runs at half that rate, and $\mathcal T$'s squarings are IEEE float32 on the
+#   ordinary cores. Even so, the compute floor stays tens of microseconds.
+#
+# The measured times come from the record of the H200 run, which the cell reads and parses:
+# `benchmarks/results/h200_wkv7_v3_2026-12-01.txt`, rows `ours lower_bound` and `ours hybrid` at
+# B=4, T=4096, H=32. It timed the forward (prep + state pass, without checkpoints) and forward +
+# backward, not each launch. So the cell compares the forward with the first two floors, and the
+# difference of the two times (the backward, plus the checkpoint writes the training forward
+# adds) with the third floor.
+
+# %%
+import re
+from pathlib import Path
+
+record = Path(rwkvlab.__file__).resolve().parents[1] / "benchmarks/results/h200_wkv7_v3_2026-12-01.txt"
+measured = {(int(m[1]), int(m[2]), int(m[3]), m[4]): (float(m[5]), float(m[6])) for m in re.finditer(
+    r"B=(\d+) T=(\d+) H=(\d+) ours (\w+)\s+fwd ([\d.]+) fwd\+bwd ([\d.]+|nan)", record.read_text())}
+
+Br, Tr, Hr, Kr, Vr = 4, 4096, 32, 64, 64
+BW, PEAK = 4.1e12, 790e12                               # H200: copy bytes/s, bf16 matmul FLOP/s
+NV, NVb = -(-Vr // gpu_block_v(Vr)), -(-Vr // gpu_block_v(Vr, "bwd"))
+W_LOADS = 3                                             # assumption: w's shifted loads miss the cache
+
+
+def tensor(width, size):
+    """Bytes of one [B, T, H, width] tensor of `size`-byte numbers."""
+    return Br * Tr * Hr * width * size
+
+
+n_ch = Br * -(-Tr // CHUNK) * Hr                        # (chunk, head) pairs
+ckpt_bytes, state_bytes = n_ch * Kr * Vr * 4, Br * Hr * Kr * Vr * 4
+grads_k = 5 * tensor(Kr, 2) if NVb == 1 else 5 * NVb * tensor(Kr, 4)   # dr dw dk da db (or float32 partials)
+traffic = {                                             # (bytes read, bytes written)
+    "prep": ((4 + W_LOADS) * tensor(Kr, 2) + tensor(Vr, 2), tensor(Kr, 4) + tensor(Vr, 4) + tensor(2 * CHUNK, 4)),
+    "state pass": (NV * ((3 + W_LOADS) * tensor(Kr, 2) + tensor(Kr, 4) + tensor(2 * CHUNK, 4))
+                   + tensor(Vr, 2) + tensor(Vr, 4), tensor(Vr, 2) + state_bytes),
+    "backward": (NVb * (4 + W_LOADS) * tensor(Kr, 2) + 2 * tensor(Vr, 2) + ckpt_bytes, grads_k + tensor(Vr, 2)),
+}
+C, K_, BV, BVb = CHUNK, Kr, gpu_block_v(Vr), gpu_block_v(Vr, "bwd")
+pairs = [(C, C, K_)] * 4                                # _pairs_factored: the four pairwise matrices
+inverse = [(C, C, C)] * (2 * NSQ)                       # _unit_lower_inverse: NSQ squarings, 2 dots each
+dots = {                                                # (m, n, k) per tl.dot, per chunk and program
+    "prep": pairs + inverse + [(C, K_, C), (C, Vr, C), (C, Vr, C)],                 # W, A_ak V, T (A_ak V)
+    "state pass": [(C, BV, K_), (C, BV, K_), (C, BV, C), (C, BV, C), (K_, BV, C), (K_, BV, C)],
+    "backward": pairs + inverse + [(C, K_, C), (C, BVb, C), (C, BVb, K_), (C, BVb, C)]       # recompute
+    + [(C, BVb, C), (C, BVb, K_), (C, C, BVb), (C, C, BVb), (C, K_, BVb), (C, K_, BVb), (C, K_, BVb)]
+    + [(C, K_, BVb), (C, BVb, C), (C, BVb, C), (C, BVb, K_), (C, BVb, C), (C, K_, C), (C, C, K_), (C, C, BVb)]
+    + [(C, C, BVb), (C, C, C), (C, C, C), (K_, BVb, C), (K_, BVb, C)]                # dA_ak, dA_ab, dS
+    + [(C, K_, C)] * 8 + [(C, K_, C)] * 3,              # _pair_grads_factored, then dw's 0/1 sums
+}
+n_dots = lambda f: inspect.getsource(f.fn).count("tl.dot(")                      # noqa: E731
+assert len(dots["prep"]) == n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse) + n_dots(kc.wkv7_fwd_prep_kernel)
+assert len(dots["state pass"]) == n_dots(kc.wkv7_fwd_chunked_kernel)
+assert len(dots["backward"]) == (n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse)
+                                 + n_dots(kc._pair_grads_factored) + n_dots(kc.wkv7_bwd_chunked_kernel))
+programs = {"prep": n_ch, "state pass": n_ch * NV, "backward": n_ch * NVb}         # chunk steps, all programs
+flops = {n: programs[n] * sum(2 * m * nn * kk for m, nn, kk in dots[n]) for n in dots}
+floor = {n: max(sum(traffic[n]) / BW, flops[n] / PEAK) * 1e3 for n in dots}      # ms
+
+print(f"B={Br} T={Tr} H={Hr} K=V={Kr} bf16, C={CHUNK}, NV={NV} (fwd) / {NVb} (bwd), w loaded {W_LOADS}x; the state pass "
+      f"without its {ckpt_bytes / 2**20:.0f} MiB of checkpoints (training writes them: counted with the backward)")
+print(f"{'launch':11s} {'read':>9s} {'written':>9s} {'memory floor':>13s} {'tl.dot FLOPs':>13s} {'compute floor':>14s}")
+for n in dots:
+    print(f"{n:11s} {traffic[n][0] / 2**20:5.0f} MiB {traffic[n][1] / 2**20:5.0f} MiB {sum(traffic[n]) / BW * 1e3:9.3f} ms "
+          f"{flops[n] / 1e9:8.1f} GFLOP {flops[n] / PEAK * 1e3:10.3f} ms")
+fwd_floor = floor["prep"] + floor["state pass"]
+bwd_floor = floor["backward"] + ckpt_bytes / BW * 1e3       # + the checkpoints the training forward writes
+op_floor = (6 * tensor(Kr, 2) + tensor(Vr, 2)) / BW * 1e3   # the operator itself: inputs once, o once
+print(f"the operator's own floor (6 inputs read, o written once): {op_floor:.3f} ms; the two-launch forward's: "
+      f"{fwd_floor:.3f} ms, {(tensor(Kr, 4) + tensor(Vr, 4) + tensor(2 * CHUNK, 4)) * 2 / BW * 1e3:.3f} ms of it "
+      "the prep's float32 hand-off, written and read back")
+for name in ("lower_bound", "hybrid"):
+    f_ms, fb_ms = measured[(Br, Tr, Hr, name)]
+    print(f"measured ({name}): forward {f_ms:.2f} ms = {f_ms / fwd_floor:.1f}x its floor "
+          f"({(sum(traffic['prep']) + sum(traffic['state pass'])) / (f_ms * 1e-3) / 1e12:.2f} TB/s); "
+          f"backward ~{fb_ms - f_ms:.2f} ms = {(fb_ms - f_ms) / bwd_floor:.1f}x its floor")
+per_chunk = {(B_, T_, H_): f_ms / -(-T_ // CHUNK) * 1e3 for (B_, T_, H_, n), (f_ms, _) in measured.items()
+             if n == "lower_bound"}
+print("forward time / chunks per state-pass program: "
+      + ", ".join(f"B={B_} T={T_} H={H_} ({B_ * H_} programs) {us:.1f} us" for (B_, T_, H_), us in per_chunk.items()))
+(t_1k, _), (t_16k, _) = measured[(4, 1024, 32, "lower_bound")], measured[(4, 16384, 32, "lower_bound")]
+slope = (t_16k - t_1k) / ((16384 - 1024) // CHUNK) * 1e3       # us per extra chunk step, fixed costs removed
+print(f"B=4 H=32, T = 1024 -> 16384: {slope:.1f} us per extra chunk step, {t_1k - slope * 1e-3 * (1024 // CHUNK):.2f} ms fixed")
+f_lb, fb_lb = measured[(Br, Tr, Hr, "lower_bound")]
+assert all(sum(traffic[n]) / BW > 4 * flops[n] / PEAK for n in dots)      # every launch: bytes, not FLOPs, bound it
+assert f_lb > 3 * fwd_floor and fb_lb - f_lb > 5 * bwd_floor                # and the measurement is far above
+assert 4 < slope < 7 and 4 < per_chunk[(1, 65536, 8)] < 5                   # ~4-6 us per chunk, 8 or 128 programs
+
+# %% [markdown]
+# The floors tell a plain story. Every launch is memory-bound on paper: its bytes take 4 to 18
+# times longer than its products at the bf16 rate, and still at least twice as long at tf32's
+# half rate. The two-launch
+# design has a higher floor than the operator itself. The prep writes $W$, $U$ and $A$ in
+# float32 and the state pass reads them back. That hand-off is 0.16 ms of the forward's
+# 0.43 ms floor, and the operator's own floor is 0.115 ms, so the split was not free. But no
+# launch is near its floor. With the bound declared, the forward runs at 3.8 times its memory
+# floor and the backward at about 8 times its own (6 and 13 times without the bound). Nothing
+# here is limited by bandwidth or by tensor cores.
+#
+# The last two lines say what the limit is. Divide the forward's time by the number of chunks
+# one state-pass program walks. That gives 6.3 µs per chunk at T = 4096, 6.0 µs at 16384, and
+# 4.3 µs at B = 1, H = 8, where only 8 programs run. The 8.0 µs at T = 1024 is fixed costs
+# spread over fewer chunks: between T = 1024 and 16384 each extra chunk costs 5.8 µs, on top of
+# 0.14 ms. Meanwhile the forward as a whole moves its bytes at 1.1 TB/s, about a quarter of the
+# copy bandwidth. A cost per step that depends neither on how much data the step moves nor on
+# how many programs share the machine is *latency*: each chunk waits for its loads, then for a chain of dependent
+# products, before the next chunk can start. The fixes are the ones Section 8's table already
+# points to. Overlap the next chunk's loads with this chunk's products (exercise 4), take
+# longer chunks so there are fewer steps, or split K as well as V so there are more programs to
+# hide each other's waits.
+
+# %% [markdown]
 # The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,
 # it prints a note: the interpreter would take hours at these shapes.
 
