@@ -866,7 +866,7 @@ for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
 #   whatever the span. Dropping the low 13 bits costs up to $2^{-10}$. Triton's `"tf32"` dot feeds
 #   the float32 bits to the tensor cores unrounded (the hardware ignores the low 13), so the GPU
 #   truncates unless a kernel rounds first. Torch's and cuBLAS's tf32 round to nearest. The
-#   difference is discussed in triton-lang/triton issue #4574.
+#   difference is discussed in triton-lang/triton issue #4574 (references, chapter 16).
 #
 # The cell emulates one chunk of the 16-bit path in torch on a CPU. The inputs come from
 # `wkv7.random_inputs` (8 heads, $K = V = 64$), rounded to bf16, with $w$ rescaled so that the

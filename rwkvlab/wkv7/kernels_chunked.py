@@ -427,7 +427,7 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
 #: launch settings per kernel: (num_warps, num_stages[, largest V-block]), measured on an H200
 #: (benchmarks/NOTES.md, "wkv7 chunked"): at B=4, H=32 a whole V per program beat 16- and
 #: 32-column blocks in both directions, and 8 warps won only in the backward
-TUNE = {"prep": (4, 2), "fwd": (4, 2, 64), "bwd": (8, 1, 64)}
+TUNE = {"prep": (4, 2), "fwd": (4, 1, 64), "bwd": (8, 1, 64)}
 
 
 def block_v(V, name="fwd"):
