@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench_generate
 
         return bench_generate.main(argv[2:])
+    if argv[:2] == ["bench", "block"]:                  # so has the RWKV-7 layer benchmark
+        from . import bench_block
+
+        return bench_block.main(argv[2:])
     args = parser.parse_args(argv)
 
     if args.cmd == "generate":
