@@ -447,9 +447,10 @@ assert Mi["A_ab"].abs().max() <= 1
 # multiply-adds per matrix and chunk, none of them on tensor cores. The GLA paper (§4.3) takes a
 # middle road with a second level of chunking: factorized matrix products between sub-chunks,
 # where the exponents stay bounded, and the exact pairwise form only inside each sub-chunk.
-# Chapter 11's kernel decides per chunk: the factorized products where the chunk's whole decay
-# keeps $e^{-c}$ small (always, for real RWKV-7 decays), the pairwise form where it does not; the
-# package's `chunked` takes the middle road all the way down (section 7).
+# Chapter 11's chunked kernel (*RWKV-7 in Triton II*) decides per chunk: the factorized products
+# where the chunk's whole decay keeps $e^{-c}$ small (always, for real RWKV-7 decays), the
+# pairwise form where it does not; the package's `chunked` takes the middle road all the way
+# down (section 7).
 #
 # The realistic RWKV-7 decays are much milder: $w \in (-e^{-0.5}, 0) \approx (-0.61, 0)$, so a
 # 16-token chunk reaches at most $-c \approx 9.7$. Still, a book's reference should not break on
@@ -743,8 +744,8 @@ rwkvlab.check("chunked bf16 vs naive float32 (same rounded inputs)", ob, wkv7.na
 # the query ($q$ for the book's $r$) and in the decayed vectors. Read with this table, the
 # book's derivation is a map of that code. The launch column is `chunk_dplr_fwd` in
 # `fla/ops/generalized_delta_rule/dplr/chunk.py`; the last column names the piece of
-# `rwkvlab/wkv7/kernels_chunked.py` (chapter 11) that computes it: a prep launch parallel over
-# chunks, then the state pass.
+# `rwkvlab/wkv7/kernels_chunked.py` (chapter 11, *Triton II*) that computes it: a prep launch
+# parallel over chunks, then the state pass.
 #
 # | this chapter | FLA's DPLR name | computed by (FLA launch) | here (torch) | chapter 11's launch |
 # | --- | --- | --- | --- | --- |
@@ -862,7 +863,7 @@ rwkvlab.check("step, token by token, vs chunked", (torch.stack(o_steps, 1), stat
 # 16. That is not right: the
 # state-sized work $TKV$ does not shrink with $C$. What shrinks is the number of *sequential*
 # steps.) A GPU kernel builds the pairwise exponents tile by tile in registers when a chunk
-# needs them, and the factorized products on tensor cores otherwise (chapter 11).
+# needs them, and the factorized products on tensor cores otherwise (chapter 11, *Triton II*).
 #
 # The cell evaluates the table for a typical RWKV-7 head ($K = V = 64$) at a few chunk sizes.
 

@@ -10,24 +10,24 @@
 # ---
 
 # %% [markdown]
-# # RWKV-7 in Triton: kernels, the backward pass, and the fused block pieces
+# # RWKV-7 in Triton I: the recurrent kernel and its adjoint
 #
 # Chapter 10 turned RWKV-7's state update into matrix algebra that runs in plain torch. This
-# chapter puts the same operator on the GPU as Triton kernels. The result trains: the kernels
-# have a forward and a backward pass, and autograd gets gradients for every input.
+# chapter and the next file, *RWKV-7 in Triton II*, put the same operator on the GPU as Triton
+# kernels that train: each has a forward and a backward pass, and autograd gets gradients for
+# every input. This first half writes the simplest kernel that does it, the recurrent one, and
+# derives its backward pass by hand; the second half runs chapter 10's chunked algebra on
+# tensor cores, measures both kernels on a GPU, and fuses the small pieces of the block.
 #
-# By the end of the chapter you will be able to
+# By the end of this chapter you will be able to
 #
 # - read and modify a *fused recurrent* RWKV-7 kernel, where one program keeps a slice of the
 #   state in registers and walks the sequence;
 # - derive the backward pass of the generalized delta rule by hand, from the adjoint of the
 #   state down to the gradient of the decay, and check it against autograd;
 # - decide between storing every state for the backward pass and recomputing it from
-#   checkpoints, with numbers for a real training shape;
-# - read the *chunked* kernel. It runs chapter 10's WY/UT algebra on `tl.dot`, with the
-#   triangular solve done by forward substitution inside the kernel, and no exponent that
-#   can overflow;
-# - fuse the small elementwise pieces of an RWKV-7 block, and count the bytes the fusion saves.
+#   checkpoints, with numbers for a real training shape, and read the backward kernel that
+#   recomputes.
 #
 # The whole chapter rests on one observation about the recurrence (K×V layout, as everywhere in
 # the book):
@@ -48,7 +48,6 @@ import rwkvlab
 print(rwkvlab.device.describe())
 
 # %%
-import functools
 import inspect
 
 import matplotlib.pyplot as plt
@@ -56,8 +55,6 @@ import torch
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
 from rwkvlab import wkv7
-from rwkvlab.checking import rel_err
-from rwkvlab.wkv7 import kernels_chunked as kc
 from rwkvlab.wkv7 import kernels_recurrent as kr
 from rwkvlab.wkv7 import reference as ref
 
@@ -69,12 +66,6 @@ def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
     keys scaled by 1/√K and a float32 initial state [N, H, K, V], on the book's device."""
     return wkv7.random_inputs(B, T, H, K, V, seed=seed, dtype=dtype, decay=decay, key_scale=K ** -0.5,
                               with_state=True, N=N, device=DEV)
-
-
-def reference(r, w, k, v, a, b, s0, **kw):
-    """wkv7.naive on float64 CPU copies: the answer every kernel is checked against."""
-    xs = [None if x is None else x.detach().double().cpu() for x in (r, w, k, v, a, b, s0)]
-    return wkv7.naive(*xs[:6], initial_state=xs[6], **kw)
 
 
 # %% [markdown]
@@ -162,22 +153,16 @@ except ValueError as err:
     assert str(err).startswith("w:")
 
 # %% [markdown]
-# The check compares each call with `wkv7.naive` in float64 on the same numbers. The shapes
+# The check, the package's `reference.forward_check`, compares each call with `wkv7.naive` in
+# float64 on the same numbers (`reference.naive64` makes the float64 CPU copies). The shapes
 # cover $T = 1$, odd $T$, two heads, $K \ne V$, an initial state with the final state returned,
-# and a packed batch of three sequences of lengths 1, 17 and 22.
+# and a packed batch of three sequences of lengths 1, 17 and 22. *Triton II* puts the chunked
+# kernel through the same check.
 
 # %%
-for shape in [(1, 1, 1, 16, 16), (1, 37, 2, 16, 16), (2, 19, 2, 16, 32)]:
-    r, w, k, v, a, b, s0 = inputs(*shape, seed=sum(shape))
-    got = wkv7.triton_recurrent(r, w, k, v, a, b, scale=0.5, initial_state=s0, output_final_state=True)
-    rwkvlab.check(f"triton_recurrent vs naive {shape}", got,
-                  reference(r, w, k, v, a, b, s0, scale=0.5, output_final_state=True), 1e-4)
-
-r, w, k, v, a, b, s0 = inputs(1, 40, 2, 16, 16, seed=1, N=3)
-cu = torch.tensor([0, 1, 18, 40], device=DEV)
-got = wkv7.triton_recurrent(r, w, k, v, a, b, initial_state=s0, output_final_state=True, cu_seqlens=cu)
-rwkvlab.check("triton_recurrent varlen [1, 17, 22] vs naive", got,
-              reference(r, w, k, v, a, b, s0, output_final_state=True, cu_seqlens=cu.cpu()), 1e-4)
+print(inspect.getsource(ref.forward_check))
+ref.forward_check(wkv7.triton_recurrent, "triton_recurrent",
+                  [(1, 1, 1, 16, 16), (1, 37, 2, 16, 16), (2, 19, 2, 16, 32)], device=DEV)
 
 # %% [markdown]
 # ## 3. The backward pass, derived
@@ -327,16 +312,16 @@ assert 0.5 < (rows[1][1] + rows[1][2]) / GiB < 0.55 and 1.3 < (rows[1][1] + rows
 # That settles it. Among the checkpoint spacings, the total (checkpoints $\propto T/C$ plus
 # scratch $\propto C$) is smallest near $C = \sqrt{T} = 64$. The kernels still use
 # $C = 16$, for a reason outside the table: 16 is the chunk size of the chunked kernel of
-# Section 5, and its forward pass produces the state at every chunk start anyway. Those states
-# *are* the checkpoints its own backward restarts from. With one spacing, both kernels save the
+# *RWKV-7 in Triton II* (its §1), whose forward pass produces the state at every chunk start
+# anyway. Those states *are* the checkpoints its own backward restarts from. With one spacing, both kernels save the
 # same states (the recurrent one adds its small scratch), and at 0.53 GiB checkpoints plus
 # scratch cost about 1.4 times the inputs they came from. Exercise 2 asks you to make $C$
 # a parameter and measure the trade-off.
 #
 # The recomputation also explains why the backward pass costs more than the forward pass. Per
 # step it does one recomputed update (three tile operations), then about nine tile operations
-# for the gradients, where the forward did four. On an H100 (Section 8) the measured ratio is
-# smaller than that count suggests, 15 ms against 9 ms, because both kernels spend much of
+# for the gradients, where the forward did four. On an H100 (*Triton II*, §4) the measured
+# ratio is smaller than that count suggests, 15 ms against 9 ms, because both kernels spend much of
 # their time waiting on loads rather than computing.
 #
 # ### The backward kernel
@@ -363,1009 +348,21 @@ print(inspect.getsource(kr._RecurrentFunction))
 # Now the check that matters for training: the gradients of all seven tensor inputs, with
 # upstream gradients on both outputs, against autograd through `wkv7.naive` in float64. $T = 37$
 # crosses two checkpoint boundaries, and the second case is a packed batch whose middle
-# sequence is 2 tokens long.
+# sequence is 2 tokens long. The comparison is the package's `reference.grad_check`, so that the
+# chunked kernel of *Triton II* is held to exactly the same test.
 
 # %%
-def grad_check(impl, shape, name, cu=None, N=None, **kw):
-    xs = inputs(*shape, seed=7, decay=2.0, N=N)
-    gen = torch.Generator().manual_seed(8)
-    do = torch.randn(*shape[:3], shape[4], generator=gen).to(DEV)
-    dST = torch.randn(xs[6].shape, generator=gen).to(DEV)
-    x64 = [x.detach().double().cpu().requires_grad_() for x in xs]
-    o, S = wkv7.naive(*x64[:6], scale=0.7, initial_state=x64[6], output_final_state=True,
-                      cu_seqlens=None if cu is None else cu.cpu())
-    want = torch.autograd.grad((o * do.cpu().double()).sum() + (S * dST.cpu().double()).sum(), x64)
-    xk = [x.clone().requires_grad_() for x in xs]
-    o, S = impl(*xk[:6], scale=0.7, initial_state=xk[6], output_final_state=True, cu_seqlens=cu, **kw)
-    got = torch.autograd.grad((o * do).sum() + (S * dST).sum(), xk)
-    worst = max(rel_err(g, w_) for g, w_ in zip(got, want))
-    rwkvlab.check(f"{name}: grads of r, w, k, v, a, b, initial_state vs autograd(naive)", got, want, 1e-4)
-    return worst
-
-
-grad_check(wkv7.triton_recurrent, (1, 37, 2, 16, 32), "triton_recurrent (1, 37, 2, 16, 32)")
-grad_check(wkv7.triton_recurrent, (1, 40, 2, 16, 16), "triton_recurrent varlen [7, 2, 31]",
-           cu=torch.tensor([0, 7, 9, 40], device=DEV), N=3);
-
-# %% [markdown]
-# ## 5. The chunked kernel: chapter 10's algebra on `tl.dot`
-#
-# The recurrent kernel does $O(KV)$ work per token in a chain of $T$ dependent steps. Its inner
-# operations are reductions and outer products, which tensor cores cannot run. The chunked form
-# of chapter 10 reorganizes the same arithmetic. Inside a chunk of $C$ tokens everything is a
-# matrix product; only the hand-off from chunk to chunk is sequential. In chapter 10's symbols,
-# with $c_t = \sum_{j \le t} w_j$ the running log decay inside the chunk:
-#
-# $$ A_{ab}[t,i] = \textstyle\sum_\kappa a_{t\kappa}\, e^{c_{t-1,\kappa} - c_{i\kappa}}\, b_{i\kappa}\ (i<t), \qquad
-#    A_{rk}[t,i] = \textstyle\sum_\kappa r_{t\kappa}\, e^{c_{t\kappa} - c_{i\kappa}}\, k_{i\kappa}\ (i\le t), $$
-#
-# with $A_{ak}$ and $A_{rb}$ defined likewise. Then
-#
-# $$ \mathcal T = (I - A_{ab})^{-1},\quad W = \mathcal T\,(a \odot e^{c_{t-1}}),\quad U = \mathcal T A_{ak} V,\quad
-#    E = W S + U, $$
-# $$ O = \text{scale}\cdot\big((r\odot e^{c_t}) S + A_{rk} V + A_{rb} E\big),\qquad
-#    S \leftarrow \mathrm{diag}(e^{c_C}) S + (k \odot e^{c_C - c})^\top V + (b \odot e^{c_C - c})^\top E . $$
-#
-# The kernel splits that work by what it depends on. Everything in the first line, and $W$ and
-# $U$, depends on the chunk's inputs only, never on the state: it can be computed for all
-# chunks at once. Only $E$, $O$ and the hand-off touch $S$. So there are two launches.
-#
-# 1. **`wkv7_fwd_prep_kernel`, parallel over (chunks × heads).** One program per chunk and head
-#    builds the four pairwise matrices, $\mathcal T$, $W$ and $U$, and stores $W$, $U$ and
-#    $[A_{rk}\,|\,A_{rb}]$ in float32 at the chunk's token rows. It also checks every value it
-#    reads (NaN, ±Inf, a positive $w$): the inputs are read here anyway, so the check costs no pass
-#    of its own. One int32 flag is raised by `tl.atomic_max`, and only when it is set does the
-#    host run its full check, which names the argument.
-# 2. **`wkv7_fwd_chunked_kernel`, the state pass.** The recurrent kernel's grid: program
-#    `(i_v, i_nh)` walks its sequence chunk by chunk with its state tile in registers. Per chunk
-#    it loads what the prep stored and does only the state's products, $E = WS + U$, the three
-#    terms of $O$, and the hand-off. It stores each chunk-start state for the backward.
-#
-# Inside the prep kernel, three choices.
-#
-# - **Pairwise matrices: factored where it is safe, exact where it is not.** Chapter 10's first
-#   trap: $e^{c_t - c_i} = e^{c_t} e^{-c_i}$ turns $A_{rk}$ into one `tl.dot`,
-#   $(r\odot e^{c})(k\odot e^{-c})^\top$, but $e^{-c_i}$ overflows float32 once $-c_i > 88.7$,
-#   and a 16-token chunk with $w = -8$ gets there (the cell below). Its second trap is
-#   rounding: $e^{c_t}e^{-c_i}$ carries the rounding of both running sums, a relative error of
-#   about $(|c_t| + |c_i|)\cdot 2^{-24}$. Both are harmless while the chunk's total decay is
-#   small, so the kernel decides per chunk. If every channel's decay over the chunk,
-#   $-c_C$, is at most `FACTORED_SPAN` $= 40$, the four matrices are eight small `tl.dot`s
-#   (factors at most $e^{40}$, errors at most about $5\cdot10^{-6}$). Otherwise the chunk takes
-#   the exact path: a `[BT, BT, BK]` block of exponents, each a cumulative sum of $w$ masked to
-#   its own interval, so every exponent is $\le 0$ and exact to float32. Real RWKV-7 layers
-#   always take the first branch (their $w \ge -e^{-1/2}$ gives $-c_C \le 9.7$ in 16 tokens); a
-#   decay spike sends its chunk, and only its chunk, to the second.
-# - **A declared bound removes the exact path.** `triton_chunked(..., lower_bound=-e^{-1/2})`
-#   compiles the prep kernel without it, so fewer registers and no branch. The promise is
-#   checked in the same pass as the other values: a $w$ below the bound is a `ValueError`,
-#   never a wrong answer.
-# - **$\mathcal T$ by repeated squaring.** For a strictly lower $N = A_{ab}$, $N^C = 0$, so
-#   $(I - N)^{-1} = I + N + \dots + N^{C-1} = (I + N)(I + N^2)(I + N^4)(I + N^8)$ at $C = 16$:
-#   six small products instead of $C - 1$ dependent substitution steps that pull rows out of a
-#   register tile with masks. They run in full float32 (`"ieee"`), whatever the input dtype.
-#
-# Two interpreter facts shape the code. `tl.dot` needs every tile dimension $\ge 16$, so the
-# chunk is 16 or 32 (at 64 the backward's tiles outgrow an H200's shared memory). `tl.dot` on
-# bfloat16 operands returns garbage in the interpreter. Every operand here is computed in
-# float32 anyway, so the kernel never feeds bf16 to `tl.dot`. On a GPU the precision is chosen
-# per dtype: float32 inputs get full-precision (`"ieee"`) dots, so that they meet the 1e-4
-# budget; 16-bit inputs get tf32 tensor cores.
-#
-# The cell shows trap 1 on one chunk. The factorized form overflows, and the pairwise form
-# stays finite and matches float64.
-
-# %%
-C16 = 16
-r, w, k, v, a, b, s0 = inputs(1, C16, 1, 16, 16, seed=9)
-w = torch.full_like(w, -8.0)
-c = w[0, :, 0].double().cpu().float().cumsum(0)                       # [C, K] running log decay
-factorized = torch.tril((r[0, :, 0].cpu() * c.exp()) @ (k[0, :, 0].cpu() * (-c).exp()).T)
-print(f"w = -8 over a chunk of {C16}: -c_C = {-c[-1, 0].item():.0f}, e^(-c_C) in float32 = {(-c[-1, 0]).exp().item()}")
-assert not torch.isfinite(factorized).all()                             # inf * 0 = nan
-got = wkv7.triton_chunked(r, w, k, v, a, b, initial_state=s0, output_final_state=True)
-assert all(torch.isfinite(x).all() for x in got)
-rwkvlab.check("triton_chunked, w = -8 everywhere, vs naive", got,
-              reference(r, w, k, v, a, b, s0, output_final_state=True), 1e-4)
-
-# %% [markdown]
-# That is the first reason for the exact path. Chapter 10's second trap is the rounding of
-# running sums: after a decay spike ($w = -10^4$ on one token) every later $c$ is about
-# $-10^4$, its float32 spacing is $10^{-3}$, and any exponent formed from it, whether as
-# $c_t - c_i$ or as $e^{c_t}e^{-c_i}$, is off by that much. The first version of this kernel
-# formed `c[:, None, :] - c[None, :, :]` and lost three digits there (output and gradients off by
-# $2\cdot10^{-4}$ at chunks of 16 and $10^{-3}$ at 32). Now a spike makes its chunk's decay
-# exceed `FACTORED_SPAN`, and that chunk builds each factor from its own interval:
-# `_pair_decays` below. The cell counts which chunks of the spike input take which path, and
-# checks both kernels against float64 at float32 accuracy.
-
-# %%
-print(inspect.getsource(kc._pairs.fn))
-print(inspect.getsource(kc._pair_decays.fn))
-xs_spike = inputs(1, 40, 2, 16, 16, seed=5)
-w_spike = torch.full_like(xs_spike[1], -0.01)
-w_spike[:, 11, :, ::2] = -1e4
-w_spike[:, 27, :, 1::2] = -1e3
-xs_spike[1] = w_spike
-for Cs in (16, 32):
-    pad = torch.zeros(1, -40 % Cs, 2, 16)
-    span = (-torch.cat([w_spike.cpu(), pad], 1).unflatten(1, (-1, Cs)).sum(2)).amax(-1)   # [1, chunks, H]
-    exact = span > kc.FACTORED_SPAN
-    print(f"C={Cs}: {exact.sum().item()} of {exact.numel()} (chunk, head) pairs take the exact path: "
-          f"chunks {sorted(set(exact.nonzero()[:, 1].tolist()))}")
-    assert exact.any() and not exact.all()
-want_spike = reference(*xs_spike, output_final_state=True)
-for name, impl in [("triton_recurrent", wkv7.triton_recurrent), ("triton_chunked C=16", wkv7.triton_chunked),
-                   ("triton_chunked C=32", functools.partial(wkv7.triton_chunked, chunk_size=32))]:
-    got_spike = impl(*xs_spike[:6], initial_state=xs_spike[6], output_final_state=True)
-    rwkvlab.check(f"{name}, decay spikes w = -1e4 / -1e3, vs float64", got_spike, want_spike, 2e-6)
-
-# %% [markdown]
-# The identity behind $\mathcal T$, checked in float64 on a real chunk's $A_{ab}$ (from the
-# package's torch `reference.intra_chunk_matrices`): the product of the four factors equals the
-# triangular solve, and $N^{16}$ is exactly zero.
-
-# %%
-r, w, k, v, a, b, s0 = inputs(1, C16, 1, 16, 16, seed=10)
-N_ab = ref.intra_chunk_matrices(*(x[0, :, 0].cpu().double() for x in (r, w, k, a, b)))["A_ab"]
-eye16 = torch.eye(C16, dtype=torch.float64)
-prod, P = eye16 + N_ab, N_ab
-for _ in range(3):
-    P = P @ P
-    prod = prod + prod @ P
-solve = torch.linalg.solve_triangular(eye16 - N_ab, eye16, upper=False, unitriangular=True)
-print(f"max |(I+N)(I+N^2)(I+N^4)(I+N^8) - (I-N)^-1| = {(prod - solve).abs().max().item():.1e}, "
-      f"max |N^16| = {torch.linalg.matrix_power(N_ab, 16).abs().max().item():.1e}")
-assert (prod - solve).abs().max() < 1e-12 and torch.linalg.matrix_power(N_ab, 16).abs().max() == 0
-
-# %% [markdown]
-# Here are the two launches. In the prep kernel, match each block of lines to the choices above;
-# in the state pass, find the three products that touch `S`.
-
-# %%
-print(inspect.getsource(kc._unit_lower_inverse.fn))
-print(inspect.getsource(kc.wkv7_fwd_prep_kernel.fn))
-print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
-
-# %% [markdown]
-# ### Who owns what in the two launches
-#
-# The two launches cut the same work along different axes.
-#
-# - **The prep kernel's grid is `(chunks, H)`.** Program `(i_c, i_h)` owns the `C` token rows of
-#   one chunk of one head. It reads their $r, w, k, v, a, b$ and writes three float32 pieces at
-#   exactly those rows: $W$ (`[C, K]`), $U$ (`[C, V]`) and $[A_{rk}\,|\,A_{rb}]$ (`[C, 2C]`). No
-#   program reads what another writes, so all of them can run at once.
-# - **The state pass's grid is `(NV, N·H)`**, the recurrent kernel's. Program `(i_v, i_nh)` owns
-#   the tile $S[:, i_v\cdot BV : (i_v+1)\cdot BV]$ of one sequence·head, `[K, BV]` float32 in
-#   registers. It walks that sequence's chunks in order, reads at each one what the prep stored
-#   there, and writes its `BV` columns of the output and the chunk-start state (the checkpoint).
-#
-# The cell first records the grids of a real call and checks them against that arithmetic. A
-# small stand-in for each kernel object notes the grid it is launched with, then launches. Then
-# it draws both grids for a small shape. In the interpreter `kc.block_v(V)` returns `V`, a single
-# V-block, because each extra program costs time there. On a GPU the V-block is
-# `min(V, kc.TUNE["fwd"][2])`, read from the package's launch table, and that is the tiling the
-# picture shows. At RWKV-7's head size, V = 64, the H200's table gives each program all of V
-# (NV = 1). The picture takes V = 128 so that the split shows.
-
-# %%
-from unittest import mock
-
-
-class GridRecorder:
-    """Stands in for a Triton kernel object: notes the grid of each launch `kernel[grid](...)`."""
-
-    def __init__(self, kernel):
-        self.kernel, self.grids = kernel, []
-
-    def __getitem__(self, grid):
-        self.grids.append(tuple(grid))
-        return self.kernel[grid]
-
-
-CHUNK = inspect.signature(kc.triton_chunked).parameters["chunk_size"].default   # 16
-Bs, Ts, Hs, Ks, Vs = 2, 40, 2, 16, 16
-xs_g = inputs(Bs, Ts, Hs, Ks, Vs, seed=18)
-prep_rec, state_rec = GridRecorder(kc.wkv7_fwd_prep_kernel), GridRecorder(kc.wkv7_fwd_chunked_kernel)
-with mock.patch.object(kc, "wkv7_fwd_prep_kernel", prep_rec), mock.patch.object(kc, "wkv7_fwd_chunked_kernel", state_rec):
-    wkv7.triton_chunked(*xs_g[:6], initial_state=xs_g[6])
-assert prep_rec.grids == [(Bs * -(-Ts // CHUNK), Hs)]                  # one program per chunk and head
-assert state_rec.grids == [(-(-Vs // kc.block_v(Vs)), Bs * Hs)]        # V-blocks x sequence·heads
-print(f"launched at B={Bs} T={Ts} H={Hs} V={Vs}, C={CHUNK}: prep grid {prep_rec.grids[0]}, "
-      f"state pass grid {state_rec.grids[0]} (block_v(V) = {kc.block_v(Vs)} on this machine)")
-
-
-def gpu_block_v(V, name="fwd"):
-    """kc.block_v as it is on a GPU: the launch table's largest V-block."""
-    return min(V, kc.TUNE[name][2])
-
-
-Bt, Tt, Ht, Kt, Vt = 4, 4096, 32, 64, 64
-print(f"on a GPU at B={Bt} T={Tt} H={Ht} K=V={Kt}: prep {Bt * -(-Tt // CHUNK) * Ht} programs of one chunk; "
-      f"state pass {-(-Vt // gpu_block_v(Vt)) * Bt * Ht} programs (BV = {gpu_block_v(Vt)}), "
-      f"each walking {-(-Tt // CHUNK)} chunks in order")
-
-Bp, Tp, Hp, Kp, Vp = 2, 48, 2, 64, 128                # the picture's shape
-BVp = gpu_block_v(Vp)
-NVp, n_seq_ch = -(-Vp // BVp), -(-Tp // CHUNK)        # V-blocks; chunks per sequence
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.1, 1]})
-for i_c in range(Bp * n_seq_ch):
-    i_n, t0 = divmod(i_c, n_seq_ch)
-    for i_h in range(Hp):
-        ax1.add_patch(Rectangle((i_c + 0.04, i_h + 0.06), 0.92, 0.88, color=colors[i_n], alpha=0.35))
-        ax1.text(i_c + 0.5, i_h + 0.5, f"tokens\n{t0 * CHUNK}..{(t0 + 1) * CHUNK - 1}\nwrites\nW U A", ha="center",
-                 va="center", fontsize=7)
-ax1.set_xlim(0, Bp * n_seq_ch), ax1.set_ylim(Hp, 0)
-ax1.set_xticks([i + 0.5 for i in range(Bp * n_seq_ch)], [f"i_c={i}\n(n={i // n_seq_ch})" for i in range(Bp * n_seq_ch)],
-               fontsize=7)
-ax1.set_yticks([h + 0.5 for h in range(Hp)], [f"i_h={h}" for h in range(Hp)], fontsize=8)
-ax1.set_title(f"prep: grid ({Bp * n_seq_ch}, {Hp}) = chunks x heads, all at once\n"
-              f"each: W [{CHUNK}, K], U [{CHUNK}, V], [A_rk|A_rb] [{CHUNK}, {2 * CHUNK}] float32 at its rows", fontsize=9)
-for i_nh in range(Bp * Hp):
-    for i_v in range(NVp):
-        y = i_nh * NVp + i_v
-        ax2.add_patch(Rectangle((0.04, y + 0.1), n_seq_ch + 0.9, 0.8, color=colors[i_v + 2], alpha=0.25))
-        ax2.text(0.5, y + 0.5, f"S[:, {i_v * BVp}:{(i_v + 1) * BVp}]\n[{Kp}, {BVp}]", ha="center", va="center",
-                 fontsize=6.5)
-        for j in range(n_seq_ch):
-            ax2.text(j + 1.5, y + 0.5, f"chunk {j}\nckpt, o", ha="center", va="center", fontsize=6.5)
-            ax2.annotate("", xy=(j + 1.08, y + 0.5), xytext=(j + 0.92, y + 0.5), arrowprops=dict(arrowstyle="->"))
-ax2.set_xlim(0, n_seq_ch + 1), ax2.set_ylim(Bp * Hp * NVp, 0), ax2.set_xticks([])
-ax2.set_yticks([y + 0.5 for y in range(Bp * Hp * NVp)],
-               [f"i_v={y % NVp}, i_nh={y // NVp}" for y in range(Bp * Hp * NVp)], fontsize=7)
-ax2.set_title(f"state pass: grid ({NVp}, {Bp * Hp}) = V-blocks x sequence·heads (GPU tiling, BV = {BVp})\n"
-              "each: its state tile in registers, the chunks in order", fontsize=9)
-plt.tight_layout()
-plt.show()
-assert NVp * BVp == Vp and NVp == 2                                       # the V-blocks tile V exactly
-assert (Bp * n_seq_ch * Hp) * CHUNK == Bp * Tp * Hp                      # prep programs tile the token rows
-
-# %% [markdown]
-# The two grids differ in shape as much as in size. At the training shape the prep has 32768
-# programs with one chunk each, far more than the 132 multiprocessors. The state pass has 128,
-# fewer than one per multiprocessor, and each of them runs 256 chunks one after another. All
-# the parallel work went into the first launch. What is left in the second is a chain, and
-# Section 8 measures what one link of it costs.
-
-# %% [markdown]
-# A picture of what one chunk computes: the four pairwise matrices, and the UT transform of
-# $A_{ab}$, for one 16-token chunk of realistic inputs. They are made with the package's torch
-# functions, `reference.intra_chunk_matrices` and `reference.ut_transform`, which compute the
-# same matrices as the kernel's registers. $A_{rk}$ and $A_{rb}$ are lower triangular *with*
-# the diagonal (a token reads its own write). $A_{ab}$ and $A_{ak}$ are strictly lower (the
-# removal at $t$ sees only earlier writes). $\mathcal T$ is unit lower triangular.
-
-# %%
-r, w, k, v, a, b, s0 = inputs(1, C16, 1, 16, 16, seed=10)
-mats = ref.intra_chunk_matrices(*(x[0, :, 0].cpu() for x in (r, w, k, a, b)))
-Tut = ref.ut_transform(mats["A_ab"])
-fig, axes = plt.subplots(1, 5, figsize=(15, 3.2))
-for ax, (name, M) in zip(axes, [("A_rk (i ≤ t)", mats["A_rk"]), ("A_rb (i ≤ t)", mats["A_rb"]),
-                                ("A_ak (i < t)", mats["A_ak"]), ("A_ab (i < t)", mats["A_ab"]),
-                                ("T = (I - A_ab)^-1", Tut)]):
-    lim = M.abs().max().item()
-    ax.imshow(M.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax.set_title(name, fontsize=10), ax.set_xlabel("i (source token)"), ax.set_ylabel("t")
-plt.tight_layout()
-plt.show()
-assert torch.equal(torch.triu(mats["A_ab"]), torch.zeros(C16, C16))          # strictly lower
-assert torch.allclose(torch.diagonal(Tut), torch.ones(C16))                  # unit diagonal
-assert torch.allclose(Tut @ (torch.eye(C16) - mats["A_ab"]), torch.eye(C16), atol=1e-5)
-
-# %% [markdown]
-# And the check, on the same shapes as the recurrent kernel plus two more. $T = 37$ is not a
-# multiple of the chunk. Its last chunk is loaded with masked rows, whose zeros ($w = 0$,
-# $k = a = b = 0$) leave the state unchanged. The packed batch has a sequence of one token.
-
-# %%
-for shape in [(1, 1, 1, 16, 16), (1, 37, 2, 16, 16), (2, 19, 2, 16, 32), (1, 33, 1, 32, 16)]:
-    r, w, k, v, a, b, s0 = inputs(*shape, seed=sum(shape))
-    got = wkv7.triton_chunked(r, w, k, v, a, b, scale=0.5, initial_state=s0, output_final_state=True)
-    rwkvlab.check(f"triton_chunked vs naive {shape}", got,
-                  reference(r, w, k, v, a, b, s0, scale=0.5, output_final_state=True), 1e-4)
-
-r, w, k, v, a, b, s0 = inputs(1, 40, 2, 16, 16, seed=1, N=3)
-got = wkv7.triton_chunked(r, w, k, v, a, b, initial_state=s0, output_final_state=True, cu_seqlens=cu)
-rwkvlab.check("triton_chunked varlen [1, 17, 22] vs naive", got,
-              reference(r, w, k, v, a, b, s0, output_final_state=True, cu_seqlens=cu.cpu()), 1e-4)
-
-# %% [markdown]
-# ## 6. The chunked kernel's backward pass
-#
-# The chunked backward kernel differentiates chapter 10's algebra chunk by chunk. It uses the
-# same grid as the forward and walks the chunks from last to first, carrying $\bar S$ in
-# registers the way the recurrent backward carries it from token to token. For each chunk it
-# reloads the chunk's start state, which the forward saved, and recomputes what the forward
-# had in registers: the pairwise matrices, $\mathcal T$, $W$, $A_{ak}V$ and $E$. Then it runs
-# the adjoint of every line, bottom to top. Write $k^{\mathrm e} = k\odot e^{c_C - c}$ and
-# $b^{\mathrm e} = b\odot e^{c_C - c}$ for the keys decayed to the chunk's end,
-# $\tilde a = a\odot e^{c_{t-1}}$ and $\tilde r = r\odot e^{c_t}$ for those seen from its start,
-# and $\gamma = e^{c_C}$. The read-out's scale is folded into $\bar O$. With $\bar S'$ the
-# gradient arriving at the chunk's end state:
-#
-# $$ \bar E = A_{rb}^\top \bar O + b^{\mathrm e}\,\bar S', \qquad
-#    \bar S = \mathrm{diag}(\gamma)\,\bar S' + \tilde r^\top \bar O + W^\top \bar E, $$
-# $$ \bar V = A_{rk}^\top \bar O + k^{\mathrm e}\,\bar S' + A_{ak}^\top\,\mathcal T^\top \bar E, $$
-# $$ \bar A_{rb} = \bar O E^\top,\quad \bar A_{rk} = \bar O V^\top,\quad
-#    \bar A_{ak} = \mathcal T^\top \bar E\, V^\top,\quad
-#    \bar{\tilde a} = \mathcal T^\top \bar W \ \text{ with } \bar W = \bar E S^\top . $$
-#
-# Each $\bar A$ is masked to its matrix's triangle. The triangular inverse needs one line of its
-# own. From $\mathcal T (I - A_{ab}) = I$, a perturbation gives $d\mathcal T = \mathcal T\, dA_{ab}\,
-# \mathcal T$, so
-#
-# $$ \bar{\mathcal T} = \bar W \tilde a^\top + \bar E\,(A_{ak}V)^\top, \qquad
-#    \bar A_{ab} = \mathcal T^\top\, \bar{\mathcal T}\, \mathcal T^\top . $$
-#
-# With the recomputation, that is about two dozen small `tl.dot`s per chunk. The pairwise
-# matrices then pass their gradients to $r, k, a, b$ along the path the forward took for that
-# chunk (`_pair_grads` makes the same test on the same numbers). On the factored path that is
-# eight more `tl.dot`s: with $\tilde r = r\odot e^{c}$ and $\hat k = k\odot e^{-c}$,
-# $\bar{\tilde r} = \bar A_{rk}\hat k + \bar A_{rb}\hat b$ and $\bar{\hat k} = \bar A_{rk}^\top\tilde r
-# + \bar A_{ak}^\top\tilde a$, and each factor hands $x\odot\bar x$ to the exponent it carries,
-# $+$ for $e^{c}$ and $-$ for $e^{-c}$. On the exact path they go through the same
-# `[BT, BT, BK]` blocks of exponentials the forward built. For example,
-# $A_{rk}[t,i] = \sum_\kappa r_{t\kappa} e^{c_{t\kappa}-c_{i\kappa}} k_{i\kappa}$ sends
-# $\bar A_{rk}[t,i]\, e^{c_t - c_i} k_i$ to $\bar r_t$, and the mirror-image term to $\bar k_i$.
-#
-# **The decay gradient, and chapter 10's second trap.** Every exponent in the chunk is a sum of
-# log decays over an interval: $c_t - c_i = \sum_{i<j\le t} w_j$, $c_C - c_t = \sum_{j>t} w_j$,
-# and so on. So $\bar w_j$ is the sum of the gradients of all the exponents whose interval
-# contains $j$. The obvious way to compute it is the first draft of this kernel: add each
-# pairwise term to $\bar c_t$ with $+$ and to $\bar c_i$ with $-$, then take one reverse
-# cumulative sum. That adds and then cancels the diagonal terms ($e^{c_t - c_t} = 1$, an
-# $O(1)$ number for any decay), and with $w = -8$ the true $\bar w$ is about $e^{-8}$ times
-# smaller. Measured on that draft, the float32 error of $\bar w$ was $4\times 10^{-4}$ at
-# $w = -8$ and $60$ (everything lost) at $w = -20$ (a recorded measurement of code that no
-# longer exists; chapter 10, §6, measures the same effect live on the torch form). The kernel
-# avoids the cancellation by leaving out the exponents that are zero by construction: the
-# diagonal of the read-out family, and the first sub-diagonal of the removal family, whose
-# exponent $c_{t-1} - c_{t-1}$ is also empty. It then takes the remaining sums over $t$ as
-# products with 0/1 triangular matrices on `tl.dot`:
-#
-# $$ \bar w_j = \sum_{t \ge j} \bar c_t + \sum_{t > j} \bar c^{\,-}_t + \sum_{t<j} q_t + \gamma\odot\bar\gamma,
-# \qquad q = \bar k^{\mathrm e}\odot k^{\mathrm e} + \bar b^{\mathrm e}\odot b^{\mathrm e}, $$
-#
-# where $\bar c_t$ and $\bar c^{\,-}_t$ are the gradients with respect to $c_t$ and $c_{t-1}$
-# wherever they appear in the remaining exponents (with a plus where an interval ends, a minus
-# where it starts), $q_t$ collects the exponents $c_C - c_t$ that run from token $t$ to the
-# chunk's end, and the last term is the same for every $j$ (every $w_j$ is inside $c_C$). A
-# pairwise term that is still added with $+$ and $-$ has a non-empty interval, so it carries a
-# factor $e^{w}$ or smaller and is no larger than the gradient it contributes to: nothing of
-# size $O(1)$ is subtracted any more. (The factored path does subtract: its diagonal terms
-# $\tilde r_t\hat k_t$ enter with $+$ and $-$. It runs only where the chunk's decay is at most
-# `FACTORED_SPAN`, so $\bar w$ is not tiny there, and the cancellation costs float32 rounding
-# of numbers of its own size.) The check below puts a
-# constant $w = -20$ on every channel, which makes the true $\bar w$ about $10^{-9}$ of the other
-# gradients.
-
-# %%
-print(inspect.getsource(kc._pair_grads_factored.fn))
-print(inspect.getsource(kc.wkv7_bwd_chunked_kernel.fn))
-
-# %%
-grad_check(wkv7.triton_chunked, (1, 37, 2, 16, 32), "triton_chunked (1, 37, 2, 16, 32)")
-grad_check(wkv7.triton_chunked, (1, 40, 2, 16, 16), "triton_chunked varlen [7, 2, 31]",
-           cu=torch.tensor([0, 7, 9, 40], device=DEV), N=3)
-
-r, w, k, v, a, b, s0 = inputs(1, 40, 1, 16, 16, seed=15)
-w = torch.full_like(w, -20.0)
-do = torch.randn(1, 40, 1, 16, generator=torch.Generator().manual_seed(16)).to(DEV)
-x64 = [x.detach().double().cpu().requires_grad_() for x in (r, w, k, v, a, b)]
-want_dw = torch.autograd.grad((wkv7.naive(*x64)[0] * do.cpu().double()).sum(), x64[1])[0]
-for name in ("triton_chunked", "triton_recurrent"):
-    xk = [x.clone().requires_grad_() for x in (r, w, k, v, a, b)]
-    got_dw = torch.autograd.grad((getattr(wkv7, name)(*xk)[0] * do).sum(), xk[1])[0]
-    rwkvlab.check(f"{name}: dw at w = -20 everywhere vs float64", got_dw, want_dw, 1e-4)
-print(f"(|dw| ~ {want_dw.abs().max().item():.0e}: tiny, and still exact to float32)")
-assert want_dw.abs().max() < 1e-6
-
-# %% [markdown]
-# ### What flows where
-#
-# The backward never sees the forward's registers. What connects them is the checkpoints, the
-# state at every chunk start, which the state pass writes (float32, one `[K, V]` state per
-# chunk and head, `[n_chunks, H, K, V]`). The backward kernel has the state pass's grid,
-# `(NV, N·H)`, and each program walks its sequence from the last chunk to the first with
-# $\bar S$ in registers. At each chunk it reloads the checkpoint, rebuilds the pairwise matrices,
-# $\mathcal T$, $W$, $U$ and $E$ from it and the inputs (the prep kernel's $W$, $U$, $A$ are not
-# kept), runs the adjoint, and hands $\bar S$ on to the chunk before. $\bar v$ sums over $K$, so
-# it is complete in one program. The five K-sized gradients sum over $V$, so each V-block writes
-# its own partial sum to an `[NV, B, T, H, K]` buffer, and the host adds those up after the launch.
-# With one V-block, as on the H200, they are written directly in the input dtype.
-#
-# The cell checks the two facts the picture rests on. The checkpoints of a real forward are the
-# states of `wkv7.naive` at the chunk starts, and the backward is launched on the state
-# pass's grid.
-
-# %%
-r, w, k, v, a, b, s0 = xs_g
-_, _, ckpt_g, _ = kc.fwd(r, w, k, v, a, b, 1.0, s0, False, None, True, CHUNK)
-n_c = -(-Ts // CHUNK)
-starts = [s0.double().cpu()] + [reference(*(x[:, :i * CHUNK] for x in xs_g[:6]), s0, output_final_state=True)[1]
-                                for i in range(1, n_c)]
-rwkvlab.check(f"checkpoints of the forward vs naive states at tokens {[i * CHUNK for i in range(n_c)]}",
-              ckpt_g.view(Bs, n_c, Hs, Ks, Vs).transpose(0, 1), torch.stack(starts), 1e-5)
-bwd_rec = GridRecorder(kc.wkv7_bwd_chunked_kernel)
-xk = [x.clone().requires_grad_() for x in xs_g]
-with mock.patch.object(kc, "wkv7_bwd_chunked_kernel", bwd_rec):
-    wkv7.triton_chunked(*xk[:6], initial_state=xk[6])[0].sum().backward()
-assert bwd_rec.grids == state_rec.grids == [(-(-Vs // kc.block_v(Vs, "bwd")), Bs * Hs)]
-print(f"backward grid {bwd_rec.grids[0]} = the state pass's grid")
-
-n_pic = 4
-NVb_t = -(-Vt // gpu_block_v(Vt, "bwd"))
-ckpt_mib = Bt * -(-Tt // CHUNK) * Ht * Kt * Vt * 4 / 2 ** 20
-fig, ax = plt.subplots(figsize=(13, 3.6))
-ax.set_xlim(-1.6, 12.4), ax.set_ylim(-0.2, 3.5), ax.axis("off")
-xs_box = [0.2 + 2.3 * i for i in range(n_pic)]
-for i, x0 in enumerate(xs_box):
-    ax.add_patch(Rectangle((x0, 2.55), 1.9, 0.7, fc=colors[0], alpha=0.3))
-    ax.text(x0 + 0.95, 2.9, f"chunk {i}: E, o,\nhand-off S", ha="center", va="center", fontsize=7.5)
-    ax.add_patch(Rectangle((x0 + 0.35, 1.55), 1.2, 0.55, fc=colors[2], alpha=0.35))
-    ax.text(x0 + 0.95, 1.82, f"ckpt {i}\n[K, V] float32", ha="center", va="center", fontsize=7)
-    ax.add_patch(Rectangle((x0, 0.15), 1.9, 0.95, fc=colors[3], alpha=0.3))
-    ax.text(x0 + 0.95, 0.62, f"chunk {i}: reload ckpt {i},\nrecompute A, T, W, U, E,\nadjoint -> grads, dS",
-            ha="center", va="center", fontsize=7)
-    ax.annotate("", xy=(x0 + 0.95, 2.1), xytext=(x0 + 0.95, 2.55), arrowprops=dict(arrowstyle="->"))
-    ax.annotate("", xy=(x0 + 0.95, 1.1), xytext=(x0 + 0.95, 1.55), arrowprops=dict(arrowstyle="->"))
-    if i + 1 < n_pic:
-        ax.annotate("", xy=(x0 + 2.3, 2.9), xytext=(x0 + 1.9, 2.9), arrowprops=dict(arrowstyle="->"))
-        ax.annotate("", xy=(x0 + 1.9, 0.62), xytext=(x0 + 2.3, 0.62), arrowprops=dict(arrowstyle="->", color="C3"))
-        ax.text(x0 + 2.1, 0.82, "dS", ha="center", fontsize=7, color="C3")
-ax.text(-0.8, 2.9, "forward\nstate pass\n(chunks in order)", ha="center", va="center", fontsize=8)
-ax.text(-0.8, 1.82, "device\nmemory", ha="center", va="center", fontsize=8)
-ax.text(-0.8, 0.62, "backward\n(last chunk\nto first)", ha="center", va="center", fontsize=8)
-ax.text(0.1, -0.1, "dh0 = dS after chunk 0", fontsize=7, color="C3")
-ax.add_patch(Rectangle((9.5, 0.15), 2.85, 0.95, fc="0.9"))
-ax.text(10.92, 0.62, "dv: complete per program\ndr, dw, dk, da, db: one partial per\n"
-        "V-block [NV, B, T, H, K]; host sums NV", ha="center", va="center", fontsize=7)
-ax.annotate("", xy=(9.5, 0.62), xytext=(xs_box[-1] + 1.9, 0.62), arrowprops=dict(arrowstyle="->"))
-ax.set_title(f"the backward at B={Bt}, T={Tt}, H={Ht}, K=V={Kt} on a GPU: {NVb_t * Bt * Ht} programs (NV = {NVb_t}), "
-             f"{-(-Tt // CHUNK)} chunks each; checkpoints {ckpt_mib:.0f} MiB", fontsize=9)
-plt.show()
-assert ckpt_mib * 2 ** 20 == rows[1][1]                  # Section 4's "checkpoint every C = 16" row
-
-# %% [markdown]
-# ## 7. Every rung agrees
-#
-# On one input, the four implementations of RWKV-7 in the package: the loop, the torch chunked
-# form of chapter 10, and the two kernels of this chapter. All are compared with the float64
-# loop.
-
-# %%
-r, w, k, v, a, b, s0 = inputs(2, 29, 2, 16, 16, seed=11)
-want = reference(r, w, k, v, a, b, s0, output_final_state=True)
-for name in ("naive", "chunked", "triton_recurrent", "triton_chunked"):
-    got = getattr(wkv7, name)(r, w, k, v, a, b, initial_state=s0, output_final_state=True)
-    rwkvlab.check(f"wkv7.{name} (float32) vs naive (float64)", got, want, 1e-4 if name.startswith("triton") else 1e-5)
-
-# %% [markdown]
-# ## 8. On a GPU: bfloat16 and speed
-#
-# With a GPU the same kernels compile, and the checks move to training-sized shapes in
-# bfloat16. A bf16 input keeps 8 significant bits, a relative rounding error of up to
-# $2^{-8} \approx 4\times 10^{-3}$ per number. The kernels accumulate in float32, so that rounding does not compound,
-# and the book's stated tolerance for bf16 outputs and gradients is $2\times 10^{-2}$ relative to
-# a float64 loop on the same (rounded) inputs. The test suite checks the same bound.
-
-# %% [markdown]
-# ### What tf32 does to the in-chunk factors
-#
-# That tolerance covers the whole pipeline. Inside the prep kernel one step deserves its own
-# numbers. With 16-bit inputs the factored pairwise matrices
-# $A_{rk} = (r\odot e^{c})(k\odot e^{-c})^\top$ (and the three others, $W$, $U$ and the state
-# pass's products) run on tf32 tensor cores. The float32 operands keep only 10 of their 23
-# mantissa bits there. Two errors meet in these factors.
-#
-# - **float32 running sums.** $e^{c_t}e^{-c_i}$ carries the rounding of both $c_t$ and $c_i$,
-#   a relative error of up to about $(|c_t| + |c_i|)\cdot 2^{-24}$. It grows with the chunk's decay
-#   span $-c_C$, and `FACTORED_SPAN = 40` caps it near $2\cdot 40\cdot 2^{-24} \approx 5\cdot10^{-6}$.
-# - **tf32 operands.** Rounding an operand to nearest costs up to $2^{-11} \approx 4.9\cdot10^{-4}$,
-#   whatever the span. Dropping the low 13 bits costs up to $2^{-10}$. Triton's `"tf32"` dot feeds
-#   the float32 bits to the tensor cores unrounded (the hardware ignores the low 13), so the GPU
-#   truncates unless a kernel rounds first. Torch's and cuBLAS's tf32 round to nearest. The
-#   difference is discussed in triton-lang/triton issue #4574 (references, chapter 16).
-#
-# The cell emulates one chunk of the 16-bit path in torch on a CPU. The inputs come from
-# `wkv7.random_inputs` (8 heads, $K = V = 64$), rounded to bf16, with $w$ rescaled so that the
-# largest channel decay over the chunk, $-c_C$, sweeps from 1 to 40. In float32 it computes
-# the four matrices as the kernel does, then $\mathcal T$ by squaring (`"ieee"`, plain float32), $W$, $U$, $E$ and the chunk's output
-# $O$ from a float32 start state. It does this three times: every product in float32, tf32
-# rounded to nearest, and tf32 truncated. The reference is float64 on the same rounded inputs:
-# `reference.intra_chunk_matrices`, `reference.ut_transform`, and the same three lines for $W$,
-# $U$ and $O$, checked against `wkv7.naive` on the chunk. The first panel isolates the decay
-# factor $e^{c_t}e^{-c_i}$ itself, against the exact $e^{\sum_{i<j\le t} w_j}$, for every pair
-# and channel.
-
-# %%
-NSQ = kc._squarings(CHUNK)
-
-
-def to_tf32(x, how):
-    """float32 -> tf32 (10 mantissa bits) by bit masking: "round" to nearest (ties away, as
-    cvt.rna), "trunc" drops the low 13 bits (a tensor core fed float32 bits); "ieee": unchanged."""
-    if how == "ieee":
-        return x
-    bits = x.contiguous().view(torch.int32)
-    return ((bits + 0x1000 if how == "round" else bits) & -0x2000).view(torch.float32)
-
-
-def chunk_16bit_path(r, w, k, v, a, b, S, how):
-    """One chunk of the prep kernel and the state pass on the factored path, in float32 torch,
-    every tl.dot with DOT_PREC = `how` (T's squarings are always "ieee"). Inputs [H, C, K]."""
-    dot = lambda x, y: to_tf32(x, how) @ to_tf32(y, how)                     # noqa: E731
-    c = w.cumsum(-2)
-    c_prev = torch.nn.functional.pad(c[..., :-1, :], (0, 0, 1, 0))
-    r_dec, a_dec, k_inv, b_inv = r * c.exp(), a * c_prev.exp(), k * (-c).exp(), b * (-c).exp()
-    incl, strict = torch.ones(CHUNK, CHUNK).tril(), torch.ones(CHUNK, CHUNK).tril(-1)
-    out = {"A_rk": dot(r_dec, k_inv.mT) * incl, "A_rb": dot(r_dec, b_inv.mT) * incl,
-           "A_ak": dot(a_dec, k_inv.mT) * strict, "A_ab": dot(a_dec, b_inv.mT) * strict}
-    Tm, P = torch.eye(CHUNK) + out["A_ab"], out["A_ab"]
-    for _ in range(NSQ):
-        P = P @ P
-        Tm = Tm + Tm @ P
-    W, U = dot(Tm, a_dec), dot(Tm, dot(out["A_ak"], v))
-    E = dot(W, S) + U
-    return out | {"T": Tm, "W": W, "U": U, "O": dot(r_dec, S) + dot(out["A_rk"], v) + dot(out["A_rb"], E)}
-
-
-def chunk_float64(r, w, k, v, a, b, S):
-    """The same quantities from the package's float64 pieces (every exponent over its own interval)."""
-    m = ref.intra_chunk_matrices(r, w, k, a, b)
-    Tm = ref.ut_transform(m["A_ab"])
-    W, U = Tm @ m["a_start"], Tm @ m["A_ak"] @ v
-    O = m["r_start"] @ S + m["A_rk"] @ v + m["A_rb"] @ (W @ S + U)
-    return {n: m[n] for n in ("A_rk", "A_rb", "A_ak", "A_ab")} | {"T": Tm, "W": W, "U": U, "O": O}
-
-
-H8, K64 = 8, 64
-x64 = wkv7.random_inputs(1, CHUNK, H8, K64, K64, seed=19, dtype=torch.float64, key_scale=K64 ** -0.5,
-                         with_state=True)
-heads = [x[0].transpose(0, 1) for x in x64[:6]]                                 # [H, C, K]
-S_f32 = x64[6][0].float()
-o_naive = wkv7.naive(*(x.bfloat16().double() for x in x64[:6]), initial_state=x64[6])[0][0].transpose(0, 1)
-assert rel_err(chunk_float64(*(x.bfloat16().double() for x in heads), x64[6][0])["O"], o_naive) < 1e-12
-
-
-
-def factor_error(w):
-    """Max relative error of e^{c_t} e^{-c_i} in float32 over all pairs i <= t and channels, against the
-    exact e^{w_{i+1} + ... + w_t}; with the max of the bound (|c_t| + |c_i|) 2^-24, and the share of
-    running sums c_t that float32 holds exactly."""
-    c32 = w.cumsum(-2)
-    fac32 = c32.exp()[:, :, None, :] * (-c32).exp()[:, None, :, :]              # [H, t, i, K]
-    fac64 = ref.segment_log_decays(w.double()).exp()
-    lower = torch.ones(CHUNK, CHUNK, dtype=torch.bool).tril()[None, :, :, None].expand_as(fac64)
-    ca = c32.double().abs()
-    bound = (ca[:, :, None, :] + ca[:, None, :, :]) * 2 ** -24
-    err = (fac32.double() - fac64).abs() / fac64
-    assert (err - bound - 3 * 2 ** -24)[lower].max() <= 0    # + the roundings of two exps and a product
-    exact = (c32.double() == w.double().cumsum(-2)).double().mean().item()
-    return err[lower].max().item(), bound[lower].max().item(), exact
-
-
-spans, fac16, fac32, mat_err = [], [], [], {how: [] for how in ("ieee", "round", "trunc")}
-for target in (1, 2, 5, 10, 20, 30, 40):
-    w_t = heads[1] * target / (-heads[1].sum(-2, keepdim=True)).amax(-1, keepdim=True)
-    x16 = [x.bfloat16().float() for x in (heads[0], w_t, *heads[2:])]          # bf16-rounded, as float32
-    spans.append((-x16[1].double().sum(-2)).amax().item())
-    assert spans[-1] <= kc.FACTORED_SPAN * 1.001                                # the factored path's range
-    fac16.append(factor_error(x16[1]))                                          # w in bf16 (16-bit path)
-    fac32.append(factor_error(w_t.float()))                                     # w in float32 (float32 path)
-    want = chunk_float64(*(x.double() for x in x16), S_f32.double())
-    for how in mat_err:
-        got = chunk_16bit_path(*x16, S_f32, how)
-        mat_err[how].append({n: rel_err(got[n], want[n]) for n in want})
-
-print(f"{'-c_C':>5} {'bound':>7} {'bf16 w':>7} {'f32 w':>7} |" + "".join(f" {how + ': A':>12} {'T':>7} {'O':>7} |" for how in mat_err))
-for i, s in enumerate(spans):
-    cells = "".join(f" {max(mat_err[how][i][n] for n in ('A_rk', 'A_rb', 'A_ak', 'A_ab')):12.1e}"
-                    f" {mat_err[how][i]['T']:7.1e} {mat_err[how][i]['O']:7.1e} |" for how in mat_err)
-    print(f"{s:5.1f} {fac32[i][1]:7.1e} {fac16[i][0]:7.1e} {fac32[i][0]:7.1e} |{cells}")
-print(f"running sums c_t exact in float32: {min(f[2] for f in fac16):.0%} with bf16 w, "
-      f"{max(f[2] for f in fac32):.0%} at most with float32 w")
-
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
-ax1.plot(spans, [f[0] for f in fac16], "o-", label="e^{c_t} e^{-c_i} in float32, w in bf16")
-ax1.plot(spans, [f[0] for f in fac32], "s-", label="the same, w in float32")
-ax1.plot(spans, [f[1] for f in fac32], "k--", label="(|c_t| + |c_i|) 2^-24")
-for level, name in ((2 ** -11, "tf32 round, 2^-11"), (2 ** -10, "tf32 truncate, 2^-10")):
-    ax1.axhline(level, color="0.5", lw=0.8), ax1.text(1, level * 1.25, name, fontsize=8, color="0.3")
-ax1.set_yscale("log"), ax1.set_ylim(top=3e-3), ax1.set_xlabel("the chunk's largest decay span -c_C")
-ax1.set_ylabel("relative error")
-ax1.set_title("one decay factor, elementwise", fontsize=10), ax1.legend(fontsize=7, loc="center right")
-for how, style in (("ieee", "o-"), ("round", "s-"), ("trunc", "^-")):
-    label = {"ieee": "float32", "round": "tf32 round", "trunc": "tf32 truncate"}[how]
-    ax2.plot(spans, [max(e[n] for n in ("A_rk", "A_rb", "A_ak", "A_ab")) for e in mat_err[how]], style,
-             label=f"A, {label}")
-    ax2.plot(spans, [e["O"] for e in mat_err[how]], style, alpha=0.4, label=f"O, {label}")
-ax2.axhline(2 ** -11, color="0.5", lw=0.8)
-ax2.set_yscale("log"), ax2.set_xlabel("the chunk's largest decay span -c_C"), ax2.set_ylabel("||got - f64|| / ||f64||")
-ax2.set_title("the four matrices and the chunk's output, normwise", fontsize=10), ax2.legend(fontsize=7, ncol=3)
-plt.tight_layout()
-plt.show()
-worst = {how: max(max(e.values()) for e in mat_err[how]) for how in mat_err}
-assert max(f[0] for f in fac16) < 4 * 2 ** -24                            # bf16 w: a few roundings, any span
-assert fac32[-1][0] > 5 * fac32[0][0] and max(f[0] for f in fac32) < 5e-6   # float32 w: grows, under the cap
-assert worst["ieee"] < 1e-6 < 2e-4 < worst["round"] < 2 ** -10 < worst["trunc"] < 2 ** -9
-assert all(max(e["O"] for e in mat_err[how]) < 2 * min(e["O"] for e in mat_err[how]) for how in ("round", "trunc"))
-
-# %% [markdown]
-# The numbers say three things.
-#
-# 1. **The float32 bound holds, and with bf16 inputs it is not even approached.** With float32
-#    log decays the factor's error grows with $-c_C$ as the bound says: $1.7\cdot10^{-7}$ at a
-#    span of 1, $3.5\cdot10^{-6}$ at 40, under $(|c_t| + |c_i|)\cdot 2^{-24} = 4.8\cdot10^{-6}$.
-#    With bf16 log decays every running sum here is exact in float32. A sum of 16 numbers with
-#    8-bit significands needs only a few more bits than they have, unless a channel mixes tiny
-#    and large decays. So the factor is off only by the rounding of two exponentials and a
-#    product, about $1.5\cdot10^{-7}$ at every span.
-# 2. **tf32 is the error, by three orders of magnitude.** With full float32 products every
-#    quantity is good to about $10^{-7}$. With tf32 the matrices and the output sit near
-#    $2^{-11}$ ($3\cdot10^{-4}$) when rounded and near $2^{-10}$ ($8\cdot10^{-4}$ to
-#    $1.1\cdot10^{-3}$) when truncated, flat across the sweep. The `FACTORED_SPAN` cap guards
-#    against overflow and against the float32 error, which even with float32 decays at a span of
-#    40 stays about 100 times below tf32's. It is not what sets the 16-bit path's accuracy.
-# 3. **It is well inside the budget.** $\mathcal T$ comes out more accurate than $A_{ab}$ (its
-#    squarings run in IEEE float32, and $A_{ab}$ is small). The output's worst, $1.1\cdot10^{-3}$
-#    truncated, is about 20 times below the $2\times10^{-2}$ tolerance, and it is smaller than
-#    bf16's own rounding, $2^{-9}$. The H200 record agrees
-#    (`benchmarks/results/h200_wkv7_v3_2026-12-01.txt`, $B = 2$, $T = 512$, $H = 4$, bf16
-#    against float64 on the same inputs). There the float32 final state is off by
-#    $3.4\times10^{-4}$, the same order as the emulation, and the bf16 output by
-#    $2.0\times10^{-3}$, about the size of bf16's rounding.
-
-# %% [markdown]
-# Measured on one NVIDIA H200 (Triton 3.6, torch 2.11, fla-core 0.6.0; B = 4, H = 32, K = V = 64,
-# bfloat16; `triton.testing.do_bench` medians in ms). These are recorded numbers, not computed
-# by this chapter: `benchmarks/results/h200_wkv7_v3_2026-12-01.txt` (the state-pass design above,
-# with FLA's `chunk_rwkv7(..., lower_bound=-e^{-1/2})` in the same process) and
-# `h200_wkv7_v2_2026-12-01.txt` (FLA's default). The first row is the previous design (one
-# kernel, the pairwise `[16, 16, 64]` blocks for every chunk and the substitution loop, in
-# every V-block's program), from the RWKV-7 issue's measurement on the same kind of machine.
-# Every row includes the public function's value checks.
-#
-# | kernel | T | forward | forward + backward |
-# |---|---|---|---|
-# | `triton_chunked`, previous design | 4096 | 14.7 | 62.0 |
-# | `triton_recurrent` (previous measurement) | 4096 | 7.30 | 20.1 |
-# | `triton_chunked` (any $w \le 0$) | 4096 | 2.52 | 9.23 |
-# | `triton_chunked(..., lower_bound=-e^{-1/2})` | 4096 | 1.61 | 5.77 |
-# | FLA `chunk_rwkv7` (default) | 4096 | 1.92 | 6.95 |
-# | FLA `chunk_rwkv7(..., lower_bound=-e^{-1/2})` | 4096 | 1.17 | 4.65 |
-# | `triton_chunked(..., lower_bound)` / FLA lower_bound | 1024 | 0.51 / 0.45 | — |
-# | `triton_chunked(..., lower_bound)` / FLA lower_bound | 16384 | 6.11 / 4.60 | — |
-# | same, B = 1, H = 8 | 65536 | 17.5 / 4.08 | — |
-#
-# The factored pairwise matrices and the squared inverse made the chunked kernel 9× faster
-# forward and 11× faster forward + backward, and it now beats the recurrent kernel. With the
-# bound declared it is 0.73× FLA's speed forward and 0.81× forward + backward at T = 4096 (and
-# faster than FLA's default configuration forward + backward). It is not yet FLA's equal, and the
-# last row says why. Moving the state-free work into the parallel prep kernel did *not* speed up
-# the forward (the single-kernel version measured 1.66 ms, the same), so the chain of small
-# products was not the cost. What remains is the state pass's own per-chunk time, about
-# 6 µs for each 16-token chunk at B = 4 and 4 µs even when a program has a multiprocessor to
-# itself: at B = 1, H = 8 only eight programs run, each walks 4096 chunks, and splitting V into
-# 16-column blocks (four times the programs) gained only 7 %
-# (`h200_wkv7_v3_chunks_2026-12-01.txt`). A per-chunk time that does not shrink with the work is
-# latency: the loads of the next chunk are not overlapped with this chunk's products. FLA's
-# state pass takes chunks of 64 (four times fewer steps) and splits K as well as V. Those are
-# the next versions; `benchmarks/NOTES.md` keeps the log.
-
-# %% [markdown]
-# ### The roofline of each launch
-#
-# How far is each launch from what the hardware allows? Count, at the benchmark's shape, the
-# bytes each one moves and the tensor-core FLOPs it does, and divide by the H200's measured
-# ceilings: 4.1 TB/s for a device-to-device copy (bytes read + written) and ~790 TFLOP/s for a
-# bf16 matmul (`benchmarks/NOTES.md`, "Ceilings").
-#
-# - **Bytes.** The prep reads $r, w, k, v, a, b$ in bf16 and writes $W$, $U$ and
-#   $[A_{rk}\,|\,A_{rb}]$ in float32. The state pass reads $r, k, b, w$, its columns of $v$, and
-#   the prep's three pieces, and writes $o$ (bf16), the final state and, when training, the
-#   checkpoints. The backward reads $r, w, k, v, a, b, \bar o$ and the checkpoints, and writes the
-#   six gradients. Every V-block re-reads the K-sized rows, so those bytes count `NV` times
-#   (`NV = 1` on the H200). One assumption: `_prefixes` loads $w$ three times, at the chunk's
-#   rows and shifted one row up and one down. The cell assumes all three loads miss the cache
-#   (`W_LOADS = 3`), which is pessimistic: the shifted rows overlap 15 of 16 rows with the
-#   first load and would mostly hit L1/L2. Setting it to 1 lowers each floor by a few percent.
-# - **FLOPs.** One entry per `tl.dot` per chunk: its `(m, n, k)`, at `2mnk` FLOPs. The cell
-#   counts the `tl.dot(` calls in the kernels' own source, so the list cannot silently miss a
-#   product. The floor counts every product at the bf16 rate. The 16-bit path's dots are tf32,
-#   which Hopper runs at half that rate, and $\mathcal T$'s squarings are IEEE float32 on the
-#   ordinary cores. Even so, the compute floor stays tens of microseconds.
-#
-# The measured times come from the record of the H200 run, which the cell reads and parses:
-# `benchmarks/results/h200_wkv7_v3_2026-12-01.txt`, rows `ours lower_bound` and `ours hybrid` at
-# B=4, T=4096, H=32. It timed the forward (prep + state pass, without checkpoints) and forward +
-# backward, not each launch. So the cell compares the forward with the first two floors, and the
-# difference of the two times (the backward, plus the checkpoint writes the training forward
-# adds) with the third floor.
-
-# %%
-import re
-from pathlib import Path
-
-record = Path(rwkvlab.__file__).resolve().parents[1] / "benchmarks/results/h200_wkv7_v3_2026-12-01.txt"
-measured = {(int(m[1]), int(m[2]), int(m[3]), m[4]): (float(m[5]), float(m[6])) for m in re.finditer(
-    r"B=(\d+) T=(\d+) H=(\d+) ours (\w+)\s+fwd ([\d.]+) fwd\+bwd ([\d.]+|nan)", record.read_text())}
-
-Br, Tr, Hr, Kr, Vr = 4, 4096, 32, 64, 64
-BW, PEAK = 4.1e12, 790e12                               # H200: copy bytes/s, bf16 matmul FLOP/s
-NV, NVb = -(-Vr // gpu_block_v(Vr)), -(-Vr // gpu_block_v(Vr, "bwd"))
-W_LOADS = 3                                             # assumption: w's shifted loads miss the cache
-
-
-def tensor(width, size):
-    """Bytes of one [B, T, H, width] tensor of `size`-byte numbers."""
-    return Br * Tr * Hr * width * size
-
-
-n_ch = Br * -(-Tr // CHUNK) * Hr                        # (chunk, head) pairs
-ckpt_bytes, state_bytes = n_ch * Kr * Vr * 4, Br * Hr * Kr * Vr * 4
-grads_k = 5 * tensor(Kr, 2) if NVb == 1 else 5 * NVb * tensor(Kr, 4)   # dr dw dk da db (or float32 partials)
-traffic = {                                             # (bytes read, bytes written)
-    "prep": ((4 + W_LOADS) * tensor(Kr, 2) + tensor(Vr, 2), tensor(Kr, 4) + tensor(Vr, 4) + tensor(2 * CHUNK, 4)),
-    "state pass": (NV * ((3 + W_LOADS) * tensor(Kr, 2) + tensor(Kr, 4) + tensor(2 * CHUNK, 4))
-                   + tensor(Vr, 2) + tensor(Vr, 4), tensor(Vr, 2) + state_bytes),
-    "backward": (NVb * (4 + W_LOADS) * tensor(Kr, 2) + 2 * tensor(Vr, 2) + ckpt_bytes, grads_k + tensor(Vr, 2)),
-}
-C, K_, BV, BVb = CHUNK, Kr, gpu_block_v(Vr), gpu_block_v(Vr, "bwd")
-pairs = [(C, C, K_)] * 4                                # _pairs_factored: the four pairwise matrices
-inverse = [(C, C, C)] * (2 * NSQ)                       # _unit_lower_inverse: NSQ squarings, 2 dots each
-dots = {                                                # (m, n, k) per tl.dot, per chunk and program
-    "prep": pairs + inverse + [(C, K_, C), (C, Vr, C), (C, Vr, C)],                 # W, A_ak V, T (A_ak V)
-    "state pass": [(C, BV, K_), (C, BV, K_), (C, BV, C), (C, BV, C), (K_, BV, C), (K_, BV, C)],
-    "backward": pairs + inverse + [(C, K_, C), (C, BVb, C), (C, BVb, K_), (C, BVb, C)]       # recompute
-    + [(C, BVb, C), (C, BVb, K_), (C, C, BVb), (C, C, BVb), (C, K_, BVb), (C, K_, BVb), (C, K_, BVb)]
-    + [(C, K_, BVb), (C, BVb, C), (C, BVb, C), (C, BVb, K_), (C, BVb, C), (C, K_, C), (C, C, K_), (C, C, BVb)]
-    + [(C, C, BVb), (C, C, C), (C, C, C), (K_, BVb, C), (K_, BVb, C)]                # dA_ak, dA_ab, dS
-    + [(C, K_, C)] * 8 + [(C, K_, C)] * 3,              # _pair_grads_factored, then dw's 0/1 sums
-}
-n_dots = lambda f: inspect.getsource(f.fn).count("tl.dot(")                      # noqa: E731
-assert len(dots["prep"]) == n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse) + n_dots(kc.wkv7_fwd_prep_kernel)
-assert len(dots["state pass"]) == n_dots(kc.wkv7_fwd_chunked_kernel)
-assert len(dots["backward"]) == (n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse)
-                                 + n_dots(kc._pair_grads_factored) + n_dots(kc.wkv7_bwd_chunked_kernel))
-programs = {"prep": n_ch, "state pass": n_ch * NV, "backward": n_ch * NVb}         # chunk steps, all programs
-flops = {n: programs[n] * sum(2 * m * nn * kk for m, nn, kk in dots[n]) for n in dots}
-floor = {n: max(sum(traffic[n]) / BW, flops[n] / PEAK) * 1e3 for n in dots}      # ms
-
-print(f"B={Br} T={Tr} H={Hr} K=V={Kr} bf16, C={CHUNK}, NV={NV} (fwd) / {NVb} (bwd), w loaded {W_LOADS}x; the state pass "
-      f"without its {ckpt_bytes / 2**20:.0f} MiB of checkpoints (training writes them: counted with the backward)")
-print(f"{'launch':11s} {'read':>9s} {'written':>9s} {'memory floor':>13s} {'tl.dot FLOPs':>13s} {'compute floor':>14s}")
-for n in dots:
-    print(f"{n:11s} {traffic[n][0] / 2**20:5.0f} MiB {traffic[n][1] / 2**20:5.0f} MiB {sum(traffic[n]) / BW * 1e3:9.3f} ms "
-          f"{flops[n] / 1e9:8.1f} GFLOP {flops[n] / PEAK * 1e3:10.3f} ms")
-fwd_floor = floor["prep"] + floor["state pass"]
-bwd_floor = floor["backward"] + ckpt_bytes / BW * 1e3       # + the checkpoints the training forward writes
-op_floor = (6 * tensor(Kr, 2) + tensor(Vr, 2)) / BW * 1e3   # the operator itself: inputs once, o once
-print(f"the operator's own floor (6 inputs read, o written once): {op_floor:.3f} ms; the two-launch forward's: "
-      f"{fwd_floor:.3f} ms, {(tensor(Kr, 4) + tensor(Vr, 4) + tensor(2 * CHUNK, 4)) * 2 / BW * 1e3:.3f} ms of it "
-      "the prep's float32 hand-off, written and read back")
-for name in ("lower_bound", "hybrid"):
-    f_ms, fb_ms = measured[(Br, Tr, Hr, name)]
-    print(f"measured ({name}): forward {f_ms:.2f} ms = {f_ms / fwd_floor:.1f}x its floor "
-          f"({(sum(traffic['prep']) + sum(traffic['state pass'])) / (f_ms * 1e-3) / 1e12:.2f} TB/s); "
-          f"backward ~{fb_ms - f_ms:.2f} ms = {(fb_ms - f_ms) / bwd_floor:.1f}x its floor")
-per_chunk = {(B_, T_, H_): f_ms / -(-T_ // CHUNK) * 1e3 for (B_, T_, H_, n), (f_ms, _) in measured.items()
-             if n == "lower_bound"}
-print("forward time / chunks per state-pass program: "
-      + ", ".join(f"B={B_} T={T_} H={H_} ({B_ * H_} programs) {us:.1f} us" for (B_, T_, H_), us in per_chunk.items()))
-(t_1k, _), (t_16k, _) = measured[(4, 1024, 32, "lower_bound")], measured[(4, 16384, 32, "lower_bound")]
-slope = (t_16k - t_1k) / ((16384 - 1024) // CHUNK) * 1e3       # us per extra chunk step, fixed costs removed
-print(f"B=4 H=32, T = 1024 -> 16384: {slope:.1f} us per extra chunk step, {t_1k - slope * 1e-3 * (1024 // CHUNK):.2f} ms fixed")
-f_lb, fb_lb = measured[(Br, Tr, Hr, "lower_bound")]
-assert all(sum(traffic[n]) / BW > 4 * flops[n] / PEAK for n in dots)      # every launch: bytes, not FLOPs, bound it
-assert f_lb > 3 * fwd_floor and fb_lb - f_lb > 5 * bwd_floor                # and the measurement is far above
-assert 4 < slope < 7 and 4 < per_chunk[(1, 65536, 8)] < 5                   # ~4-6 us per chunk, 8 or 128 programs
-
-# %% [markdown]
-# The floors tell a plain story. Every launch is memory-bound on paper: its bytes take 4 to 18
-# times longer than its products at the bf16 rate, and still at least twice as long at tf32's
-# half rate. The two-launch
-# design has a higher floor than the operator itself. The prep writes $W$, $U$ and $A$ in
-# float32 and the state pass reads them back. That hand-off is 0.16 ms of the forward's
-# 0.43 ms floor, and the operator's own floor is 0.115 ms, so the split was not free. But no
-# launch is near its floor. With the bound declared, the forward runs at 3.8 times its memory
-# floor and the backward at about 8 times its own (6 and 13 times without the bound). Nothing
-# here is limited by bandwidth or by tensor cores.
-#
-# The last two lines say what the limit is. Divide the forward's time by the number of chunks
-# one state-pass program walks. That gives 6.3 µs per chunk at T = 4096, 6.0 µs at 16384, and
-# 4.3 µs at B = 1, H = 8, where only 8 programs run. The 8.0 µs at T = 1024 is fixed costs
-# spread over fewer chunks: between T = 1024 and 16384 each extra chunk costs 5.8 µs, on top of
-# 0.14 ms. Meanwhile the forward as a whole moves its bytes at 1.1 TB/s, about a quarter of the
-# copy bandwidth. A cost per step that depends neither on how much data the step moves nor on
-# how many programs share the machine is *latency*: each chunk waits for its loads, then for a chain of dependent
-# products, before the next chunk can start. The fixes are the ones Section 8's table already
-# points to. Overlap the next chunk's loads with this chunk's products (exercise 4), take
-# longer chunks so there are fewer steps, or split K as well as V so there are more programs to
-# hide each other's waits.
-
-# %% [markdown]
-# The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,
-# it prints a note: the interpreter would take hours at these shapes.
-
-# %%
-if rwkvlab.device.has_gpu():
-    import triton
-
-    xs = inputs(2, 1024, 4, 64, 64, seed=12, dtype=torch.bfloat16)
-    want = reference(*xs, output_final_state=True)
-    for name in ("triton_recurrent", "triton_chunked"):
-        f = getattr(wkv7, name)
-        rwkvlab.check(f"{name} bf16 (2, 1024, 4, 64, 64) vs naive float64",
-                      f(*xs[:6], initial_state=xs[6], output_final_state=True), want, 2e-2)
-    xb = inputs(4, 4096, 32, 64, 64, seed=13, dtype=torch.bfloat16)[:6]
-    print(f"{'kernel':24s} forward ms (B=4, T=4096, H=32, K=V=64, bf16)")
-    for name in ("triton_recurrent", "triton_chunked", "chunked"):
-        f = getattr(wkv7, name)
-        with torch.no_grad():
-            ms = triton.testing.do_bench(lambda: f(*xb), warmup=10, rep=50)
-        print(f"{name:24s} {ms:8.2f}")
-else:
-    print("no GPU: the bf16 check and the timing run only on a GPU (see the table above and "
-          "tests/test_wkv7_triton.py, which switches to large bf16 shapes there)")
-
-# %% [markdown]
-# ## 9. The block pieces around the state update, and one fused kernel
-#
-# The WKV operator is the expensive part of an RWKV-7 block, but not the only one. Around it
-# sit small elementwise pieces. Chapter 12 builds the whole block from their torch forms in
-# `rwkvlab.rwkv7_ops`:
-#
-# - **token shift and mixing** (`token_shift`, `addcmul_mix`): each projection's input is
-#   $x + (x_{\text{prev}} - x)\odot\mu_\square$, six times, for $\square \in \{r, w, k, v, a, g\}$;
-# - **the key update** (`k_update`): the replacement key $\tilde k = k \odot (1 + (a - 1)\odot \alpha)$;
-# - **the removal key** (`removal_key`): $\hat\kappa = \mathrm{normalize}(k\odot\xi)$ per head;
-# - **the output correction** (`output_correction`): the bonus
-#   $\big(\sum_{\text{head}} r\odot\tilde k\odot\rho\big)\, v$, added after the per-head norm;
-# - **channel mixing** (`channel_mix`): $\mathrm{relu}(x_k W_{k'})^2 W_{v'}$.
-#
-# FLA ships Triton kernels for several of these (`fused_addcmul`, `fused_k_update`,
-# `gate_output_correction`, and a channel-mixing kernel). None of them does much arithmetic.
-# Every one is *memory-bound*: a GPU reads and writes bytes far more slowly than it multiplies.
-# Fusing pays when it removes trips through memory, so the useful question is how many bytes
-# each version moves. The token shift with its six mixes is the clearest case, and it is the one
-# fused here. The torch form is short:
-
-# %%
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from rwkvlab import rwkv7_ops
-from rwkvlab.wkv7 import kernels_fused as kf
-
-print(inspect.getsource(rwkv7_ops.addcmul_mix))
-
-
-class CountBytes(TorchDispatchMode):
-    """Sum the bytes each eager torch op reads and writes (views move no data and are skipped)."""
-    FACTORIES = {"aten.new_zeros.default", "aten.zeros_like.default", "aten.empty_like.default"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops, self.total = 0, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            read = [] if str(func) in self.FACTORIES else torch.utils._pytree.tree_leaves((args, kwargs))
-            moved = [t for t in read + torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-            self.ops += 1
-            self.total += sum(t.numel() * t.element_size() for t in moved)
-        return out
-
-
-Bx, Tx, Cx = 2, 64, 256
-x = torch.randn(Bx, Tx, Cx)
-mus = [torch.rand(1, 1, Cx) for _ in range(6)]
-with CountBytes() as eager:
-    x_prev, _ = rwkv7_ops.token_shift(x)
-    want = rwkv7_ops.addcmul_mix(x, x_prev, *mus)
-unit = x.numel() * x.element_size()                      # one pass over a [B, T, C] tensor
-print(f"eager torch: {eager.ops} kernels, {eager.total / unit:.1f} tensor-sized passes through memory")
-assert eager.ops == 15 and round(eager.total / unit) == 35
-
-# %% [markdown]
-# Eager torch launches 15 kernels (a zero first row and the shifted copy, the difference, then
-# a multiply and an add per mix), and together they move 35 tensor-sized passes: each mix reads `xx`, writes
-# `xx·μ`, reads it back with `x`, and writes the result. The fused kernel moves **8**. It
-# reads each block of `x` twice, once at the block's rows and once one row up (the second
-# read mostly hits the cache), and it writes the six mixes once each. The mixing vectors are a
-# few KiB. So the fusion cuts memory traffic by $35/8 \approx 4.4\times$. At $B = 4$,
-# $T = 4096$, $C = 2048$ in bfloat16 a pass is 64 MiB: 2.2 GiB eager against 0.5 GiB fused. If
-# time followed bytes at the ~3 TB/s an H100 sustains for a device-to-device copy, that would
-# be about 0.8 ms against 0.2 ms.
-#
-# The first measurement on an H100 fell far short of that: eager 1.17 ms, fused 1.00 ms, only
-# 1.2× faster. Counting bytes found the culprit, and it was outside the kernel. The fused
-# function's argument checks then included the book's usual NaN scan,
-# `torch.isfinite(x).all()`. That is five more eager kernels (abs, compare, compare, multiply,
-# reduce), about 8 tensor-sized passes of their own, and a host synchronization for `x` and for
-# each of the six $\mu$. The kernel's 8 passes had become 16, plus seven round trips to the
-# CPU. The torch pieces skip that scan on purpose (`rwkv7_ops` checks types and shapes only;
-# its comment says why). The eager side had no such cost, and 35 passes in 1.17 ms is about
-# 2 TB/s, so it was running near the memory's speed. The fused function now validates the
-# way `rwkv7_ops` does: types and shapes, no scan, no synchronization. When a GPU is present,
-# the cell at the end of this section prints the current times and effective bandwidths. The
-# lesson is about accounting. The byte count gives the *bound*, and when a measurement misses
-# it, count the bytes of *everything* the call does, not only the kernel you wrote. The same
-# counter measures the scan on a bfloat16 `x`:
-
-# %%
-x_bf16 = x.bfloat16()
-with CountBytes() as scan:
-    rwkvlab.validate.tensor("x", x_bf16)                 # the NaN scan the fused wrapper used to do
-passes = scan.total / (x_bf16.numel() * x_bf16.element_size())
-print(f"NaN scan of x: {scan.ops} ops (the last one copies the answer to the CPU), {passes:.1f} passes")
-assert scan.ops == 6 and round(passes) == 8
-
-# %% [markdown]
-# The backward kernel is fused the same way. $\bar x_t$ collects
-# $\sum_m \bar x_{m,t}\odot(1-\mu_m)$ from its own row and $\sum_m \bar x_{m,t+1}\odot\mu_m$ from the
-# row below (unless that row starts a new sequence). The shift state gets the first row's
-# $\mu$-share. Each row block writes one partial sum per $\mu_m$, and the partial sums are
-# added up afterwards.
-
-# %%
-print(inspect.getsource(kf._mix_fwd_kernel.fn))
-print(inspect.getsource(kf._mix_bwd_kernel.fn))
-
-# %% [markdown]
-# The kernel agrees with the torch pieces, with a shift state carried from a previous segment,
-# in the forward pass and in the gradients of $x$, all six $\mu$ and the shift state:
-
-# %%
-gen = torch.Generator().manual_seed(14)
-x64 = torch.randn(2, 37, 96, generator=gen, dtype=torch.float64)
-mu64 = [torch.rand(1, 1, 96, generator=gen, dtype=torch.float64) for _ in range(6)]
-shift64 = torch.randn(2, 96, generator=gen, dtype=torch.float64)
-douts = [torch.randn(2, 37, 96, generator=gen, dtype=torch.float64) for _ in range(6)]
-leaves64 = [t.requires_grad_() for t in [x64, *mu64, shift64]]
-mixes64 = rwkv7_ops.addcmul_mix(leaves64[0], rwkv7_ops.token_shift(leaves64[0], leaves64[7])[0], *leaves64[1:7])
-dwant = torch.autograd.grad(sum((o * d).sum() for o, d in zip(mixes64, douts)), leaves64)
-leaves = [t.detach().float().to(DEV).requires_grad_() for t in leaves64]
-mixes = kf.fused_addcmul(leaves[0], *leaves[1:7], shift_state=leaves[7])
-dgot = torch.autograd.grad(sum((o * d.float().to(DEV)).sum() for o, d in zip(mixes, douts)), leaves)
-rwkvlab.check("fused_addcmul: six mixes vs rwkv7_ops", mixes, mixes64, 1e-6)
-rwkvlab.check("fused_addcmul: grads of x, six mu, shift_state vs autograd", dgot, dwant, 1e-6)
-
-# %% [markdown]
-# The other pieces are fused in other places, and why is itself instructive. The key update
-# $\tilde k = k\odot(1 + (a-1)\odot\alpha)$ cannot join the pass above, because $a$ comes out of
-# a LoRA applied to one of the mixes; it belongs in the epilogue of that LoRA's matmul, or in a
-# small kernel of its own, as in FLA. The output correction needs a per-head sum
-# of $r\odot\tilde k\odot\rho$, which fits naturally into the per-head GroupNorm that runs just
-# before it: one kernel reads the WKV output, normalizes each head, adds the bonus and applies
-# the gate $g$. Channel mixing is two matrix products around $\mathrm{relu}(\cdot)^2$. Its
-# squared ReLU belongs in the first product's epilogue, which is where any matmul library with
-# custom epilogues puts it.
-
-# %%
-if rwkvlab.device.has_gpu():
-    import triton
-
-    xg = torch.randn(4, 4096, 2048, device=DEV, dtype=torch.bfloat16)
-    mug = [torch.rand(1, 1, 2048, device=DEV, dtype=torch.bfloat16) for _ in range(6)]
-    t_eager = triton.testing.do_bench(lambda: rwkv7_ops.addcmul_mix(xg, rwkv7_ops.token_shift(xg)[0], *mug))
-    t_fused = triton.testing.do_bench(lambda: kf.fused_addcmul(xg, *mug))
-    print(f"token shift + 6 mixes, B=4 T=4096 C=2048 bf16: eager {t_eager:.3f} ms, fused {t_fused:.3f} ms "
-          f"({t_eager / t_fused:.1f}x)")
-    pass_bytes = xg.numel() * xg.element_size()
-    print(f"effective bandwidth: eager {35 * pass_bytes / t_eager / 1e9:.2f} TB/s, "
-          f"fused {8 * pass_bytes / t_fused / 1e9:.2f} TB/s")
-else:
-    print("no GPU: the timing of eager vs fused mixing runs only on a GPU")
+print(inspect.getsource(ref.grad_check))
+ref.grad_check(wkv7.triton_recurrent, inputs(1, 37, 2, 16, 32, seed=7, decay=2.0), "triton_recurrent (1, 37, 2, 16, 32)")
+ref.grad_check(wkv7.triton_recurrent, inputs(1, 40, 2, 16, 16, seed=7, decay=2.0, N=3), "triton_recurrent varlen [7, 2, 31]",
+               cu_seqlens=torch.tensor([0, 7, 9, 40], device=DEV));
 
 # %% [markdown]
 # ## Summary
 #
 # - RWKV-7's transition $G_t = \mathrm{diag}(e^{w_t}) + b_t a_t^\top$ acts on the state's rows,
-#   so the state's *columns* are independent. Both kernels split the value dimension across
-#   programs and keep all the key rows of a column in one tile.
+#   so the state's *columns* are independent. The kernel splits the value dimension across
+#   programs and keeps all the key rows of a column in one tile.
 # - The fused recurrent kernel is the recurrence written on a register tile: one column
 #   reduction ($a^\top S$), one elementwise update with two rank-one terms, one column reduction
 #   for the read-out of the updated state.
@@ -1376,22 +373,15 @@ else:
 # - The states the backward pass needs are recomputed from checkpoints every 16 steps. That costs
 #   one extra forward pass and saves 16× the memory of storing all states (8 GiB → 0.5 GiB per
 #   layer at B = 4, T = 4096, H = 32).
-# - The chunked kernel runs chapter 10's WY/UT algebra with the nine state products on
-#   `tl.dot`. It forms the pairwise decays with every exponent $\le 0$ and builds the UT transform
-#   by forward substitution in registers. Its backward kernel restarts each chunk from its saved
-#   start state and runs the adjoint of every line, with $\bar A_{ab} = \mathcal T^\top \bar{\mathcal T}
-#   \mathcal T^\top$ for the triangular inverse. Its decay gradient uses interval sums, so it
-#   stays exact for strong decays.
-# - On an H100 both kernels are 5–8× faster than the torch chunked form in the forward pass
-#   and 8–23× in forward + backward. The single-kernel chunked design is slower than the
-#   recurrent kernel at this shape, its backward most of all; the fix is to split it into
-#   several launches.
-# - The small pieces of the block are memory-bound, so count bytes. Token shift with six mixes
-#   moves 35 tensor-sized passes in eager torch and 8 in one fused kernel. That is a bound on
-#   the gain, and a measurement that misses it means some bytes went uncounted: here, a NaN
-#   scan in the argument checks that cost as much as the kernel.
+#
+# The recurrent kernel is a chain of $T$ dependent steps whose operations tensor cores cannot
+# run. *RWKV-7 in Triton II* keeps its grid and its checkpoints, and replaces the steps by
+# chapter 10's chunked algebra on `tl.dot`.
 #
 # ## Exercises
+#
+# Chapter 11 numbers its exercises across its two files: 1–4 and the self-checking 9–11 are
+# here, 5–8 (the chunked kernel, speed and fusion) are at the end of *Triton II*.
 #
 # 1. **A transposed bug.** In `wkv7_backward_loop`, replace the last line's
 #    `torch.outer(a[t], b[t] @ dS)` by `torch.outer(b[t], a[t] @ dS)` (the forward's order).
@@ -1404,26 +394,9 @@ else:
 # 3. **Splitting K.** For $K = 256$ one tile no longer fits. Sketch a kernel with two K-blocks
 #    per column. Which of the three per-step operations need the two programs to communicate?
 #    (Hint: $a^\top S$ and $S^\top r$ do; the update does not.)
-# 4. **A faster state pass.** Section 8 measured the state pass at about the same time per chunk
-#    whatever its V-block. Prefetch by hand: load chunk $i+1$'s inputs (and the prep kernel's
-#    $W$, $U$, $A$) before the products of chunk $i$, carrying them through the loop. Or (b) move
-#    the output out of the state pass into a third launch parallel over chunks, so that the
-#    sequential kernel carries only $E$ and $S$. Check it against `wkv7.naive` and time it with
-#    `python -m rwkvlab bench --kinds wkv7`.
-# 5. **Inverting the step.** Write $S_{t-1} = G_t^{-1}(S_t - k_t v_t^\top)$ with the
+# 4. **Inverting the step.** Write $S_{t-1} = G_t^{-1}(S_t - k_t v_t^\top)$ with the
 #    Sherman–Morrison formula for $G_t^{-1}$, run it backwards from $S_T$ in float32 with
 #    $w = -8$, and measure how fast the reconstructed states diverge from the true ones.
-# 6. **Fuse the output correction.** Write a Triton kernel that takes the WKV output, applies
-#    the per-head GroupNorm (eps $= 64\times 10^{-5}$), adds
-#    `rwkv7_ops.output_correction` and multiplies by the gate $g$, in one pass. Count its bytes
-#    the way Section 9 does, and check it against the torch pieces.
-# 7. **Strong decay in half precision.** With float16 inputs, what is the smallest log decay
-#    whose factor $e^{w}$ survives the load? Does the kernel lose anything by computing
-#    `tl.exp(b_w)` in float32 after the load?
-# 8. **How close to the bound?** On a GPU, time `kf._FusedAddcmul.apply` alone next to
-#    `kf.fused_addcmul` and to the eager pieces, and profile the kernel with Nsight Compute
-#    (`ncu --set full`). What fraction of the DRAM bandwidth does it reach? Try other `BR`, `BC`
-#    and `num_warps`. Then put the NaN scan back and measure what it costs.
 #
 # ### Exercises that check themselves
 #

@@ -242,7 +242,7 @@ print("the signatures, defaults, shapes and dtypes above match the contract")
 # | fla-org/flash-linear-attention, `fla/ops/rwkv6/`, `fla/ops/rwkv7/`, `fla/ops/delta_rule/`, `fla/layers/rwkv7.py` | the layout and log-decay convention this book follows; chunked RWKV-6/7 and the WY/UT chunk algebra (chapters 5–11) |
 # | BlinkDL/ChatRWKV, `rwkv_pip_package/src/rwkv/model.py` (the `rwkv` pip package) | the official inference runtime; it keeps RWKV-4's state as `(aa, bb, pp)`, our $(a', b', p)$ of chapter 3 |
 # | karpathy/char-rnn, `data/tinyshakespeare/input.txt` | the text of `data/shakespeare.txt` (chapter 14) |
-# | triton-lang/triton, issue #4574 and pull request #9295 | `tl.dot` with `input_precision="tf32"` passes float32 operands to the tensor cores without rounding them (the hardware drops the low 13 bits), less accurate than round-to-nearest tf32; the later option rounds first (chapter 11, §8) |
+# | triton-lang/triton, issue #4574 and pull request #9295 | `tl.dot` with `input_precision="tf32"` passes float32 operands to the tensor cores without rounding them (the hardware drops the low 13 bits), less accurate than round-to-nearest tf32; the later option rounds first (chapter 11, *Triton II* §4) |
 # | BlinkDL/RWKV-LM, `RWKV-v8/README.md`, `RWKV-v8/251014_rosa_1bit_layer.py`, `RWKV-v7/rwkv_v8_rc00_demo.py` | RWKV-8 "Heron": ROSA's suffix-automaton lookup and DeepEmbed's per-token channel-mix scale (the family chapter, §6) |
 #
 # The cell below keeps this list honest: it collects every arXiv id that the chapters and the

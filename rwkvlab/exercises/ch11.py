@@ -1,4 +1,5 @@
-"""Checkers for chapter 11 (RWKV-7 in Triton): the step's adjoint, a Triton step kernel, a segment's backward."""
+"""Checkers for chapter 11 (RWKV-7 in Triton I, the recurrent kernel): the step's adjoint, a Triton step kernel,
+a segment's backward. Chapter 11's second file (Triton II) has no self-checking exercises."""
 from __future__ import annotations
 
 import torch

@@ -26,13 +26,14 @@ import numbers
 import torch
 
 from .. import validate
+from ..checking import check, rel_err
 
 #: RWKV-7's log decay is w = −e^{−1/2}·σ(·) (the paper's Eq. 12; ``x070.TimeMix.log_decay``), so
 #: w ≥ −e^{−1/2} ≈ −0.6065 always; a kernel told so may skip its strong-decay path
 RWKV7_LOWER_BOUND = -math.exp(-0.5)
 
 __all__ = ["naive", "step", "chunked", "ut_transform", "segment_log_decays", "intra_chunk_matrices",
-           "chunk_matrices", "random_inputs"]
+           "chunk_matrices", "random_inputs", "naive64", "forward_check", "grad_check"]
 
 
 # --------------------------------------------------------------------------- input handling
@@ -410,3 +411,53 @@ def random_inputs(B, T, H, K, V, seed=0, dtype=torch.float32, decay=-RWKV7_LOWER
         s0 = torch.randn(B if N is None else N, H, K, V, generator=g, dtype=torch.float64)
         xs.append(s0.to(device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32))
     return [x.requires_grad_() for x in xs] if requires_grad else xs
+
+
+# --------------------------------------------------------------------------- checking a rung
+def _cpu64(x):
+    return None if x is None else x.detach().double().cpu()
+
+
+def naive64(r, w, k, v, a, b, initial_state=None, cu_seqlens=None, **kw):
+    """``naive`` on float64 CPU copies of the inputs (and of ``cu_seqlens``): the answer every
+    kernel is checked against. Returns ``(o, final_state | None)`` in float64 on the CPU."""
+    return naive(*map(_cpu64, (r, w, k, v, a, b)), initial_state=_cpu64(initial_state),
+                 cu_seqlens=None if cu_seqlens is None else cu_seqlens.cpu(), **kw)
+
+
+def forward_check(impl, name, shapes, device=None, tol=1e-4):
+    """Check ``impl``'s ``(o, final_state)`` against ``naive64`` on seeded inputs of each shape
+    ``(B, T, H, K, V)`` (keys scaled by 1/√K, log decay in (−1, 0), scale 0.5, an initial state),
+    then on a packed batch of three sequences of lengths 1, 17 and 22 (``cu_seqlens``). Prints
+    one ``check`` line per case at tolerance ``tol``."""
+    def draw(B, T, H, K, V, seed, N=None):
+        return random_inputs(B, T, H, K, V, seed=seed, decay=1.0, key_scale=K ** -0.5, with_state=True, N=N,
+                             device=device)
+
+    for shape in shapes:
+        *xs, s0 = draw(*shape, seed=sum(shape))
+        check(f"{name} vs naive {tuple(shape)}", impl(*xs, scale=0.5, initial_state=s0, output_final_state=True),
+              naive64(*xs, s0, scale=0.5, output_final_state=True), tol)
+    *xs, s0 = draw(1, 40, 2, 16, 16, seed=1, N=3)
+    cu = torch.tensor([0, 1, 18, 40], device=device)
+    check(f"{name} varlen [1, 17, 22] vs naive", impl(*xs, initial_state=s0, output_final_state=True, cu_seqlens=cu),
+          naive64(*xs, s0, output_final_state=True, cu_seqlens=cu), tol)
+
+def grad_check(impl, xs, name, scale=0.7, cu_seqlens=None, tol=1e-4, seed=8, **kw) -> float:
+    """Check the gradients of ``impl`` (a rung with the contract's signature) with respect to all
+    seven tensor inputs ``xs = [r, w, k, v, a, b, initial_state]`` against autograd through
+    ``naive`` on float64 CPU copies. Seeded upstream gradients reach both outputs, ``o`` and the final state; ``kw``
+    goes to ``impl`` only (e.g. ``chunk_size``). Prints one ``check`` line at tolerance ``tol``
+    and returns the largest relative error."""
+    gen = torch.Generator().manual_seed(seed)
+    do = torch.randn(*xs[3].shape, generator=gen).to(xs[3].device)
+    dST = torch.randn(xs[6].shape, generator=gen).to(xs[6].device)
+    x64 = [_cpu64(x).requires_grad_() for x in xs]
+    o, S = naive(*x64[:6], scale=scale, initial_state=x64[6], output_final_state=True,
+                 cu_seqlens=None if cu_seqlens is None else cu_seqlens.cpu())
+    want = torch.autograd.grad((o * do.cpu().double()).sum() + (S * dST.cpu().double()).sum(), x64)
+    xk = [x.detach().clone().requires_grad_() for x in xs]
+    o, S = impl(*xk[:6], scale=scale, initial_state=xk[6], output_final_state=True, cu_seqlens=cu_seqlens, **kw)
+    got = torch.autograd.grad((o * do).sum() + (S * dST).sum(), xk)
+    check(f"{name}: grads of r, w, k, v, a, b, initial_state vs autograd(naive)", got, want, tol)
+    return max(rel_err(g, w_) for g, w_ in zip(got, want))
