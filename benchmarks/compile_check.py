@@ -58,13 +58,13 @@ def kernels(dt16: bool):
              {**common, "BK": 64, "BV": 32, "C": 16, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen}),
         ]
         out.append(("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_chunked_kernel",
-                    {**common, "BT": 16, "BK": 64, "BV": 64, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True,
+                    {**common, "BT": 16, "BK": 64, "BV": 64, "CHECK": True, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True,
                      "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}))
         for bounded in (False, True):   # any w ≤ 0 (both paths compiled), or a declared lower bound
             out += [
                 ("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_prep_kernel",
                  {**common, "BT": 16, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded, "CHECK": True,
-                  "USE_H0": True, "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
+                  "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
                 ("rwkvlab.wkv7.kernels_chunked", "wkv7_bwd_chunked_kernel",
                  {**common, "BT": 16, "BK": 64, "BV": 32, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded,
                   "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),

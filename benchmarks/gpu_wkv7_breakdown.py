@@ -60,17 +60,17 @@ def main(argv=None) -> int:
 
                 def prep():
                     kc.wkv7_fwd_prep_kernel[(n_chunks, H)](
-                        r, w, k, v, a, b, None, flags, cu_arg(None, r.device), idx,
+                        r, w, k, v, a, b, flags, cu_arg(None, r.device), idx,
                         -3.0e38 if lb is None else lb, Wp, Up, Arp, T, **common, NSQ=kc._squarings(C),
-                        SPAN=kc.FACTORED_SPAN, BOUNDED=lb is not None, CHECK=True, USE_H0=False, VARLEN=False,
+                        SPAN=kc.FACTORED_SPAN, BOUNDED=lb is not None, CHECK=True, VARLEN=False,
                         DOT_PREC=prec, **kc._launch("prep"))
 
                 BV = kc.block_v(V)
 
                 def state():
                     kc.wkv7_fwd_chunked_kernel[(triton.cdiv(V, BV), N * H)](
-                        r, w, k, v, b, o, None, ht, ckpt, Wp, Up, Arp, cu, ck_off, 1.0, T, **common, BK=K, BV=BV,
-                        USE_H0=False, STORE_HT=True, STORE_CKPT=True, VARLEN=False, DOT_PREC=prec, **kc._launch("fwd"))
+                        r, w, k, v, b, o, None, ht, ckpt, Wp, Up, Arp, flags, cu, ck_off, 1.0, T, **common, BK=K, BV=BV,
+                        CHECK=True, USE_H0=False, STORE_HT=True, STORE_CKPT=True, VARLEN=False, DOT_PREC=prec, **kc._launch("fwd"))
 
                 do = torch.randn_like(v)
 

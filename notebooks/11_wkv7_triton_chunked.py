@@ -109,7 +109,8 @@ def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
 # 2. **`wkv7_fwd_chunked_kernel`, the state pass.** The recurrent kernel's grid (*Triton I*, §1): program
 #    `(i_v, i_nh)` walks its sequence chunk by chunk with its state tile in registers. Per chunk
 #    it loads what the prep stored and does only the state's products, $E = WS + U$, the three
-#    terms of $O$, and the hand-off. It stores each chunk-start state for the backward.
+#    terms of $O$, and the hand-off. It stores each chunk-start state for the backward, and
+#    checks the initial state, which only it reads, into the same flag.
 #
 # Inside the prep kernel, three choices.
 #

@@ -223,6 +223,21 @@ def test_chunked_checks_values_in_its_kernel(arg, bad):
         wkv7.triton_chunked(*[named[n] for n in "rwkvab"], initial_state=named["initial_state"])
 
 
+def test_chunked_checks_every_sequences_initial_state():
+    """The state pass checks the initial state it reads, one tile per program: a NaN in the
+    initial state of any packed sequence (here a one-token one) is a ValueError naming it."""
+    xs, h0 = make_inputs(1, 30, 2, 16, 16, seed=19, n_state=3)
+    cu = torch.tensor([0, 12, 13, 30], device=DEV)
+    o, ht = wkv7.triton_chunked(*xs, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    o_ref, ht_ref = reference(xs, h0, cu=cu.cpu())
+    assert rel_err(o, o_ref) <= TOL32 and rel_err(ht, ht_ref) <= TOL32
+    for n in range(3):
+        bad = h0.clone()
+        bad[n, 1, 3, 4] = float("nan")
+        with pytest.raises(ValueError, match=r"^initial_state:"):
+            wkv7.triton_chunked(*xs, initial_state=bad, cu_seqlens=cu)
+
+
 def test_chunked_lower_bound_is_checked():
     """A declared lower bound takes the factored path everywhere; a w below it (or above 0) is a
     ValueError, never a wrong answer; a bound the factored path cannot carry is refused up front."""

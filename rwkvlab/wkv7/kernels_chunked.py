@@ -150,13 +150,14 @@ def _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower):
 
 
 @triton.jit
-def wkv7_fwd_prep_kernel(r, w, k, v, a, b, h0, flags, cu, idx, lower, Wp, Up, Arp, T,
+def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Arp, T,
                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                          NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
-                         USE_H0: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+                         VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """Everything of one chunk that does not depend on the state, for all chunks at once (grid:
     chunks × heads): W = T ã, U = T A_ak V and the read-out matrices [A_rk | A_rb], stored
-    float32 at the chunk's token rows. With CHECK it also checks every value it reads."""
+    float32 at the chunk's token rows. With CHECK it also checks every value it reads (the state
+    pass checks the initial state, which it reads)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, eos, t0 = chunk_of(cu, idx, i_c, T, BT, VARLEN)
     o_t = tl.arange(0, BT)
@@ -176,15 +177,6 @@ def wkv7_fwd_prep_kernel(r, w, k, v, a, b, h0, flags, cu, idx, lower, Wp, Up, Ar
     b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk & (o_k < K)[None, :], m_up, o_t, H * K)
     if CHECK:  # the values are checked here, where they are read anyway (no pass of their own)
         bad = _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower)
-        if USE_H0:
-            if t0 == bos:  # the sequence's first chunk also checks its initial state
-                if VARLEN:
-                    i_n = tl.load(idx + 2 * i_c)
-                else:
-                    i_n = i_c // tl.cdiv(T, BT)
-                p_h = (i_n.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
-                b_h = tl.load(h0 + p_h)
-                bad = tl.maximum(bad, tl.max(tl.max((b_h * 0. != 0.).to(tl.int32), 1), 0))
         tl.atomic_max(flags, bad)
     incl = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
@@ -205,9 +197,9 @@ def wkv7_fwd_prep_kernel(r, w, k, v, a, b, h0, flags, cu, idx, lower, Wp, Up, Ar
 
 
 @triton.jit
-def wkv7_fwd_chunked_kernel(r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, cu, ck_off, scale,
+def wkv7_fwd_chunked_kernel(r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, flags, cu, ck_off, scale,
                             T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CHECK: tl.constexpr,
                             USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
                             VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """The state pass: walks one (sequence·head, V-block) through its chunks, state in registers,
@@ -228,6 +220,8 @@ def wkv7_fwd_chunked_kernel(r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, cu, ck_
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         S += tl.load(h0 + p_s, mask=m_kv, other=0.).to(tl.float32)
+        if CHECK:  # every program reads its tile of the initial state, empty sequences' included
+            tl.atomic_max(flags, tl.max(tl.max((S * 0. != 0.).to(tl.int32), 1), 0))
     base_k = bos * H * K + i_h * K
     base_v = bos * H * V + i_h * V
     base_a = bos * H * 2 * BT + i_h * 2 * BT
@@ -472,7 +466,7 @@ def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_siz
         check=True):
     """Two launches on contiguous tensors: every chunk's state-free pieces in parallel, then the
     state pass. Returns (o, final_state, checkpoints, flags): the checkpoints are the state at
-    every chunk start; ``flags`` (with ``check``) is one int32 that the first launch sets if a
+    every chunk start; ``flags`` (with ``check``) is one int32 that either launch sets if a
     value it read was NaN/Inf or a log decay lay outside [lower_bound, 0] (see raise_flagged)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
@@ -493,13 +487,13 @@ def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_siz
     varlen = cu_seqlens is not None
     rows = B * T if varlen else T
     wkv7_fwd_prep_kernel[(n_chunks, H)](
-        r, w, k, v, a, b, h0, flags, cu_arg(cu_seqlens, r.device), idx, lower, Wp, Up, Arp, rows,
+        r, w, k, v, a, b, flags, cu_arg(cu_seqlens, r.device), idx, lower, Wp, Up, Arp, rows,
         H=H, K=K, V=V, BT=chunk_size, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
-        BOUNDED=lower_bound is not None, CHECK=check, USE_H0=h0 is not None, VARLEN=varlen,
+        BOUNDED=lower_bound is not None, CHECK=check, VARLEN=varlen,
         DOT_PREC=prec, **_launch("prep"))
     wkv7_fwd_chunked_kernel[(triton.cdiv(V, BV), N * H)](
-        r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, cu, ck_off, scale,
-        T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, USE_H0=h0 is not None, STORE_HT=store_ht,
+        r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, flags, cu, ck_off, scale,
+        T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, CHECK=check, USE_H0=h0 is not None, STORE_HT=store_ht,
         STORE_CKPT=store_ckpt, VARLEN=varlen, DOT_PREC=prec, **_launch("fwd"))
     return o, ht, ckpt, flags
 
