@@ -615,6 +615,21 @@ rwkvlab.check("chunked float32 vs naive float64, w = -1e4 and -1e3 among -0.01: 
               with_grads(wkv7.chunked, [x.float() for x in xh], s0h.float()), with_grads(wkv7.naive, xh, s0h), 1e-6)
 
 # %% [markdown]
+# The factored road that `chunked` takes without autograd (section 8), against the pairwise
+# definition in float64, on chunks with realistic decays up to the span it is allowed:
+
+# %%
+print(inspect.getsource(ref.factored_matrices))
+for scale in (0.5, 1.0):                                       # w in (-scale, 0): spans near 9 and 19 over 32
+    r4, w4, k4, v4, a4, b4 = (x[0, :, 0] for x in rwkv7_inputs(1, 32, 1, 16, 8, seed=33, decay=scale))
+    span = -w4.sum(0).min().item()
+    assert span <= ref.CHUNK_FACTOR_SPAN                       # a chunk chunked would factor
+    fac = ref.factored_matrices(r4, w4, k4, a4, b4)
+    exact = ref.intra_chunk_matrices(*(x.double() for x in (r4, w4, k4, a4, b4)))
+    rwkvlab.check(f"factored_matrices, chunk of 32 with decay span {span:.1f}, float32 vs float64",
+                  [fac[n] for n in exact], [exact[n] for n in exact], 1e-6)
+
+# %% [markdown]
 # ## 8. The whole algorithm
 #
 # Put (2)–(5) together, and move everything that does not need the state out of the sequential
@@ -629,7 +644,13 @@ rwkvlab.check("chunked float32 vs naive float64, w = -1e4 and -1e3 among -0.01: 
 # chunk's product of transitions in WY form (section 4), $Q$ what the chunk writes from a zero
 # start. None depends on the state. So `chunked`
 #
-# 1. computes, for every chunk of every head at once, `chunk_matrices`, then
+# 1. computes, for every chunk of every head at once, the chunk's pieces — by `chunk_matrices`,
+#    or, when no gradient is taken and every chunk's decay $-c_C$ is at most
+#    `CHUNK_FACTOR_SPAN` $= 20$ (always, for real RWKV-7 decays), by `factored_matrices`: Trap 1's
+#    product $e^{c_t}\cdot e^{-c_i}$, safe there (factors $\le e^{20}$, rounding $\le 2.4\cdot10^{-6}$;
+#    the cell below checks it), in two batched products instead of one per halving level. Under
+#    autograd it never takes that road, because the $+c$ and $-c$ of the product cancel in
+#    $\bar w$ (section 6's second trap). Then
 #    $\mathcal T = (I - A_{ab})^{-1}$ by one batched `torch.linalg.solve_triangular` (LAPACK's
 #    forward substitution, the recursion of `ut_transform`), then $W$, $\mathcal T A_{ak}$, $P$,
 #    $Q$, $R$ and $M_\text{loc} V$ as batched matrix products;

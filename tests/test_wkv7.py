@@ -437,3 +437,26 @@ def test_random_inputs_are_seeded_model_like_and_valid():
     assert torch.all((iclr > 0) & (iclr < 1))
     assert torch.all(wkv7.random_inputs(1, 3, 1, 4, 4, w_const=-8.0)[1] == -8.0)
     wkv7.naive(*a)      # a valid call
+
+
+def test_chunked_without_autograd_factors_only_small_decays():
+    """Without autograd, ``chunked`` builds a chunk's pieces as two products when every chunk's
+    decay is at most CHUNK_FACTOR_SPAN, else by halving: realistic decays and a decay spike both
+    stay at float32 accuracy against the float64 loop, and the two roads agree."""
+    from rwkvlab.wkv7 import reference as ref
+
+    x = list(wkv7.random_inputs(1, 70, 2, 16, 8, seed=41, dtype=torch.float64))
+    want = wkv7.naive(*x, output_final_state=True)
+    with torch.no_grad():
+        got = wkv7.chunked(*[t.float() for t in x], output_final_state=True)
+    assert rel_err(got, want) < 2e-6
+    c = x[1][0, :32, 0].float()                                   # one chunk: both roads, same pieces
+    pieces = [t[0, :32, 0].float() for t in (x[0], x[1], x[2], x[4], x[5])]
+    fac, halved = ref.factored_matrices(*pieces), ref.chunk_matrices(*pieces)
+    assert -c.sum(0).min() <= ref.CHUNK_FACTOR_SPAN
+    assert rel_err([fac[n] for n in halved], [halved[n] for n in halved]) < 2e-6
+    x[1][:, 11, :, ::2] = -1e4                                    # a spike: its segment takes the halving road
+    want = wkv7.naive(*x, output_final_state=True)
+    with torch.no_grad():
+        got = wkv7.chunked(*[t.float() for t in x], output_final_state=True)
+    assert rel_err(got, want) < 2e-6

@@ -33,7 +33,7 @@ from ..checking import check, rel_err
 RWKV7_LOWER_BOUND = -math.exp(-0.5)
 
 __all__ = ["naive", "step", "chunked", "ut_transform", "segment_log_decays", "intra_chunk_matrices",
-           "chunk_matrices", "random_inputs", "naive64", "forward_check", "grad_check"]
+           "chunk_matrices", "factored_matrices", "CHUNK_FACTOR_SPAN", "random_inputs", "naive64", "forward_check", "grad_check"]
 
 
 # --------------------------------------------------------------------------- input handling
@@ -288,6 +288,43 @@ def chunk_matrices(r, w, k, a, b):
     }
 
 
+#: the largest decay of a chunk (−Σ w over its tokens, in any channel) for which `chunked` takes
+#: :func:`factored_matrices`: its factors stay ≤ e^{20}, and the running sums' rounding costs each
+#: weight at most about (|c_t| + |c_i|)·2⁻²⁴ ≤ 2.4e-6 in float32. RWKV-7's decays (w ≥ −e^{−1/2})
+#: keep a chunk of 32 below 19.5, so real inputs always qualify; a decay spike does not
+CHUNK_FACTOR_SPAN = 20.0
+
+
+def factored_matrices(r, w, k, a, b):
+    """The pieces of :func:`intra_chunk_matrices` as products ``(x ⊙ e^{c}) (y ⊙ e^{−c})ᵀ``.
+
+    Input ``r, w, k, a, b`` [..., C, K]. Valid, and exact to float32 rounding, only while every
+    ``−c_C ≤`` :data:`CHUNK_FACTOR_SPAN` (``e^{−c}`` would overflow past ~88, and its rounding
+    grows with |c|): ``chunked`` checks that before it calls this, and calls it only without
+    autograd (differentiated, the products' ``+c``/``−c`` terms cancel in ``dw``). Two batched products give
+    all four matrices (rows ``r̃, ã`` against columns ``k̂, b̂``), where :func:`chunk_matrices`
+    needs one per halving level.
+    """
+    c = torch.cumsum(w, dim=-2)                                       # c_t
+    c_prev = torch.nn.functional.pad(c[..., :-1, :], (0, 0, 1, 0))    # c_{t-1}
+    inv = (-c).exp()
+    C = r.shape[-2]
+    rows = torch.cat([r * c.exp(), a * c_prev.exp()], dim=-2)         # [..., 2C, K]: r̃, ã
+    cols = torch.cat([k * inv, b * inv], dim=-2)                      # [..., 2C, K]: k̂, b̂
+    A = rows @ cols.transpose(-1, -2)                                 # [..., 2C(x), 2C(y)]
+    tril = torch.ones(C, C, dtype=torch.bool, device=r.device).tril()
+    incl, strict = tril, tril.tril(-1)
+    zero = torch.zeros((), dtype=r.dtype, device=r.device)
+    to_end = (c[..., -1:, :] - c).exp()                               # e^{c_C − c_i}
+    return {
+        "A_rk": torch.where(incl, A[..., :C, :C], zero), "A_rb": torch.where(incl, A[..., :C, C:], zero),
+        "A_ak": torch.where(strict, A[..., C:, :C], zero), "A_ab": torch.where(strict, A[..., C:, C:], zero),
+        "r_start": rows[..., :C, :], "a_start": rows[..., C:, :],
+        "k_end": k * to_end, "b_end": b * to_end,
+        "gamma": c[..., -1, :].exp(),
+    }
+
+
 def _chunked_one(r, w, k, v, a, b, S, scale, C):
     """``[B, T, H, *]`` inputs (accumulation dtype), state ``S`` [B, H, K, V] → (o, S_T)."""
     B, T, H, K = r.shape
@@ -307,7 +344,13 @@ def _chunked_one(r, w, k, v, a, b, S, scale, C):
             x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, Cp - C))
         return x.permute(1, 0, 3, 2, 4)
 
-    M = {n: x.reshape(N, *x.shape[3:]) for n, x in chunk_matrices(*(chunks(x) for x in (r, w, k, a, b))).items()}
+    xs = [chunks(x) for x in (r, w, k, a, b)]
+    # the chunk's pieces as two products when every chunk's decay is small (real RWKV-7 inputs)
+    # and no gradient is taken, else by halving (chunk_matrices), whose decays are all products of
+    # factors ≤ 1: autograd through e^{c}·e^{−c} would cancel O(1) terms in dw (chapter 10, §6)
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+    small = not grad and xs[1].numel() > 0 and float(-xs[1].sum(-2).min()) <= CHUNK_FACTOR_SPAN
+    M = {n: x.reshape(N, *x.shape[3:]) for n, x in (factored_matrices if small else chunk_matrices)(*xs).items()}
     v = chunks(v).reshape(N, Cp, V)
     # the removal rows of every chunk are E = W S_0 + U with T = (I − A_ab)^{-1}, W = T ã and
     # U = T A_ak V (section 4 of chapter 10); everything below is E put into (3) and (4)
