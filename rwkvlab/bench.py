@@ -691,18 +691,19 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def write_csv(path, rows, meta: dict) -> Path:
-    """Write ``rows`` (Row objects or dicts) with ``meta`` as ``# key: value`` header lines."""
+def write_csv(path, rows, meta: dict, columns=COLUMNS) -> Path:
+    """Write ``rows`` (Row objects or dicts) with ``meta`` as ``# key: value`` header lines; every
+    benchmark of the package (``bench``, ``bench generate``, ``bench block``) writes through it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         for k, v in meta.items():
             f.write(f"# {k}: {v}\n")
         w = csv.writer(f)
-        w.writerow(COLUMNS)
+        w.writerow(columns)
         for r in rows:
             d = r.as_dict() if isinstance(r, Row) else r
-            w.writerow([_fmt(d.get(c, "")) for c in COLUMNS])
+            w.writerow([_fmt(d.get(c, "")) for c in columns])
     return path
 
 

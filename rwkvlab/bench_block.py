@@ -14,7 +14,6 @@ the gradients of the input and of every parameter in the backward. The CSV lands
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
 import platform
 import shlex
@@ -114,21 +113,9 @@ def run(args) -> list[dict]:
     return rows
 
 
-def write_csv(path: Path, rows, meta: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        for k, v in meta.items():
-            f.write(f"# {k}: {v}\n")
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        for r in rows:
-            w.writerow([f"{r[c]:.6g}" if isinstance(r.get(c), float) else r.get(c, "") for c in COLUMNS])
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     from . import device as _device
-    from .bench import _default_out_dir, _device_name, device_slug
+    from .bench import _default_out_dir, _device_name, device_slug, write_csv
 
     p = argparse.ArgumentParser(prog="python -m rwkvlab bench block", description=__doc__.split("\n\n")[0])
     p.add_argument("--C", type=lambda s: [int(v) for v in s.split(",")], default=None,
@@ -153,5 +140,5 @@ def main(argv: list[str] | None = None) -> int:
             "date": _dt.datetime.now().isoformat(timespec="seconds"), "device": _device_name(gpu),
             "versions": f"python {platform.python_version()}, torch {torch.__version__}",
             "columns": "vs_fla_* = FLA's ms / ours (above 1: ours is faster)"}
-    print(f"wrote {write_csv(path, rows, meta)}")
+    print(f"wrote {write_csv(path, rows, meta, columns=COLUMNS)}")
     return 0

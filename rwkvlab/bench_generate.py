@@ -374,21 +374,10 @@ def run_size(size, args, dev, dtype, official_cls, official_note, log, rows, tmp
 
 
 def write_csv(path: Path, rows, meta: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        for k, v in meta.items():
-            f.write(f"# {k}: {v}\n")
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        for r in rows:
-            w.writerow([_fmt(r.get(c, "")) for c in COLUMNS])
-    return path
+    """This benchmark's rows through :func:`rwkvlab.bench.write_csv`, in its own columns."""
+    from .bench import write_csv as _write
 
-
-def _fmt(v):
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return v
+    return _write(path, rows, meta, columns=COLUMNS)
 
 
 def read_csv(path) -> list[dict]:
