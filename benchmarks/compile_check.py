@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-F32 = {"h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc", "Wp", "Up", "Arp"}
+F32 = {"eW", "h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc", "Wp", "Up", "Op", "Arb", "G", "Kd", "Bd", "Rd"}
 INT = {"flags": "*i32", "cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32", "idx": "*i32",
        "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32", "lower": "fp32"}
 
@@ -42,8 +42,10 @@ def kernels(dt16: bool):
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_h_kernel",
              {**common, "BT": 64, "BK": 32, "BV": 32, "USE_H0": True, "STORE_HT": True, "VARLEN": varlen, "DOT16": dt16,
               "CHECK": True}),
+            ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_prep_kernel",
+             {"H": 32, "K": 64, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "VARLEN": varlen, "DOT16": dt16, "CHECK": True}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_o_kernel",
-             {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
+             {**common, "BT": 64, "BC": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dh_kernel",
              {**common, "BT": 64, "BK": 32, "BV": 32, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dq_kernel",
@@ -59,7 +61,7 @@ def kernels(dt16: bool):
         ]
         out.append(("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_chunked_kernel",
                     {**common, "BT": 16, "BK": 64, "BV": 64, "CHECK": True, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True,
-                     "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}))
+                     "VARLEN": varlen, "PREFETCH": True, "DOT_PREC": "tf32" if dt16 else "ieee"}))
         for bounded in (False, True):   # any w ≤ 0 (both paths compiled), or a declared lower bound
             out += [
                 ("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_prep_kernel",

@@ -17,6 +17,19 @@ import sys
 import torch
 
 import rwkvlab  # noqa: F401  (chooses the interpreter on a machine without a GPU, before triton loads)
+from rwkvlab import wkv7
+
+
+def variants(dry):
+    """(chunk size, lower bound, TUNE overrides) to time: the shipped settings at both chunk sizes
+    and both paths, then the state pass's options at the bounded chunk-16 setting."""
+    out = [(C, lb, {}) for C in (16, 32) for lb in (wkv7.RWKV7_LOWER_BOUND, None)]
+    if dry:
+        return out[:2] + [(16, wkv7.RWKV7_LOWER_BOUND, {"prefetch": False})]
+    lb = wkv7.RWKV7_LOWER_BOUND
+    return out + [(16, lb, t) for t in (
+        {"prefetch": False}, {"pieces": "input"}, {"fwd": (4, 2, 64)}, {"fwd": (8, 1, 64)},
+        {"fwd": (4, 1, 32)}, {"prefetch": False, "fwd": (4, 2, 64)}, {"prep": (4, 1)}, {"prep": (8, 2)})]
 
 
 def main(argv=None) -> int:
@@ -28,9 +41,68 @@ def main(argv=None) -> int:
     from triton.testing import do_bench
 
     from rwkvlab import device as _device
-    from rwkvlab import wkv7
     from rwkvlab.bench import make_inputs
-    from rwkvlab.kernels_common import checkpoint_layout, chunk_table, cu_arg
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    dev = _device.device()
+    if dry:
+        ms = lambda f: (f(), 1.0)[1]  # noqa: E731  (one call, no timing)
+        copy_tbs, shapes, D, dtype, prec = 1.0, ((1, 40, 2),), 16, torch.float32, "ieee"
+    else:
+        ms = lambda f: do_bench(f, warmup=25, rep=100, return_mode="median")  # noqa: E731
+        buf = torch.empty(2 ** 28, dtype=torch.uint8, device=dev)
+        copy_tbs = 2 * buf.numel() / ms(lambda: buf.clone()) / 1e9
+        shapes, D, dtype, prec = ((4, 4096, 32), (1, 65536, 8)), 64, torch.bfloat16, "tf32"
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
+              f"copy {copy_tbs:.2f} TB/s (read + write)")
+    for B, T, H in shapes:
+        x = make_inputs("wkv7", B, T, H, D, dtype=dtype, device=dev)
+        r, w, k, v, a, b = (x[n] for n in "rwkvab")
+        K = V = D
+        for C, lb, tune in variants(dry):
+            saved = dict(kc.TUNE)
+            kc.TUNE.update(tune)
+            try:
+                prep, state, (o, ht, ckpt, flags) = kc.fwd_launches(
+                    r, w, k, v, a, b, 1.0, None, True, None, True, C, lb)
+                do = torch.randn_like(v)
+
+                def bwd():
+                    kc.bwd(r, w, k, v, a, b, do, None, ckpt, 1.0, None, need_dh0=False, chunk_size=C, lower_bound=lb)
+
+                def whole():
+                    wkv7.triton_chunked(r, w, k, v, a, b, output_final_state=True, chunk_size=C, lower_bound=lb)
+
+                prep(), state()
+                name = f"B={B} T={T} H={H} C={C} {'bounded' if lb is not None else 'any w'} {tune or ''}"
+                if dry:
+                    want = wkv7.triton_chunked(r, w, k, v, a, b, chunk_size=C, lower_bound=lb)[0]
+                    assert torch.equal(o, want), "the launches here no longer match triton_chunked's"
+                    bwd()
+                    print(f"{name}: the launches match triton_chunked's (dry run, nothing timed)")
+                    continue
+                tok = B * T * H
+                e = r.element_size()
+                pe = e if kc.TUNE["pieces"] == "input" else 4
+                n_chunks = B * triton.cdiv(T, C)
+                pieces = tok * (4 * 2 * D + 4 * D + 3 * pe * D + 4 * C) + 4 * n_chunks * H * K   # W, U, A_rk V; Kd, Bd, Rd; A_rb; G
+                prep_bytes = tok * 6 * e * D + pieces                                  # inputs in, pieces out
+                state_bytes = pieces + tok * 2 * e * D + 4 * n_chunks * H * K * V      # pieces, v in, o out; ckpt
+                t_prep, t_state, t_all = ms(prep), ms(state), ms(whole)
+                t_bwd = ms(bwd) if not tune else float("nan")
+                print(f"{name:60s} prep {t_prep:.3f} ({t_prep / (prep_bytes / copy_tbs / 1e9):.0f}x floor)  "
+                      f"state {t_state:.3f} ({t_state / (state_bytes / copy_tbs / 1e9):.0f}x floor, "
+                      f"{1e3 * t_state / triton.cdiv(T, C):.2f} us/chunk)  fwd as called {t_all:.3f}  bwd kernel {t_bwd:.3f}",
+                      flush=True)
+            finally:
+                kc.TUNE.clear()
+                kc.TUNE.update(saved)
+    return 0
+    import triton
+    from triton.testing import do_bench
+
+    from rwkvlab import device as _device
+    from rwkvlab.bench import make_inputs
     from rwkvlab.wkv7 import kernels_chunked as kc
 
     dev = _device.device()

@@ -150,14 +150,16 @@ def _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower):
 
 
 @triton.jit
-def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Arp, T,
+def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd, Rd, Op, Arb, G, T,
                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                          NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
                          VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """Everything of one chunk that does not depend on the state, for all chunks at once (grid:
-    chunks × heads): W = T ã, U = T A_ak V and the read-out matrices [A_rk | A_rb], stored
-    float32 at the chunk's token rows. With CHECK it also checks every value it reads (the state
-    pass checks the initial state, which it reads)."""
+    chunks × heads), stored at the chunk's token rows: W = T ã and U = T A_ak V (float32), the
+    decayed rows k ⊙ e^{c_C − c}, b ⊙ e^{c_C − c}, r ⊙ e^{c}, the state-free part of the output
+    A_rk V, the read-out matrix A_rb, and per chunk the decay e^{c_C}: the state pass only loads
+    and multiplies. With CHECK it also checks every value it reads (the state pass checks the
+    initial state, which it reads)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, eos, t0 = chunk_of(cu, idx, i_c, T, BT, VARLEN)
     o_t = tl.arange(0, BT)
@@ -190,20 +192,51 @@ def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Arp, T
     U = tl.dot(Tm, tl.dot(A_ak, b_v, input_precision=DOT_PREC), input_precision=DOT_PREC)
     tl.store(Wp + off_k, W, mask=m_tk)
     tl.store(Up + off_v, U, mask=m_tv)
-    o_j = tl.arange(0, BT)
-    off_a = (t0 + o_t)[:, None] * H * 2 * BT + i_h * 2 * BT + o_j[None, :]
-    tl.store(Arp + off_a, A_rk, mask=m_t[:, None])
-    tl.store(Arp + off_a + BT, A_rb, mask=m_t[:, None])
+    piece = Kd.dtype.element_ty                     # the decayed rows: float32, or the 16-bit input type
+    tl.store(Kd + off_k, (b_k * to_end).to(piece), mask=m_tk)
+    tl.store(Bd + off_k, (b_b * to_end).to(piece), mask=m_tk)
+    tl.store(Rd + off_k, r_dec.to(piece), mask=m_tk)
+    tl.store(Op + off_v, tl.dot(A_rk, b_v, input_precision=DOT_PREC), mask=m_tv)
+    off_a = (t0 + o_t)[:, None] * H * BT + i_h * BT + o_t[None, :]
+    tl.store(Arb + off_a, A_rb, mask=m_t[:, None])
+    tl.store(G + (i_c.to(tl.int64) * H + i_h) * K + o_k, tl.exp(c_last))
 
 
 @triton.jit
-def wkv7_fwd_chunked_kernel(r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, flags, cu, ck_off, scale,
+def _chunk_pieces(Wp, Kd, Bd, Rd, Up, Op, v, Arb, G, base_k, base_v, base_a, ck, i_c, L,
+                  o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                  BT: tl.constexpr):
+    """The prepared pieces of chunk ``i_c`` for one state-pass program, as stored (16-bit ones stay
+    16-bit until used: fewer registers while prefetched); zeros past the sequence's end (so a
+    chunk that does not exist changes nothing: its decay e^{c_C} loads as 1)."""
+    m_t = (i_c * BT + o_t) < L
+    off_k = base_k + (i_c * BT + o_t)[:, None] * H * K + o_k[None, :]
+    off_v = base_v + (i_c * BT + o_t)[:, None] * H * V + o_v[None, :]
+    off_a = base_a + (i_c * BT + o_t)[:, None] * H * BT + o_t[None, :]
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_W = tl.load(Wp + off_k, mask=m_tk, other=0.)
+    b_kd = tl.load(Kd + off_k, mask=m_tk, other=0.)
+    b_bd = tl.load(Bd + off_k, mask=m_tk, other=0.)
+    b_rd = tl.load(Rd + off_k, mask=m_tk, other=0.)
+    b_U = tl.load(Up + off_v, mask=m_tv, other=0.)
+    b_Op = tl.load(Op + off_v, mask=m_tv, other=0.)
+    b_v = tl.load(v + off_v, mask=m_tv, other=0.)
+    A_rb = tl.load(Arb + off_a, mask=m_t[:, None], other=0.)
+    b_g = tl.load(G + ((ck + i_c) * H) * K + o_k, mask=m_k & (i_c * BT + o_k * 0 < L), other=1.)
+    return b_W, b_kd, b_bd, b_rd, b_U, b_Op, b_v, A_rb, b_g
+
+
+@triton.jit
+def wkv7_fwd_chunked_kernel(v, o, h0, ht, ckpt, Wp, Up, Kd, Bd, Rd, Op, Arb, G, flags, cu, ck_off, scale,
                             T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CHECK: tl.constexpr,
                             USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
-                            VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+                            VARLEN: tl.constexpr, PREFETCH: tl.constexpr, DOT_PREC: tl.constexpr):
     """The state pass: walks one (sequence·head, V-block) through its chunks, state in registers,
-    and writes the output. Only three products per chunk touch the state; the rest was prepared."""
+    and writes the output. Five products per chunk, nothing else: the prep kernel made the rest.
+    With PREFETCH the next chunk's pieces are loaded while this chunk computes (the loop is a
+    chain of dependent products, so waiting for each load would stall it every chunk)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
@@ -224,36 +257,31 @@ def wkv7_fwd_chunked_kernel(r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, flags, 
             tl.atomic_max(flags, tl.max(tl.max((S * 0. != 0.).to(tl.int32), 1), 0))
     base_k = bos * H * K + i_h * K
     base_v = bos * H * V + i_h * V
-    base_a = bos * H * 2 * BT + i_h * 2 * BT
+    base_a = bos * H * BT + i_h * BT
+    n_W, n_kd, n_bd, n_rd, n_U, n_Op, n_v, n_A, n_g = _chunk_pieces(
+        Wp, Kd, Bd, Rd, Up, Op, v, Arb, G + i_h * K, base_k, base_v, base_a, c0, 0, L, o_t, o_k, o_v, m_k, m_v, H, K, V, BT)
     for i_c in range(0, tl.cdiv(L, BT)):
         if STORE_CKPT:
             # the state at the chunk's start: the backward restarts from it
             tl.store(ckpt + ((c0 + i_c) * H + i_h) * K * V + p_kv, S, mask=m_kv)
-        # load one chunk; rows past the sequence's end are zeros (w = 0, k = a = b = 0: no effect)
-        m_t = (i_c * BT + o_t) < L
-        off_k = base_k + (i_c * BT + o_t)[:, None] * H * K + o_k[None, :]
-        off_v = base_v + (i_c * BT + o_t)[:, None] * H * V + o_v[None, :]
-        off_a = base_a + (i_c * BT + o_t)[:, None] * H * 2 * BT + o_t[None, :]
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        b_r = tl.load(r + off_k, mask=m_tk, other=0.).to(tl.float32)
-        b_k = tl.load(k + off_k, mask=m_tk, other=0.).to(tl.float32)
-        b_b = tl.load(b + off_k, mask=m_tk, other=0.).to(tl.float32)
-        b_v = tl.load(v + off_v, mask=m_tv, other=0.).to(tl.float32)
-        b_W = tl.load(Wp + off_k, mask=m_tk, other=0.)
-        b_U = tl.load(Up + off_v, mask=m_tv, other=0.)
-        A_rk = tl.load(Arp + off_a, mask=m_t[:, None], other=0.)
-        A_rb = tl.load(Arp + off_a + BT, mask=m_t[:, None], other=0.)
-        m_up = ((o_t + 1 < BT) & (i_c * BT + o_t + 1 < L))[:, None] & m_k[None, :]
-        b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk, m_up, o_t, H * K)
+        if PREFETCH:
+            b_W, b_kd, b_bd, b_rd, b_U, b_Op, b_v, A_rb, b_g = n_W, n_kd, n_bd, n_rd, n_U, n_Op, n_v, n_A, n_g
+            n_W, n_kd, n_bd, n_rd, n_U, n_Op, n_v, n_A, n_g = _chunk_pieces(
+                Wp, Kd, Bd, Rd, Up, Op, v, Arb, G + i_h * K, base_k, base_v, base_a, c0, i_c + 1, L,
+                o_t, o_k, o_v, m_k, m_v, H, K, V, BT)
+        else:
+            b_W, b_kd, b_bd, b_rd, b_U, b_Op, b_v, A_rb, b_g = _chunk_pieces(
+                Wp, Kd, Bd, Rd, Up, Op, v, Arb, G + i_h * K, base_k, base_v, base_a, c0, i_c, L,
+                o_t, o_k, o_v, m_k, m_v, H, K, V, BT)
         # the removal rows E = W S + U, the output, and the state handed to the next chunk
-        E = tl.dot(b_W, S, input_precision=DOT_PREC) + b_U
-        b_o = tl.dot(b_r * e_c, S, input_precision=DOT_PREC) \
-            + tl.dot(A_rk, b_v, input_precision=DOT_PREC) + tl.dot(A_rb, E, input_precision=DOT_PREC)
-        tl.store(o + off_v, (scale * b_o).to(o.dtype.element_ty), mask=m_tv)
-        S = tl.exp(c_last)[:, None] * S \
-            + tl.dot(tl.trans(b_k * to_end), b_v, input_precision=DOT_PREC) \
-            + tl.dot(tl.trans(b_b * to_end), E, input_precision=DOT_PREC)
+        # (each product accumulates into the last: one [BK, BV] tile of registers, not three)
+        E = tl.dot(b_W, S, acc=b_U, input_precision=DOT_PREC)
+        b_o = tl.dot(A_rb, E, acc=tl.dot(b_rd.to(tl.float32), S, acc=b_Op, input_precision=DOT_PREC),
+                     input_precision=DOT_PREC)
+        off_v = base_v + (i_c * BT + o_t)[:, None] * H * V + o_v[None, :]
+        tl.store(o + off_v, (scale * b_o).to(o.dtype.element_ty), mask=((i_c * BT + o_t) < L)[:, None] & m_v[None, :])
+        S = tl.dot(tl.trans(b_kd.to(tl.float32)), b_v.to(tl.float32), acc=b_g[:, None] * S, input_precision=DOT_PREC)
+        S = tl.dot(tl.trans(b_bd.to(tl.float32)), E, acc=S, input_precision=DOT_PREC)
     if STORE_HT:
         tl.store(ht + p_s, S, mask=m_kv)
 
@@ -421,7 +449,7 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
 #: launch settings per kernel: (num_warps, num_stages[, largest V-block]), measured on an H200
 #: (benchmarks/NOTES.md, "wkv7 chunked"): at B=4, H=32 a whole V per program beat 16- and
 #: 32-column blocks in both directions, and 8 warps won only in the backward
-TUNE = {"prep": (4, 2), "fwd": (4, 1, 64), "bwd": (8, 1, 64)}
+TUNE = {"prep": (4, 2), "fwd": (4, 1, 64), "bwd": (8, 1, 64), "prefetch": True, "pieces": "float32"}
 
 
 def block_v(V, name="fwd"):
@@ -462,21 +490,23 @@ def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size
     return dr, dw, dk, dv, da, db, dh0
 
 
-def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size, lower_bound=None,
-        check=True):
-    """Two launches on contiguous tensors: every chunk's state-free pieces in parallel, then the
-    state pass. Returns (o, final_state, checkpoints, flags): the checkpoints are the state at
-    every chunk start; ``flags`` (with ``check``) is one int32 that either launch sets if a
-    value it read was NaN/Inf or a log decay lay outside [lower_bound, 0] (see raise_flagged)."""
+def fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size,
+                 lower_bound=None, check=True):
+    """The forward's buffers and its two launches, not yet run: ``(prep, state, (o, ht, ckpt,
+    flags))``. :func:`fwd` calls ``prep()`` then ``state()``; a benchmark can time each alone."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     N, n_ck, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
     _, idx, n_chunks = chunk_table(cu_seqlens, B, T, chunk_size, r.device)
     BV = block_v(V)
     f32 = dict(dtype=torch.float32, device=r.device)
-    Wp = torch.empty(B, T, H, K, **f32)
-    Up = torch.empty(B, T, H, V, **f32)
-    Arp = torch.empty(B, T, H, 2 * chunk_size, **f32)
+    # the decayed rows in the input's own type when it is 16-bit (TUNE["pieces"] == "input"): they
+    # are products of one input with a decay in (0, 1], so 16 bits lose little beyond the input's
+    piece = dict(dtype=r.dtype if TUNE["pieces"] == "input" else torch.float32, device=r.device)
+    Wp, Up, Op = torch.empty(B, T, H, K, **f32), torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, V, **f32)
+    Kd, Bd, Rd = (torch.empty(B, T, H, K, **piece) for _ in range(3))
+    Arb = torch.empty(B, T, H, chunk_size, **f32)
+    G = torch.empty(n_chunks, H, K, **f32)
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, **f32) if store_ht else None
     ckpt = torch.empty(n_ck, H, K, V, **f32) if store_ckpt else None
@@ -486,16 +516,35 @@ def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_siz
     lower = -3.0e38 if lower_bound is None else float(lower_bound)
     varlen = cu_seqlens is not None
     rows = B * T if varlen else T
-    wkv7_fwd_prep_kernel[(n_chunks, H)](
-        r, w, k, v, a, b, flags, cu_arg(cu_seqlens, r.device), idx, lower, Wp, Up, Arp, rows,
-        H=H, K=K, V=V, BT=chunk_size, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
-        BOUNDED=lower_bound is not None, CHECK=check, VARLEN=varlen,
-        DOT_PREC=prec, **_launch("prep"))
-    wkv7_fwd_chunked_kernel[(triton.cdiv(V, BV), N * H)](
-        r, w, k, v, b, o, h0, ht, ckpt, Wp, Up, Arp, flags, cu, ck_off, scale,
-        T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, CHECK=check, USE_H0=h0 is not None, STORE_HT=store_ht,
-        STORE_CKPT=store_ckpt, VARLEN=varlen, DOT_PREC=prec, **_launch("fwd"))
-    return o, ht, ckpt, flags
+    cu_p = cu_arg(cu_seqlens, r.device)
+
+    def prep():
+        wkv7_fwd_prep_kernel[(n_chunks, H)](
+            r, w, k, v, a, b, flags, cu_p, idx, lower, Wp, Up, Kd, Bd, Rd, Op, Arb, G, rows,
+            H=H, K=K, V=V, BT=chunk_size, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
+            BOUNDED=lower_bound is not None, CHECK=check, VARLEN=varlen, DOT_PREC=prec, **_launch("prep"))
+
+    def state():
+        wkv7_fwd_chunked_kernel[(triton.cdiv(V, BV), N * H)](
+            v, o, h0, ht, ckpt, Wp, Up, Kd, Bd, Rd, Op, Arb, G, flags, cu, ck_off, scale,
+            T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, CHECK=check, USE_H0=h0 is not None,
+            STORE_HT=store_ht, STORE_CKPT=store_ckpt, VARLEN=varlen, PREFETCH=TUNE["prefetch"],
+            DOT_PREC=prec, **_launch("fwd"))
+
+    return prep, state, (o, ht, ckpt, flags)
+
+
+def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size, lower_bound=None,
+        check=True):
+    """Two launches on contiguous tensors: every chunk's state-free pieces in parallel, then the
+    state pass. Returns (o, final_state, checkpoints, flags): the checkpoints are the state at
+    every chunk start; ``flags`` (with ``check``) is one int32 that either launch sets if a
+    value it read was NaN/Inf or a log decay lay outside [lower_bound, 0] (see raise_flagged)."""
+    prep, state, out = fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt,
+                                    chunk_size, lower_bound, check)
+    prep()
+    state()
+    return out
 
 
 def raise_flagged(flags, r, w, k, v, a, b, scale, initial_state, cu_seqlens, lower_bound):
