@@ -15,7 +15,11 @@ For each batch size it
    buffer or a state not carried, shows up as O(1)), and reports both against the float32
    reference (bf16: a few 1e-3 expected),
 4. times eager vs graph per step (CUDA events, median of ``--reps``) and ``generate_batch``'s own
-   decode rate, and prints one line per batch size.
+   decode rate, and prints one line per batch size;
+5. does the same graph replay with the decoder's other WKV path (``x070.Decoder(fused=...)``: the
+   one-kernel Triton WKV part, the default on CUDA, against the torch operations it replaces),
+   checks that the two paths agree (1e-5 in float32; 5e-2 in bf16/fp16, where the torch path rounds
+   its intermediates to the activations' dtype) and times its step beside the default's.
 
 Exit status 1 if a check fails. Paste the printed lines into benchmarks/NOTES.md (generation section).
 """
@@ -69,6 +73,7 @@ def main(argv=None) -> int:
         print("gpu_generate_check: no CUDA GPU here; run it on a GPU machine (or --cpu-dry-run)", file=sys.stderr)
         return 2
     from rwkvlab.bench_generate import build
+    from rwkvlab.model import x070
     from rwkvlab.model.generation import EagerStepper, GraphStepper
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -79,6 +84,7 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(0) if cuda else "CPU dry run (graph = eager stand-in)"
     print(f"{name}; torch {torch.__version__}; {args.size} {args.dtype}")
     tol = 1e-6 if dtype == torch.float32 else 1e-3
+    tol_paths = 1e-5 if dtype == torch.float32 else 5e-2      # fused vs torch WKV: different roundings
     ok = True
     for B in [int(b) for b in args.batch.split(",")]:
         g = torch.Generator().manual_seed(B)
@@ -90,24 +96,36 @@ def main(argv=None) -> int:
             dec = m.decoder()
             eager = EagerStepper(dec, B)
             graph = GraphStepper(dec, B, capture=cuda)
+            other = GraphStepper(x070.Decoder(m, fused=not dec.fused), B, capture=cuda)   # the other WKV path
             eager.load(s0)
             graph.load(s0)
-            worst_eq, worst_ref = 0.0, 0.0
+            other.load(s0)
+            worst_eq, worst_ref, worst_paths, worst_other_ref = 0.0, 0.0, 0.0, 0.0
             for t in range(args.tokens):
                 le = eager(toks[t]).clone()
                 lg = graph(toks[t]).clone()
+                lo = other(toks[t]).clone()
                 lr, s_ref = ref.reference_step(toks[t], s_ref)
                 worst_eq = max(worst_eq, rel(lg, le))
                 worst_ref = max(worst_ref, rel(lg.float(), lr))
+                worst_paths = max(worst_paths, rel(lo, lg))
+                worst_other_ref = max(worst_other_ref, rel(lo.float(), lr))
             st_eq = max(rel(a, b) for la, lb in zip(graph.state, eager.state) for a, b in zip(la, lb))
             ms_eager = time_steps(lambda: eager(toks[0]), args.tokens, args.reps, cuda)
             ms_graph = time_steps(lambda: graph(toks[0]), args.tokens, args.reps, cuda)
+            ms_other = time_steps(lambda: other(toks[0]), args.tokens, args.reps, cuda)
             res = m.generate_batch(prompt.tolist(), args.tokens, temperature=0)
         good = worst_eq <= tol and st_eq <= tol
-        ok &= good
-        print(f"B={B:3d}: graph vs eager logits {worst_eq:.1e}, state {st_eq:.1e} ({'ok' if good else 'FAIL'}); "
-              f"vs float32 reference {worst_ref:.1e}; step eager {ms_eager:.3f} ms, graph {ms_graph:.3f} ms "
-              f"({ms_eager / ms_graph:.1f}x); generate_batch decode {res.stats.decode_tps:,.0f} tok/s")
+        good_paths = worst_paths <= tol_paths
+        ok &= good and good_paths
+        path, other_path = ("fused", "torch") if dec.fused else ("torch", "fused")
+        print(f"B={B:3d} ({path} WKV): graph vs eager logits {worst_eq:.1e}, state {st_eq:.1e} "
+              f"({'ok' if good else 'FAIL'}); vs float32 reference {worst_ref:.1e}; step eager {ms_eager:.3f} ms, "
+              f"graph {ms_graph:.3f} ms ({ms_eager / ms_graph:.1f}x); generate_batch decode "
+              f"{res.stats.decode_tps:,.0f} tok/s")
+        print(f"       {other_path} WKV: graph {ms_other:.3f} ms ({ms_other / ms_graph:.2f}x the {path} graph step); "
+              f"logits vs {path} {worst_paths:.1e} ({'ok' if good_paths else 'FAIL'}), "
+              f"vs float32 reference {worst_other_ref:.1e}")
     return 0 if ok else 1
 
 

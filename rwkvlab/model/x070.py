@@ -257,8 +257,9 @@ class Decoder:
     """RWKV-7 in RNN mode for inference: the model's weights packed once, one token per call.
 
     Same equations as ``TimeMix``/``ChannelMix`` with ``T = 1``, and the same WKV update as
-    ``wkv7.step``: the decoder calls the function that ``wkv7.step`` runs once its inputs are checked
-    (``rwkvlab.wkv7.reference._update``), in place. Three differences only change speed:
+    ``wkv7.step``: unfused, the decoder calls the function that ``wkv7.step`` runs once its inputs are
+    checked (``rwkvlab.wkv7.reference._update``), in place; fused (below), one Triton kernel computes
+    the same update in float32. Three differences only change speed:
 
     * **fewer, larger operations**: the six token-shift mixes are one broadcast ``lerp``
       ([6, B, C]); the receptance/key/value maps one ``bmm`` over weights stacked [3, C, C];
@@ -274,14 +275,22 @@ class Decoder:
     function for the first ``SCRIPT_AFTER`` steps and then the compiled one (CPU, float32/float64).
     ``dtype`` sets the weights' and activations' precision (default: the model's); the WKV state
     stays in float32 (float64 for a float64 model) and the WKV update runs in it, as in
-    ``wkv7.step``. Memory: on CPU the decoder holds a copy of every weight matrix, laid out
-    [in, out] (faster one-row products there); on a GPU only the stacked pieces are copies and
-    the other matrices are views of the model's own tensors.
+    ``wkv7.step``. ``fused`` runs the WKV part of each block (value residual, removal and
+    replacement keys, state update, GroupNorm, bonus, gate) as one Triton kernel
+    (``rwkvlab.wkv7.kernels_decode``, float32 math for float32/float16/bfloat16 weights) instead of
+    some two dozen torch operations (:func:`decode_wkv`); by default on CUDA, where each operation is
+    a kernel launch even in a captured graph, and not on CPU. ``fused=True`` on CPU runs it in the
+    Triton interpreter (for tests) and takes precedence over ``script``.
+
+    Memory: on CPU the decoder holds a copy of every weight matrix, laid out [in, out] (faster
+    one-row products there); on a GPU only the stacked pieces are copies and the other matrices
+    are views of the model's own tensors.
     """
 
     SCRIPT_AFTER = 2048     # eager steps before the automatic switch to the TorchScript block
 
-    def __init__(self, model: "RWKV7", dtype: torch.dtype | None = None, script: bool | None = None):
+    def __init__(self, model: "RWKV7", dtype: torch.dtype | None = None, script: bool | None = None,
+                 fused: bool | None = None):
         c = model.cfg
         self.script = script
         self.steps = 0
@@ -289,6 +298,16 @@ class Decoder:
         self.dtype = dtype or ref.dtype
         self.acc = torch.float64 if self.dtype == torch.float64 else torch.float32
         self.device = ref.device
+        if fused is None:
+            fused = self.device.type == "cuda" and self.acc == torch.float32
+        elif fused:
+            if self.acc != torch.float32:
+                raise ValueError(f"fused: the fused WKV kernel computes in float32; a {self.dtype} decoder "
+                                 "takes the torch path (fused=False)")
+            from .. import validate
+
+            validate.kernel_device("fused", ref)
+        self.fused = bool(fused)
         self.C, self.H, self.N, self.V = c.n_embd, c.n_head, c.head_size, c.vocab_size
         self.eps = model.blocks[0].att.ln_x.eps
         D = max(c.d_mv, c.d_decay, c.d_aaa, c.d_gate)
@@ -361,7 +380,7 @@ class Decoder:
         v_first = x                                          # replaced in block 0
         block = self._block()
         for (lid, *w), (shift, S, fshift) in zip(self.layers, state):
-            x, v_first = block(x, shift, S, fshift, v_first, lid, self.H, self.N, self.eps, self.acc, *w)
+            x, v_first = block(x, shift, S, fshift, v_first, lid, self.H, self.N, self.eps, self.acc, self.fused, *w)
         return torch.mm(torch.layer_norm(x, (C,), self.ln_out[0], self.ln_out[1], 1e-5, False), self.headT)
 
     def _block(self):
@@ -371,8 +390,11 @@ class Decoder:
         # chapter-14 size, so by default it takes over only after SCRIPT_AFTER eager steps (short
         # runs, and the CLI's start-up, never pay for it); compile() switches at once.
         # On CUDA the eager function: a captured graph removes that overhead there, and the script
-        # executor's fusers would make the captured work depend on its profiling runs.
-        if self.script is None:
+        # executor's fusers would make the captured work depend on its profiling runs. The fused
+        # WKV kernel is a Triton launch, which TorchScript cannot compile: always the Python block.
+        if self.fused:
+            use = False
+        elif self.script is None:
             use = self.device.type == "cpu" and self.acc == self.dtype and self.steps > self.SCRIPT_AFTER
         else:
             use = self.script
@@ -392,7 +414,7 @@ class Decoder:
 
 
 def decode_block(x: torch.Tensor, shift: torch.Tensor, S: torch.Tensor, fshift: torch.Tensor, v_first: torch.Tensor,
-                 lid: int, H: int, N: int, eps: float, acc: torch.dtype,
+                 lid: int, H: int, N: int, eps: float, acc: torch.dtype, fused: bool,
                  ln1w: torch.Tensor, ln1b: torch.Tensor, ln2w: torch.Tensor, ln2b: torch.Tensor, mu: torch.Tensor,
                  W_rkv: torch.Tensor, down: torch.Tensor, lora_up: torch.Tensor, bias: torch.Tensor,
                  k_k: torch.Tensor, k_a: torch.Tensor, one_minus_k_a: torch.Tensor, r_k: torch.Tensor,
@@ -400,6 +422,7 @@ def decode_block(x: torch.Tensor, shift: torch.Tensor, S: torch.Tensor, fshift: 
                  W_fkT: torch.Tensor, W_fvT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One block of :meth:`Decoder.step_`: ``x`` [B, C] → ``(x, v_first)``; ``shift``, ``S`` and
     ``fshift`` (this block's state) are overwritten. Weights as packed by :class:`Decoder`.
+    ``fused``: the WKV part in one Triton kernel (:func:`_fused_wkv`) instead of :func:`decode_wkv`.
 
     Written in the TorchScript subset (it is scripted for CPU) and from ATen operators directly
     (``torch.layer_norm``, not ``F.layer_norm``'s Python wrapper); additions folded into ``addmm``."""
@@ -417,7 +440,32 @@ def decode_block(x: torch.Tensor, shift: torch.Tensor, S: torch.Tensor, fshift: 
     gates = lo[:3].add_(bias).sigmoid_().view(3, B, H, N)  # σ(v0 + ·), σ(d), a = σ(a0 + ·)
     if lid == 0:
         v_first = v                                        # the value residual starts here
+    # ---- value residual, keys, WKV update, read-out, bonus, gate: [B, C] = o ⊙ g
+    if fused and not torch.jit.is_scripting():           # TorchScript compiles only the torch branch
+        o = _fused_wkv(S, r, k, v, v_first, gates, lo[3], lid != 0, eps, k_k, k_a, r_k, lnxw, lnxb)
     else:
+        o = decode_wkv(S, r, k, v, v_first, gates, lo[3], lid != 0, eps, acc, k_k, k_a, one_minus_k_a, r_k,
+                       lnxw, lnxb)
+    x = torch.addmm(x, o, W_oT)                            # x + (o ⊙ g) W_o
+    # ---- channel mix
+    xf = torch.layer_norm(x, [C], ln2w, ln2b, 1e-5, False)
+    kf = torch.lerp(xf, fshift, mu_f)
+    fshift.copy_(xf)
+    x = torch.addmm(x, torch.mm(kf, W_fkT).relu_().square_(), W_fvT)
+    return x, v_first
+
+
+def decode_wkv(S: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_first: torch.Tensor,
+               gates: torch.Tensor, g: torch.Tensor, mix_v: bool, eps: float, acc: torch.dtype,
+               k_k: torch.Tensor, k_a: torch.Tensor, one_minus_k_a: torch.Tensor, r_k: torch.Tensor,
+               lnxw: torch.Tensor, lnxb: torch.Tensor) -> torch.Tensor:
+    """The WKV part of :func:`decode_block` in torch: ``r, k, v, v_first`` [B, H, N], ``gates``
+    [3, B, H, N] (σ_v, σ(d), a), ``g`` [B, C]; ``S`` [B, H, N, N] is updated in place. Returns
+    ``o ⊙ g`` [B, C]: the value residual (``mix_v``), κ̂ and k̃, ``wkv7``'s own unchecked step, the
+    heads' GroupNorm and the bonus, as in ``TimeMix``. ``rwkvlab.wkv7.kernels_decode`` does the same
+    in one Triton kernel."""
+    B, H, N = r.shape[0], r.shape[1], r.shape[2]
+    if mix_v:
         v = torch.lerp(v, v_first, gates[0])               # v + (v_first − v) ⊙ σ(...)
     a = gates[2]
     kk = k * k_k                                           # removal key κ̂ = normalize(k ⊙ k_k) per head
@@ -425,22 +473,28 @@ def decode_block(x: torch.Tensor, shift: torch.Tensor, S: torch.Tensor, fshift: 
     k = k * torch.addcmul(one_minus_k_a, a, k_a)           # k̃ = k ⊙ (1 + (a − 1) ⊙ k_a)
     # ---- the WKV update: wkv7's own unchecked step (a = −κ̂, b = κ̂ ⊙ a), in place, in the state's dtype
     log_w, a_, b_ = gates[1] * -0.6065306597126334, kk.neg(), kk * a     # log w = −e^{−0.5} σ(d)
-    if acc == x.dtype:
+    if acc == r.dtype:
         o = wkv7_update(S, r, log_w, k, v, a_, b_, 1.0, True)[0]
     else:
         o = wkv7_update(S, r.to(acc), log_w.to(acc), k.to(acc), v.to(acc), a_.to(acc), b_.to(acc), 1.0, True)[0]
-        o = o.to(x.dtype)
-    # ---- read-out: per-head norm, bonus, gate, output map
-    o = torch.group_norm(o.view(B, C), H, lnxw, lnxb, eps, False)
+        o = o.to(r.dtype)
+    # ---- read-out: per-head norm, bonus, gate
+    o = torch.group_norm(o.view(B, H * N), H, lnxw, lnxb, eps, False)
     bonus = (r * k * r_k).sum(-1, keepdim=True)
     o.view(B, H, N).addcmul_(bonus, v)
-    x = torch.addmm(x, o.mul_(lo[3]), W_oT)               # x + (o ⊙ g) W_o
-    # ---- channel mix
-    xf = torch.layer_norm(x, [C], ln2w, ln2b, 1e-5, False)
-    kf = torch.lerp(xf, fshift, mu_f)
-    fshift.copy_(xf)
-    x = torch.addmm(x, torch.mm(kf, W_fkT).relu_().square_(), W_fvT)
-    return x, v_first
+    return o.mul_(g)
+
+
+def _fused_wkv(S: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_first: torch.Tensor,
+               gates: torch.Tensor, g: torch.Tensor, mix_v: bool, eps: float,
+               k_k: torch.Tensor, k_a: torch.Tensor, r_k: torch.Tensor,
+               lnxw: torch.Tensor, lnxb: torch.Tensor) -> torch.Tensor:
+    # decode_wkv as one Triton launch (rwkvlab.wkv7.kernels_decode), imported on first use: the
+    # model on CPU and the command line start without Triton
+    from ..wkv7.kernels_decode import fused_wkv_decode
+
+    return fused_wkv_decode(S, r, k, v, gates[1], gates[2], g, k_k, k_a, r_k, lnxw, lnxb, eps,
+                            v_first if mix_v else None, gates[0] if mix_v else None)
 
 
 _SCRIPTED = []

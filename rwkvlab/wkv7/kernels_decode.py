@@ -1,0 +1,108 @@
+"""One RWKV-7 decode step's WKV part as a single Triton kernel: ``fused_wkv_decode``.
+
+In RNN mode (``rwkvlab.model.x070.Decoder``) everything between the projections and the output
+map is elementwise work on one token per sequence, or reductions over one head's ``N`` channels.
+In torch that is some two dozen small kernels per block (about thirty in bf16, with the casts to
+float32 and back), each costing a few microseconds even when a CUDA graph replays them, against
+well under a microsecond of arithmetic. Here one program owns one (sequence, head) pair, holds
+that head's state ``S`` [N, N] (key rows κ, value columns j) in registers, and computes, in
+float32, with the symbols of ``rwkvlab.model.x070``::
+
+    v      ← v + (v_first − v) ⊙ σ_v                  value residual (not in block 0)
+    κ̂      = normalize(k ⊙ k_k)                       removal key, unit length per head
+    k̃      = k ⊙ (1 + (a − 1) ⊙ k_a)                  replacement key
+    log w  = −e^{−1/2} σ(d)
+    S      ← diag(e^{log w}) S − (κ̂ ⊙ a)(κ̂ᵀ S) + k̃ vᵀ     wkv7 with a = −κ̂, b = κ̂ ⊙ a; in place
+    y      = Sᵀ r                                     read-out of the updated state
+    p      = GroupNorm(y) ⊙ γ + β + ((r ⊙ k̃ ⊙ r_k) summed over κ) v
+    out    = p ⊙ g                                    the output gate
+
+The group norm is over one head's ``N`` outputs, so one program must see them all: the grid is
+B·H programs and never splits the value columns (the recurrent kernel's V-blocks would need a
+second pass for the norm). At N = 64 a program's state tile is 16 KB of float32, read once and
+written once. The launch does nothing on the host but allocate ``out`` and launch: no checks, no
+reads back, so a CUDA graph captures it (the decoder checks its inputs once, where it packs them).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["fused_wkv_decode"]
+
+#: −e^{−1/2}: log w = DECAY_SCALE · σ(d) (``x070.TimeMix.log_decay``; ``wkv7.RWKV7_LOWER_BOUND``)
+DECAY_SCALE = -0.6065306597126334
+
+
+# ----------------------------------------------------------------------------- the kernel
+@triton.jit
+def wkv7_fwd_decode_kernel(S, r, k, v, v_first, v_gate, w_sig, a, g, k_k, k_a, r_k, ln_w, ln_b, out,
+                           eps, decay_scale, H: tl.constexpr, N: tl.constexpr, BN: tl.constexpr,
+                           MIX_V: tl.constexpr):
+    i_bh = tl.program_id(0)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_n = tl.arange(0, BN)
+    m_n = o_n < N
+    # this head's N channels in a [B, C] row (C = H·N) and in the [H, N] / [C] parameters
+    p_x = i_b.to(tl.int64) * (H * N) + i_h * N + o_n
+    p_h = i_h * N + o_n
+    b_r = tl.load(r + p_x, mask=m_n, other=0.).to(tl.float32)
+    b_k = tl.load(k + p_x, mask=m_n, other=0.).to(tl.float32)
+    b_a = tl.load(a + p_x, mask=m_n, other=0.).to(tl.float32)
+    b_v = tl.load(v + p_x, mask=m_n, other=0.).to(tl.float32)
+    if MIX_V:
+        # the value residual v + (v_first − v) ⊙ σ_v (block 0 sets v_first = v instead)
+        b_vf = tl.load(v_first + p_x, mask=m_n, other=0.).to(tl.float32)
+        b_vg = tl.load(v_gate + p_x, mask=m_n, other=0.).to(tl.float32)
+        b_v = b_v + (b_vf - b_v) * b_vg
+    # removal key κ̂ = normalize(k ⊙ k_k) and replacement key k̃ = k ⊙ ((1 − k_a) + a ⊙ k_a)
+    b_kk = b_k * tl.load(k_k + p_h, mask=m_n, other=0.).to(tl.float32)
+    b_kk = b_kk / tl.maximum(tl.sqrt(tl.sum(b_kk * b_kk, 0)), 1e-12)
+    b_ka = tl.load(k_a + p_h, mask=m_n, other=0.).to(tl.float32)
+    b_kt = b_k * ((1. - b_ka) + b_a * b_ka)
+    # the decay of every key row: e^{log w} with log w = −e^{−1/2} σ(d)
+    b_decay = tl.exp(tl.load(w_sig + p_x, mask=m_n, other=0.).to(tl.float32) * decay_scale)
+    # S ← diag(e^{log w}) S + b (aᵀ S) + k̃ vᵀ with a = −κ̂ and b = κ̂ ⊙ a, in place in [B, H, N, N]
+    p_s = i_bh.to(tl.int64) * N * N + o_n[:, None] * N + o_n[None, :]
+    m_s = m_n[:, None] & m_n[None, :]
+    b_S = tl.load(S + p_s, mask=m_s, other=0.)
+    sa = tl.sum(-b_kk[:, None] * b_S, 0)                         # aᵀ S: one number per column
+    b_S = b_decay[:, None] * b_S + (b_kk * b_a)[:, None] * sa[None, :] + b_kt[:, None] * b_v[None, :]
+    tl.store(S + p_s, b_S, mask=m_s)
+    # read-out y = Sᵀ r of the updated state, then the head's GroupNorm (biased variance, eps)
+    b_y = tl.sum(b_r[:, None] * b_S, 0)
+    mean = tl.sum(b_y, 0) / N
+    diff = tl.where(m_n, b_y - mean, 0.)
+    rstd = 1. / tl.sqrt(tl.sum(diff * diff, 0) / N + eps)
+    b_lw = tl.load(ln_w + p_h, mask=m_n, other=0.).to(tl.float32)
+    b_lb = tl.load(ln_b + p_h, mask=m_n, other=0.).to(tl.float32)
+    # the bonus (r · (r_k ⊙ k̃)) v after the norm, and the output gate g
+    bonus = tl.sum(b_r * b_kt * tl.load(r_k + p_h, mask=m_n, other=0.).to(tl.float32), 0)
+    b_p = diff * rstd * b_lw + b_lb + bonus * b_v
+    b_g = tl.load(g + p_x, mask=m_n, other=0.).to(tl.float32)
+    tl.store(out + p_x, (b_p * b_g).to(out.dtype.element_ty), mask=m_n)
+
+
+# ----------------------------------------------------------------------------- the launcher
+def fused_wkv_decode(S, r, k, v, w_sig, a, g, k_k, k_a, r_k, ln_w, ln_b, eps, v_first=None, v_gate=None):
+    """The WKV part of one RWKV-7 decode step in one launch; ``S`` is updated in place.
+
+    Shapes: ``r, k, v, w_sig, a`` and ``v_first, v_gate`` [B, H, N] and ``g`` [B, C] (C = H·N),
+    each contiguous over its last dims with rows C apart (views of the decoder's stacked
+    activations are); ``k_k, k_a, r_k`` [H, N]; ``ln_w, ln_b`` [C] (the heads' GroupNorm);
+    ``S`` [B, H, N, N] float32, contiguous (key rows, value columns). ``w_sig`` is σ(d), whose
+    log decay is −e^{−1/2} σ(d); ``v_first, v_gate`` (both or neither) mix the value residual
+    in first. Activations in any of float32/float16/bfloat16, math in float32.
+
+    Returns ``out`` [B, C] in ``r``'s dtype: ``(GroupNorm(Sᵀ r) + (r·(r_k ⊙ k̃)) v) ⊙ g``. Nothing
+    is checked (the decoder packs the inputs once); nothing is allocated but ``out``.
+    """
+    B, H, N = r.shape
+    out = torch.empty(B, H * N, dtype=r.dtype, device=r.device)
+    wkv7_fwd_decode_kernel[(B * H,)](
+        S, r, k, v, v_first, v_gate, w_sig, a, g, k_k, k_a, r_k, ln_w, ln_b, out, float(eps), DECAY_SCALE,
+        H=H, N=N, BN=triton.next_power_of_2(N), MIX_V=v_first is not None,
+        # a 64 × 64 float32 tile is 32 registers a thread at 4 warps
+        num_warps=4 if N <= 64 else 8)
+    return out
