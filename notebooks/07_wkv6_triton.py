@@ -698,7 +698,7 @@ assert all(torch.isfinite(g).all() for g in got)
 rwkvlab.check("sequential grads, w = -8, vs naive", got, want, 1e-5)
 
 # %% [markdown]
-# ## 6. The fast design: chunks of 64, sub-chunks of 16, three kinds of launch
+# ## 6. The fast design: chunks of 64, sub-chunks of 16, four kinds of launch
 #
 # Both chunked schedules above spend most of their time in the same place: the column loop that
 # builds the intra-chunk weights $A$ elementwise, $C^2K$ exponentials per chunk, inside a program
@@ -798,11 +798,17 @@ assert spike_err["subchunk C=64"] < 1e-6 and spike_err["subchunk C=32"] < 1e-6 a
 assert spike_err["sequential C=16"] > 1e-5
 
 # %% [markdown]
-# ### Who owns what, in three kinds of launch
+# ### Who owns what, in four kinds of launch
 #
-# The forward is two launches, the backward three; every chunk-level loop is one of two light
-# recurrences, and everything heavy is parallel over chunks.
+# The forward is three launches, the backward four; every chunk-level loop is one of two light
+# recurrences, and everything heavy is parallel over chunks or sub-chunks.
 #
+# 0. **Prep** (`wkv6_fwd_prep_kernel`, grid `(n_chunks·C/16, H)`). One small program per
+#    sub-chunk and head computes everything of the sub-chunk that needs a decay, once: the
+#    decayed queries $q\odot e^{p}$ and keys $k\odot e^{s}$ ($p$, $s$ the exclusive prefix and
+#    suffix of $w$ inside the sub-chunk; written in the input dtype, as the matrix products take
+#    them), the sub-chunk's own $16\times16$ weights $A_{II}$ with the bonus on the diagonal, and
+#    its total decay $e^{W_I}$ (float32).
 # 1. **State pass** (`wkv6_fwd_h_kernel`, grid `(K/BK, V/BV, N·H)`). One program owns a
 #    `BK × BV` tile of one head's state and walks the chunks in order doing only the hand-off
 #    $S \leftarrow \mathrm{diag}(e^{W})S + (k\odot e^{Q})^\top V$ ($W$ the chunk's total decay,
@@ -812,7 +818,7 @@ assert spike_err["sequential C=16"] > 1e-5
 #    to 16 when `N·H` is too small to give every multiprocessor two programs.
 # 2. **Output** (`wkv6_fwd_o_kernel`, grid `(n_chunks, V/BV, H)`). One program owns one chunk of
 #    one head, all programs independent. It loads its chunk's start state from `hs` and walks the
-#    four sub-chunks *carrying the state*: $o_I = (q_I\odot e^{p})S + A_{II}V_I$, then
+#    four sub-chunks *carrying the state*, loading the prep's factors and only multiplying: $o_I = (q_I\odot e^{p})S + A_{II}V_I$, then
 #    $S \leftarrow \mathrm{diag}(e^{W_I})S + (k_I\odot e^{s})^\top V_I$. The carried $S$ holds the
 #    chunk-start state *and* every earlier sub-chunk, decayed to $I$'s start, so the blocks
 #    $A_{IJ}$, $J < I$, are never formed: their sum $\sum_J A_{IJ}V_J$ is $(q_I\odot e^{p})$ times
@@ -852,7 +858,8 @@ ax1.set_title("blue: through the carried state; green: tl.dot per quarter; red: 
 Bg, Tg, Hg, Kg, Vg = 4, 4096, 32, 64, 64
 n_ch = Bg * Tg // 64
 BKs, BVs = ks._state_tiles(Bg, Hg, Kg, Vg)
-launches = [("state pass (fwd, and bwd again)", (Kg // BKs) * (Vg // BVs) * Bg * Hg, Tg // 64),
+launches = [("prep (fwd)", n_ch * 4 * Hg, 1),
+            ("state pass (fwd, and bwd again)", (Kg // BKs) * (Vg // BVs) * Bg * Hg, Tg // 64),
             ("output", n_ch * Hg, 1), ("reverse state pass (bwd)", (Kg // BKs) * (Vg // BVs) * Bg * Hg, Tg // 64),
             ("dq (bwd)", n_ch * Hg, 1), ("dk, dv, dw (bwd)", n_ch * Hg, 1)]
 for y, (name, programs, steps) in enumerate(launches):
@@ -862,7 +869,8 @@ ax2.set_xscale("log"), ax2.set_xlim(100, 10 ** 6), ax2.set_yticks(range(len(laun
 ax2.invert_yaxis(), ax2.set_title(f"grids at B={Bg}, T={Tg}, H={Hg}, K=V={Kg} (132 SMs on an H200)", fontsize=9)
 plt.tight_layout()
 plt.show()
-assert launches[1][1] == 16 * launches[0][1] == 8192   # one program per chunk and head, 16x the state pass's
+assert launches[2][1] == 16 * launches[1][1] == 8192   # one program per chunk and head, 16x the state pass's
+assert launches[0][1] == 4 * launches[2][1]             # and one prep program per sub-chunk and head
 in_quarter = sum(1 for i in range(16) for j in range(i) if i // 4 == j // 4)
 assert in_quarter == 24 and 16 * 15 // 2 == 120          # the pairs left elementwise, of a sub-chunk's 120
 
@@ -880,11 +888,13 @@ assert in_quarter == 24 and 16 * 15 // 2 == 120          # the pairs left elemen
 # $\le 0$), then three steps for the pairs inside a quarter — step `jj` reads, for every query
 # row $i$, the key at offset `jj` of $i$'s own quarter (a gathered load), with the decay
 # between them grown by one $w$ per step from the right — and the bonus on the diagonal. The
-# output kernel strings them together around the carried state.
+# prep kernel strings them together for one sub-chunk and writes what they give; the output
+# kernel is then only loads and products around the carried state.
 
 # %%
 print(inspect.getsource(ks._quarter_decays.fn))
 print(inspect.getsource(ks._diag_weights.fn))
+print(inspect.getsource(ks.wkv6_fwd_prep_kernel.fn))
 print(inspect.getsource(ks.wkv6_fwd_o_kernel.fn))
 
 # %% [markdown]
@@ -895,20 +905,23 @@ print(inspect.getsource(ks.wkv6_fwd_o_kernel.fn))
 #   alive at once (the first version of this kernel measured 2.39 ms unrolled against 2.17 ms
 #   rolled, end to end; `benchmarks/NOTES.md`). The quarter loops are `tl.static_range`: their
 #   bounds are constants and each step touches different tiles.
-# - **Registers decide occupancy.** The output kernel compiles to 193 registers per thread at
-#   4 warps, which fits two programs on a multiprocessor; capped at 168 (`TUNE`'s third entry,
-#   Triton's `maxnreg`), ptxas spills 32 bytes and three programs fit, and the forward measured
-#   4 % faster on the H200. 8 warps lost in every kernel (NOTES.md records each setting).
+# - **Registers decide occupancy.** When the output kernel still built the decays and the
+#   diagonal weights itself, it compiled to 193 registers per thread at 4 warps, which fits two
+#   programs on a multiprocessor; capped at 168 (`TUNE`'s third entry, Triton's `maxnreg`),
+#   ptxas spilled 32 bytes, three programs fit, and the forward measured 4 % faster on the H200.
+#   Moving that work into the prep kernel brings it to 124 registers (four programs), the prep
+#   kernel itself to 117 (`benchmarks/compile_check.py` reads these off the compiled code for
+#   the H200 without one). 8 warps lost in every kernel (NOTES.md records each setting).
 # - **Precision.** With 16-bit inputs the products take 16-bit operands (the decayed queries and
 #   keys, and a bf16 copy of the float32 state) with float32 accumulation; the small intra weights
 #   of the quarters are computed in TF32 from float32 operands, as FLA does for its intra blocks,
 #   because they are products of two decayed factors. Everything that is exponentiated stays
 #   float32. float32 inputs use IEEE float32 dots throughout.
-# - **The input checks ride along.** The state pass reads every input anyway, so it also checks
-#   their values: a NaN or Inf in $k$, $v$, $w$ or the initial state reaches the state by itself
-#   ($0\cdot\infty$ is NaN too), and a non-finite $r$, a positive $w$ or $w = -\infty$ are added
-#   to the exponents as a NaN, so one test of each program's final state covers every case. The
-#   wrapper reads one flag after the launches — one small wait instead of a pass per tensor — and
+# - **The input checks ride along.** Each value is checked by a launch that reads it anyway: the
+#   prep kernel tests the tiles of $r$, $k$, $w$ and $u$ it loads (NaN or Inf, $w > 0$), and the
+#   state pass tests its final state, which a NaN or Inf in $v$ or the initial state reaches by
+#   itself ($0\cdot\infty$ is NaN too), as does a state that overflows. Both set one flag; the
+#   wrapper reads it once after the launches — one small wait instead of a pass per tensor — and
 #   only if it is set runs the full host-side check that names the argument.
 #
 # ### The backward, per chunk
@@ -1027,9 +1040,10 @@ state_bytes = 4 * K_ * V_ / C_                       # one float32 state per chu
 quarter_dot = 3 * 2 * BC_ * K_                       # 3 quarter dots [16, K] x [K, 16] per sub-chunk, per token
 roofline = {
     # name: (bytes per token·head, matmul FLOPs per token·head, elementwise FLOPs per token·head)
-    "state pass": ((3 * K_ + V_) * b16 + state_bytes, 2 * K_ * V_, 4 * K_),   # r is read for the value check
-    "output": ((3 * K_ + V_) * b16 + state_bytes + V_ * b16,
-               4 * K_ * V_ + quarter_dot + 2 * BC_ * V_, 24 * K_),          # q·S, update, quarters, A·V
+    "prep": ((3 * K_ + 2 * K_ + BC_) * b16 + f32 * K_ / BC_, quarter_dot, 24 * K_),  # r, k, w in; qe, ke, A, e^W out
+    "state pass": ((2 * K_ + V_) * b16 + state_bytes, 2 * K_ * V_, 4 * K_),   # k, v, w
+    "output": ((2 * K_ + V_ + BC_) * b16 + f32 * K_ / BC_ + state_bytes + V_ * b16,
+               4 * K_ * V_ + 2 * BC_ * V_, K_ * V_ / BC_),                   # q·S, update, A·V; reads qe, ke, A
     "reverse state pass": ((2 * K_ + V_) * b16 + state_bytes, 2 * K_ * V_, 4 * K_),
     "dq": ((3 * K_ + 2 * V_) * b16 + state_bytes + K_ * (b16 + f32),           # writes dq and q ⊙ dq' (float32)
            4 * K_ * V_ + quarter_dot + 2 * BC_ * V_, 24 * K_),
@@ -1042,16 +1056,16 @@ for name, (nbytes, mma, elem) in roofline.items():
     print(f"{name:<20} {nbytes:>11.0f} {mma + elem:>11.0f} {(mma + elem) / nbytes:>9.1f} "
           f"{tokens * nbytes / 4.25e12 * 1e6:>14.1f} {tokens * mma / 790e12 * 1e6:>14.1f}")
 assert all((mma + elem) / nbytes < 206 for nbytes, mma, elem in roofline.values())   # all below the ridge point
-fwd_floor = tokens * (roofline["state pass"][0] + roofline["output"][0]) / 4.25e12 * 1e3
+fwd_floor = tokens * sum(roofline[n][0] for n in ("prep", "state pass", "output")) / 4.25e12 * 1e3
 op_floor = tokens * ((3 * K_ + V_) * b16 + V_ * b16) / 4.25e12 * 1e3
-print(f"forward (state pass + output): floor {fwd_floor:.3f} ms; the operator's own floor {op_floor:.3f} ms")
+print(f"forward (prep + state pass + output): floor {fwd_floor:.3f} ms; the operator's own floor {op_floor:.3f} ms")
 assert fwd_floor > op_floor
 
 # %% [markdown]
 # Every launch sits far below the H200's ridge point of about 200 FLOP per byte: on paper all of
-# them are memory-bound, and the forward's two launches together have the floor the last line
+# them are memory-bound, and the forward's three launches together have the floor the last line
 # prints — more than the operator's own floor (inputs read once, output written once), because
-# the chunk-start states go to memory and back. Section 8's measured
+# the chunk-start states and the prep's decayed queries and keys go to memory and back. Section 8's measured
 # times are several times that. The gap is not bandwidth but latency: the state passes are
 # sequential loops whose every step waits for its loads and a cumulative sum (0.35 ms for 64
 # steps at this shape, about 5 µs a step: `benchmarks/results/h200_wkv6_v3_2026-12-01.txt`), and the per-chunk kernels, with two or three programs
@@ -1087,10 +1101,10 @@ rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_re
 #
 # Speed is measured by `python -m rwkvlab bench`, which times every rung, FLA's kernels and causal
 # softmax attention side by side in one process and writes a CSV with its provenance to
-# `benchmarks/results/`. The cell below reads the record taken on one NVIDIA H200 for this
-# chapter's kernels as they now stand (`benchmarks/results/h200_wkv6_v3_2026-12-01.csv`, with the
-# log and the script that produced it beside it; bf16, `do_bench` medians, input checks
-# included) and the record of the first sub-chunk version (`h200_wkv6_2026-12-01.csv`, same
+# `benchmarks/results/`. The cell below reads the record taken on one NVIDIA H200 for v3 of
+# this chapter's kernels, the version just before the prep kernel of Section 6
+# (`benchmarks/results/h200_wkv6_v3_2026-12-01.csv`, with the log and the script that produced it
+# beside it; bf16, `do_bench` medians, input checks included) and the record of the first sub-chunk version (`h200_wkv6_2026-12-01.csv`, same
 # H200, same day), and prints both with the ratios. The earlier rungs were recorded on an H100
 # at $B=4, T=4096$: 4.5 ms forward and 11.8 ms forward+backward for the sequential schedule
 # (`benchmarks/results/h100_bench_vs_fla_2026-11-23.txt`).
@@ -1104,8 +1118,11 @@ rwkvlab.check("triton_chunked vs triton_recurrent", (o_chk, h_chk), (o_rec, h_re
 # state pass takes 0.35 ms without the value checks and 0.48 ms with them — the extra read of
 # $r$ in a latency-bound loop; the output kernel about 0.9 ms; the backward's four launches 3.3
 # ms. The roofline of Section 6 says there is room: every launch is memory-bound on paper.
-# `benchmarks/NOTES.md` lists what was tried and what comes next (precomputed decayed queries
-# and keys so the output kernel is only products, bf16 chunk states, the state pass's latency).
+# The prep kernel is the next step that log names: it takes the decays and the diagonal weights
+# out of the output kernel (193 → 124 registers) and the check of $r$ out of the state pass. It
+# has not been timed on a GPU yet; `benchmarks/results/h200_wkv6_v4_2026-12-01.py` times it
+# against v3 in one process. `benchmarks/NOTES.md` lists what was tried and what comes next
+# (bf16 chunk states, the state pass's latency, the gradient kernels' registers).
 
 # %%
 x = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
@@ -1121,7 +1138,7 @@ assert io_bytes == 320 * MiB
 from rwkvlab import bench
 
 ratios = {}
-for version, csv in (("v3 (now)", "h200_wkv6_v3_2026-12-01.csv"), ("v2 (first sub-chunk kernel)", "h200_wkv6_2026-12-01.csv")):
+for version, csv in (("v3", "h200_wkv6_v3_2026-12-01.csv"), ("v2 (first sub-chunk kernel)", "h200_wkv6_2026-12-01.csv")):
     record = bench.read_csv(bench.RESULTS / csv)
     print(f"\n{version}: {record.meta['device']}, {record.meta['versions']}, {record.meta['date']}")
     print("| B, T, H | rwkvlab fwd ms | FLA fwd ms | speed vs FLA | rwkvlab fwd+bwd ms | FLA fwd+bwd ms | speed vs FLA | fwd / floor |")
@@ -1134,9 +1151,9 @@ for version, csv in (("v3 (now)", "h200_wkv6_v3_2026-12-01.csv"), ("v2 (first su
               f"| {row['fwdbwd_ms']:.2f} | {fla['fwdbwd_ms']:.2f} | {fla['fwdbwd_ms'] / row['fwdbwd_ms']:.2f}x | {row['x_floor']:.0f}x |")
     assert len(dense) == 8 and all(row["fwd_ms"] > row["floor_ms"] for row in dense)
 # what the text says of the record: faster than v2 everywhere, FLA's equal at T = 1024, slower at T >= 4096
-assert all(ratios["v3 (now)", T][i] > ratios["v2 (first sub-chunk kernel)", T][i] for T in (1024, 4096, 16384) for i in (0, 1))
-assert ratios["v3 (now)", 1024][0] > 0.95 and ratios["v3 (now)", 1024][1] > 1.0
-assert all(ratios["v3 (now)", T][0] < 0.8 for T in (4096, 16384))
+assert all(ratios["v3", T][i] > ratios["v2 (first sub-chunk kernel)", T][i] for T in (1024, 4096, 16384) for i in (0, 1))
+assert ratios["v3", 1024][0] > 0.95 and ratios["v3", 1024][1] > 1.0
+assert all(ratios["v3", T][0] < 0.8 for T in (4096, 16384))
 
 if rwkvlab.device.has_gpu():
     import triton
@@ -1191,8 +1208,9 @@ else:
 #   16×16 block is split once more into quarters of 4 (three small dots, three elementwise
 #   steps). Every factor is decayed from a split point that lies between query and key, so no
 #   exponent is positive, and every exponent is a sum over its own interval, so a decay spike
-#   costs no float32 accuracy (the earlier rungs lose three digits there). The state pass checks
-#   the inputs' values as it reads them. On the H200 it matches FLA at T = 1024 and is 1.3–1.7×
+#   costs no float32 accuracy (the earlier rungs lose three digits there). A light prep kernel
+#   writes the decayed queries and keys and the diagonal weights once, so the output kernel is
+#   only products; it and the state pass check the inputs' values as they read them. On the H200 it matches FLA at T = 1024 and is 1.3–1.7×
 #   slower at the longer shapes; the measured table and the roofline say where the time goes.
 #
 # ## Exercises

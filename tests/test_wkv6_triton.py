@@ -197,6 +197,40 @@ def test_decay_spike_keeps_float32_accuracy(name, impl, spike):
         assert max(errs) < 2e-6, errs
 
 
+@pytest.mark.parametrize("BT", [64, 32])
+@pytest.mark.parametrize("cu", [None, [0, 21, 40]], ids=["dense", "varlen"])
+def test_subchunk_prep_writes_each_sub_chunks_factors(BT, cu):
+    """The prep kernel's four outputs, sub-chunk by sub-chunk, against float64 sums over each interval.
+
+    For a sub-chunk starting at s0: qe = scale·r ⊙ e^{w_{s0}+…+w_{i-1}}, ke = k ⊙ e^{w_{j+1}+…+w_end},
+    A = the sub-chunk's own weight matrix from a zero state (wkv6.attention_matrix), eW = e^{Σ w}.
+    """
+    B, T = (2, 37) if cu is None else (1, 40)
+    r, k, v, w, u, _ = make_inputs(B, T, 2, 16, 16, seed=8)
+    cu_t = None if cu is None else torch.tensor(cu, device=DEV)
+    qe, ke, A, eW = kernels_subchunk.prep(r, k, w, u, 0.5, cu_t, BT)
+    r, k, w, u = (x.double().cpu() for x in (r, k, w, u))
+    bounds = [(b * T, (b + 1) * T) for b in range(B)] if cu is None else list(zip(cu[:-1], cu[1:]))
+    BC, i_s = kernels_subchunk.BC, 0
+    flat = lambda x: x.reshape(1, B * T, *x.shape[2:])  # noqa: E731  (the kernels' flattened time axis)
+    for bos, eos in bounds:
+        for t0 in range(bos, eos, BT):
+            for s0 in range(t0, t0 + BT, BC):
+                rows = slice(s0, min(s0 + BC, eos))
+                n = max(0, rows.stop - s0)
+                if n:
+                    wi = flat(w)[0, rows]
+                    p = torch.cat([torch.zeros_like(wi[:1]), wi[:-1]]).cumsum(0)
+                    s = torch.cat([wi[1:], torch.zeros_like(wi[:1])]).flip(0).cumsum(0).flip(0)
+                    assert rel_err(flat(qe)[0, rows], 0.5 * flat(r)[0, rows] * p.exp()) < TOL
+                    assert rel_err(flat(ke)[0, rows], flat(k)[0, rows] * s.exp()) < TOL
+                    A64 = wkv6.attention_matrix(flat(r)[:, rows], flat(k)[:, rows], wi[None], u, scale=0.5)[0]
+                    assert rel_err(A[i_s][:, :n, :n], A64) < TOL
+                    assert rel_err(eW[i_s], wi.sum(0).exp()) < TOL
+                i_s += 1
+    assert i_s == A.shape[0]
+
+
 @pytest.mark.parametrize("case", AGREE, ids=str)
 def test_parallel_schedule_agrees_with_sequential(case):
     """The two schedules compute the same float32 numbers up to summation order (state pass split over K)."""
@@ -267,8 +301,9 @@ BAD = {
 }
 
 
-# the subchunk schedule checks values (NaN/Inf, w > 0) inside its state pass, as it reads them:
-# those cases launch that kernel and must still raise, naming the argument, and return nothing
+# the subchunk schedule checks values (NaN/Inf, w > 0) inside its prep kernel and state pass, as they
+# read them:
+# those cases launch those kernels and must still raise, naming the argument, and return nothing
 VALUE_CASES = {"positive w", "nan in k", "state nan"}
 
 
@@ -287,7 +322,7 @@ def test_bad_input_raises_naming_the_argument_before_any_launch(name, impl, case
 @pytest.mark.parametrize("arg", ["r", "k", "v", "w", "u", "initial_state"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("varlen", [False, True])
-def test_subchunk_state_pass_flags_every_bad_value(arg, bad, varlen):
+def test_subchunk_launches_flag_every_bad_value(arg, bad, varlen):
     """One bad entry anywhere (here: the last token of the last sequence, the last channel) is found."""
     B, T = (1, 37) if varlen else (2, 37)
     r, k, v, w, u, s0 = make_inputs(B, T, 2, 16, 16, N=3 if varlen else None)

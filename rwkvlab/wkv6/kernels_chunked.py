@@ -483,8 +483,8 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
     ``initial_state``: [N, H, K, V], any float dtype (cast to float32), or None; ``scale``: a finite
     real number; ``cu_seqlens``: [N + 1] int, with B == 1;
     ``chunk_size``: 16, 32 or 64 tokens per chunk (default 64 for ``"subchunk"``, 16 otherwise);
-    ``schedule``: ``"subchunk"`` (the fast design of :mod:`rwkvlab.wkv6.kernels_subchunk`: a state
-    pass, then every chunk in parallel, with the intra-chunk weights on tensor cores),
+    ``schedule``: ``"subchunk"`` (the fast design of :mod:`rwkvlab.wkv6.kernels_subchunk`: a prep
+    kernel per sub-chunk and a state pass, then every chunk in parallel, on tensor cores),
     ``"sequential"`` (one kernel walking the chunks in order) or ``"parallel"`` (a state pass, then
     outputs parallel over chunks of 16, intra weights built column by column) — the two earlier
     rungs, kept for the chapter. Returns ``(o, final_state)`` as :func:`triton_recurrent` does; any
@@ -494,7 +494,7 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
     """
     if not isinstance(schedule, str) or schedule not in ("subchunk", "sequential", "parallel"):
         raise ValueError(f"schedule: expected 'subchunk', 'sequential' or 'parallel', got {schedule!r}")
-    # the subchunk state pass checks the values itself, as it reads them (no extra pass, one wait)
+    # the subchunk launches check the values themselves, as they read them (no extra pass, one wait)
     B, T, H, K, V, N = _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens,
                                          check_values=schedule != "subchunk")
     if chunk_size is None:

@@ -195,7 +195,7 @@ def check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens, check_values=T
     """Validate the RWKV-6 contract (before any launch) and return (B, T, H, K, V, N).
 
     ``check_values=False`` checks structure only and leaves NaN/Inf and the sign of w to a kernel
-    that checks them as it reads (the subchunk state pass), so no extra pass and no wait here.
+    that checks them as it reads (the subchunk prep kernel and state pass), so no extra pass and no wait here.
     """
     B, T, H, K, V, N = validate.linear_attention(
         keys={"r": r, "k": k, "w": w}, values={"v": v}, extra={"u": u, "initial_state": initial_state},

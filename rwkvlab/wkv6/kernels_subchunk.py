@@ -1,4 +1,4 @@
-"""RWKV-6 on tensor cores: chunks of 64 tokens, sub-chunks of 16, three kinds of launch.
+"""RWKV-6 on tensor cores: chunks of 64 tokens, sub-chunks of 16, four kinds of launch.
 
 Same contract as :func:`rwkvlab.wkv6.triton_recurrent`; reached as ``triton_chunked(...)`` (its
 default schedule, ``"subchunk"``). With ``q = scale · r`` and, inside a chunk, the state ``S`` at
@@ -17,8 +17,9 @@ are both ≤ 0:
     Σ_{m=j+1}^{i-1} w_m = [p_i: from I's start to i−1] + [s_j: from j+1 to J's end + the totals of
                                                          the sub-chunks strictly between J and I]
 
-so that block is one ``tl.dot`` of ``q ⊙ e^{p}`` with ``k ⊙ e^{s+gap}``. Only the 16×16 blocks on
-the diagonal are built elementwise, one column at a time, from a running product of e^{w}.
+so that block is one ``tl.dot`` of ``q ⊙ e^{p}`` with ``k ⊙ e^{s+gap}``. The 16×16 blocks on the
+diagonal are split once more, into quarters of ``QB = 4`` tokens, the same way (three small dots);
+only the pairs inside one quarter are built elementwise, from a running sum of w.
 Every exponent the kernels evaluate is ≤ 0 (no overflow for any w ≤ 0) and is a sum over its
 own interval (a cumulative sum of shifted w, never the difference of two running sums), so a
 decay spike of w = −1e4 costs no float32 accuracy. Exponents are taken base 2 (``exp2``) on
@@ -26,14 +27,20 @@ decay spike of w = −1e4 costs no float32 accuracy. Exponents are taken base 2 
 
 Who owns what:
 
+- ``wkv6_fwd_prep_kernel`` (prep): one light program per (sub-chunk, head) writes what needs a
+  decay: ``q ⊙ e^{p}`` and ``k ⊙ e^{s}`` (in the input dtype), the sub-chunk's own 16×16 weights
+  (bonus on the diagonal) and its total decay ``e^{W_I}``; it also checks the values of r, k, w, u.
 - ``wkv6_fwd_h_kernel`` (state pass): one program per (BK key rows, BV value columns, sequence·
   head) walks the chunks in order doing only the hand-off (one ``tl.dot`` per chunk; the decay is
-  diagonal, so key rows are independent) and writes each chunk-start state to ``hs``.
+  diagonal, so key rows are independent) and writes each chunk-start state to ``hs``; it checks
+  v and the initial state (through the final state).
 - ``wkv6_fwd_o_kernel`` (output): one program per (chunk, V-block, head), all independent: reads
-  its chunk's ``hs``, builds the intra weights sub-chunk by sub-chunk, writes ``o``.
+  its chunk's ``hs`` and the prep's factors, carries the state through the sub-chunks with only
+  loads and products, writes ``o``.
 - backward: the state pass again (``hs``), ``wkv6_bwd_dh_kernel`` (the same pass in reverse time
-  for dS, the gradient of each chunk-end state), and ``wkv6_bwd_kernel``: one program per (chunk,
-  V-block, head) for dq, dk, dv, dw and du. Its ``dw`` uses the identity of the recurrent kernel
+  for dS, the gradient of each chunk-end state), then two kernels of one program per (chunk,
+  V-block, head): ``wkv6_bwd_dq_kernel`` (dq, du) and ``wkv6_bwd_dkv_kernel`` (dk, dv, dw), which
+  build their decays themselves. The ``dw`` uses the identity of the recurrent kernel
   (``dw_m = Σ_{i>m} q_i ⊙ dq'_i − Σ_{j≥m} k_j ⊙ dk'_j + rowsum(dS_end ⊙ S_end)`` inside a chunk,
   primes meaning the gradients without the bonus), so no per-token state is ever needed.
 
@@ -55,7 +62,7 @@ __all__ = ["fwd", "bwd", "triton_subchunk"]
 
 LOG2E = tl.constexpr(1.4426950408889634)
 # launch settings per kernel (num_warps, num_stages[, maxnreg]); benchmarks/NOTES.md records how they were chosen
-TUNE = {"fwd_h": (4, 2), "fwd_o": (4, 2, 168), "bwd_dh": (4, 2), "bwd_dq": (4, 1), "bwd_dkv": (4, 1)}
+TUNE = {"fwd_prep": (4, 1), "fwd_h": (4, 2), "fwd_o": (4, 2), "bwd_dh": (4, 2), "bwd_dq": (4, 1), "bwd_dkv": (4, 1)}
 BC = 16  # sub-chunk length: the smallest tile side tl.dot accepts
 QB = 4  # quarter: the diagonal 16×16 blocks are split once more, into four quarters of 4 tokens
 
@@ -122,17 +129,16 @@ def _any(flags):
 
 
 @triton.jit
-def wkv6_fwd_h_kernel(r, k, v, w, u, h0, ht, hs, flags, cu_seqlens, chunk_offsets, T,
+def wkv6_fwd_h_kernel(k, v, w, h0, ht, hs, flags, cu_seqlens, chunk_offsets, T,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
                       VARLEN: tl.constexpr, DOT16: tl.constexpr, CHECK: tl.constexpr):
     """State pass: S ← diag(e^{W}) S + (k ⊙ e^{Q})ᵀ V per chunk; every chunk-start S to hs.
 
-    With CHECK, the pass that reads every input anyway also checks their values, at no extra cost
-    in memory or registers: a NaN or Inf in k, v, w or initial_state reaches the state by itself
-    (0 · Inf is NaN too), and r, w > 0 and w = −Inf are made to, as a NaN added to the exponents;
-    so one test of the final state covers them all. flags[0] becomes 1 if anything is off, and the
-    caller then finds out what (on that error path only).
+    With CHECK, one test of the final state checks the values this pass alone reads, v and
+    initial_state: a NaN or Inf there reaches the state by itself (0 · Inf is NaN too), as does a
+    state that overflows float32. flags[0] becomes 1 if anything is off, and the caller then finds
+    out what (on that error path only). r, k, w and u are checked by the prep kernel.
     """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -152,16 +158,11 @@ def wkv6_fwd_h_kernel(r, k, v, w, u, h0, ht, hs, flags, cu_seqlens, chunk_offset
         b_k = _rows(k, t0, eos, i_h, H, K, o_k, m_k, BT)
         b_v = _rows(v, t0, eos, i_h, H, V, o_v, m_v, BT)
         b_p, b_s, b_tot = _decays(w, t0, eos, i_h, H, K, o_k, m_k, BT)
-        if CHECK:  # NaN into the exponent where r is not finite, w > 0 or w = −Inf
-            b_w = _rows(w, t0, eos, i_h, H, K, o_k, m_k, BT)
-            b_s += _rows(r, t0, eos, i_h, H, K, o_k, m_k, BT) * 0. \
-                + tl.where((b_w > 0) | (b_w == float("-inf")), float("nan"), 0.)
         b_h = b_h * tl.exp2(b_tot)[:, None] + _mm(tl.trans(b_k * tl.exp2(b_s)), b_v, v, DOT16)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_kv, b_h, mask=m_kv)
     if CHECK:
-        b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
-        bad = tl.maximum(_any(_bad(b_h)), tl.max(_bad(b_u), axis=0))
+        bad = _any(_bad(b_h))
         tl.atomic_max(flags, bad, mask=bad > 0)
 
 
@@ -286,37 +287,79 @@ def _diag_weights(k, w, b_q, b_k, b_u, b_pq, b_sq, qt1, qt2, s0, eos, i_h, H: tl
 
 
 @triton.jit
-def wkv6_fwd_o_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T,
+def wkv6_fwd_prep_kernel(r, k, w, u, qe, ke, A, eW, flags, cu_seqlens, chunk_indices, scale, T,
+                         H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                         QB: tl.constexpr, BK: tl.constexpr, VARLEN: tl.constexpr, DOT16: tl.constexpr,
+                         CHECK: tl.constexpr):
+    """Everything of one sub-chunk that needs a decay, written once for the output kernel to load.
+
+    With p, s the exclusive prefix and suffix of w inside the sub-chunk and W its total:
+    qe = q ⊙ e^{p} and ke = k ⊙ e^{s} (input dtype, as r), A the sub-chunk's own 16×16 weights,
+    bonus on the diagonal (input dtype: the output's tl.dot takes it in that dtype anyway), and
+    e^{W} (float32). With CHECK it also checks the values it reads: NaN or Inf in r, k, w, u, and
+    w > 0; flags[0] becomes 1 if anything is off.
+    """
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_s // (BT // BC), T, BT, VARLEN)
+    s0 = t0 + (i_s % (BT // BC)) * BC          # rows past eos (a short last chunk) are masked out
+    o_i, o_k = tl.arange(0, BC), tl.arange(0, BK)
+    m_k = o_k < K
+    o_t = s0 + o_i
+
+    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
+    b_r = _rows(r, s0, eos, i_h, H, K, o_k, m_k, BC)
+    b_q = b_r * scale
+    b_k = _rows(k, s0, eos, i_h, H, K, o_k, m_k, BC)
+    b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s0, eos, i_h, H, K, o_k, m_k, BC, QB)
+    b_A = _diag_weights(k, w, b_q, b_k, b_u, b_pq, b_sq, qt1, qt2, s0, eos, i_h, H, K, o_k, m_k,
+                        BC, QB, DOT16)
+    p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+    m_tk = (o_t < eos)[:, None] & m_k[None, :]
+    tl.store(qe + p_k, (b_q * tl.exp2(b_p)).to(qe.dtype.element_ty), mask=m_tk)
+    tl.store(ke + p_k, (b_k * tl.exp2(b_s)).to(ke.dtype.element_ty), mask=m_tk)
+    tl.store(A + (i_s.to(tl.int64) * H + i_h) * BC * BC + o_i[:, None] * BC + o_i[None, :],
+             b_A.to(A.dtype.element_ty))
+    tl.store(eW + (i_s.to(tl.int64) * H + i_h) * K + o_k, tl.exp2(b_tot), mask=m_k)
+    if CHECK:  # rows past eos read as 0, which passes
+        b_w = _rows(w, s0, eos, i_h, H, K, o_k, m_k, BC)
+        b_bad = tl.maximum(tl.maximum(_bad(b_r), _bad(b_k)), tl.maximum(_bad(b_w), tl.where(b_w > 0, 1, 0)))
+        bad = tl.maximum(_any(b_bad), tl.max(_bad(b_u), axis=0))
+        tl.atomic_max(flags, bad, mask=bad > 0)
+
+
+@triton.jit
+def wkv6_fwd_o_kernel(qe, ke, v, A, eW, o, hs, cu_seqlens, chunk_indices, T,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                      BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                      BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       VARLEN: tl.constexpr, DOT16: tl.constexpr):
     """One chunk's output, sub-chunk by sub-chunk, carrying the state across its sub-chunks.
 
     For sub-chunk I with state S at its start: o_I = (q ⊙ e^{p}) S + A_I V_I, then
-    S ← diag(e^{total}) S + (k ⊙ e^{s})ᵀ V_I. S starts as the chunk-start state from hs, so the
-    chunk-start state and every earlier sub-chunk reach the output through one tl.dot.
+    S ← diag(e^{W_I}) S + (k ⊙ e^{s})ᵀ V_I. S starts as the chunk-start state from hs, so the
+    chunk-start state and every earlier sub-chunk reach the output through one tl.dot. Every
+    decayed factor comes from the prep kernel: this one only loads and multiplies.
     """
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
+    o_i = tl.arange(0, BC)
     o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
 
-    b_u = tl.load(u + i_h * K + o_k, mask=m_k, other=0.).to(tl.float32)
     b_h = tl.load(hs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
                   mask=m_k[:, None] & m_v[None, :], other=0.)
     for I in range(0, tl.cdiv(tl.minimum(BT, eos - t0), BC)):
         s_i = t0 + I * BC
-        b_q = _rows(r, s_i, eos, i_h, H, K, o_k, m_k, BC) * scale
-        b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
+        p_s = (i_c.to(tl.int64) * (BT // BC) + I) * H + i_h      # this sub-chunk's row of A and eW
+        b_qe = _rows(qe, s_i, eos, i_h, H, K, o_k, m_k, BC)
+        b_ke = _rows(ke, s_i, eos, i_h, H, K, o_k, m_k, BC)
         b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
-        b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
-        b_A = _diag_weights(k, w, b_q, b_k, b_u, b_pq, b_sq, qt1, qt2, s_i, eos, i_h, H, K, o_k, m_k,
-                            BC, QB, DOT16)
-        b_o = _mm(b_q * tl.exp2(b_p), b_h, v, DOT16) + _mm(b_A, b_v, v, DOT16)
-        o_t = s_i + tl.arange(0, BC)
+        b_A = tl.load(A + p_s * BC * BC + o_i[:, None] * BC + o_i[None, :]).to(tl.float32)
+        b_o = _mm(b_qe, b_h, v, DOT16) + _mm(b_A, b_v, v, DOT16)
+        o_t = s_i + o_i
         tl.store(o + (o_t[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
                  mask=(o_t < eos)[:, None] & m_v[None, :])
-        b_h = b_h * tl.exp2(b_tot)[:, None] + _mm(tl.trans(b_k * tl.exp2(b_s)), b_v, v, DOT16)
+        b_eW = tl.load(eW + p_s * K + o_k, mask=m_k, other=0.)
+        b_h = b_h * b_eW[:, None] + _mm(tl.trans(b_ke), b_v, v, DOT16)
 
 
 @triton.jit
@@ -499,10 +542,10 @@ def _launch(name):
     return dict(num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg[0]} if maxnreg else {}))
 
 
-def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, r=None, u=None):
+def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, flags=None):
     """Every chunk-start state ``hs`` [n_chunks, H, K, V] float32, and the final state when asked.
 
-    Given r and u too, the pass also checks every input's values and returns its flags (else None).
+    Given an int32 ``flags`` tensor, the pass also checks the values of v and initial_state into it.
     """
     B, T, H, K = k.shape
     V = v.shape[-1]
@@ -511,18 +554,36 @@ def state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, r=
     varlen = cu_seqlens is not None
     hs = torch.empty(n_chunks, H, K, V, dtype=torch.float32, device=k.device)
     ht = torch.empty(N, H, K, V, dtype=torch.float32, device=k.device) if output_final_state else None
-    check = r is not None
-    flags = torch.zeros(1, dtype=torch.int32, device=k.device) if check else None
     wkv6_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
-        r, k, v, w, u, initial_state,
-        ht, hs, flags, cu_arg(cu_seqlens, k.device), offs,
+        k, v, w, initial_state, ht, hs, flags, cu_arg(cu_seqlens, k.device), offs,
         B * T if varlen else T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, USE_H0=initial_state is not None,
-        STORE_HT=output_final_state, VARLEN=varlen, DOT16=dot16(k), CHECK=check, **_launch("fwd_h"))
-    return hs, ht, flags
+        STORE_HT=output_final_state, VARLEN=varlen, DOT16=dot16(k), CHECK=flags is not None, **_launch("fwd_h"))
+    return hs, ht
+
+
+def prep(r, k, w, u, scale, cu_seqlens, BT, flags=None):
+    """The decayed factors of every sub-chunk: q ⊙ e^{p}, k ⊙ e^{s} ([B, T, H, K], input dtype), the
+    own weights A ([n_chunks·BT/BC, H, BC, BC], input dtype) and e^{W} ([n_chunks·BT/BC, H, K] float32).
+
+    Given an int32 ``flags`` tensor, the launch also checks the values of r, k, w and u into it.
+    """
+    B, T, H, K = r.shape
+    _, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, r.device)
+    varlen = cu_seqlens is not None
+    n_sub = n_chunks * (BT // BC)
+    qe, ke = torch.empty_like(r), torch.empty_like(k)
+    A = torch.empty(n_sub, H, BC, BC, dtype=r.dtype, device=r.device)
+    eW = torch.empty(n_sub, H, K, dtype=torch.float32, device=r.device)
+    BK = max(16, triton.next_power_of_2(K))
+    wkv6_fwd_prep_kernel[(n_sub, H)](
+        r, k, w, u, qe, ke, A, eW, flags, cu_arg(cu_seqlens, r.device), idx, float(scale),
+        B * T if varlen else T, H=H, K=K, BT=BT, BC=BC, QB=QB, BK=BK, VARLEN=varlen, DOT16=dot16(r),
+        CHECK=flags is not None, **_launch("fwd_prep"))
+    return qe, ke, A, eW
 
 
 def raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens):
-    """After the forward: if the state pass flagged a value, name the argument (the full host-side
+    """After the forward: if a launch flagged a value, name the argument (the full host-side
     check, on this error path only); a flag with every input valid means the state overflowed."""
     if flags.item():
         _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens, check_values=True)
@@ -530,31 +591,39 @@ def raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens):
                          "sequence exceeds 3.4e38); scale k or v down")
 
 
-def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, BT=64):
-    """Two launches: the state pass, then every chunk's output in parallel."""
-    B, T, H, K = r.shape
+def output(qe, ke, v, A, eW, hs, cu_seqlens, BT):
+    """o [B, T, H, V] in v's dtype: one program per (chunk, V-block, head), from prep's factors and hs."""
+    B, T, H, K = qe.shape
     V = v.shape[-1]
-    hs, ht, flags = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, r=r, u=u)
-    _, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, r.device)
+    _, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, v.device)
     BK, BV, NV = _out_tiles(K, V)
     o = torch.empty_like(v)
     varlen = cu_seqlens is not None
     wkv6_fwd_o_kernel[(n_chunks, NV, H)](
-        r, k, v, w, u, o, hs, cu_arg(cu_seqlens, r.device), idx, float(scale), B * T if varlen else T,
-        H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=dot16(r), **_launch("fwd_o"))
+        qe, ke, v, A, eW, o, hs, cu_arg(cu_seqlens, v.device), idx, B * T if varlen else T,
+        H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, VARLEN=varlen, DOT16=dot16(v), **_launch("fwd_o"))
+    return o
+
+
+def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, BT=64):
+    """Three launches: the sub-chunks' decayed factors, the state pass, then every chunk's output in parallel."""
+    flags = torch.zeros(1, dtype=torch.int32, device=r.device)
+    qe, ke, A, eW = prep(r, k, w, u, scale, cu_seqlens, BT, flags)
+    hs, ht = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, flags)
+    o = output(qe, ke, v, A, eW, hs, cu_seqlens, BT)
     raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens)
     return o, ht
 
 
 def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
-    """Three launches: chunk-start states again, chunk-end state gradients, then every chunk's gradients."""
+    """Four launches: chunk-start states again, chunk-end state gradients, then every chunk's gradients (two)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     dev, f32 = r.device, torch.float32
     varlen = cu_seqlens is not None
     TT = B * T if varlen else T
     do = do.contiguous()
-    hs, _, _ = state_pass(k, v, w, initial_state, False, cu_seqlens, N, BT)
+    hs, _ = state_pass(k, v, w, initial_state, False, cu_seqlens, N, BT)
     offs, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, dev)
     BKs, BVs = _state_tiles(N, H, K, V)
     dhs = torch.empty_like(hs)
@@ -600,6 +669,6 @@ class _SubchunkFunction(torch.autograd.Function):
 
 def triton_subchunk(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
     """The differentiable call behind ``triton_chunked(schedule="subchunk")``, on inputs it has checked
-    (structure only: this design checks the values in its state pass) and made contiguous."""
+    (structure only: this design checks the values in its prep kernel and state pass) and made contiguous."""
     return _SubchunkFunction.apply(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N,
                                    chunk_size)
