@@ -1,12 +1,14 @@
 """Where wkv7.triton_chunked's time goes, launch by launch, on a GPU (the next measurement NOTES asks for).
 
     python benchmarks/gpu_wkv7_breakdown.py            # B=4, T=4096, H=32 and B=1, T=65536, H=8, bf16
+    python benchmarks/gpu_wkv7_breakdown.py --quick    # chunk size 16 only
     python benchmarks/gpu_wkv7_breakdown.py --dry-run  # CPU: run each launch once on a tiny shape, check o
 
 Times each launch alone with ``triton.testing.do_bench`` (medians, ms) on inputs shaped like a
 trained RWKV-7 layer's (``rwkvlab.bench.make_inputs``): the prep kernel, the state pass, the
 whole forward as a caller sees it (value checks and the flag read included), and the backward
-kernel alone, for chunk sizes 16 and 32, with and without the declared bound. Also prints each
+kernel alone, for chunk sizes 16 and 32, with and without the declared bound, then the state
+pass's settings one at a time (``TUNE`` overrides: prefetch, piece dtype, V-block, warps). Also prints each
 launch's memory floor at the copy bandwidth measured in the same run, so "latency-bound" or
 "bandwidth-bound" can be read off the ratio. Needs a CUDA GPU; prints why not otherwise.
 """
@@ -20,20 +22,21 @@ import rwkvlab  # noqa: F401  (chooses the interpreter on a machine without a GP
 from rwkvlab import wkv7
 
 
-def variants(dry):
+def variants(dry, quick=False):
     """(chunk size, lower bound, TUNE overrides) to time: the shipped settings at both chunk sizes
-    and both paths, then the state pass's options at the bounded chunk-16 setting."""
-    out = [(C, lb, {}) for C in (16, 32) for lb in (wkv7.RWKV7_LOWER_BOUND, None)]
-    if dry:
-        return out[:2] + [(16, wkv7.RWKV7_LOWER_BOUND, {"prefetch": False})]
+    (16 only with ``quick``) and both paths, then the state pass's options, bounded, chunk 16."""
     lb = wkv7.RWKV7_LOWER_BOUND
+    out = [(C, b, {}) for C in ((16,) if quick or dry else (16, 32)) for b in (lb, None)]
+    if dry:
+        return out + [(16, lb, {"prefetch": False})]
     return out + [(16, lb, t) for t in (
-        {"prefetch": False}, {"pieces": "input"}, {"fwd": (4, 2, 64)}, {"fwd": (8, 1, 64)},
-        {"fwd": (4, 1, 32)}, {"prefetch": False, "fwd": (4, 2, 64)}, {"prep": (4, 1)}, {"prep": (8, 2)})]
+        {"prefetch": False}, {"pieces": "float32"}, {"fwd": (4, 1, 32)}, {"fwd": (4, 1, 16)},
+        {"fwd": (8, 1, 64)}, {"prep": (4, 1)})]
 
 
 def main(argv=None) -> int:
-    dry = "--dry-run" in (sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    dry, quick = "--dry-run" in args, "--quick" in args
     if not dry and not torch.cuda.is_available():
         print("no CUDA GPU here: this script times GPU launches only (--dry-run checks the launches on CPU)")
         return 0
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
         x = make_inputs("wkv7", B, T, H, D, dtype=dtype, device=dev)
         r, w, k, v, a, b = (x[n] for n in "rwkvab")
         K = V = D
-        for C, lb, tune in variants(dry):
+        for C, lb, tune in variants(dry, quick):
             saved = dict(kc.TUNE)
             kc.TUNE.update(tune)
             try:
