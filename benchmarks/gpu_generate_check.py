@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--cpu-dry-run", action="store_true",
-                   help="run the same script on CPU with the eager stand-in for the graph (tests this file)")
+                   help="run the same script with the eager stand-in for the graph, on the book's device "
+                        "(CPU here; tests this file)")
     args = p.parse_args(argv)
     cuda = not args.cpu_dry_run
     if cuda and not torch.cuda.is_available():
@@ -77,11 +78,14 @@ def main(argv=None) -> int:
     from rwkvlab.model.generation import EagerStepper, GraphStepper
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    dev = torch.device("cuda" if cuda else "cpu")
+    # the dry run uses the book's device: CPU with the Triton interpreter here; on a GPU machine
+    # CUDA (Triton kernels take CUDA tensors there), still without capture or timing by events
+    from rwkvlab import device as _device
+    dev = torch.device("cuda") if cuda else _device.device()
     m = build(args.size, dtype, dev)
     ref = build(args.size, torch.float32, dev)                 # the same weights (same seed), float32
     V = m.cfg.vocab_size
-    name = torch.cuda.get_device_name(0) if cuda else "CPU dry run (graph = eager stand-in)"
+    name = torch.cuda.get_device_name(0) if cuda else f"dry run on {dev.type} (graph = eager stand-in)"
     print(f"{name}; torch {torch.__version__}; {args.size} {args.dtype}")
     tol = 1e-6 if dtype == torch.float32 else 1e-3
     tol_paths = 1e-5 if dtype == torch.float32 else 5e-2      # fused vs torch WKV: different roundings

@@ -234,8 +234,9 @@ def test_both_versions_have_both_triton_cores():
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("impl", TRITON)
 def test_triton_cores_in_the_model(version, impl):
-    m = tiny(version, seed=5)
-    idx = tokens(1, 6, seed=5)
+    dev = rwkvlab.device.device()          # the kernels' device: CPU (interpreter) here, CUDA on a GPU
+    m = tiny(version, seed=5).to(dev)
+    idx = tokens(1, 6, seed=5).to(dev)
     with torch.no_grad():
         ref, _ = m(idx, impl="naive")
         got, _ = m(idx, impl=impl)
@@ -248,7 +249,8 @@ def test_model_declares_rwkv7_decay_bound_to_the_chunked_kernel(monkeypatch):
     logits equal the naive core's."""
     from rwkvlab.wkv7 import kernels_chunked
 
-    m = tiny("x070", seed=6)
+    dev = rwkvlab.device.device()
+    m = tiny("x070", seed=6).to(dev)
     with torch.no_grad():
         for blk in m.blocks:
             blk.att.w0.fill_(60.0)
@@ -261,7 +263,7 @@ def test_model_declares_rwkv7_decay_bound_to_the_chunked_kernel(monkeypatch):
 
     monkeypatch.setattr(wkv7, "triton_chunked", spy)
     spy.__name__ = "triton_chunked"
-    idx = tokens(1, 6, seed=6)
+    idx = tokens(1, 6, seed=6).to(dev)
     with torch.no_grad():
         ref, _ = m(idx, impl="naive")
         got, _ = m(idx, impl="triton_chunked")

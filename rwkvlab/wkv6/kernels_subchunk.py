@@ -62,7 +62,10 @@ __all__ = ["fwd", "bwd", "triton_subchunk"]
 
 LOG2E = tl.constexpr(1.4426950408889634)
 # launch settings per kernel (num_warps, num_stages[, maxnreg]); benchmarks/NOTES.md records how they were chosen
-TUNE = {"fwd_prep": (4, 1), "fwd_h": (4, 2), "fwd_o": (4, 2), "bwd_dh": (4, 2), "bwd_dq": (4, 1), "bwd_dkv": (4, 1)}
+# (v4 on an H200, benchmarks/results/h200_wkv6_v4_2026-12-01.txt: the prep kernel at 1 warp took
+# 0.31 ms against 0.73 at 4; the state pass capped at 128 registers and the output kernel at 3
+# stages were within 1 % of the next setting)
+TUNE = {"fwd_prep": (1, 1), "fwd_h": (4, 2, 128), "fwd_o": (4, 3), "bwd_dh": (4, 2), "bwd_dq": (4, 1), "bwd_dkv": (4, 1)}
 BC = 16  # sub-chunk length: the smallest tile side tl.dot accepts
 QB = 4  # quarter: the diagonal 16×16 blocks are split once more, into four quarters of 4 tokens
 
