@@ -332,6 +332,16 @@ def test_breakdown_script_launches_what_triton_chunked_launches(capsys):
     assert capsys.readouterr().out.count("match triton_chunked") == len(mod.variants(dry=True))
 
 
+def test_state_pass_splits_v_only_when_the_gpu_would_idle():
+    """On a 132-multiprocessor GPU: B=4, H=32 (128 programs of the whole V) keeps 64 columns;
+    B=1, H=8 (8 programs) halves to 32 and no further; the backward keeps its table's block."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    assert kc.gpu_block_v(64, programs=128) == 64
+    assert kc.gpu_block_v(64, programs=8) == kc.gpu_block_v(128, programs=1) == 32
+    assert kc.gpu_block_v(16, programs=1) == 16 and kc.gpu_block_v(64, "bwd") == 64
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("shape", [(2, 37, 2, 16, 32), (1, 70, 1, 32, 16)], ids=str)
 def test_state_pass_with_and_without_prefetch(prefetch, shape, monkeypatch):

@@ -12,10 +12,12 @@ inside the chunk)::
     S ← diag(e^{c_C}) S + (k ⊙ e^{c_C − c})^T V + (b ⊙ e^{c_C − c})^T E
 
 ``wkv7_fwd_prep_kernel`` (grid: chunks × heads) computes everything that does not depend on
-the state — the four pairwise matrices, T, W, U — for all chunks at once, stores W, U and
-[A_rk | A_rb] in float32, and checks every value it reads. ``wkv7_fwd_chunked_kernel`` (grid:
-V-blocks × sequence·heads) is the state pass: each program walks its sequence with its state
-tile in registers and does only the products that touch S.
+the state, for all chunks at once — the four pairwise matrices, T, W, U — and stores every piece
+the state pass needs in the form it uses it: W, U, A_rk V and A_rb in float32, the decayed rows
+k ⊙ e^{c_C − c}, b ⊙ e^{c_C − c}, r ⊙ e^{c} (16-bit for 16-bit inputs) and the chunk's decay
+e^{c_C}; it also checks every value it reads. ``wkv7_fwd_chunked_kernel`` (grid: V-blocks ×
+sequence·heads) is the state pass: each program walks its sequence with its state tile in
+registers and does only the five products that touch S, loading chunk i+1 while chunk i computes.
 
 The pairwise matrices are formed one of two ways per chunk. If every channel's decay over the
 chunk is at most ``FACTORED_SPAN``, as products (r ⊙ e^{c})(k ⊙ e^{−c})ᵀ on tl.dot; else
@@ -457,16 +459,21 @@ TUNE = {"prep": (4, 2), "fwd": (4, 1, 64), "bwd": (8, 1, 64), "prefetch": True, 
 
 
 def block_v(V, name="fwd", programs=None):
-    """Value columns per program of the state pass (``name="fwd"``) or the backward. Given the
-    number of (sequence·head) ``programs``, the state pass splits V further (down to 32 columns)
-    while its grid would leave multiprocessors idle: a program's time is a chain of dependent
-    products, so at B=1, H=8 more programs of half the width finish sooner (9.4 → 6.6 ms at
-    T=65536 on an H200)."""
+    """Value columns per program of the state pass (``name="fwd"``) or the backward, on this
+    machine (the whole V in the interpreter, where fewer programs run faster)."""
     if device.interpreting():
-        return V                    # one V-block in the interpreter: fewer programs is faster there
+        return V
+    return gpu_block_v(V, name, programs, _multiprocessors())
+
+
+def gpu_block_v(V, name="fwd", programs=None, sms=132):
+    """The V-block a GPU with ``sms`` multiprocessors gets: ``TUNE``'s largest; given the number of
+    (sequence·head) ``programs``, the state pass halves it (down to 32 columns) while twice the
+    programs would still fit on the multiprocessors at one each. A program's time is a chain of dependent products, so at
+    B=1, H=8 more programs of half the width finish sooner (9.4 → 6.6 ms at T=65536, H200)."""
     bv = min(V, TUNE[name][2])
     if programs is not None:
-        while bv > 32 and programs * triton.cdiv(V, bv) < _multiprocessors():
+        while bv > 32 and 2 * programs * triton.cdiv(V, bv) <= sms:
             bv //= 2
     return bv
 
