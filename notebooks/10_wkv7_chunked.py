@@ -770,14 +770,14 @@ rwkvlab.check("chunked bf16 vs naive float32 (same rounded inputs)", ob, wkv7.na
 #
 # | this chapter | FLA's DPLR name | computed by (FLA launch) | here (torch) | chapter 11's launch |
 # | --- | --- | --- | --- | --- |
-# | $c_t$, $c_{t-1}$ (chunk-local log decays) | `gi`, `ge` | `chunk_rwkv6_fwd_cumsum` | `segment_log_decays` (as interval sums) | prep and state pass (`_prefixes`) |
+# | $c_t$, $c_{t-1}$ (chunk-local log decays) | `gi`, `ge` | `chunk_rwkv6_fwd_cumsum` | `segment_log_decays` (as interval sums) | prep (`_prefixes`) |
 # | $A_{rk}, A_{rb}, A_{ak}, A_{ab}$ | `A_qk`, `A_qb`, `A_ak`, `A_ab` | `chunk_dplr_fwd_intra` | `intra_chunk_matrices` | prep (`_pairs`: factored or exact per chunk) |
-# | $\tilde r = r\odot e^{c_t}$, $\tilde a = a\odot e^{c_{t-1}}$ | `qg` (scale folded in), `ag` | `chunk_dplr_fwd_intra` | `r_start`, `a_start` | prep (`a_dec`), state pass (`b_r * e_c`) |
-# | $\hat k, \hat b$ (decayed to the chunk's end) | `kg`, `bg` | `chunk_dplr_fwd_intra` | `k_end`, `b_end` | state pass (`b_k * to_end`) |
+# | $\tilde r = r\odot e^{c_t}$, $\tilde a = a\odot e^{c_{t-1}}$ | `qg` (scale folded in), `ag` | `chunk_dplr_fwd_intra` | `r_start`, `a_start` | prep (`a_dec`; stores `r_dec` as `Rd`) |
+# | $\hat k, \hat b$ (decayed to the chunk's end) | `kg`, `bg` | `chunk_dplr_fwd_intra` | `k_end`, `b_end` | prep (stores `Kd`, `Bd`) |
 # | $\mathcal T = (I - A_{ab})^{-1}$ | `A_ab_inv` | `prepare_wy_repr_fwd` | `ut_transform`, `solve_triangular` | prep (`_unit_lower_inverse`: repeated squaring) |
 # | $W = \mathcal T\tilde A$, $U = \mathcal T A_{ak} V$ | `w`, `u` | `prepare_wy_repr_fwd` | `chunk_matrices` | prep (stores `W`, `U`) |
 # | chunk-start states $S$; removal rows $E = WS + U$ | `h`; `v_new` | `chunk_dplr_fwd_h` | the state loop of `_chunked_one` | state pass (`E = W S + U`, `S ←`) |
-# | $O = \text{scale}(\tilde R S + A_{rk}V + A_{rb}E)$ | `o` | `chunk_dplr_fwd_o` | equation (3) | state pass (FLA: a launch of its own) |
+# | $O = \text{scale}(\tilde R S + A_{rk}V + A_{rb}E)$ | `o` | `chunk_dplr_fwd_o` | equation (3) | prep stores $A_{rk}V$ (`Op`) and $A_{rb}$; state pass adds $\tilde R S + A_{rb}E$ (FLA: a launch of its own) |
 #
 # Two differences are worth knowing. FLA forms the pairwise exponents as differences of its
 # running sums (`exp(b_gi - b_gk_j)` in `chunk_A_fwd.py`), where this book sums each interval

@@ -25,7 +25,9 @@
 #
 # - read the *chunked* kernel: a launch parallel over chunks that builds each chunk's matrices
 #   (factored on `tl.dot` where that is safe, exactly where it is not, and the UT transform by
-#   repeated squaring), then a state pass on the recurrent kernel's grid;
+#   repeated squaring) and stores every piece in the form the state pass uses it, then a state
+#   pass on the recurrent kernel's grid that only loads and multiplies, the next chunk's loads
+#   in flight while this chunk computes;
 # - read its backward pass, which restarts each chunk from the state the forward saved, and
 #   see why its decay gradient stays exact when the true gradient is $10^{-9}$ of the others;
 # - say what bfloat16 inputs and tf32 tensor cores cost in accuracy, and where each launch
@@ -101,16 +103,26 @@ def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
 # chunks at once. Only $E$, $O$ and the hand-off touch $S$. So there are two launches.
 #
 # 1. **`wkv7_fwd_prep_kernel`, parallel over (chunks × heads).** One program per chunk and head
-#    builds the four pairwise matrices, $\mathcal T$, $W$ and $U$, and stores $W$, $U$ and
-#    $[A_{rk}\,|\,A_{rb}]$ in float32 at the chunk's token rows. It also checks every value it
+#    builds the four pairwise matrices, $\mathcal T$, $W$ and $U$. It stores, at the chunk's
+#    token rows, every state-free piece of the three lines above in the form the state pass
+#    will use it: $W$, $U$, $A_{rk}V$ and $A_{rb}$ in float32; the decayed rows
+#    $k\odot e^{c_C-c}$, $b\odot e^{c_C-c}$ and $r\odot e^{c}$ in the input's type when that is
+#    16-bit (each is one input times a factor in $(0, 1]$, so 16 bits lose little beyond the
+#    input's own rounding), float32 otherwise; and per chunk the decay $e^{c_C}$. It also checks every value it
 #    reads (NaN, ±Inf, a positive $w$): the inputs are read here anyway, so the check costs no pass
 #    of its own. One int32 flag is raised by `tl.atomic_max`, and only when it is set does the
 #    host run its full check, which names the argument.
 # 2. **`wkv7_fwd_chunked_kernel`, the state pass.** The recurrent kernel's grid (*Triton I*, §1): program
 #    `(i_v, i_nh)` walks its sequence chunk by chunk with its state tile in registers. Per chunk
-#    it loads what the prep stored and does only the state's products, $E = WS + U$, the three
-#    terms of $O$, and the hand-off. It stores each chunk-start state for the backward, and
-#    checks the initial state, which only it reads, into the same flag.
+#    it loads what the prep stored and does five products, nothing else: $E = WS + U$, the two
+#    of $O$ that involve the state ($O$ starts from the stored $A_{rk}V$), and the two of the
+#    hand-off. Each product accumulates into the previous one (`tl.dot(..., acc=...)`), so the
+#    state's update occupies one `[K, BV]` tile of registers, not three. Its loop is a chain:
+#    chunk $i+1$ needs the state chunk $i$ hands off. So the loads of chunk $i+1$, which do not
+#    depend on the state, are issued *before* chunk $i$'s products and carried through the loop
+#    (`TUNE["prefetch"]`): the chain no longer waits on memory at each link. It stores each
+#    chunk-start state for the backward, and checks the initial state, which only it reads,
+#    into the same flag.
 #
 # Inside the prep kernel, three choices.
 #
@@ -211,11 +223,12 @@ assert (prod - solve).abs().max() < 1e-12 and torch.linalg.matrix_power(N_ab, 16
 
 # %% [markdown]
 # Here are the two launches. In the prep kernel, match each block of lines to the choices above;
-# in the state pass, find the three products that touch `S`.
+# in the state pass, find the five products and the loads issued one chunk ahead.
 
 # %%
 print(inspect.getsource(kc._unit_lower_inverse.fn))
 print(inspect.getsource(kc.wkv7_fwd_prep_kernel.fn))
+print(inspect.getsource(kc._chunk_pieces.fn))
 print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
 
 # %% [markdown]
@@ -224,9 +237,10 @@ print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
 # The two launches cut the same work along different axes.
 #
 # - **The prep kernel's grid is `(chunks, H)`.** Program `(i_c, i_h)` owns the `C` token rows of
-#   one chunk of one head. It reads their $r, w, k, v, a, b$ and writes three float32 pieces at
-#   exactly those rows: $W$ (`[C, K]`), $U$ (`[C, V]`) and $[A_{rk}\,|\,A_{rb}]$ (`[C, 2C]`). No
-#   program reads what another writes, so all of them can run at once.
+#   one chunk of one head. It reads their $r, w, k, v, a, b$ and writes its pieces at exactly
+#   those rows: $W$, and the three decayed rows (`[C, K]` each), $U$ and $A_{rk}V$ (`[C, V]`),
+#   $A_{rb}$ (`[C, C]`), plus the chunk's decay $e^{c_C}$ (`[K]`). No program reads what another
+#   writes, so all of them can run at once.
 # - **The state pass's grid is `(NV, N·H)`**, the recurrent kernel's. Program `(i_v, i_nh)` owns
 #   the tile $S[:, i_v\cdot BV : (i_v+1)\cdot BV]$ of one sequence·head, `[K, BV]` float32 in
 #   registers. It walks that sequence's chunks in order, reads at each one what the prep stored
@@ -235,10 +249,12 @@ print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
 # The cell first records the grids of a real call and checks them against that arithmetic. A
 # small stand-in for each kernel object notes the grid it is launched with, then launches. Then
 # it draws both grids for a small shape. In the interpreter `kc.block_v(V)` returns `V`, a single
-# V-block, because each extra program costs time there. On a GPU the V-block is
-# `min(V, kc.TUNE["fwd"][2])`, read from the package's launch table, and that is the tiling the
-# picture shows. At RWKV-7's head size, V = 64, the H200's table gives each program all of V
-# (NV = 1). The picture takes V = 128 so that the split shows.
+# V-block, because each extra program costs time there. On a GPU it is `kc.gpu_block_v`: the
+# launch table's largest block, `min(V, kc.TUNE["fwd"][2])`, halved (to 32 columns at least)
+# while twice the programs would still fit one per multiprocessor. At RWKV-7's head size,
+# V = 64, the training shape gives each program all of V (NV = 1, 128 programs on 132
+# multiprocessors); B = 1, H = 8 gets two blocks of 32. The picture takes V = 128 so that the
+# split shows.
 
 # %%
 from unittest import mock
@@ -267,32 +283,35 @@ print(f"launched at B={Bs} T={Ts} H={Hs} V={Vs}, C={CHUNK}: prep grid {prep_rec.
       f"state pass grid {state_rec.grids[0]} (block_v(V) = {kc.block_v(Vs)} on this machine)")
 
 
-def gpu_block_v(V, name="fwd"):
-    """kc.block_v as it is on a GPU: the launch table's largest V-block."""
-    return min(V, kc.TUNE[name][2])
+def gpu_block_v(V, name="fwd", programs=None):
+    """kc.block_v as it is on an H200 (132 multiprocessors)."""
+    return kc.gpu_block_v(V, name, programs, sms=132)
 
 
 Bt, Tt, Ht, Kt, Vt = 4, 4096, 32, 64, 64
 print(f"on a GPU at B={Bt} T={Tt} H={Ht} K=V={Kt}: prep {Bt * -(-Tt // CHUNK) * Ht} programs of one chunk; "
-      f"state pass {-(-Vt // gpu_block_v(Vt)) * Bt * Ht} programs (BV = {gpu_block_v(Vt)}), "
-      f"each walking {-(-Tt // CHUNK)} chunks in order")
+      f"state pass {-(-Vt // gpu_block_v(Vt, programs=Bt * Ht)) * Bt * Ht} programs "
+      f"(BV = {gpu_block_v(Vt, programs=Bt * Ht)}), each walking {-(-Tt // CHUNK)} chunks in order; "
+      f"at B=1 H=8 BV = {gpu_block_v(Vt, programs=8)}")
+assert gpu_block_v(Vt, programs=Bt * Ht) == 64 and gpu_block_v(Vt, programs=8) == 32
 
 Bp, Tp, Hp, Kp, Vp = 2, 48, 2, 64, 128                # the picture's shape
-BVp = gpu_block_v(Vp)
+BVp = gpu_block_v(Vp)                                 # no program count: the table's block, 64
 NVp, n_seq_ch = -(-Vp // BVp), -(-Tp // CHUNK)        # V-blocks; chunks per sequence
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.1, 1]})
 for i_c in range(Bp * n_seq_ch):
     i_n, t0 = divmod(i_c, n_seq_ch)
     for i_h in range(Hp):
         ax1.add_patch(Rectangle((i_c + 0.04, i_h + 0.06), 0.92, 0.88, color=colors[i_n], alpha=0.35))
-        ax1.text(i_c + 0.5, i_h + 0.5, f"tokens\n{t0 * CHUNK}..{(t0 + 1) * CHUNK - 1}\nwrites\nW U A", ha="center",
+        ax1.text(i_c + 0.5, i_h + 0.5, f"tokens\n{t0 * CHUNK}..{(t0 + 1) * CHUNK - 1}\nwrites\nW U pieces", ha="center",
                  va="center", fontsize=7)
 ax1.set_xlim(0, Bp * n_seq_ch), ax1.set_ylim(Hp, 0)
 ax1.set_xticks([i + 0.5 for i in range(Bp * n_seq_ch)], [f"i_c={i}\n(n={i // n_seq_ch})" for i in range(Bp * n_seq_ch)],
                fontsize=7)
 ax1.set_yticks([h + 0.5 for h in range(Hp)], [f"i_h={h}" for h in range(Hp)], fontsize=8)
 ax1.set_title(f"prep: grid ({Bp * n_seq_ch}, {Hp}) = chunks x heads, all at once\n"
-              f"each: W [{CHUNK}, K], U [{CHUNK}, V], [A_rk|A_rb] [{CHUNK}, {2 * CHUNK}] float32 at its rows", fontsize=9)
+              f"each at its rows: W, k/b/r decayed [{CHUNK}, K]; U, A_rk V [{CHUNK}, V]; A_rb [{CHUNK}, {CHUNK}]; e^c_C [K]",
+              fontsize=9)
 for i_nh in range(Bp * Hp):
     for i_v in range(NVp):
         y = i_nh * NVp + i_v
@@ -694,48 +713,62 @@ assert all(max(e["O"] for e in mat_err[how]) < 2 * min(e["O"] for e in mat_err[h
 # 3. **It is well inside the budget.** $\mathcal T$ comes out more accurate than $A_{ab}$ (its
 #    squarings run in IEEE float32, and $A_{ab}$ is small). The output's worst, $1.1\cdot10^{-3}$
 #    truncated, is about 20 times below the $2\times10^{-2}$ tolerance, and it is smaller than
-#    bf16's own rounding, $2^{-9}$. The H200 record agrees
-#    (`benchmarks/results/h200_wkv7_v3_2026-12-01.txt`, $B = 2$, $T = 512$, $H = 4$, bf16
-#    against float64 on the same inputs). There the float32 final state is off by
-#    $3.4\times10^{-4}$, the same order as the emulation, and the bf16 output by
-#    $2.0\times10^{-3}$, about the size of bf16's rounding.
+#    bf16's own rounding, $2^{-9}$. The H200 records agree (bf16 against float64 on the same
+#    inputs, $B = 2$, $T = 512$, $H = 4$). With the decayed rows kept in float32
+#    (`benchmarks/results/h200_wkv7_v3_2026-12-01.txt`) the float32 final state is off by
+#    $3.4\times10^{-4}$, the same order as the emulation; storing those rows in bf16, as the
+#    kernel now does for 16-bit inputs (`h200_wkv7_v4_2026-12-01.txt`), adds one bf16 rounding
+#    per row and takes the state to $1.2\times10^{-3}$. The bf16 output is off by
+#    $2.1\times10^{-3}$ in both, about the size of bf16's rounding, and every gradient by at
+#    most $3.4\times10^{-3}$.
 
 # %% [markdown]
 # Measured on one NVIDIA H200 (Triton 3.6, torch 2.11, fla-core 0.6.0; B = 4, H = 32, K = V = 64,
-# bfloat16; `triton.testing.do_bench` medians in ms). These are recorded numbers, not computed
-# by this chapter: `benchmarks/results/h200_wkv7_v3_2026-12-01.txt` (the state-pass design above,
-# with FLA's `chunk_rwkv7(..., lower_bound=-e^{-1/2})` in the same process) and
-# `h200_wkv7_v2_2026-12-01.txt` (FLA's default). The first row is the previous design (one
-# kernel, the pairwise `[16, 16, 64]` blocks for every chunk and the substitution loop, in
-# every V-block's program), from the RWKV-7 issue's measurement on the same kind of machine.
-# Every row includes the public function's value checks.
+# bfloat16; `triton.testing.do_bench` medians in ms, the public function's value checks
+# included). These are recorded numbers, not computed by this chapter. The records, in
+# `benchmarks/results/`: `h200_wkv7_v4_2026-12-01.txt` (this design; its first section is the
+# shipped settings at T = 4096, its second the same script one commit earlier, with float32
+# decayed rows and the whole V per program, at four shapes, with FLA's
+# `chunk_rwkv7(..., lower_bound=-e^{-1/2})` timed in the same process);
+# `h200_wkv7_v4_breakdown_2026-12-01.txt` (each launch alone, `benchmarks/gpu_wkv7_breakdown.py`);
+# `h200_wkv7_v3_2026-12-01.txt` (v3: the same two launches, but a state pass that recomputed the
+# decays and loaded the raw inputs); `h200_wkv7_v2_2026-12-01.txt` (FLA's default). The first
+# row is the first design (one kernel, the pairwise `[16, 16, 64]` blocks for every chunk and
+# the substitution loop), from the RWKV-7 issue's measurement on the same kind of machine.
 #
 # | kernel | T | forward | forward + backward |
 # |---|---|---|---|
-# | `triton_chunked`, previous design | 4096 | 14.7 | 62.0 |
-# | `triton_recurrent` (previous measurement) | 4096 | 7.30 | 20.1 |
-# | `triton_chunked` (any $w \le 0$) | 4096 | 2.52 | 9.23 |
-# | `triton_chunked(..., lower_bound=-e^{-1/2})` | 4096 | 1.61 | 5.77 |
+# | `triton_chunked`, first design | 4096 | 14.7 | 62.0 |
+# | `triton_recurrent` | 4096 | 7.30 | 20.1 |
+# | `triton_chunked(..., lower_bound)`, v3 | 4096 | 1.61 | 5.77 |
+# | `triton_chunked` (any $w \le 0$), this design | 4096 | 1.97 | 8.81 |
+# | `triton_chunked(..., lower_bound=-e^{-1/2})`, this design | 4096 | 1.55 | 5.51 |
 # | FLA `chunk_rwkv7` (default) | 4096 | 1.92 | 6.95 |
-# | FLA `chunk_rwkv7(..., lower_bound=-e^{-1/2})` | 4096 | 1.17 | 4.65 |
-# | `triton_chunked(..., lower_bound)` / FLA lower_bound | 1024 | 0.51 / 0.45 | — |
-# | `triton_chunked(..., lower_bound)` / FLA lower_bound | 16384 | 6.11 / 4.60 | — |
-# | same, B = 1, H = 8 | 65536 | 17.5 / 4.08 | — |
+# | FLA `chunk_rwkv7(..., lower_bound=-e^{-1/2})` | 4096 | 1.17 | 4.65 (v3's run) |
+# | `triton_chunked(..., lower_bound)` / FLA lower_bound | 1024 | 0.49 / 0.40 | — |
+# | same | 16384 | 5.71 / 4.59 | — |
+# | same, B = 1, H = 8; v3 17.5 | 65536 | 8.76 / 4.01 | — |
+# | same, V split in two (breakdown record) | 65536 | 7.08 | — |
 #
-# The factored pairwise matrices and the squared inverse made the chunked kernel 9× faster
-# forward and 11× faster forward + backward, and it now beats the recurrent kernel. With the
-# bound declared it is 0.73× FLA's speed forward and 0.81× forward + backward at T = 4096 (and
-# faster than FLA's default configuration forward + backward). It is not yet FLA's equal, and the
-# last row says why. Moving the state-free work into the parallel prep kernel did *not* speed up
-# the forward (the single-kernel version measured 1.66 ms, the same), so the chain of small
-# products was not the cost. What remains is the state pass's own per-chunk time, about
-# 6 µs for each 16-token chunk at B = 4 and 4 µs even when a program has a multiprocessor to
-# itself: at B = 1, H = 8 only eight programs run, each walks 4096 chunks, and splitting V into
-# 16-column blocks (four times the programs) gained only 7 %
-# (`h200_wkv7_v3_chunks_2026-12-01.txt`). A per-chunk time that does not shrink with the work is
-# latency: the loads of the next chunk are not overlapped with this chunk's products. FLA's
-# state pass takes chunks of 64 (four times fewer steps) and splits K as well as V. Those are
-# the next versions; `benchmarks/NOTES.md` keeps the log.
+# The factored pairwise matrices and the squared inverse (v2) made the chunked kernel 9× faster
+# forward and 11× faster forward + backward than the first design. Moving the state-free work
+# into a parallel prep launch (v3) gained nothing by itself: its state pass still recomputed
+# the decays from $w$ and waited on about ten loads per chunk, some 6 µs a chunk whatever its
+# V-block. This design takes the rest out of the chain. The prep stores each piece ready to
+# multiply, the state pass does five accumulating products and has the next chunk's loads in
+# flight, and the state pass now costs 2.4 µs a chunk at B = 4 (0.62 ms; 0.75 ms with the
+# prefetch switched off, the breakdown record). At B = 1, H = 8 the forward fell from 17.5 to
+# 8.8 ms, and to 7.1 ms when each head's V is split over two programs (eight programs leave
+# 124 of the 132 multiprocessors idle; the split is now automatic, `kc.gpu_block_v`).
+#
+# Against FLA with the bound declared, in one process: 0.82× its speed forward at T = 1024,
+# 0.76× at 4096 and 0.80× at 16384, and about 0.84× forward + backward at 4096 (FLA's time from
+# v3's process). At B = 1, H = 8 it is about 0.57×. So the targets are not met. The breakdown
+# record says where the time is now. At B = 4, T = 4096 the prep launch takes 0.88 ms, more
+# than the state pass: 32,768 programs of 182 registers each, at three times its memory floor.
+# The backward kernel takes 3.46 ms, 63 % of a training step. It is still one sequential
+# kernel that recomputes each chunk's matrices inside its chain, the design the forward has
+# just left. `benchmarks/NOTES.md` keeps the log.
 
 # %% [markdown]
 # ### The roofline of each launch
@@ -745,39 +778,42 @@ assert all(max(e["O"] for e in mat_err[how]) < 2 * min(e["O"] for e in mat_err[h
 # ceilings: 4.1 TB/s for a device-to-device copy (bytes read + written) and ~790 TFLOP/s for a
 # bf16 matmul (`benchmarks/NOTES.md`, "Ceilings").
 #
-# - **Bytes.** The prep reads $r, w, k, v, a, b$ in bf16 and writes $W$, $U$ and
-#   $[A_{rk}\,|\,A_{rb}]$ in float32. The state pass reads $r, k, b, w$, its columns of $v$, and
-#   the prep's three pieces, and writes $o$ (bf16), the final state and, when training, the
-#   checkpoints. The backward reads $r, w, k, v, a, b, \bar o$ and the checkpoints, and writes the
-#   six gradients. Every V-block re-reads the K-sized rows, so those bytes count `NV` times
-#   (`NV = 1` on the H200). One assumption: `_prefixes` loads $w$ three times, at the chunk's
-#   rows and shifted one row up and one down. The cell assumes all three loads miss the cache
-#   (`W_LOADS = 3`), which is pessimistic: the shifted rows overlap 15 of 16 rows with the
-#   first load and would mostly hit L1/L2. Setting it to 1 lowers each floor by a few percent.
+# - **Bytes.** The prep reads $r, w, k, v, a, b$ in bf16 and writes its pieces: $W$, $U$,
+#   $A_{rk}V$ and $A_{rb}$ in float32, the three decayed rows (float32 in the run the cell
+#   reads: the record was taken before they went 16-bit) and $e^{c_C}$. The state pass reads the
+#   pieces and its columns of $v$, and writes $o$ (bf16), the final state and the checkpoints
+#   (the breakdown times it as training runs it). The backward reads $r, w, k, v, a, b, \bar o$
+#   and the checkpoints, and writes the six gradients. Every V-block re-reads the K-sized rows,
+#   so those bytes count `NV` times (`NV = 1` at this shape). One assumption: `_prefixes` loads
+#   $w$ three times, at the chunk's rows and shifted one row up and one down (the prep and the
+#   backward do). The cell assumes all three loads miss the cache (`W_LOADS = 3`), which is
+#   pessimistic: the shifted rows overlap 15 of 16 rows with the first load and would mostly
+#   hit L1/L2.
 # - **FLOPs.** One entry per `tl.dot` per chunk: its `(m, n, k)`, at `2mnk` FLOPs. The cell
 #   counts the `tl.dot(` calls in the kernels' own source, so the list cannot silently miss a
 #   product. The floor counts every product at the bf16 rate. The 16-bit path's dots are tf32,
 #   which Hopper runs at half that rate, and $\mathcal T$'s squarings are IEEE float32 on the
 #   ordinary cores. Even so, the compute floor stays tens of microseconds.
 #
-# The measured times come from the record of the H200 run, which the cell reads and parses:
-# `benchmarks/results/h200_wkv7_v3_2026-12-01.txt`, rows `ours lower_bound` and `ours hybrid` at
-# B=4, T=4096, H=32. It timed the forward (prep + state pass, without checkpoints) and forward +
-# backward, not each launch. So the cell compares the forward with the first two floors, and the
-# difference of the two times (the backward, plus the checkpoint writes the training forward
-# adds) with the third floor.
+# The measured times come from the breakdown record of the H200 run, which the cell reads and
+# parses: `benchmarks/results/h200_wkv7_v4_breakdown_2026-12-01.txt`, each launch timed alone,
+# rows `C=16 bounded` and `C=16 any w` at B = 4, T = 4096, H = 32 and at B = 1, T = 65536, H = 8.
+# So each launch meets its own floor.
 
 # %%
 import re
 from pathlib import Path
 
-record = Path(rwkvlab.__file__).resolve().parents[1] / "benchmarks/results/h200_wkv7_v3_2026-12-01.txt"
-measured = {(int(m[1]), int(m[2]), int(m[3]), m[4]): (float(m[5]), float(m[6])) for m in re.finditer(
-    r"B=(\d+) T=(\d+) H=(\d+) ours (\w+)\s+fwd ([\d.]+) fwd\+bwd ([\d.]+|nan)", record.read_text())}
+record = Path(rwkvlab.__file__).resolve().parents[1] / "benchmarks/results/h200_wkv7_v4_breakdown_2026-12-01.txt"
+measured = {(int(m[1]), int(m[2]), int(m[3]), m[4]): dict(prep=float(m[5]), state=float(m[6]), bwd=float(m[7]))
+            for m in re.finditer(r"B=(\d+) T=(\d+) H=(\d+) C=16 (bounded|any w)\s+prep ([\d.]+) .*?state ([\d.]+) "
+                                 r".*?bwd kernel ([\d.]+)", record.read_text())}
+assert len(measured) == 4, measured                    # 2 shapes x (bounded, any w): the shipped settings' rows
 
 Br, Tr, Hr, Kr, Vr = 4, 4096, 32, 64, 64
 BW, PEAK = 4.1e12, 790e12                               # H200: copy bytes/s, bf16 matmul FLOP/s
-NV, NVb = -(-Vr // gpu_block_v(Vr)), -(-Vr // gpu_block_v(Vr, "bwd"))
+NV, NVb = 1, 1                                          # the record's V-blocks: the whole V per program
+PIECE = 4                                               # the record's decayed rows: float32 (bytes each)
 W_LOADS = 3                                             # assumption: w's shifted loads miss the cache
 
 
@@ -789,18 +825,19 @@ def tensor(width, size):
 n_ch = Br * -(-Tr // CHUNK) * Hr                        # (chunk, head) pairs
 ckpt_bytes, state_bytes = n_ch * Kr * Vr * 4, Br * Hr * Kr * Vr * 4
 grads_k = 5 * tensor(Kr, 2) if NVb == 1 else 5 * NVb * tensor(Kr, 4)   # dr dw dk da db (or float32 partials)
+pieces_k = tensor(Kr, 4) + 3 * tensor(Kr, PIECE) + tensor(CHUNK, 4) + n_ch * Kr * 4   # W, k/b/r decayed, A_rb, e^c_C
+pieces_v = 2 * tensor(Vr, 4)                                                          # U, A_rk V
 traffic = {                                             # (bytes read, bytes written)
-    "prep": ((4 + W_LOADS) * tensor(Kr, 2) + tensor(Vr, 2), tensor(Kr, 4) + tensor(Vr, 4) + tensor(2 * CHUNK, 4)),
-    "state pass": (NV * ((3 + W_LOADS) * tensor(Kr, 2) + tensor(Kr, 4) + tensor(2 * CHUNK, 4))
-                   + tensor(Vr, 2) + tensor(Vr, 4), tensor(Vr, 2) + state_bytes),
+    "prep": ((4 + W_LOADS) * tensor(Kr, 2) + tensor(Vr, 2), pieces_k + pieces_v),
+    "state pass": (NV * pieces_k + pieces_v + tensor(Vr, 2), tensor(Vr, 2) + state_bytes + ckpt_bytes),
     "backward": (NVb * (4 + W_LOADS) * tensor(Kr, 2) + 2 * tensor(Vr, 2) + ckpt_bytes, grads_k + tensor(Vr, 2)),
 }
-C, K_, BV, BVb = CHUNK, Kr, gpu_block_v(Vr), gpu_block_v(Vr, "bwd")
+C, K_, BV, BVb = CHUNK, Kr, Vr // NV, Vr // NVb
 pairs = [(C, C, K_)] * 4                                # _pairs_factored: the four pairwise matrices
 inverse = [(C, C, C)] * (2 * NSQ)                       # _unit_lower_inverse: NSQ squarings, 2 dots each
 dots = {                                                # (m, n, k) per tl.dot, per chunk and program
-    "prep": pairs + inverse + [(C, K_, C), (C, Vr, C), (C, Vr, C)],                 # W, A_ak V, T (A_ak V)
-    "state pass": [(C, BV, K_), (C, BV, K_), (C, BV, C), (C, BV, C), (K_, BV, C), (K_, BV, C)],
+    "prep": pairs + inverse + [(C, K_, C), (C, Vr, C), (C, Vr, C), (C, Vr, C)],     # W, A_ak V, T (A_ak V), A_rk V
+    "state pass": [(C, BV, K_), (C, BV, K_), (C, BV, C), (K_, BV, C), (K_, BV, C)],  # WS, (r e^c) S, A_rb E; hand-off
     "backward": pairs + inverse + [(C, K_, C), (C, BVb, C), (C, BVb, K_), (C, BVb, C)]       # recompute
     + [(C, BVb, C), (C, BVb, K_), (C, C, BVb), (C, C, BVb), (C, K_, BVb), (C, K_, BVb), (C, K_, BVb)]
     + [(C, K_, BVb), (C, BVb, C), (C, BVb, C), (C, BVb, K_), (C, BVb, C), (C, K_, C), (C, C, K_), (C, C, BVb)]
@@ -816,57 +853,57 @@ programs = {"prep": n_ch, "state pass": n_ch * NV, "backward": n_ch * NVb}      
 flops = {n: programs[n] * sum(2 * m * nn * kk for m, nn, kk in dots[n]) for n in dots}
 floor = {n: max(sum(traffic[n]) / BW, flops[n] / PEAK) * 1e3 for n in dots}      # ms
 
-print(f"B={Br} T={Tr} H={Hr} K=V={Kr} bf16, C={CHUNK}, NV={NV} (fwd) / {NVb} (bwd), w loaded {W_LOADS}x; the state pass "
-      f"without its {ckpt_bytes / 2**20:.0f} MiB of checkpoints (training writes them: counted with the backward)")
-print(f"{'launch':11s} {'read':>9s} {'written':>9s} {'memory floor':>13s} {'tl.dot FLOPs':>13s} {'compute floor':>14s}")
+print(f"B={Br} T={Tr} H={Hr} K=V={Kr} bf16, C={CHUNK}, NV={NV}, w loaded {W_LOADS}x; the state pass with its "
+      f"{ckpt_bytes / 2**20:.0f} MiB of checkpoints (the backward's restart points)")
+print(f"{'launch':11s} {'read':>9s} {'written':>9s} {'memory floor':>13s} {'tl.dot FLOPs':>13s} {'compute floor':>14s}"
+      f" {'measured':>9s} {'x floor':>8s}")
+key = {"prep": "prep", "state pass": "state", "backward": "bwd"}
 for n in dots:
+    t = measured[(Br, Tr, Hr, "bounded")][key[n]]
     print(f"{n:11s} {traffic[n][0] / 2**20:5.0f} MiB {traffic[n][1] / 2**20:5.0f} MiB {sum(traffic[n]) / BW * 1e3:9.3f} ms "
-          f"{flops[n] / 1e9:8.1f} GFLOP {flops[n] / PEAK * 1e3:10.3f} ms")
-fwd_floor = floor["prep"] + floor["state pass"]
-bwd_floor = floor["backward"] + ckpt_bytes / BW * 1e3       # + the checkpoints the training forward writes
+          f"{flops[n] / 1e9:8.1f} GFLOP {flops[n] / PEAK * 1e3:10.3f} ms {t:7.3f} ms {t / floor[n]:7.1f}x")
 op_floor = (6 * tensor(Kr, 2) + tensor(Vr, 2)) / BW * 1e3   # the operator itself: inputs once, o once
-print(f"the operator's own floor (6 inputs read, o written once): {op_floor:.3f} ms; the two-launch forward's: "
-      f"{fwd_floor:.3f} ms, {(tensor(Kr, 4) + tensor(Vr, 4) + tensor(2 * CHUNK, 4)) * 2 / BW * 1e3:.3f} ms of it "
-      "the prep's float32 hand-off, written and read back")
-for name in ("lower_bound", "hybrid"):
-    f_ms, fb_ms = measured[(Br, Tr, Hr, name)]
-    print(f"measured ({name}): forward {f_ms:.2f} ms = {f_ms / fwd_floor:.1f}x its floor "
-          f"({(sum(traffic['prep']) + sum(traffic['state pass'])) / (f_ms * 1e-3) / 1e12:.2f} TB/s); "
-          f"backward ~{fb_ms - f_ms:.2f} ms = {(fb_ms - f_ms) / bwd_floor:.1f}x its floor")
-per_chunk = {(B_, T_, H_): f_ms / -(-T_ // CHUNK) * 1e3 for (B_, T_, H_, n), (f_ms, _) in measured.items()
-             if n == "lower_bound"}
-print("forward time / chunks per state-pass program: "
-      + ", ".join(f"B={B_} T={T_} H={H_} ({B_ * H_} programs) {us:.1f} us" for (B_, T_, H_), us in per_chunk.items()))
-(t_1k, _), (t_16k, _) = measured[(4, 1024, 32, "lower_bound")], measured[(4, 16384, 32, "lower_bound")]
-slope = (t_16k - t_1k) / ((16384 - 1024) // CHUNK) * 1e3       # us per extra chunk step, fixed costs removed
-print(f"B=4 H=32, T = 1024 -> 16384: {slope:.1f} us per extra chunk step, {t_1k - slope * 1e-3 * (1024 // CHUNK):.2f} ms fixed")
-f_lb, fb_lb = measured[(Br, Tr, Hr, "lower_bound")]
-assert all(sum(traffic[n]) / BW > 4 * flops[n] / PEAK for n in dots)      # every launch: bytes, not FLOPs, bound it
-assert f_lb > 3 * fwd_floor and fb_lb - f_lb > 5 * bwd_floor                # and the measurement is far above
-assert 4 < slope < 7 and 4 < per_chunk[(1, 65536, 8)] < 5                   # ~4-6 us per chunk, 8 or 128 programs
+handoff = 2 * (pieces_k + pieces_v) / BW * 1e3
+print(f"the operator's own floor (6 inputs read, o written once): {op_floor:.3f} ms; the two launches' "
+      f"{floor['prep'] + floor['state pass']:.3f} ms, of which {handoff:.3f} ms the pieces written and read back and "
+      f"{ckpt_bytes / BW * 1e3:.3f} ms the checkpoints")
+per_chunk = {(B_, T_, H_): m["state"] / -(-T_ // CHUNK) * 1e3 for (B_, T_, H_, n), m in measured.items() if n == "bounded"}
+print("state pass time / chunks per program: "
+      + ", ".join(f"B={B_} T={T_} H={H_} ({B_ * H_} programs) {us:.2f} us" for (B_, T_, H_), us in per_chunk.items()))
+m_lb, m_any = measured[(Br, Tr, Hr, "bounded")], measured[(Br, Tr, Hr, "any w")]
+print(f"any w (the exact path compiled in): prep {m_any['prep']:.3f} ms, state {m_any['state']:.3f} ms, "
+      f"backward {m_any['bwd']:.3f} ms")
+assert all(sum(traffic[n]) / BW > 2 * flops[n] / PEAK for n in dots)      # every launch: bytes, not FLOPs, bound it
+assert all(m_lb[key[n]] > 1.5 * floor[n] for n in dots)                     # and each runs well above its floor
+assert all(2 < us < 3 for us in per_chunk.values())                         # ~2.3-2.4 us a chunk, 8 or 128 programs
+assert m_lb["prep"] > m_lb["state"] and m_lb["bwd"] > 3 * m_lb["state"]     # the state pass is no longer the cost
 
 # %% [markdown]
-# The floors tell a plain story. Every launch is memory-bound on paper: its bytes take 4 to 18
-# times longer than its products at the bf16 rate, and still at least twice as long at tf32's
-# half rate. The two-launch
-# design has a higher floor than the operator itself. The prep writes $W$, $U$ and $A$ in
-# float32 and the state pass reads them back. That hand-off is 0.16 ms of the forward's
-# 0.43 ms floor, and the operator's own floor is 0.115 ms, so the split was not free. But no
-# launch is near its floor. With the bound declared, the forward runs at 3.8 times its memory
-# floor and the backward at about 8 times its own (6 and 13 times without the bound). Nothing
-# here is limited by bandwidth or by tensor cores.
+# The floors tell a story in three parts. First, every launch is memory-bound on paper: its
+# bytes take ten or more times longer than its products at the bf16 rate, and still several
+# times longer at tf32's half rate.
 #
-# The last two lines say what the limit is. Divide the forward's time by the number of chunks
-# one state-pass program walks. That gives 6.3 µs per chunk at T = 4096, 6.0 µs at 16384, and
-# 4.3 µs at B = 1, H = 8, where only 8 programs run. The 8.0 µs at T = 1024 is fixed costs
-# spread over fewer chunks: between T = 1024 and 16384 each extra chunk costs 5.8 µs, on top of
-# 0.14 ms. Meanwhile the forward as a whole moves its bytes at 1.1 TB/s, about a quarter of the
-# copy bandwidth. A cost per step that depends neither on how much data the step moves nor on
-# how many programs share the machine is *latency*: each chunk waits for its loads, then for a chain of dependent
-# products, before the next chunk can start. The fixes are the ones Section 4's table already
-# points to. Overlap the next chunk's loads with this chunk's products (exercise 5), take
-# longer chunks so there are fewer steps, or split K as well as V so there are more programs to
-# hide each other's waits.
+# Second, the state pass has moved close to its floor: 1.7 times it, at about 2.3 TB/s. It is
+# now partly bound by bandwidth, and the bandwidth goes to the split itself. The pieces the
+# prep writes and the state pass reads back cost 0.41 ms of the two launches' 0.71 ms floor,
+# against the operator's own 0.115 ms, and the checkpoints another 0.13 ms. That is why the
+# decayed rows now travel in 16 bits for 16-bit inputs (the breakdown record: state pass 0.62
+# → 0.56 ms, prep 0.88 → 0.82 ms), and why the float32 $W$, $U$, $A_{rk}V$ are the next bytes
+# to question.
+#
+# Third, the per-chunk time. Divide the state pass's time by the chunks one program walks:
+# 2.4 µs per chunk at B = 4 (128 programs) and 2.3 µs at B = 1, H = 8 (8 programs), against
+# v3's 6 and 4 µs. At B = 1 that is still latency. Eight programs cannot fill the machine's
+# bandwidth, and each waits for a chain of five dependent products per chunk. Splitting V gives
+# twice the programs (7.1 ms instead of 8.8). Longer chunks would give fewer links, which is
+# FLA's choice (64-token chunks in its state pass, built from 16-token pieces).
+#
+# What the floors do not show is where most of a training step goes. The backward runs at
+# 9 times its floor. It is the v3 design carried into the gradient: one sequential kernel
+# that, chunk by chunk, recomputes the pairwise matrices, $\mathcal T$, $W$ and $U$, and then
+# runs the adjoint, all inside its chain. The forward's lesson applies to it unchanged. Move
+# the state-free work into parallel launches, and keep only the products with $\bar S$ in the
+# sequential one.
 
 # %% [markdown]
 # The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,
@@ -1048,9 +1085,11 @@ else:
 #
 # - The chunked kernel runs chapter 10's WY/UT algebra in two launches. A prep launch, parallel
 #   over (chunks × heads), builds each chunk's pairwise matrices, $\mathcal T = (I - A_{ab})^{-1}$
-#   by repeated squaring, $W$ and $U$, and checks the input values on the way. A state pass on
-#   the recurrent kernel's grid does only the products with the state, $E = WS + U$, the output
-#   and the hand-off, and saves each chunk-start state as the backward's checkpoint.
+#   by repeated squaring, $W$ and $U$, stores every state-free piece ready to multiply, and
+#   checks the input values on the way. A state pass on the recurrent kernel's grid does only
+#   the five products with the state ($E = WS + U$, the output's two, the hand-off's two), with
+#   the next chunk's loads in flight, and saves each chunk-start state as the backward's
+#   checkpoint.
 # - The pairwise matrices are factored products on `tl.dot` where the chunk's whole decay is at
 #   most `FACTORED_SPAN` $= 40$ (always, for released RWKV-7 decays), and built exactly, with
 #   every exponent a sum over its own interval, where it is not. A declared `lower_bound` removes
@@ -1063,9 +1102,11 @@ else:
 #   $2^{-11}$ (rounded) to $2^{-10}$ (truncated) relative error, far above the float32 rounding of
 #   the factored decays and well inside the $2\times10^{-2}$ tolerance for bf16.
 # - On an H200 at B = 4, T = 4096, H = 32, the chunked kernel with the bound declared takes
-#   1.61 ms forward and 5.77 ms forward + backward, against FLA's 1.17 and 4.65 ms. Every launch
-#   is memory-bound on paper, yet runs several times above its memory floor: about 6 µs per
-#   chunk step whatever the step moves, which is latency.
+#   1.55 ms forward and 5.51 ms forward + backward, against FLA's 1.17 and 4.65 ms. The state
+#   pass, once latency-bound at about 6 µs per chunk, runs at 2.4 µs and 1.7 times its memory
+#   floor, now that the prep stores every piece ready to multiply and the next chunk's loads
+#   overlap this chunk's products. The prep launch and, above all, the one-kernel backward
+#   (3.5 ms) are what is left.
 # - The small pieces of the block are memory-bound, so count bytes. Token shift with six mixes
 #   moves 35 tensor-sized passes in eager torch and 8 in one fused kernel. That is a bound on
 #   the gain, and a measurement that misses it means some bytes went uncounted: here, a NaN
@@ -1079,12 +1120,15 @@ else:
 # Chapter 11 numbers its exercises across its two files: 1–4 and the self-checking 9–11 (the
 # recurrent kernel and its adjoint) are at the end of *Triton I*.
 #
-# 5. **A faster state pass.** Section 4 measured the state pass at about the same time per chunk
-#    whatever its V-block. Prefetch by hand: load chunk $i+1$'s inputs (and the prep kernel's
-#    $W$, $U$, $A$) before the products of chunk $i$, carrying them through the loop. Or (b) move
-#    the output out of the state pass into a third launch parallel over chunks, so that the
-#    sequential kernel carries only $E$ and $S$. Check it against `wkv7.naive` and time it with
-#    `python -m rwkvlab bench --kinds wkv7`.
+# 5. **What the prefetch buys.** The state pass loads chunk $i+1$'s pieces before chunk $i$'s
+#    products (`kc._chunk_pieces`, `TUNE["prefetch"]`). Predict how much it saves per chunk at
+#    B = 1, H = 8, where each program has a multiprocessor to itself, and at B = 4, H = 32. Then
+#    switch it off with `kc.TUNE["prefetch"] = False`, check against `wkv7.naive` that nothing
+#    else changed, and time both on a GPU with `python benchmarks/gpu_wkv7_breakdown.py
+#    --quick`. (The breakdown record has the answer at B = 4: 0.62 against 0.75 ms.) Then try
+#    (b): move the output out of the state pass into a third launch parallel over chunks, so
+#    that the sequential kernel carries only $E$ and $S$. What must the state pass store for it,
+#    and what does that cost in bytes at the training shape?
 # 6. **Fuse the output correction.** Write a Triton kernel that takes the WKV output, applies
 #    the per-head GroupNorm (eps $= 64\times 10^{-5}$), adds
 #    `rwkv7_ops.output_correction` and multiplies by the gate $g$, in one pass. Count its bytes
