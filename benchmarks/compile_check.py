@@ -26,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-F32 = {"eW", "h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc", "Wp", "Up", "Op", "Arb", "G", "Kd", "Bd", "Rd"}
+F32 = {"eW", "h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc", "Wp", "Up", "Op", "Arb", "G", "dsk"}
 INT = {"flags": "*i32", "cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32", "idx": "*i32",
        "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32", "lower": "fp32"}
 
@@ -59,6 +59,9 @@ def kernels(dt16: bool):
             ("rwkvlab.wkv7.kernels_recurrent", "wkv7_bwd_recurrent_kernel",
              {**common, "BK": 64, "BV": 32, "C": 16, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen}),
         ]
+        out.append(("rwkvlab.wkv7.kernels_chunked", "wkv7_bwd_dstate_kernel",
+                    {**common, "BT": 16, "BK": 64, "BV": 64, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen,
+                     "DOT_PREC": "tf32" if dt16 else "ieee"}))
         out.append(("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_chunked_kernel",
                     {**common, "BT": 16, "BK": 64, "BV": 64, "CHECK": True, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True,
                      "VARLEN": varlen, "PREFETCH": True, "DOT_PREC": "tf32" if dt16 else "ieee"}))
@@ -68,8 +71,11 @@ def kernels(dt16: bool):
                  {**common, "BT": 16, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded, "CHECK": True,
                   "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
                 ("rwkvlab.wkv7.kernels_chunked", "wkv7_bwd_chunked_kernel",
-                 {**common, "BT": 16, "BK": 64, "BV": 32, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded,
+                 {**common, "BT": 16, "BK": 64, "BV": 64, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded,
                   "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
+                ("rwkvlab.wkv7.kernels_chunked", "wkv7_bwd_parallel_kernel",
+                 {**common, "BT": 16, "BK": 64, "BV": 64, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded,
+                  "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
             ]
     return out
 

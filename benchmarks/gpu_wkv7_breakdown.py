@@ -8,7 +8,8 @@ Times each launch alone with ``triton.testing.do_bench`` (medians, ms) on inputs
 trained RWKV-7 layer's (``rwkvlab.bench.make_inputs``): the prep kernel, the state pass, the
 whole forward as a caller sees it (value checks and the flag read included), and the backward
 kernel alone, for chunk sizes 16 and 32, with and without the declared bound, then the state
-pass's settings one at a time (``TUNE`` overrides: prefetch, piece dtype, V-block, warps). Also prints each
+pass's settings one at a time (``TUNE`` overrides: prefetch, piece dtype, V-block, warps), and
+the backward's two schedules. Also prints each
 launch's memory floor at the copy bandwidth measured in the same run, so "latency-bound" or
 "bandwidth-bound" can be read off the ratio. Needs a CUDA GPU; prints why not otherwise.
 """
@@ -28,10 +29,11 @@ def variants(dry, quick=False):
     lb = wkv7.RWKV7_LOWER_BOUND
     out = [(C, b, {}) for C in ((16,) if quick or dry else (16, 32)) for b in (lb, None)]
     if dry:
-        return out + [(16, lb, {"prefetch": False})]
+        return out + [(16, lb, {"prefetch": False}), (16, lb, {"bwd_schedule": "parallel"})]
     return out + [(16, lb, t) for t in (
         {"prefetch": False}, {"pieces": "float32"}, {"fwd": (4, 1, 32)}, {"fwd": (4, 1, 16)},
-        {"fwd": (8, 1, 64)}, {"prep": (4, 1)})]
+        {"fwd": (8, 1, 64)}, {"prep": (4, 1)}, {"bwd_schedule": "sequential"}, {"bwd_schedule": "parallel"},
+        {"bwd_schedule": "parallel", "bwd": (4, 1, 64)}, {"bwd_schedule": "parallel", "dstate": (8, 1)})]
 
 
 def main(argv=None) -> int:
@@ -66,12 +68,13 @@ def main(argv=None) -> int:
             saved = dict(kc.TUNE)
             kc.TUNE.update(tune)
             try:
-                prep, state, (o, ht, ckpt, flags) = kc.fwd_launches(
+                prep, state, (o, ht, ckpt, flags, pieces) = kc.fwd_launches(
                     r, w, k, v, a, b, 1.0, None, True, None, True, C, lb)
                 do = torch.randn_like(v)
+                parallel = kc.bwd_schedule(B, H, V) == "parallel"
 
                 def bwd():
-                    kc.bwd(r, w, k, v, a, b, do, None, ckpt, 1.0, None, need_dh0=False, chunk_size=C, lower_bound=lb)
+                    kc.bwd(r, w, k, v, a, b, do, None, ckpt, pieces if parallel else None, 1.0, None, need_dh0=False, chunk_size=C, lower_bound=lb)
 
                 def whole():
                     wkv7.triton_chunked(r, w, k, v, a, b, output_final_state=True, chunk_size=C, lower_bound=lb)
@@ -92,87 +95,14 @@ def main(argv=None) -> int:
                 prep_bytes = tok * 6 * e * D + pieces                                  # inputs in, pieces out
                 state_bytes = pieces + tok * 2 * e * D + 4 * n_chunks * H * K * V      # pieces, v in, o out; ckpt
                 t_prep, t_state, t_all = ms(prep), ms(state), ms(whole)
-                t_bwd = ms(bwd) if not tune else float("nan")
+                t_bwd = ms(bwd) if not tune or {"bwd", "bwd_schedule", "dstate"} & set(tune) else float("nan")
                 print(f"{name:60s} prep {t_prep:.3f} ({t_prep / (prep_bytes / copy_tbs / 1e9):.0f}x floor)  "
                       f"state {t_state:.3f} ({t_state / (state_bytes / copy_tbs / 1e9):.0f}x floor, "
-                      f"{1e3 * t_state / triton.cdiv(T, C):.2f} us/chunk)  fwd as called {t_all:.3f}  bwd kernel {t_bwd:.3f}",
+                      f"{1e3 * t_state / triton.cdiv(T, C):.2f} us/chunk)  fwd as called {t_all:.3f}  backward {t_bwd:.3f}",
                       flush=True)
             finally:
                 kc.TUNE.clear()
                 kc.TUNE.update(saved)
-    return 0
-    import triton
-    from triton.testing import do_bench
-
-    from rwkvlab import device as _device
-    from rwkvlab.bench import make_inputs
-    from rwkvlab.wkv7 import kernels_chunked as kc
-
-    dev = _device.device()
-    if dry:
-        ms = lambda f: (f(), 1.0)[1]  # noqa: E731  (one call, no timing)
-        copy_tbs, shapes, D, dtype, prec = 1.0, ((1, 40, 2),), 16, torch.float32, "ieee"
-    else:
-        ms = lambda f: do_bench(f, warmup=25, rep=100, return_mode="median")  # noqa: E731
-        buf = torch.empty(2 ** 28, dtype=torch.uint8, device=dev)
-        copy_tbs = 2 * buf.numel() / ms(lambda: buf.clone()) / 1e9
-        shapes, D, dtype, prec = ((4, 4096, 32), (1, 65536, 8)), 64, torch.bfloat16, "tf32"
-        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
-              f"copy {copy_tbs:.2f} TB/s (read + write)")
-    for B, T, H in shapes:
-        x = make_inputs("wkv7", B, T, H, D, dtype=dtype, device=dev)
-        r, w, k, v, a, b = (x[n] for n in "rwkvab")
-        K = V = D
-        for C in (16, 32):
-            for lb in (wkv7.RWKV7_LOWER_BOUND, None):
-                N, n_ck, cu, ck_off = checkpoint_layout(B, T, None, C, r.device)
-                _, idx, n_chunks = chunk_table(None, B, T, C, r.device)
-                f32 = dict(dtype=torch.float32, device=dev)
-                Wp, Up, Arp = torch.empty(B, T, H, K, **f32), torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, 2 * C, **f32)
-                o, ht, ckpt = torch.empty_like(v), torch.empty(N, H, K, V, **f32), torch.empty(n_ck, H, K, V, **f32)
-                flags = torch.zeros(1, dtype=torch.int32, device=dev)
-                common = dict(H=H, K=K, V=V, BT=C)
-
-                def prep():
-                    kc.wkv7_fwd_prep_kernel[(n_chunks, H)](
-                        r, w, k, v, a, b, flags, cu_arg(None, r.device), idx,
-                        -3.0e38 if lb is None else lb, Wp, Up, Arp, T, **common, NSQ=kc._squarings(C),
-                        SPAN=kc.FACTORED_SPAN, BOUNDED=lb is not None, CHECK=True, VARLEN=False,
-                        DOT_PREC=prec, **kc._launch("prep"))
-
-                BV = kc.block_v(V)
-
-                def state():
-                    kc.wkv7_fwd_chunked_kernel[(triton.cdiv(V, BV), N * H)](
-                        r, w, k, v, b, o, None, ht, ckpt, Wp, Up, Arp, flags, cu, ck_off, 1.0, T, **common, BK=K, BV=BV,
-                        CHECK=True, USE_H0=False, STORE_HT=True, STORE_CKPT=True, VARLEN=False, DOT_PREC=prec, **kc._launch("fwd"))
-
-                do = torch.randn_like(v)
-
-                def bwd():
-                    kc.bwd(r, w, k, v, a, b, do, None, ckpt, 1.0, None, need_dh0=False, chunk_size=C, lower_bound=lb)
-
-                def whole():
-                    wkv7.triton_chunked(r, w, k, v, a, b, output_final_state=True, chunk_size=C, lower_bound=lb)
-
-                prep(), state()
-                if dry:
-                    want = wkv7.triton_chunked(r, w, k, v, a, b, chunk_size=C, lower_bound=lb)[0]
-                    assert torch.equal(o, want), "the launches here no longer match triton_chunked's"
-                    bwd()
-                    print(f"B={B} T={T} H={H} C={C} {'bounded' if lb is not None else 'any w'}: "
-                          "the launches match triton_chunked's (dry run, nothing timed)")
-                    continue
-                tok = B * T * H
-                e = r.element_size()
-                prep_bytes = tok * (6 * e * D + 4 * (2 * D + 2 * C))                   # inputs in, W, U, A out
-                state_bytes = tok * (5 * e * D + 4 * (2 * D + 2 * C)) + tok * e * D + 4 * n_ck * H * K * V  # r,w,k,v,b + W,U,A; o; ckpt
-                t_prep, t_state, t_bwd, t_all = ms(prep), ms(state), ms(bwd), ms(whole)
-                name = f"B={B} T={T} H={H} C={C} {'bounded' if lb is not None else 'any w'}"
-                print(f"{name:34s} prep {t_prep:.3f} ({t_prep / (prep_bytes / copy_tbs / 1e9):.0f}x floor)  "
-                      f"state {t_state:.3f} ({t_state / (state_bytes / copy_tbs / 1e9):.0f}x floor, "
-                      f"{1e3 * t_state / triton.cdiv(T, C):.2f} us/chunk)  fwd as called {t_all:.3f}  bwd kernel {t_bwd:.3f}",
-                      flush=True)
     return 0
 
 

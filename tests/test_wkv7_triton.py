@@ -17,7 +17,21 @@ from rwkvlab.checking import rel_err
 
 GPU = rwkvlab.device.has_gpu()
 DEV = rwkvlab.device.device()
-IMPLS = {"recurrent": wkv7.triton_recurrent, "chunked": wkv7.triton_chunked}   # both must exist
+def _chunked_parallel_backward(*args, **kw):
+    """triton_chunked with its backward on the parallel schedule (a dS pass, then every chunk's
+    gradients at once), which "auto" takes on a GPU only when B·H is small: decided at the forward."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    saved = kc.TUNE["bwd_schedule"]
+    kc.TUNE["bwd_schedule"] = "parallel"
+    try:
+        return wkv7.triton_chunked(*args, **kw)
+    finally:
+        kc.TUNE["bwd_schedule"] = saved
+
+
+IMPLS = {"recurrent": wkv7.triton_recurrent, "chunked": wkv7.triton_chunked,   # both must exist
+         "chunked_parallel_bwd": _chunked_parallel_backward}
 
 TOL32 = 1e-5    # float32 kernel vs float64 loop: achieved ≤ 2e-6 in every CPU case here, ≤ 4e-7 on an H200 (2, 512, 4, 64, 64)
 TOL_BF16 = 2e-2  # bfloat16 inputs: 8 bits of mantissa on every load, float32 accumulation
@@ -332,6 +346,18 @@ def test_breakdown_script_launches_what_triton_chunked_launches(capsys):
     assert capsys.readouterr().out.count("match triton_chunked") == len(mod.variants(dry=True))
 
 
+def test_backward_schedule_follows_the_grid(monkeypatch):
+    """"auto": the parallel backward where the sequential grid would leave most of a 132-SM GPU
+    idle, the one-launch sequential backward otherwise and in the interpreter."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    monkeypatch.setattr(kc.device, "interpreting", lambda: False)
+    monkeypatch.setattr(kc, "_multiprocessors", lambda: 132)
+    assert kc.bwd_schedule(1, 8, 64) == "parallel" and kc.bwd_schedule(4, 32, 64) == "sequential"
+    monkeypatch.setitem(kc.TUNE, "bwd_schedule", "sequential")
+    assert kc.bwd_schedule(1, 8, 64) == "sequential"
+
+
 def test_state_pass_splits_v_only_when_the_gpu_would_idle():
     """On a 132-multiprocessor GPU: B=4, H=32 (128 programs of the whole V) keeps 64 columns;
     B=1, H=8 (8 programs) halves to 32 and no further; the backward keeps its table's block."""
@@ -403,7 +429,8 @@ def test_fused_addcmul_bad_inputs():
 
 
 @pytest.mark.parametrize("name,impl", [("recurrent", wkv7.triton_recurrent), ("chunked16", wkv7.triton_chunked),
-                                       ("chunked32", functools.partial(wkv7.triton_chunked, chunk_size=32))])
+                                       ("chunked32", functools.partial(wkv7.triton_chunked, chunk_size=32)),
+                                       ("chunked16_parallel_bwd", _chunked_parallel_backward)])
 def test_decay_spike_keeps_float32_accuracy(name, impl):
     """w = -0.01 with w = -1e4 and -1e3 on alternate channels of two tokens: every exponent is a sum
     over its own interval, so the output, the final state and every gradient stay at float32

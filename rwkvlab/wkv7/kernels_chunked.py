@@ -339,6 +339,152 @@ def _pair_grads_factored(dA_rk, dA_rb, dA_ak, dA_ab, r_dec, a_dec, b_k, b_b, e_c
 
 
 @triton.jit
+def _dstate_pieces(Wp, Rd, Bd, Arb, G, do, base_k, base_v, base_a, c0, i_c, L, scale,
+                   o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                   BT: tl.constexpr):
+    """What the dS pass reads of chunk ``i_c``, as the forward's prep stored it (zeros, and a
+    decay of 1, for a chunk index outside the sequence: ``i_c = -1`` past its first chunk)."""
+    m_t = ((i_c * BT + o_t) < L) & (i_c * BT + o_t >= 0)
+    off_k = base_k + (i_c * BT + o_t)[:, None] * H * K + o_k[None, :]
+    off_v = base_v + (i_c * BT + o_t)[:, None] * H * V + o_v[None, :]
+    off_a = base_a + (i_c * BT + o_t)[:, None] * H * BT + o_t[None, :]
+    m_tk = m_t[:, None] & m_k[None, :]
+    b_W = tl.load(Wp + off_k, mask=m_tk, other=0.)
+    b_rd = tl.load(Rd + off_k, mask=m_tk, other=0.)
+    b_bd = tl.load(Bd + off_k, mask=m_tk, other=0.)
+    A_rb = tl.load(Arb + off_a, mask=m_t[:, None], other=0.)
+    b_do = tl.load(do + off_v, mask=m_t[:, None] & m_v[None, :], other=0.)
+    b_g = tl.load(G + ((c0 + i_c) * H) * K + o_k, mask=m_k & (i_c * BT + o_k * 0 < L) & (i_c + o_k * 0 >= 0), other=1.)
+    return b_W, b_rd, b_bd, A_rb, b_do, b_g
+
+
+@triton.jit
+def wkv7_bwd_dstate_kernel(do, dht, Wp, Rd, Bd, Arb, G, dsk, dh0, cu, ck_off, scale,
+                           T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                           USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr,
+                           DOT_PREC: tl.constexpr):
+    """The backward's only sequential part (grid: V-blocks × sequence·heads, the state pass's):
+    walks the chunks from last to first with dS in registers, the forward's pieces loaded one
+    chunk ahead, and stores at every chunk the gradient of its end state, dS'. Two lines:
+    dE = A_rbᵀ dO + b̄ dS',  dS = e^{c_C} dS' + r̃ᵀ dO + Wᵀ dE."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = seq_bounds(cu, i_n, T, VARLEN)
+    c0 = first_chunk(ck_off, i_n, T, BT, VARLEN)
+    L = eos - bos
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    p_s = i_nh.to(tl.int64) * K * V + p_kv
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        dS += tl.load(dht + p_s, mask=m_kv, other=0.).to(tl.float32)
+    base_k = bos * H * K + i_h * K
+    base_v = bos * H * V + i_h * V
+    base_a = bos * H * BT + i_h * BT
+    g_h = G + i_h * K
+    n_c = tl.cdiv(L, BT)
+    n_W, n_rd, n_bd, n_A, n_do, n_g = _dstate_pieces(Wp, Rd, Bd, Arb, g_h, do, base_k, base_v, base_a, c0,
+                                                     n_c - 1, L, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, BT)
+    for i_rev in range(0, n_c):
+        i_c = n_c - 1 - i_rev
+        tl.store(dsk + ((c0 + i_c) * H + i_h) * K * V + p_kv, dS, mask=m_kv)
+        b_W, b_rd, b_bd, A_rb, b_do, b_g = n_W, n_rd, n_bd, n_A, n_do, n_g
+        n_W, n_rd, n_bd, n_A, n_do, n_g = _dstate_pieces(Wp, Rd, Bd, Arb, g_h, do, base_k, base_v, base_a, c0,
+                                                         i_c - 1, L, scale, o_t, o_k, o_v, m_k, m_v, H, K, V, BT)
+        b_do = b_do.to(tl.float32) * scale
+        dE = tl.dot(b_bd.to(tl.float32), dS, acc=tl.dot(tl.trans(A_rb), b_do, input_precision=DOT_PREC),
+                    input_precision=DOT_PREC)
+        dS = tl.dot(tl.trans(b_rd.to(tl.float32)), b_do, acc=b_g[:, None] * dS, input_precision=DOT_PREC)
+        dS = tl.dot(tl.trans(b_W), dE, acc=dS, input_precision=DOT_PREC)
+    if STORE_DH0:
+        tl.store(dh0 + p_s, dS, mask=m_kv)
+
+
+@triton.jit
+def _chunk_grads(r, w, k, v, a, b, do, dr, dw, dk, dv, da, db, S, dS, off_k, off_v, off_p, m_t, m_up,
+                 m_k, m_v, o_t, incl, strict, eye, scale, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                 NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Every gradient of one chunk, from its start state S and the gradient of its end state dS':
+    recompute the chunk's forward quantities, run the adjoint of each line, store the six
+    gradients' rows; return the gradient of the start state."""
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_r = tl.load(r + off_k, mask=m_tk, other=0.).to(tl.float32)
+    b_k = tl.load(k + off_k, mask=m_tk, other=0.).to(tl.float32)
+    b_a = tl.load(a + off_k, mask=m_tk, other=0.).to(tl.float32)
+    b_b = tl.load(b + off_k, mask=m_tk, other=0.).to(tl.float32)
+    b_v = tl.load(v + off_v, mask=m_tv, other=0.).to(tl.float32)
+    b_do = tl.load(do + off_v, mask=m_tv, other=0.).to(tl.float32) * scale
+    b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk, m_up, o_t, H * K)
+    gamma = tl.exp(c_last)
+    r_dec = b_r * e_c                            # r̃ = r ⊙ e^{c_t}
+    a_dec = b_a * e_cp                           # ã = a ⊙ e^{c_{t-1}}
+    k_end = b_k * to_end                         # k̄, b̄: decayed to the chunk's end
+    b_end = b_b * to_end
+    A_rk, A_rb, A_ak, A_ab = _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last,
+                                    o_t, incl, strict, SPAN, BOUNDED, DOT_PREC)
+    Tm = _unit_lower_inverse(A_ab, eye, NSQ)
+    W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
+    AkV = tl.dot(A_ak, b_v, input_precision=DOT_PREC)
+    E = tl.dot(W, S, input_precision=DOT_PREC) + tl.dot(Tm, AkV, input_precision=DOT_PREC)
+    # ---- adjoints of O = r̃ S + A_rk V + A_rb E and S' = γ S + k̄ᵀ V + b̄ᵀ E (dS holds dS')
+    dE = tl.dot(tl.trans(A_rb), b_do, input_precision=DOT_PREC) \
+        + tl.dot(b_end, dS, input_precision=DOT_PREC)
+    dA_rb = tl.where(incl, tl.dot(b_do, tl.trans(E), input_precision=DOT_PREC), 0.)
+    dA_rk = tl.where(incl, tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC), 0.)
+    d_rdec = tl.dot(b_do, tl.trans(S), input_precision=DOT_PREC)
+    d_kend = tl.dot(b_v, tl.trans(dS), input_precision=DOT_PREC)
+    d_bend = tl.dot(E, tl.trans(dS), input_precision=DOT_PREC)
+    d_gam = tl.sum(S * dS, 1)
+    # ---- through E = W S + T A_ak V with W = T ã, and T = (I - A_ab)^{-1}
+    dW = tl.dot(dE, tl.trans(S), input_precision=DOT_PREC)
+    dAkV = tl.dot(tl.trans(Tm), dE, input_precision=DOT_PREC)
+    b_dv = tl.dot(tl.trans(A_rk), b_do, input_precision=DOT_PREC) \
+        + tl.dot(k_end, dS, input_precision=DOT_PREC) \
+        + tl.dot(tl.trans(A_ak), dAkV, input_precision=DOT_PREC)
+    tl.store(dv + off_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
+    d_adec = tl.dot(tl.trans(Tm), dW, input_precision=DOT_PREC)
+    dTm = tl.dot(dW, tl.trans(a_dec), input_precision=DOT_PREC) \
+        + tl.dot(dE, tl.trans(AkV), input_precision=DOT_PREC)
+    dA_ak = tl.where(strict, tl.dot(dAkV, tl.trans(b_v), input_precision=DOT_PREC), 0.)
+    dA_ab = tl.where(strict, tl.dot(tl.dot(tl.trans(Tm), dTm, input_precision=DOT_PREC), tl.trans(Tm),
+                                    input_precision=DOT_PREC), 0.)
+    # ---- through the pairwise matrices, then the rows' own decay factors
+    p_dr, p_da, p_dk, p_db, p_dc, p_dcp = _pair_grads(dA_rk, dA_rb, dA_ak, dA_ab, b_r, b_k, b_a, b_b,
+                                                      b_w, b_wd, r_dec, a_dec, e_c, e_cp, c, c_last,
+                                                      o_t, SPAN, BOUNDED, DOT_PREC)
+    b_dr = p_dr + d_rdec * e_c
+    b_da = p_da + d_adec * e_cp
+    b_dk = p_dk + d_kend * to_end
+    b_db = p_db + d_bend * to_end
+    # gradients of the log decays: c_t = Σ_{j≤t} w_j, c_{t-1} = Σ_{j<t} w_j, and the exponent
+    # to the chunk's end Σ_{j>t} w_j; the sums over t are products with 0/1 matrices
+    d_c = p_dc + d_rdec * r_dec                                               # ∂/∂c_t
+    d_cp = p_dcp + d_adec * a_dec                                             # ∂/∂c_{t-1}
+    q = d_kend * k_end + d_bend * b_end                                       # exponent c_C − c_t
+    f_incl = tl.where(incl, 1., 0.)
+    f_strict = tl.where(strict, 1., 0.)
+    b_dw = tl.dot(tl.trans(f_incl), d_c, input_precision=DOT_PREC) \
+        + tl.dot(tl.trans(f_strict), d_cp, input_precision=DOT_PREC) \
+        + tl.dot(f_strict, q, input_precision=DOT_PREC) + (d_gam * gamma)[None, :]
+    tl.store(dr + off_p, b_dr.to(dr.dtype.element_ty), mask=m_tk)
+    tl.store(dw + off_p, b_dw.to(dw.dtype.element_ty), mask=m_tk)
+    tl.store(dk + off_p, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(da + off_p, b_da.to(da.dtype.element_ty), mask=m_tk)
+    tl.store(db + off_p, b_db.to(db.dtype.element_ty), mask=m_tk)
+    # the gradient of the chunk's start state, for the previous chunk: dS = γ dS' + r̃ᵀ dO + Wᵀ dE
+    # (unused, and so not computed, by the parallel schedule, whose dS pass did it)
+    return tl.dot(tl.trans(W), dE, acc=tl.dot(tl.trans(r_dec), b_do, acc=gamma[:, None] * dS, input_precision=DOT_PREC),
+                  input_precision=DOT_PREC)
+
+
+@triton.jit
 def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
                             dr, dw, dk, dv, da, db, dh0, scale, part_stride,
                             T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -346,6 +492,9 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
                             SPAN: tl.constexpr, BOUNDED: tl.constexpr,
                             USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, VARLEN: tl.constexpr,
                             DOT_PREC: tl.constexpr):
+    """The sequential schedule (grid: V-blocks × sequence·heads, the state pass's): walks the
+    chunks from last to first with dS in registers, each chunk restarted from its checkpoint.
+    One launch; enough programs when B·H fills the GPU."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
@@ -370,83 +519,47 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
     n_c = tl.cdiv(L, BT)
     for i_rev in range(0, n_c):
         i_c = n_c - 1 - i_rev
-        # ---- recompute the chunk's forward quantities from its start state (the checkpoint)
         S = tl.load(ckpt + ((c0 + i_c) * H + i_h) * K * V + p_kv, mask=m_kv, other=0.)
         m_t = (i_c * BT + o_t) < L
         off_k = base_k + (i_c * BT + o_t)[:, None] * H * K + o_k[None, :]
         off_v = base_v + (i_c * BT + o_t)[:, None] * H * V + o_v[None, :]
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        b_r = tl.load(r + off_k, mask=m_tk, other=0.).to(tl.float32)
-        b_k = tl.load(k + off_k, mask=m_tk, other=0.).to(tl.float32)
-        b_a = tl.load(a + off_k, mask=m_tk, other=0.).to(tl.float32)
-        b_b = tl.load(b + off_k, mask=m_tk, other=0.).to(tl.float32)
-        b_v = tl.load(v + off_v, mask=m_tv, other=0.).to(tl.float32)
-        b_do = tl.load(do + off_v, mask=m_tv, other=0.).to(tl.float32) * scale
         m_up = ((o_t + 1 < BT) & (i_c * BT + o_t + 1 < L))[:, None] & m_k[None, :]
-        b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk, m_up, o_t, H * K)
-        gamma = tl.exp(c_last)
-        r_dec = b_r * e_c                            # r̃ = r ⊙ e^{c_t}
-        a_dec = b_a * e_cp                           # ã = a ⊙ e^{c_{t-1}}
-        k_end = b_k * to_end                         # k̄, b̄: decayed to the chunk's end
-        b_end = b_b * to_end
-        A_rk, A_rb, A_ak, A_ab = _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last,
-                                        o_t, incl, strict, SPAN, BOUNDED, DOT_PREC)
-        Tm = _unit_lower_inverse(A_ab, eye, NSQ)
-        W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
-        AkV = tl.dot(A_ak, b_v, input_precision=DOT_PREC)
-        E = tl.dot(W, S, input_precision=DOT_PREC) + tl.dot(Tm, AkV, input_precision=DOT_PREC)
-        # ---- adjoints of O = r̃ S + A_rk V + A_rb E and S' = γ S + k̄ᵀ V + b̄ᵀ E (dS holds dS')
-        dE = tl.dot(tl.trans(A_rb), b_do, input_precision=DOT_PREC) \
-            + tl.dot(b_end, dS, input_precision=DOT_PREC)
-        dA_rb = tl.where(incl, tl.dot(b_do, tl.trans(E), input_precision=DOT_PREC), 0.)
-        dA_rk = tl.where(incl, tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC), 0.)
-        d_rdec = tl.dot(b_do, tl.trans(S), input_precision=DOT_PREC)
-        d_kend = tl.dot(b_v, tl.trans(dS), input_precision=DOT_PREC)
-        d_bend = tl.dot(E, tl.trans(dS), input_precision=DOT_PREC)
-        d_gam = tl.sum(S * dS, 1)
-        # ---- through E = W S + T A_ak V with W = T ã, and T = (I - A_ab)^{-1}
-        dW = tl.dot(dE, tl.trans(S), input_precision=DOT_PREC)
-        dAkV = tl.dot(tl.trans(Tm), dE, input_precision=DOT_PREC)
-        b_dv = tl.dot(tl.trans(A_rk), b_do, input_precision=DOT_PREC) \
-            + tl.dot(k_end, dS, input_precision=DOT_PREC) \
-            + tl.dot(tl.trans(A_ak), dAkV, input_precision=DOT_PREC)
-        tl.store(dv + off_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
-        d_adec = tl.dot(tl.trans(Tm), dW, input_precision=DOT_PREC)
-        dTm = tl.dot(dW, tl.trans(a_dec), input_precision=DOT_PREC) \
-            + tl.dot(dE, tl.trans(AkV), input_precision=DOT_PREC)
-        dA_ak = tl.where(strict, tl.dot(dAkV, tl.trans(b_v), input_precision=DOT_PREC), 0.)
-        dA_ab = tl.where(strict, tl.dot(tl.dot(tl.trans(Tm), dTm, input_precision=DOT_PREC), tl.trans(Tm),
-                                        input_precision=DOT_PREC), 0.)
-        # hand dS to the previous chunk: dS = γ dS' + r̃ᵀ dO + Wᵀ dE
-        dS = gamma[:, None] * dS + tl.dot(tl.trans(r_dec), b_do, input_precision=DOT_PREC) \
-            + tl.dot(tl.trans(W), dE, input_precision=DOT_PREC)
-        # ---- through the pairwise matrices, then the rows' own decay factors
-        p_dr, p_da, p_dk, p_db, p_dc, p_dcp = _pair_grads(dA_rk, dA_rb, dA_ak, dA_ab, b_r, b_k, b_a, b_b,
-                                                          b_w, b_wd, r_dec, a_dec, e_c, e_cp, c, c_last,
-                                                          o_t, SPAN, BOUNDED, DOT_PREC)
-        b_dr = p_dr + d_rdec * e_c
-        b_da = p_da + d_adec * e_cp
-        b_dk = p_dk + d_kend * to_end
-        b_db = p_db + d_bend * to_end
-        # gradients of the log decays: c_t = Σ_{j≤t} w_j, c_{t-1} = Σ_{j<t} w_j, and the exponent
-        # to the chunk's end Σ_{j>t} w_j; the sums over t are products with 0/1 matrices
-        d_c = p_dc + d_rdec * r_dec                                               # ∂/∂c_t
-        d_cp = p_dcp + d_adec * a_dec                                             # ∂/∂c_{t-1}
-        q = d_kend * k_end + d_bend * b_end                                       # exponent c_C − c_t
-        f_incl = tl.where(incl, 1., 0.)
-        f_strict = tl.where(strict, 1., 0.)
-        b_dw = tl.dot(tl.trans(f_incl), d_c, input_precision=DOT_PREC) \
-            + tl.dot(tl.trans(f_strict), d_cp, input_precision=DOT_PREC) \
-            + tl.dot(f_strict, q, input_precision=DOT_PREC) + (d_gam * gamma)[None, :]
-        off_p = i_v * part_stride + off_k
-        tl.store(dr + off_p, b_dr.to(dr.dtype.element_ty), mask=m_tk)
-        tl.store(dw + off_p, b_dw.to(dw.dtype.element_ty), mask=m_tk)
-        tl.store(dk + off_p, b_dk.to(dk.dtype.element_ty), mask=m_tk)
-        tl.store(da + off_p, b_da.to(da.dtype.element_ty), mask=m_tk)
-        tl.store(db + off_p, b_db.to(db.dtype.element_ty), mask=m_tk)
+        dS = _chunk_grads(r, w, k, v, a, b, do, dr, dw, dk, dv, da, db, S, dS, off_k, off_v,
+                          i_v * part_stride + off_k, m_t, m_up, m_k, m_v, o_t, incl, strict, eye, scale,
+                          H, K, BT, NSQ, SPAN, BOUNDED, DOT_PREC)
     if STORE_DH0:
         tl.store(dh0 + p_s, dS, mask=m_kv)
+
+
+@triton.jit
+def wkv7_bwd_parallel_kernel(r, w, k, v, a, b, do, ckpt, dsk, cu, idx,
+                             dr, dw, dk, dv, da, db, scale, part_stride,
+                             T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NSQ: tl.constexpr,
+                             SPAN: tl.constexpr, BOUNDED: tl.constexpr, VARLEN: tl.constexpr,
+                             DOT_PREC: tl.constexpr):
+    """The parallel schedule's gradient launch (grid: V-blocks × chunks × heads): every chunk at
+    once, from its checkpoint S and the dS pass's dS'. Nothing here depends on another chunk."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, eos, t0 = chunk_of(cu, idx, i_c, T, BT, VARLEN)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    p_c = (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    S = tl.load(ckpt + p_c, mask=m_kv, other=0.)
+    dS = tl.load(dsk + p_c, mask=m_kv, other=0.)
+    m_t = t0 + o_t < eos
+    off_k = (t0 + o_t)[:, None] * H * K + i_h * K + o_k[None, :]
+    off_v = (t0 + o_t)[:, None] * H * V + i_h * V + o_v[None, :]
+    m_up = ((o_t + 1 < BT) & (t0 + o_t + 1 < eos))[:, None] & m_k[None, :]
+    incl = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+    _chunk_grads(r, w, k, v, a, b, do, dr, dw, dk, dv, da, db, S, dS, off_k, off_v, i_v * part_stride + off_k,
+                 m_t, m_up, m_k, m_v, o_t, incl, strict, eye, scale, H, K, BT, NSQ, SPAN, BOUNDED, DOT_PREC)
 
 
 #: launch settings per kernel: (num_warps, num_stages[, largest V-block]), measured on an H200
@@ -455,7 +568,8 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
 #: pass loads chunk i+1 while chunk i computes (−17 % there, −12 % at B=4, H=32); "pieces": the
 #: dtype of the decayed rows the prep kernel writes ("input": 16 bits for 16-bit inputs, −10 %
 #: at B=1, H=8; float32 inputs keep float32 either way)
-TUNE = {"prep": (4, 2), "fwd": (4, 1, 64), "bwd": (8, 1, 64), "prefetch": True, "pieces": "input"}
+TUNE = {"prep": (4, 2), "fwd": (4, 1, 64), "dstate": (4, 1), "bwd": (8, 1, 64), "prefetch": True, "pieces": "input",
+        "bwd_schedule": "auto"}
 
 
 def block_v(V, name="fwd", programs=None):
@@ -492,24 +606,54 @@ def _squarings(chunk_size):
     return chunk_size.bit_length() - 2          # (I + N)(I + N²)…(I + N^{BT/2}): log2(BT) − 1 squarings
 
 
-def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size, lower_bound=None):
-    """Launch the chunked backward kernel. Returns (dr, dw, dk, dv, da, db, dh0)."""
+def bwd_schedule(N, H, V):
+    """``"sequential"`` (one launch: each (sequence·head, V-block) walks its chunks backwards)
+    or ``"parallel"`` (a light dS pass on that grid, then every chunk's gradients at once), per
+    ``TUNE["bwd_schedule"]``; ``"auto"`` takes the parallel one when the sequential grid would
+    leave most multiprocessors idle (B=1, H=8: 8 programs on 132), the sequential one otherwise
+    (and in the interpreter, where fewer programs run faster)."""
+    choice = TUNE["bwd_schedule"]
+    if choice != "auto":
+        return choice
+    if device.interpreting():
+        return "sequential"
+    NV = triton.cdiv(V, block_v(V, "bwd"))
+    return "parallel" if 2 * N * H * NV <= _multiprocessors() else "sequential"
+
+
+def bwd(r, w, k, v, a, b, do, dht, ckpt, pieces, scale, cu_seqlens, need_dh0, chunk_size, lower_bound=None):
+    """Launch the chunked backward on the schedule :func:`bwd_schedule` picks (``pieces``: the
+    forward's prep outputs, which the parallel schedule's dS pass reads; None for the
+    sequential one). Returns (dr, dw, dk, dv, da, db, dh0)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    N, _, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
+    N, n_ck, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
+    varlen = cu_seqlens is not None
+    prec = "ieee" if r.dtype == torch.float32 else "tf32"
+    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if need_dh0 else None
     BV = block_v(V, "bwd")
     NV = triton.cdiv(V, BV)
     # K-sized gradients: one float32 partial sum per V-block when V is split, else written directly
     part = dict(dtype=torch.float32 if NV > 1 else r.dtype, device=r.device)
     dr, dw, dk, da, db = (torch.empty(NV, B, T, H, K, **part) for _ in range(5))
     dv = torch.empty_like(v)
-    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=r.device) if need_dh0 else None
-    prec = "ieee" if r.dtype == torch.float32 else "tf32"
-    wkv7_bwd_chunked_kernel[(NV, N * H)](
-        r, w, k, v, a, b, do, dht, ckpt, cu, ck_off, dr, dw, dk, dv, da, db, dh0, scale, B * T * H * K,
-        T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BV, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
-        BOUNDED=lower_bound is not None, USE_DHT=dht is not None, STORE_DH0=need_dh0,
-        VARLEN=cu_seqlens is not None, DOT_PREC=prec, **_launch("bwd"))
+    consts = dict(H=H, K=K, V=V, BT=chunk_size, BK=K, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
+                  BOUNDED=lower_bound is not None, VARLEN=varlen, DOT_PREC=prec)
+    if pieces is None:
+        wkv7_bwd_chunked_kernel[(NV, N * H)](
+            r, w, k, v, a, b, do, dht, ckpt, cu, ck_off, dr, dw, dk, dv, da, db, dh0, scale, B * T * H * K,
+            T, BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0, **consts, **_launch("bwd"))
+    else:
+        _, idx, n_chunks = chunk_table(cu_seqlens, B, T, chunk_size, r.device)
+        dsk = torch.empty(n_ck, H, K, V, dtype=torch.float32, device=r.device)
+        BVs = block_v(V, programs=N * H)
+        wkv7_bwd_dstate_kernel[(triton.cdiv(V, BVs), N * H)](
+            do, dht, pieces["W"], pieces["Rd"], pieces["Bd"], pieces["Arb"], pieces["G"], dsk, dh0, cu, ck_off,
+            scale, T, H=H, K=K, V=V, BT=chunk_size, BK=K, BV=BVs, USE_DHT=dht is not None, STORE_DH0=need_dh0,
+            VARLEN=varlen, DOT_PREC=prec, **_launch("dstate"))
+        wkv7_bwd_parallel_kernel[(NV, n_chunks, H)](
+            r, w, k, v, a, b, do, ckpt, dsk, cu_arg(cu_seqlens, r.device), idx, dr, dw, dk, dv, da, db, scale,
+            B * T * H * K, B * T if varlen else T, BV=BV, **consts, **_launch("bwd"))
     dr, dw, dk, da, db = (x.sum(0).to(r.dtype) if NV > 1 else x[0] for x in (dr, dw, dk, da, db))
     return dr, dw, dk, dv, da, db, dh0
 
@@ -517,7 +661,9 @@ def bwd(r, w, k, v, a, b, do, dht, ckpt, scale, cu_seqlens, need_dh0, chunk_size
 def fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size,
                  lower_bound=None, check=True):
     """The forward's buffers and its two launches, not yet run: ``(prep, state, (o, ht, ckpt,
-    flags))``. :func:`fwd` calls ``prep()`` then ``state()``; a benchmark can time each alone."""
+    flags, pieces))``. :func:`fwd` calls ``prep()`` then ``state()``; a benchmark can time each
+    alone. ``pieces`` are the prep's outputs the backward reads again (W, the decayed r and b,
+    A_rb, the chunk decays)."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     N, n_ck, cu, ck_off = checkpoint_layout(B, T, cu_seqlens, chunk_size, r.device)
@@ -555,14 +701,15 @@ def fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, 
             STORE_HT=store_ht, STORE_CKPT=store_ckpt, VARLEN=varlen, PREFETCH=TUNE["prefetch"],
             DOT_PREC=prec, **_launch("fwd"))
 
-    return prep, state, (o, ht, ckpt, flags)
+    pieces = dict(W=Wp, Rd=Rd, Bd=Bd, Arb=Arb, G=G)     # what the backward's dS pass reads again
+    return prep, state, (o, ht, ckpt, flags, pieces)
 
 
 def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size, lower_bound=None,
         check=True):
     """Two launches on contiguous tensors: every chunk's state-free pieces in parallel, then the
-    state pass. Returns (o, final_state, checkpoints, flags): the checkpoints are the state at
-    every chunk start; ``flags`` (with ``check``) is one int32 that either launch sets if a
+    state pass. Returns (o, final_state, checkpoints, flags, pieces): the checkpoints are the
+    state at every chunk start, ``pieces`` what the backward reads of the prep's outputs; ``flags`` (with ``check``) is one int32 that either launch sets if a
     value it read was NaN/Inf or a log decay lay outside [lower_bound, 0] (see raise_flagged)."""
     prep, state, out = fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt,
                                     chunk_size, lower_bound, check)
@@ -586,24 +733,30 @@ def raise_flagged(flags, r, w, k, v, a, b, scale, initial_state, cu_seqlens, low
                      "produced inside); check the inputs' magnitudes")
 
 
+PIECES = ("W", "Rd", "Bd", "Arb", "G")
+
+
 class _ChunkedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, chunk_size, lower_bound):
         needs_grad = any(ctx.needs_input_grad[:6]) or ctx.needs_input_grad[7]
-        o, ht, ckpt, flags = fwd(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
-                                 store_ckpt=needs_grad, chunk_size=chunk_size, lower_bound=lower_bound)
+        o, ht, ckpt, flags, pieces = fwd(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
+                                         store_ckpt=needs_grad, chunk_size=chunk_size, lower_bound=lower_bound)
         raise_flagged(flags, r, w, k, v, a, b, scale, h0, cu_seqlens, lower_bound)
-        ctx.save_for_backward(r, w, k, v, a, b, ckpt, cu_seqlens)
+        N = r.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+        parallel = needs_grad and bwd_schedule(N, r.shape[2], v.shape[-1]) == "parallel"
+        keep = [pieces[n] for n in PIECES] if parallel else [None] * len(PIECES)
+        ctx.save_for_backward(r, w, k, v, a, b, ckpt, cu_seqlens, *keep)
         ctx.scale, ctx.has_h0, ctx.chunk_size, ctx.lower_bound = scale, h0 is not None, chunk_size, lower_bound
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        r, w, k, v, a, b, ckpt, cu_seqlens = ctx.saved_tensors
+        r, w, k, v, a, b, ckpt, cu_seqlens, *kept = ctx.saved_tensors
         # the chunk-start states saved by the forward are where each chunk's recomputation starts
         dr, dw, dk, dv, da, db, dh0 = bwd(
             r, w, k, v, a, b, do.contiguous(), None if dht is None else dht.contiguous(), ckpt,
-            ctx.scale, cu_seqlens, need_dh0=ctx.has_h0, chunk_size=ctx.chunk_size, lower_bound=ctx.lower_bound)
+            None if kept[0] is None else dict(zip(PIECES, kept)), ctx.scale, cu_seqlens, need_dh0=ctx.has_h0, chunk_size=ctx.chunk_size, lower_bound=ctx.lower_bound)
         return dr, dw, dk, dv, da, db, None, dh0, None, None, None, None
 
 
