@@ -747,14 +747,14 @@ rwkvlab.check("chunked varlen vs separate naive runs", (o_packed, S_packed), (to
 # %% [markdown]
 # Half-precision inputs accumulate in float32: the output comes back in the input dtype and the
 # state in float32. The error is then set by bf16's 8 significant bits, a relative rounding
-# error of up to $2^{-8} \approx 4\times10^{-3}$, not by the algorithm. We allow 3e-2 relative against the float32 loop on
-# bf16-rounded inputs.
+# error of up to $2^{-8} \approx 4\times10^{-3}$ per number, not by the algorithm. We allow 1e-2 relative against the float32
+# loop on bf16-rounded inputs (the check below comes out near $2\times10^{-3}$: the output's own rounding).
 
 # %%
 xb = tuple(t.bfloat16() for t in rwkv7_inputs(1, 40, 2, 16, 16, seed=10))
 ob, Sb = wkv7.chunked(*xb, output_final_state=True)
 assert ob.dtype == torch.bfloat16 and Sb.dtype == torch.float32
-rwkvlab.check("chunked bf16 vs naive float32 (same rounded inputs)", ob, wkv7.naive(*(t.float() for t in xb))[0], 3e-2)
+rwkvlab.check("chunked bf16 vs naive float32 (same rounded inputs)", ob, wkv7.naive(*(t.float() for t in xb))[0], 1e-2)
 
 # %% [markdown]
 # ### The same pieces under FLA's names
@@ -816,7 +816,7 @@ for fla_name, book_name in [("A_qk", "A_rk"), ("A_qb", "A_rb"), ("A_ak", "A_ak")
 # for every input: $r, w, k, v, a, b$, the initial state, and the final state as a second output
 # that carries its own upstream gradient. In float64 the two agree to rounding. The float32
 # gradients of the chunked form are compared with that float64 reference, with a tolerance of
-# 1e-4 (a backward pass rounds more than a forward pass).
+# 1e-5, the same as the forward's (measured: about $10^{-7}$).
 
 # %%
 Bg, Tg, Hg, Kg, Vg = 2, 11, 2, 4, 3
@@ -838,7 +838,7 @@ g_chunk32 = grads(lambda *z, **kw: wkv7.chunked(*z, chunk_size=4, **kw), x32, s0
 for name, g64, gref, g32 in zip(["r", "w", "k", "v", "a", "b", "initial_state"], g_chunk, g_naive, g_chunk32):
     assert gref.abs().max() > 0
     rwkvlab.check(f"d/d{name}: chunked vs naive (float64)", g64, gref, 1e-10, quiet=True)
-    rwkvlab.check(f"d/d{name}: chunked float32 vs float64", g32, gref, 1e-4, quiet=True)
+    rwkvlab.check(f"d/d{name}: chunked float32 vs float64", g32, gref, 1e-5, quiet=True)
 print("gradients of r, w, k, v, a, b, initial_state (from o and final_state): chunked == naive  ok")
 
 # %% [markdown]

@@ -34,7 +34,7 @@ IMPLS = {"recurrent": wkv7.triton_recurrent, "chunked": wkv7.triton_chunked,   #
          "chunked_parallel_bwd": _chunked_parallel_backward}
 
 TOL32 = 1e-5    # float32 kernel vs float64 loop: achieved ≤ 2e-6 in every CPU case here, ≤ 4e-7 on an H200 (2, 512, 4, 64, 64)
-TOL_BF16 = 2e-2  # bfloat16 inputs: 8 bits of mantissa on every load, float32 accumulation
+TOL_BF16 = 1e-2  # bfloat16 inputs: 8 bits of mantissa on every load, float32 accumulation (H200: ≤ 3.4e-3)
 
 
 def make_inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, n_state=None):
