@@ -648,7 +648,7 @@ for scale in (0.5, 1.0):                                       # w in (-scale, 0
 #    or, when no gradient is taken and every chunk's decay $-c_C$ is at most
 #    `CHUNK_FACTOR_SPAN` $= 20$ (always, for real RWKV-7 decays), by `factored_matrices`: Trap 1's
 #    product $e^{c_t}\cdot e^{-c_i}$, safe there (factors $\le e^{20}$, rounding $\le 2.4\cdot10^{-6}$;
-#    the cell below checks it), in two batched products instead of one per halving level. Under
+#    the cell below checks it), in one batched product instead of one per halving level. Under
 #    autograd it never takes that road, because the $+c$ and $-c$ of the product cancel in
 #    $\bar w$ (section 6's second trap). Then
 #    $\mathcal T = (I - A_{ab})^{-1}$ by one batched `torch.linalg.solve_triangular` (LAPACK's

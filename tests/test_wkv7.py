@@ -362,6 +362,20 @@ def test_chunked_float64_stays_float64_and_both_paths_agree():
     assert rel_err((o1, S1), ref) < 1e-12
 
 
+@pytest.mark.parametrize("which", ["v", "initial_state"])
+def test_chunked_grad_through_v_or_the_state_alone(which):
+    """Only ``v`` (or only the initial state) needs grad: the chunk pieces take the no-grad road,
+    but the state loop must still be one autograd can follow (no ``out=`` writes)."""
+    *x, s0 = wkv7.random_inputs(1, 40, 2, 8, 6, seed=27, dtype=torch.float64, with_state=True)
+    grads = []
+    for impl in (functools.partial(wkv7.chunked, chunk_size=16), wkv7.naive):
+        xs = [t.clone() for t in (*x, s0)]
+        leaf = xs[3 if which == "v" else 6].requires_grad_()
+        o, S = impl(*xs[:6], initial_state=xs[6], output_final_state=True)
+        grads.append(torch.autograd.grad(o.sum() + S.square().sum(), leaf)[0])
+    assert rel_err(grads[0], grads[1]) < 1e-12
+
+
 @pytest.mark.parametrize("C", [1, 2, 3, 8, 13, 32])
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_chunk_matrices_equal_the_pairwise_definition(C, requires_grad):

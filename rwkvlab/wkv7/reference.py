@@ -301,27 +301,36 @@ def factored_matrices(r, w, k, a, b):
     Input ``r, w, k, a, b`` [..., C, K]. Valid, and exact to float32 rounding, only while every
     ``−c_C ≤`` :data:`CHUNK_FACTOR_SPAN` (``e^{−c}`` would overflow past ~88, and its rounding
     grows with |c|): ``chunked`` checks that before it calls this, and calls it only without
-    autograd (differentiated, the products' ``+c``/``−c`` terms cancel in ``dw``). Two batched products give
-    all four matrices (rows ``r̃, ã`` against columns ``k̂, b̂``), where :func:`chunk_matrices`
-    needs one per halving level.
+    autograd (differentiated, the products' ``+c``/``−c`` terms cancel in ``dw``). One batched
+    product gives all four matrices (the rows ``r̃, ã`` stacked, against the columns ``k̂, b̂``
+    stacked), where :func:`chunk_matrices` needs one per halving level. The rows and columns are
+    written straight into their stacked buffers (``out=``), which autograd cannot follow: inputs
+    that need grad raise.
     """
+    C, K = r.shape[-2:]
     c = torch.cumsum(w, dim=-2)                                       # c_t
-    c_prev = torch.nn.functional.pad(c[..., :-1, :], (0, 0, 1, 0))    # c_{t-1}
-    inv = (-c).exp()
-    C = r.shape[-2]
-    rows = torch.cat([r * c.exp(), a * c_prev.exp()], dim=-2)         # [..., 2C, K]: r̃, ã
-    cols = torch.cat([k * inv, b * inv], dim=-2)                      # [..., 2C, K]: k̂, b̂
+    e = c.exp()                                                       # e^{c_t} ≥ e^{-20}: no denormals,
+    inv = e.reciprocal()                                              # and e^{-c_t} ≤ e^{20}
+    # rows r̃ = r ⊙ e^{c_t}, ã = a ⊙ e^{c_{t-1}} and columns k̂ = k ⊙ e^{−c_i}, b̂ = b ⊙ e^{−c_i}, each
+    # pair written straight into one [..., 2C, K] buffer (no concatenation: each is one pass)
+    rows, cols = (r.new_empty(*r.shape[:-2], 2 * C, K) for _ in range(2))
+    torch.mul(r, e, out=rows[..., :C, :])
+    rows[..., C, :] = a[..., 0, :]                                    # c_0 = 0: ã_1 = a_1
+    torch.mul(a[..., 1:, :], e[..., :-1, :], out=rows[..., C + 1:, :])
+    torch.mul(k, inv, out=cols[..., :C, :])
+    torch.mul(b, inv, out=cols[..., C:, :])
     A = rows @ cols.transpose(-1, -2)                                 # [..., 2C(x), 2C(y)]
-    tril = torch.ones(C, C, dtype=torch.bool, device=r.device).tril()
-    incl, strict = tril, tril.tril(-1)
-    zero = torch.zeros((), dtype=r.dtype, device=r.device)
-    to_end = (c[..., -1:, :] - c).exp()                               # e^{c_C − c_i}
+    # keep i ≤ t in the read-out rows (A_rk, A_rb), i < t in the removal rows (A_ak, A_ab); the
+    # entries dropped are e^{c_t − c_i} ≤ e^{20} times inputs, finite, so a product with 0/1 is exact
+    keep = torch.ones(C, C, dtype=r.dtype, device=r.device).tril()
+    A.mul_(torch.cat([keep, keep.tril(-1)]).repeat(1, 2))
+    gamma = e[..., -1, :]
+    ends = cols * gamma.unsqueeze(-2)                                 # k̂ e^{c_C} = k ⊙ e^{c_C − c_i}, b̂ likewise
     return {
-        "A_rk": torch.where(incl, A[..., :C, :C], zero), "A_rb": torch.where(incl, A[..., :C, C:], zero),
-        "A_ak": torch.where(strict, A[..., C:, :C], zero), "A_ab": torch.where(strict, A[..., C:, C:], zero),
+        "A_rk": A[..., :C, :C], "A_rb": A[..., :C, C:], "A_ak": A[..., C:, :C], "A_ab": A[..., C:, C:],
         "r_start": rows[..., :C, :], "a_start": rows[..., C:, :],
-        "k_end": k * to_end, "b_end": b * to_end,
-        "gamma": c[..., -1, :].exp(),
+        "k_end": ends[..., :C, :], "b_end": ends[..., C:, :],
+        "gamma": gamma,
     }
 
 
@@ -366,12 +375,21 @@ def _chunked_one(r, w, k, v, a, b, S, scale, C):
     # chunk's own block of the attention matrix (section 5 of chapter 10)
     R = torch.baddbmm(M["r_start"], M["A_rb"], W)
     O_local = torch.baddbmm(M["A_rk"], M["A_rb"], TA) @ v
-    S = S.reshape(B * H, K, V)
-    starts = []
-    for P_n, Q_n in zip(P.view(NC, B * H, K, K).unbind(0), Q.view(NC, B * H, K, V).unbind(0)):
-        starts.append(S)                                        # the only sequential part
-        S = torch.baddbmm(Q_n, P_n, S)                          # Q + P S in one call
-    o = torch.baddbmm(O_local, R, torch.stack(starts).view(N, K, V), beta=scale, alpha=scale)
+    # the only sequential part: S ← Q + P S, one baddbmm per chunk, keeping every chunk's start state
+    Ps, Qs = P.view(NC, B * H, K, K).unbind(0), Q.view(NC, B * H, K, V).unbind(0)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (P, Q, S)):   # autograd cannot
+        starts = [S.reshape(B * H, K, V)]                                       # follow out= writes
+        for n in range(NC - 1):
+            starts.append(torch.baddbmm(Qs[n], Ps[n], starts[n]))
+        starts = torch.stack(starts)
+    else:                                                       # written where they lie: no stack
+        starts = S.new_empty(NC, B * H, K, V)
+        starts[0] = S.reshape(B * H, K, V)
+        Ss = starts.unbind(0)
+        for n in range(NC - 1):
+            torch.baddbmm(Qs[n], Ps[n], Ss[n], out=Ss[n + 1])
+    S = torch.baddbmm(Qs[-1], Ps[-1], starts[-1])
+    o = torch.baddbmm(O_local, R, starts.view(N, K, V), beta=scale, alpha=scale)
     o = o.view(NC, B, H, Cp, V)[:, :, :, :C].permute(1, 0, 3, 2, 4).reshape(B, NC * C, H, V)[:, :T]
     return o, S.view(B, H, K, V)
 
