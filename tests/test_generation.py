@@ -189,6 +189,32 @@ def test_rwkv6_generates_through_the_reference_step():
         list(m.generate([3], 2, graph=True))
 
 
+def test_greedy_one_token_ahead_on_the_graph_stepper_equals_the_plain_loop():
+    """Greedy decoding on the static-buffer stepper runs one token ahead (the argmax feeds the next
+    replay on the device, the host reads each token a step late): the tokens, each row's own
+    length and stop, its final state, and the step count equal the plain loop's and the by-hand
+    loop's, for one sequence and for a batch (here on CPU, the graph replayed eagerly)."""
+    m = tiny7(seed=16, dtype=torch.float64)
+    prompts = [[1, 2, 3], [7, 8, 4], [9, 10, 11]]
+    alone = [greedy_by_hand(m, p, 7) for p in prompts]
+    stop1 = alone[1][0][2]
+    kw = dict(temperature=0, stop=[None, {stop1}, None])
+    plain = m.generate_batch(prompts, [7, 7, 1], graph=False, **kw)
+    ahead = m.generate_batch(prompts, [7, 7, 1], graph=True, **kw)
+    assert ahead.tokens == plain.tokens == [alone[0][0], alone[1][0][:3], alone[2][0][:1]]
+    for a, b in zip(ahead.state, plain.state):
+        rwkvlab.check("one-token-ahead final states vs the plain loop's", list(a), list(b), 1e-12, quiet=True)
+    for i, (a, b) in enumerate(zip(_rows(ahead.state, [0]), alone[0][1])):
+        rwkvlab.check(f"row 0's final state vs by hand, block {i}", list(a), list(b), 1e-12, quiet=True)
+    assert ahead.stats.decode_steps == plain.stats.decode_steps == 7
+    gen = m.generate(prompts[0], 5, temperature=0, graph=True)
+    assert list(gen) == alone[0][0][:5] and gen.stats.decode_steps == 5
+
+
+def _rows(state, rows):
+    return [type(layer)(*(t[rows] for t in layer)) for layer in state]
+
+
 # ---------------------------------------------------------------- batches
 def test_batch_rows_equal_separate_runs_each_with_its_own_length_and_stop():
     m = tiny7(seed=13, dtype=torch.float64)

@@ -12,6 +12,9 @@ length and its own stop tokens) both run here:
    path reads a value back from the device except the sampled token ids themselves.
    On a CUDA device the whole step is captured once in a CUDA graph and replayed per token
    (:class:`GraphStepper`), which removes the launch overhead of its few hundred small kernels.
+   Greedy decoding on that stepper also runs one token ahead (:meth:`Run._greedy`): the argmax
+   stays on the device and feeds the next replay, and the host reads each token while the
+   device already computes the next, so the device never waits for Python between tokens.
 
 Timings (prefill and decode, tokens per second) are kept in :class:`Stats`.
 """
@@ -138,6 +141,32 @@ class _Picker:
         if logits.shape[0] == 1:
             return [sample(logits[0], self.temperature, self.top_p, self.cpu)]
         return sample_rows(logits, self.temperature, self.top_p, self.dev).tolist()
+
+
+class _Mailbox:
+    """Token ids [B] from the device to the host without stopping the device: each ``send``
+    enqueues a copy into one of two pinned host buffers and records an event; ``receive`` waits
+    only for the oldest copy not yet received. On CPU the copy is simply made."""
+
+    def __init__(self, batch: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.bufs = [torch.empty(batch, dtype=torch.long, pin_memory=self.cuda) for _ in range(2)]
+        self.events = [torch.cuda.Event() if self.cuda else None for _ in range(2)]
+        self.sent = self.got = 0
+
+    def send(self, tok: torch.Tensor) -> None:
+        i = self.sent % 2
+        self.bufs[i].copy_(tok, non_blocking=self.cuda)
+        if self.cuda:
+            self.events[i].record()
+        self.sent += 1
+
+    def receive(self) -> list[int]:
+        i = self.got % 2
+        if self.cuda:
+            self.events[i].synchronize()
+        self.got += 1
+        return self.bufs[i].tolist()
 
 
 # ------------------------------------------------------------------------------------ steppers
@@ -374,6 +403,9 @@ class Run:
         mode = torch.inference_mode if fast else torch.no_grad
         with mode():
             step.load(state)
+        if self.temperature == 0 and isinstance(step, GraphStepper):
+            yield from self._greedy(step, logits, mode, threads, live, made, final)
+            return
         toks = [0] * B
         t0 = time.perf_counter()
         while True:
@@ -397,6 +429,46 @@ class Run:
                 for b in finishing:
                     final[b] = _state_rows(step.state, [b])
             self.stats.decode_steps += 1
+            if not any(live):
+                break
+        with mode():
+            _sync(dev)
+        self.stats.decode_s = time.perf_counter() - t0
+        self.state = _merge(final)
+
+
+    def _greedy(self, step, logits, mode, threads, live, made, final):
+        """The decode loop for ``temperature == 0`` on a :class:`GraphStepper`, one token ahead:
+        replay k reads token t_k from the stepper's token buffer, and its argmax, t_{k+1}, is
+        written back there on the device; the host receives t_k (copied before replay k ran)
+        while replay k runs, records it, and enqueues replay k+1 only if a row is still live.
+        Same tokens, same states, as the loop in ``__iter__``: a row that finishes at t_k keeps
+        the state after replay k, which read t_k."""
+        dev = step.tok.device
+        box = _Mailbox(len(made), dev)
+        t0 = time.perf_counter()
+        with mode(), threads:
+            step.tok.copy_(logits.argmax(-1))                 # t_0, from the prompt's logits
+            box.send(step.tok)
+        while True:
+            with mode(), threads:
+                out_logits = step.runner.replay()             # reads t_k
+                step.tok.copy_(out_logits.argmax(-1))         # t_{k+1}, for the next replay
+                box.send(step.tok)
+                chosen = box.receive()                        # t_k: its copy ran before replay k
+            self.stats.decode_steps += 1
+            out = []
+            for b, t in enumerate(chosen):
+                if live[b]:
+                    made[b] += 1
+                    out.append((b, t))
+                    if made[b] >= self.n[b] or t in self.stops[b]:
+                        live[b] = False
+                        with mode():
+                            final[b] = _state_rows(step.state, [b])     # enqueued after replay k
+            self.stats.decode_s = time.perf_counter() - t0
+            yield out
+            t0 += time.perf_counter() - t0 - self.stats.decode_s     # the caller's time is not decode time
             if not any(live):
                 break
         with mode():
