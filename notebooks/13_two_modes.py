@@ -677,7 +677,15 @@ else:
 # around every remaining launch are still paid there. The torch path's graph step of the second
 # run is within a few percent of the first run's (the ratio line), so the gain belongs to the
 # kernel, not to a different machine or a different day. The generation rate follows the graph
-# step, less what sampling and `generate_batch`'s bookkeeping add per token.
+# step, less what sampling and `generate_batch`'s bookkeeping add per token. That is not small:
+# at B = 1 the fused record's 815 tok/s is 1.23 ms a token against a 0.76 ms graph step, so
+# about 0.47 ms of every token was the host's, spent while the device waited (the argmax read
+# back, the Python loop, the next token copied in, the replay launched). A third remedy removes
+# the wait rather than the work: greedy decoding on the graph stepper now runs one token ahead
+# (`generation.Run._greedy`). The argmax stays on the device and feeds the next replay, and the
+# host reads each token through a pinned buffer while the device already computes the next one.
+# It gives the same tokens and states (tests/test_generation.py), but it was written after the
+# H200 run, so its rate is a prediction in `benchmarks/NOTES.md`, not a measurement here.
 #
 # How the whole generation loop compares with BlinkDL's own runtime, the `rwkv` pip package, on
 # the same checkpoint and in the same process: on CPU with its `cpu fp32` strategy and its
