@@ -52,12 +52,12 @@ def main(argv=None) -> int:
     dev = _device.device()
     if dry:
         ms = lambda f: (f(), 1.0)[1]  # noqa: E731  (one call, no timing)
-        copy_tbs, shapes, D, dtype, prec = 1.0, ((1, 40, 2),), 16, torch.float32, "ieee"
+        copy_tbs, shapes, D, dtype = 1.0, ((1, 40, 2),), 16, torch.float32
     else:
         ms = lambda f: do_bench(f, warmup=25, rep=100, return_mode="median")  # noqa: E731
         buf = torch.empty(2 ** 28, dtype=torch.uint8, device=dev)
         copy_tbs = 2 * buf.numel() / ms(lambda: buf.clone()) / 1e9
-        shapes, D, dtype, prec = ((4, 4096, 32), (1, 65536, 8)), 64, torch.bfloat16, "tf32"
+        shapes, D, dtype = ((4, 4096, 32), (1, 65536, 8)), 64, torch.bfloat16
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
               f"copy {copy_tbs:.2f} TB/s (read + write)")
     for B, T, H in shapes:

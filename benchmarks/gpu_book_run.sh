@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole book's checks on a GPU machine: `pytest --nbval notebooks tests`, the README's test
+# command, split into shards that run side by side (compiling Triton kernels is CPU work, and a
+# GPU machine here has 16 cores and a 10-minute limit per call).
+#
+#   bash benchmarks/gpu_book_run.sh [shards] [timeout_s]     # defaults: 8 shards, 540 s
+#   FILES="tests/test_model.py notebooks/13_two_modes.py" bash benchmarks/gpu_book_run.sh 2
+#
+# Wheels: anything under .whl/ (and .whl/nb/: nbval, jupytext, ipykernel, matplotlib and their
+# dependencies, for a machine whose Python has torch and triton but not the book's requirements)
+# is installed into /tmp/site, which goes first on PYTHONPATH. Logs: one file per shard under
+# $OUT (or ./gpu_book_run/), then one summary line per shard, and the failures.
+set -u
+cd "$(dirname "$0")/.."
+shards=${1:-8}
+limit=${2:-540}
+out=${OUT:-gpu_book_run}
+mkdir -p "$out"
+wheels=$(ls .whl/*.whl .whl/nb/*.whl 2>/dev/null)
+if [ -n "$wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+files=(${FILES:-notebooks/[0-9]*.py tests/test_*.py})      # FILES="a b": only those (a rerun)
+for ((i = 0; i < shards; i++)); do
+  picked=()
+  for ((j = i; j < ${#files[@]}; j += shards)); do picked+=("${files[j]}"); done
+  timeout "$limit" python3 -m pytest -q -rfE -p no:cacheprovider --nbval "${picked[@]}" > "$out/shard$i.txt" 2>&1 &
+done
+wait
+for ((i = 0; i < shards; i++)); do
+  echo "shard $i: $(tail -n 1 "$out/shard$i.txt")"
+done
+grep -h "^FAILED\|^ERROR" "$out"/shard*.txt || echo "no FAILED or ERROR lines"
