@@ -108,9 +108,9 @@ def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
 #    will use it: $W$, $U$, $A_{rk}V$ and $A_{rb}$ in float32; the decayed rows
 #    $k\odot e^{c_C-c}$, $b\odot e^{c_C-c}$ and $r\odot e^{c}$ in the input's type when that is
 #    16-bit (each is one input times a factor in $(0, 1]$, so 16 bits lose little beyond the
-#    input's own rounding), float32 otherwise; and per chunk the decay $e^{c_C}$. It also checks every value it
-#    reads (NaN, ±Inf, a positive $w$): the inputs are read here anyway, so the check costs no pass
-#    of its own. One int32 flag is raised by `tl.atomic_max`, and only when it is set does the
+#    input's own rounding), float32 otherwise; and per chunk the decay $e^{c_C}$. It also
+#    checks every value it reads (NaN, ±Inf, a positive $w$): the inputs are read here anyway,
+#    so the check costs no pass of its own. One int32 flag is raised by `tl.atomic_max`, and only when it is set does the
 #    host run its full check, which names the argument.
 # 2. **`wkv7_fwd_chunked_kernel`, the state pass.** The recurrent kernel's grid (*Triton I*, §1): program
 #    `(i_v, i_nh)` walks its sequence chunk by chunk with its state tile in registers. Per chunk
@@ -120,7 +120,8 @@ def inputs(B, T, H, K, V, seed=0, decay=1.0, dtype=torch.float32, N=None):
 #    state's update occupies one `[K, BV]` tile of registers, not three. Its loop is a chain:
 #    chunk $i+1$ needs the state chunk $i$ hands off. So the loads of chunk $i+1$, which do not
 #    depend on the state, are issued *before* chunk $i$'s products and carried through the loop
-#    (`TUNE["prefetch"]`): the chain no longer waits on memory at each link. It stores each
+#    (`TUNE["prefetch"]`): the chain waits less on memory at each link (§4: 2.9 → 2.4 µs a
+#    chunk at the training shape). It stores each
 #    chunk-start state for the backward, and checks the initial state, which only it reads,
 #    into the same flag.
 #
