@@ -263,15 +263,16 @@ dev = rwkvlab.device.device()
 qt, kt, vt = (randn(1, Tt, Ht, 16, seed=s).to(dev) for s in (5, 6, 7))
 ref_t = attention.naive(qt.double().cpu(), kt.double().cpu(), vt.double().cpu())
 o_triton = attention.triton_chunked(qt, kt, vt)
-rwkvlab.check("attention triton_chunked vs naive", o_triton, ref_t, 1e-4)
+rwkvlab.check("attention triton_chunked vs naive", o_triton, ref_t, 1e-5)   # ieee dots: float32 rounding, ~1e-7
 rwkvlab.check("attention triton_chunked, T=37 (ragged) vs naive",
-              attention.triton_chunked(q.to(dev), k.to(dev), v.to(dev)), ref64, 1e-4)
+              attention.triton_chunked(q.to(dev), k.to(dev), v.to(dev)), ref64, 1e-5)
 assert not attention.triton_chunked(*(x.requires_grad_() for x in (qt, kt, vt))).requires_grad  # forward only
 
 # %% [markdown]
 # With a GPU the same cell runs compiled kernels on $T=1024$; the guard below adds a bf16 run.
 # In bf16 the inputs are rounded to 8 bits of mantissa, so agreement with float64 is of order
-# $10^{-2}$ rather than $10^{-4}$ (accumulation stays in float32 inside the kernel).
+# $10^{-2}$ rather than the $10^{-7}$ of float32 above (accumulation stays in float32 inside the
+# kernel), and the check's tolerance is loosened to match.
 
 # %%
 if rwkvlab.device.has_gpu():

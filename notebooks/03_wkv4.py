@@ -481,10 +481,15 @@ dev = rwkvlab.device.device()
 ref = wkv4.naive(kt_.double(), vt_.double(), wt_.double(), ut_.double(), output_final_state=True) \
     if T_tr <= 64 else wkv4.chunked(kt_.double(), vt_.double(), wt_.double(), ut_.double(), output_final_state=True)
 got = wkv4.triton_recurrent(kt_.to(dev), vt_.to(dev), wt_.to(dev), ut_.to(dev), output_final_state=True)
-check(f"wkv4 triton_recurrent (B=2, T={T_tr}, C={C_tr}) vs float64 reference", got, ref, 1e-4)
+# With a GPU, T = 1024: the final state's a' and b' are stored relative to p, which carries the
+# rounding of 1024 float32 steps p - w, so they drift to ~2e-5 (the outputs stay near 1e-6, and the
+# torch `recurrent` in float32 drifts the same). Hence a looser tolerance there.
+check(f"wkv4 triton_recurrent (B=2, T={T_tr}, C={C_tr}) vs float64 reference", got, ref,
+      rwkvlab.device.pick(1e-5, 1e-4))
 got_big, _ = wkv4.triton_recurrent((kt_ + 100).to(dev), vt_.to(dev), wt_.to(dev), ut_.to(dev))
 assert torch.isfinite(got_big).all()
-check("wkv4 triton_recurrent with k + 100 vs float64 reference", got_big, ref[0], 1e-4)
+# float32 keys near 100 are spaced 8e-6 apart, so rounding k + 100 alone costs a few 1e-6
+check("wkv4 triton_recurrent with k + 100 vs float64 reference", got_big, ref[0], 2e-5)
 
 # %% [markdown]
 # ### The backward pass
@@ -530,8 +535,8 @@ inputs = (randn(2, Tg, C, seed=30, scale=3.0), randn(2, Tg, C, seed=31), w, u, *
 g_ref = grads(wkv4.naive, [x.double() for x in inputs], F64)  # autograd through the double sum
 g_chunk = grads(wkv4.chunked, inputs, torch.float32)
 g_tri = grads(wkv4.triton_recurrent, inputs, torch.float32, dev)
-check("wkv4 chunked grads (k, v, w, u, a0, b0, p0) vs autograd through naive", g_chunk, g_ref, 1e-4)
-check("wkv4 triton_recurrent grads (k, v, w, u, a0, b0, p0) vs autograd through naive", g_tri, g_ref, 1e-4)
+check("wkv4 chunked grads (k, v, w, u, a0, b0, p0) vs autograd through naive", g_chunk, g_ref, 1e-5)
+check("wkv4 triton_recurrent grads (k, v, w, u, a0, b0, p0) vs autograd through naive", g_tri, g_ref, 1e-5)
 
 # %% [markdown]
 # On a GPU the same kernel compiles to native code; the interpreter used on a laptop runs each
@@ -548,7 +553,10 @@ if rwkvlab.device.has_gpu():
     (gk_c,) = torch.autograd.grad(y_c.square().sum(), xs[0])
     y_t, _ = wkv4.triton_recurrent(xs[0], xs[1], wg, ug)
     (gk_t,) = torch.autograd.grad(y_t.square().sum(), xs[0])
-    check(f"wkv4 triton vs chunked on GPU (B={Bg}, T={Tg2}, C={Cg})", y_t, y_c, 1e-4)
+    # outputs: ~1e-6 apart. d/dk: the backward walks 2048 float32 steps of the recurrence, whose
+    # gradients drift to ~2e-5 (autograd through the torch `recurrent` in float32 does the same),
+    # while the chunked form stays near 5e-7; hence the looser tolerance on the gradient.
+    check(f"wkv4 triton vs chunked on GPU (B={Bg}, T={Tg2}, C={Cg})", y_t, y_c, 1e-5)
     check("wkv4 triton vs chunked on GPU, d/dk", gk_t, gk_c, 1e-4)
 else:
     print("no GPU here: the large-shape GPU check is skipped (the interpreter checks above ran)")
