@@ -33,7 +33,8 @@ def variants(dry, quick=False):
     return out + [(16, lb, t) for t in (
         {"prefetch": False}, {"pieces": "float32"}, {"fwd": (4, 1, 32)}, {"fwd": (4, 1, 16)},
         {"fwd": (8, 1, 64)}, {"prep": (4, 1)}, {"bwd_schedule": "sequential"}, {"bwd_schedule": "parallel"},
-        {"bwd_schedule": "parallel", "bwd": (4, 1, 64)}, {"bwd_schedule": "parallel", "dstate": (8, 1)})]
+        {"bwd_schedule": "parallel", "bwd": (4, 1, 64)}, {"bwd_schedule": "parallel", "dstate": (8, 1)},
+        {"wu": "input"})]
 
 
 def main(argv=None) -> int:
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
                 e = r.element_size()
                 pe = e if kc.TUNE["pieces"] == "input" else 4
                 n_chunks = B * triton.cdiv(T, C)
-                pieces = tok * (4 * 2 * D + 4 * D + 3 * pe * D + 4 * C) + 4 * n_chunks * H * K   # W, U, A_rk V; Kd, Bd, Rd; A_rb; G
+                we = e if kc.TUNE["wu"] == "input" else 4
+                pieces = tok * (we * 3 * D + 3 * pe * D + 4 * C) + 4 * n_chunks * H * K   # W, U, A_rk V; Kd, Bd, Rd; A_rb; G
                 prep_bytes = tok * 6 * e * D + pieces                                  # inputs in, pieces out
                 state_bytes = pieces + tok * 2 * e * D + 4 * n_chunks * H * K * V      # pieces, v in, o out; ckpt
                 t_prep, t_state, t_all = ms(prep), ms(state), ms(whole)

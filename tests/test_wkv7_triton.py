@@ -368,6 +368,26 @@ def test_state_pass_splits_v_only_when_the_gpu_would_idle():
     assert kc.gpu_block_v(16, programs=1) == 16 and kc.gpu_block_v(64, "bwd") == 64
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_sixteen_bit_hand_off_option(dtype, monkeypatch):
+    """TUNE["wu"] = "input" stores W, U and A_rk V in the 16-bit input type (an option to time):
+    forward and gradients stay within the bf16 tolerance of the float64 loop on the same inputs."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    monkeypatch.setitem(kc.TUNE, "wu", "input")
+    monkeypatch.setitem(kc.TUNE, "bwd_schedule", "parallel")      # its dS pass reads the stored W
+    xs, h0 = make_inputs(1, 40, 2, 16, 16, seed=31, dtype=dtype)
+    leaves = [x.clone().requires_grad_() for x in xs + [h0]]
+    o, ht = kc.triton_chunked(*leaves[:6], initial_state=leaves[6], output_final_state=True)
+    got = torch.autograd.grad(o.float().sum() + ht.sum(), leaves)
+    leaves64 = [x.detach().double().requires_grad_() for x in xs + [h0]]
+    o64, ht64 = wkv7.naive(*leaves64[:6], initial_state=leaves64[6], output_final_state=True)
+    want = torch.autograd.grad(o64.sum() + ht64.sum(), leaves64)
+    assert rel_err(o, o64) <= TOL_BF16 and rel_err(ht, ht64) <= TOL_BF16
+    for name, gg, rr in zip(["r", "w", "k", "v", "a", "b", "initial_state"], got, want):
+        assert rel_err(gg, rr) <= TOL_BF16, f"d{name}: rel err {rel_err(gg, rr):.2e}"
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("shape", [(2, 37, 2, 16, 32), (1, 70, 1, 32, 16)], ids=str)
 def test_state_pass_with_and_without_prefetch(prefetch, shape, monkeypatch):

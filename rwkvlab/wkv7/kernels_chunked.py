@@ -193,13 +193,13 @@ def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd
     Tm = _unit_lower_inverse(A_ab, eye, NSQ)                             # T = (I − A_ab)⁻¹
     W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
     U = tl.dot(Tm, tl.dot(A_ak, b_v, input_precision=DOT_PREC), input_precision=DOT_PREC)
-    tl.store(Wp + off_k, W, mask=m_tk)
-    tl.store(Up + off_v, U, mask=m_tv)
+    tl.store(Wp + off_k, W.to(Wp.dtype.element_ty), mask=m_tk)
+    tl.store(Up + off_v, U.to(Up.dtype.element_ty), mask=m_tv)
     piece = Kd.dtype.element_ty                     # the decayed rows: float32, or the 16-bit input type
     tl.store(Kd + off_k, (b_k * to_end).to(piece), mask=m_tk)
     tl.store(Bd + off_k, (b_b * to_end).to(piece), mask=m_tk)
     tl.store(Rd + off_k, r_dec.to(piece), mask=m_tk)
-    tl.store(Op + off_v, tl.dot(A_rk, b_v, input_precision=DOT_PREC), mask=m_tv)
+    tl.store(Op + off_v, tl.dot(A_rk, b_v, input_precision=DOT_PREC).to(Op.dtype.element_ty), mask=m_tv)
     off_a = (t0 + o_t)[:, None] * H * BT + i_h * BT + o_t[None, :]
     tl.store(Arb + off_a, A_rb, mask=m_t[:, None])
     tl.store(G + (i_c.to(tl.int64) * H + i_h) * K + o_k, tl.exp(c_last))
@@ -278,8 +278,8 @@ def wkv7_fwd_chunked_kernel(v, o, h0, ht, ckpt, Wp, Up, Kd, Bd, Rd, Op, Arb, G, 
                 o_t, o_k, o_v, m_k, m_v, H, K, V, BT)
         # the removal rows E = W S + U, the output, and the state handed to the next chunk
         # (each product accumulates into the last: one [BK, BV] tile of registers, not three)
-        E = tl.dot(b_W, S, acc=b_U, input_precision=DOT_PREC)
-        b_o = tl.dot(A_rb, E, acc=tl.dot(b_rd.to(tl.float32), S, acc=b_Op, input_precision=DOT_PREC),
+        E = tl.dot(b_W.to(tl.float32), S, acc=b_U.to(tl.float32), input_precision=DOT_PREC)
+        b_o = tl.dot(A_rb, E, acc=tl.dot(b_rd.to(tl.float32), S, acc=b_Op.to(tl.float32), input_precision=DOT_PREC),
                      input_precision=DOT_PREC)
         off_v = base_v + (i_c * BT + o_t)[:, None] * H * V + o_v[None, :]
         tl.store(o + off_v, (scale * b_o).to(o.dtype.element_ty), mask=((i_c * BT + o_t) < L)[:, None] & m_v[None, :])
@@ -401,7 +401,7 @@ def wkv7_bwd_dstate_kernel(do, dht, Wp, Rd, Bd, Arb, G, dsk, dh0, cu, ck_off, sc
         dE = tl.dot(b_bd.to(tl.float32), dS, acc=tl.dot(tl.trans(A_rb), b_do, input_precision=DOT_PREC),
                     input_precision=DOT_PREC)
         dS = tl.dot(tl.trans(b_rd.to(tl.float32)), b_do, acc=b_g[:, None] * dS, input_precision=DOT_PREC)
-        dS = tl.dot(tl.trans(b_W), dE, acc=dS, input_precision=DOT_PREC)
+        dS = tl.dot(tl.trans(b_W.to(tl.float32)), dE, acc=dS, input_precision=DOT_PREC)
     if STORE_DH0:
         tl.store(dh0 + p_s, dS, mask=m_kv)
 
@@ -569,7 +569,7 @@ def wkv7_bwd_parallel_kernel(r, w, k, v, a, b, do, ckpt, dsk, cu, idx,
 #: dtype of the decayed rows the prep kernel writes ("input": 16 bits for 16-bit inputs, −10 %
 #: at B=1, H=8; float32 inputs keep float32 either way)
 TUNE = {"prep": (4, 2), "fwd": (4, 1, 64), "dstate": (4, 1), "bwd": (8, 1, 64), "prefetch": True, "pieces": "input",
-        "bwd_schedule": "auto"}
+        "wu": "float32", "bwd_schedule": "auto"}
 
 
 def block_v(V, name="fwd", programs=None):
@@ -673,7 +673,10 @@ def fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, 
     # the decayed rows in the input's own type when it is 16-bit (TUNE["pieces"] == "input"): they
     # are products of one input with a decay in (0, 1], so 16 bits lose little beyond the input's
     piece = dict(dtype=r.dtype if TUNE["pieces"] == "input" else torch.float32, device=r.device)
-    Wp, Up, Op = torch.empty(B, T, H, K, **f32), torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, V, **f32)
+    # W, U and A_rk V likewise with TUNE["wu"] == "input" (an option to measure: they carry the
+    # state's products, so float32 is the default)
+    wu = dict(dtype=r.dtype if TUNE["wu"] == "input" else torch.float32, device=r.device)
+    Wp, Up, Op = torch.empty(B, T, H, K, **wu), torch.empty(B, T, H, V, **wu), torch.empty(B, T, H, V, **wu)
     Kd, Bd, Rd = (torch.empty(B, T, H, K, **piece) for _ in range(3))
     Arb = torch.empty(B, T, H, chunk_size, **f32)
     G = torch.empty(n_chunks, H, K, **f32)
