@@ -428,7 +428,11 @@ print("in this run the RWKV step was the faster one at " + (f"T >= {faster[0]}" 
 # $[B, C]$ in the activations' dtype. The GroupNorm is what fixes that layout: it needs all $N$
 # outputs of a head, so a program cannot own only a block of value columns, as the recurrent
 # kernel's programs do in chapter 11. Like the rest of the decoder the launch checks nothing and
-# reads nothing back, so a CUDA graph captures it with the other launches.
+# reads nothing back, so a CUDA graph captures it with the other launches. Three smaller kernels
+# of the same module take the elementwise work around the matrix products, which stay with
+# cuBLAS: each LayerNorm with its token-shift mixes and the new shift, the LoRA activations
+# between the LoRA products, and relu² between the channel mix's two (`x070._fused_block`; the
+# WKV kernel applies the three gates' sigmoids itself).
 # `Decoder(fused=...)` chooses: `None`, the default, takes the kernel on CUDA (for any model
 # but a float64 one, whose step stays in float64) and `decode_wkv` on CPU; `False` always takes
 # `decode_wkv`; `True` always takes the kernel, which on a CPU means the Triton interpreter
@@ -520,6 +524,24 @@ def kernel_calls_by_part(dec, token, state):
     return parts
 
 
+def fused_kernel_calls(dec, token, state):
+    """Kernel calls of one step of the fused decoder ``dec``: its calls into torch that run a kernel,
+    plus one for each launch of a ``kernels_decode`` kernel (whose insides, on CPU the Triton
+    interpreter's own calls into torch, are not counted). Returns (calls, launches)."""
+    c, launches = CountCalls(), []
+
+    def launch(fn):
+        def run(*args, **kw):
+            launches.append(fn.__name__)
+            return c.labelled(lambda: fn(*args, **kw), "inside a launch")()
+        return run
+    with torch.no_grad(), c, mock.patch.multiple(kernels_decode, **{n: launch(getattr(kernels_decode, n))
+                                                                    for n in kernels_decode.__all__}):
+        dec.step_(token, state)
+    calls = sum(v for (k, where), v in c.n.items() if k not in METADATA and where != "inside a launch")
+    return calls + len(launches), len(launches)
+
+
 lean_cpu = x070.Decoder(net, script=False)                 # the plain Python block (the scripted one is opaque)
 s_lean = lean_cpu.new_state(1)
 tok0 = torch.tensor([7])
@@ -536,11 +558,13 @@ parts16 = kernel_calls_by_part(lean16, tok0, lean16.new_state(1))
 assert sum(v for k, v in parts.items() if k != "casts") == ops_lean[1] and parts["casts"] == 0
 wkv_per_block = parts["WKV part"] / L
 wkv16_per_block = (parts16["WKV part"] + parts16["casts"]) / L
-ops_fused = ops_lean[1] - parts["WKV part"] + L      # the WKV part of each block: one launch
+ops_fused, n_launch = fused_kernel_calls(dec_fused, tok0.to(dec_fused.device), dec_fused.new_state(1))
+fused_per_block = (ops_fused - parts["outside the blocks"]) / L
+assert n_launch == 5 * L and fused_per_block < parts["block"] / L        # five Triton launches a block
 print(f"per block: {parts['block'] / L:.1f} kernel calls around the WKV part + {wkv_per_block:.1f} inside it "
       f"(decode_wkv; {wkv16_per_block:.1f} with a bfloat16 model's casts to float32 and back)")
-print(f"the fused step (CUDA): {parts['block'] / L + 1:.1f} a block; {ops_fused} for a step of `net` "
-      f"instead of {ops_lean[1]}")
+print(f"the fused step (CUDA): {fused_per_block:.1f} a block ({n_launch // L} Triton launches, the rest matrix "
+      f"products); {ops_fused} for a step of `net` instead of {ops_lean[1]}")
 
 # %%
 def decoder_times_ms(model, n=8, repeats=3):
@@ -597,7 +621,7 @@ for C_, b, st, pr in sweep:
 (fused_sweep,) = paths                       # one WKV path for every width: the device's default
 ops_step = ops_fused if fused_sweep else ops_lean[1]    # kernel calls of the path that was timed
 print(f"the rest over the {len(sweep)} widths: {min(rest):.3f} to {max(rest):.3f} ms per step, for "
-      f"{ops_step} kernel calls ({'fused WKV kernel' if fused_sweep else 'torch WKV path'}; "
+      f"{ops_step} kernel calls ({'fused kernels' if fused_sweep else 'torch WKV path'}; "
       f"{1e3 * min(rest) / ops_step:.1f} to {1e3 * max(rest) / ops_step:.1f} µs each)")
 assert all(st > 0 and pr > 0 for _, _, st, pr in sweep)
 
@@ -616,7 +640,7 @@ assert all(st > 0 and pr > 0 for _, _, st, pr in sweep)
 # makes each launch cheaper: a captured CUDA graph replays all of a step's launches at once,
 # with no Python, dispatcher or allocator between them. And it makes the launches fewer: the
 # fused kernel does a block's whole WKV part in one launch, where the torch path made one for
-# each of the WKV calls counted above. A CPU has neither: no graph to capture, and a Triton
+# each of the WKV calls counted above, and three small kernels do the rest of the elementwise work. A CPU has neither: no graph to capture, and a Triton
 # kernel runs there only in the slow interpreter; TorchScript is its way of cutting the cost
 # between operations.
 #
@@ -625,7 +649,8 @@ assert all(st > 0 and pr > 0 for _, _, st, pr in sweep)
 # and runs `generate_batch`; it was run once before the fused kernel
 # (`benchmarks/results/h200_gpu_generate_check_2026-12-01.txt`) and once after it
 # (`benchmarks/results/h200_gpu_generate_check_fused_2026-12-01.txt`, which also replays the
-# torch WKV path in the same process). The cell reads both files.
+# torch WKV path in the same process). Both runs predate the three smaller kernels, so their
+# fused step is the WKV kernel alone. The cell reads both files.
 
 # %%
 import re
@@ -866,7 +891,7 @@ else:
 # * At small sizes a step's time is per-operation overhead, not arithmetic: count the operators,
 #   fit $t \approx n_{\text{ops}} t_{\text{op}} + \text{bytes}/\text{bandwidth}$, and make the
 #   operators fewer or cheaper (stacked weights, in-place state, no checks inside the step,
-#   TorchScript on CPU; on a GPU one fused WKV kernel per block and a CUDA graph around the whole
+#   TorchScript on CPU; on a GPU fused kernels (the WKV part in one) and a CUDA graph around the whole
 #   step) without changing the equations — and check the fast step against the slow one and
 #   against parallel mode.
 # * On the H200 the fused kernel halved the replayed 0.1B step against the torch path in the same

@@ -278,8 +278,10 @@ class Decoder:
     ``wkv7.step``. ``fused`` runs the WKV part of each block (value residual, removal and
     replacement keys, state update, GroupNorm, bonus, gate) as one Triton kernel
     (``rwkvlab.wkv7.kernels_decode``, float32 math for float32/float16/bfloat16 weights) instead of
-    some two dozen torch operations (:func:`decode_wkv`); by default on CUDA, where each operation is
-    a kernel launch even in a captured graph, and not on CPU. ``fused=True`` on CPU runs it in the
+    some two dozen torch operations (:func:`decode_wkv`), and the elementwise work around the matrix
+    products in three more (LayerNorm with the token-shift mixes, the LoRA activations, relu²): eleven
+    launches a block instead of nineteen (:func:`_fused_block`); by default on CUDA, where each
+    operation is a kernel launch even in a captured graph, and not on CPU. ``fused=True`` on CPU runs it in the
     Triton interpreter (for tests) and takes precedence over ``script``.
 
     Memory: on CPU the decoder holds a copy of every weight matrix, laid out [in, out] (faster
@@ -422,10 +424,13 @@ def decode_block(x: torch.Tensor, shift: torch.Tensor, S: torch.Tensor, fshift: 
                  W_fkT: torch.Tensor, W_fvT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One block of :meth:`Decoder.step_`: ``x`` [B, C] → ``(x, v_first)``; ``shift``, ``S`` and
     ``fshift`` (this block's state) are overwritten. Weights as packed by :class:`Decoder`.
-    ``fused``: the WKV part in one Triton kernel (:func:`_fused_wkv`) instead of :func:`decode_wkv`.
+    ``fused``: the same block with its elementwise work in Triton kernels (:func:`_fused_block`).
 
     Written in the TorchScript subset (it is scripted for CPU) and from ATen operators directly
     (``torch.layer_norm``, not ``F.layer_norm``'s Python wrapper); additions folded into ``addmm``."""
+    if fused and not torch.jit.is_scripting():           # TorchScript compiles only the torch path
+        return _fused_block(x, shift, S, fshift, v_first, lid, H, N, eps, ln1w, ln1b, ln2w, ln2b, mu, W_rkv, down,
+                            lora_up, bias, k_k, k_a, r_k, lnxw, lnxb, W_oT, mu_f, W_fkT, W_fvT)
     B, C = x.shape[0], x.shape[1]
     # ---- time mix
     xa = torch.layer_norm(x, [C], ln1w, ln1b, 1e-5, False)
@@ -441,11 +446,8 @@ def decode_block(x: torch.Tensor, shift: torch.Tensor, S: torch.Tensor, fshift: 
     if lid == 0:
         v_first = v                                        # the value residual starts here
     # ---- value residual, keys, WKV update, read-out, bonus, gate: [B, C] = o ⊙ g
-    if fused and not torch.jit.is_scripting():           # TorchScript compiles only the torch branch
-        o = _fused_wkv(S, r, k, v, v_first, gates, lo[3], lid != 0, eps, k_k, k_a, r_k, lnxw, lnxb)
-    else:
-        o = decode_wkv(S, r, k, v, v_first, gates, lo[3], lid != 0, eps, acc, k_k, k_a, one_minus_k_a, r_k,
-                       lnxw, lnxb)
+    o = decode_wkv(S, r, k, v, v_first, gates, lo[3], lid != 0, eps, acc, k_k, k_a, one_minus_k_a, r_k,
+                   lnxw, lnxb)
     x = torch.addmm(x, o, W_oT)                            # x + (o ⊙ g) W_o
     # ---- channel mix
     xf = torch.layer_norm(x, [C], ln2w, ln2b, 1e-5, False)
@@ -485,16 +487,28 @@ def decode_wkv(S: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return o.mul_(g)
 
 
-def _fused_wkv(S: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, v_first: torch.Tensor,
-               gates: torch.Tensor, g: torch.Tensor, mix_v: bool, eps: float,
-               k_k: torch.Tensor, k_a: torch.Tensor, r_k: torch.Tensor,
-               lnxw: torch.Tensor, lnxb: torch.Tensor) -> torch.Tensor:
-    # decode_wkv as one Triton launch (rwkvlab.wkv7.kernels_decode), imported on first use: the
-    # model on CPU and the command line start without Triton
-    from ..wkv7.kernels_decode import fused_wkv_decode
+def _fused_block(x, shift, S, fshift, v_first, lid: int, H: int, N: int, eps: float, ln1w, ln1b, ln2w, ln2b, mu,
+                 W_rkv, down, lora_up, bias, k_k, k_a, r_k, lnxw, lnxb, W_oT, mu_f, W_fkT, W_fvT):
+    # decode_block with everything but the matrix products in Triton (rwkvlab.wkv7.kernels_decode):
+    # eleven launches a block where the torch path makes one for each operation. The module is
+    # imported on first use: the model on CPU and the command line start without Triton
+    from ..wkv7 import kernels_decode as kd
 
-    return fused_wkv_decode(S, r, k, v, gates[1], gates[2], g, k_k, k_a, r_k, lnxw, lnxb, eps,
-                            v_first if mix_v else None, gates[0] if mix_v else None)
+    B, C = x.shape[0], x.shape[1]
+    # ---- time mix: LayerNorm, the six mixes and the new shift in one launch
+    mixes = kd.token_mix_decode(x, shift, mu, ln1w, ln1b)            # [6, B, C], order r k v w a g
+    rkv = torch.bmm(mixes[:3], W_rkv).view(3, B, H, N)
+    h = kd.lora_act_decode(torch.bmm(mixes[2:], down))             # tanh on the decay's, σ on the gate's
+    lo = torch.bmm(h, lora_up).view(4, B, H, N)                    # pre-activations; the kernel adds the biases
+    if lid == 0:
+        v_first = rkv[2]
+    o = kd.fused_wkv_decode(S, rkv[0], rkv[1], rkv[2], lo[1], lo[2], lo[3].view(B, C), k_k, k_a, r_k, lnxw, lnxb, eps,
+                            v_first if lid != 0 else None, lo[0] if lid != 0 else None, gate_bias=bias)
+    x = torch.addmm(x, o, W_oT)
+    # ---- channel mix: LayerNorm, mix and shift in one launch, relu² in another
+    kf = kd.token_mix_decode(x, fshift, mu_f, ln2w, ln2b)[0]
+    x = torch.addmm(x, kd.relu_square_decode(torch.mm(kf, W_fkT)), W_fvT)
+    return x, v_first
 
 
 _SCRIPTED = []
