@@ -28,7 +28,9 @@ from triton.compiler import ASTSource  # noqa: E402
 
 F32 = {"eW", "h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc", "Wp", "Up", "Op", "Arb", "G", "dsk"}
 INT = {"flags": "*i32", "cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32", "idx": "*i32",
-       "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32", "lower": "fp32"}
+       "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32", "lower": "fp32",
+       # the decode kernels (kernels_decode): its state S is float32
+       "S": "*fp32", "eps": "fp32", "decay_scale": "fp32", "B": "i32", "C": "i32", "n": "i32", "BD": "i32"}
 
 
 def kernels(dt16: bool):
@@ -77,6 +79,12 @@ def kernels(dt16: bool):
                  {**common, "BT": 16, "BK": 64, "BV": 64, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded,
                   "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
             ]
+    for mix_v in (False, True):
+        out.append(("rwkvlab.wkv7.kernels_decode", "wkv7_fwd_decode_kernel",
+                    {"H": 12, "N": 64, "BN": 64, "MIX_V": mix_v, "GATE_BIAS": True}))
+    out += [("rwkvlab.wkv7.kernels_decode", "token_mix_decode_kernel", {"M": m, "BC": 1024}) for m in (6, 1)]
+    out += [("rwkvlab.wkv7.kernels_decode", "lora_act_decode_kernel", {"BLOCK": 128}),
+            ("rwkvlab.wkv7.kernels_decode", "relu_square_decode_kernel", {"BLOCK": 1024})]
     return out
 
 
@@ -91,7 +99,8 @@ def main(argv=None) -> int:
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     # reload the kernel modules now that TRITON_INTERPRET is unset, so @triton.jit builds real kernels
     for name in ("rwkvlab.kernels_common", "rwkvlab.wkv6.kernels_recurrent", "rwkvlab.wkv6.kernels_subchunk",
-                 "rwkvlab.wkv6.kernels_chunked", "rwkvlab.wkv7.kernels_recurrent", "rwkvlab.wkv7.kernels_chunked"):
+                 "rwkvlab.wkv6.kernels_chunked", "rwkvlab.wkv7.kernels_recurrent", "rwkvlab.wkv7.kernels_chunked",
+                 "rwkvlab.wkv7.kernels_decode"):
         importlib.reload(importlib.import_module(name))
     failures = 0
     for mod, kname, consts in kernels(args.dtype == "bf16"):
