@@ -206,6 +206,25 @@ def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd
 
 
 @triton.jit
+def _state_tile(cu, ck_off, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                BK: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr):
+    """What a program of the (V-block, sequence·head) grid owns, as in *Triton I*'s recurrent
+    kernel: its head, the sequence's first chunk and length (from its first row bos, int64),
+    the tile's index ranges and masks, and the tile's offsets into [K, V] and into [N, H, K, V]."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos = seq_bounds(cu, i_n, T, VARLEN)       # int64 rows of the flattened [B·T] time axis
+    c0 = first_chunk(ck_off, i_n, T, BT, VARLEN)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    return (i_h, c0, eos - bos, bos, tl.arange(0, BT), o_k, o_v, m_k, m_v, m_k[:, None] & m_v[None, :], p_kv,
+            i_nh.to(tl.int64) * K * V + p_kv)
+
+
+@triton.jit
 def _chunk_pieces(Wp, Kd, Bd, Rd, Up, Op, v, Arb, G, base_k, base_v, base_a, ck, i_c, L,
                   o_t, o_k, o_v, m_k, m_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                   BT: tl.constexpr):
@@ -240,19 +259,8 @@ def wkv7_fwd_chunked_kernel(v, o, h0, ht, ckpt, Wp, Up, Kd, Bd, Rd, Op, Arb, G, 
     and writes the output. Five products per chunk, nothing else: the prep kernel made the rest.
     With PREFETCH the next chunk's pieces are loaded while this chunk computes (the loop is a
     chain of dependent products, so waiting for each load would stall it every chunk)."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
-    c0 = first_chunk(ck_off, i_n, T, BT, VARLEN)
-    L = eos - bos
-    o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    p_s = i_nh.to(tl.int64) * K * V + p_kv
+    i_h, c0, L, bos, o_t, o_k, o_v, m_k, m_v, m_kv, p_kv, p_s = _state_tile(cu, ck_off, T, H, K, V, BT, BK, BV,
+                                                                             VARLEN)
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         S += tl.load(h0 + p_s, mask=m_kv, other=0.).to(tl.float32)
@@ -368,19 +376,8 @@ def wkv7_bwd_dstate_kernel(do, dht, Wp, Rd, Bd, Arb, G, dsk, dh0, cu, ck_off, sc
     walks the chunks from last to first with dS in registers, the forward's pieces loaded one
     chunk ahead, and stores at every chunk the gradient of its end state, dS'. Two lines:
     dE = A_rbᵀ dO + b̄ dS',  dS = e^{c_C} dS' + r̃ᵀ dO + Wᵀ dE."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = seq_bounds(cu, i_n, T, VARLEN)
-    c0 = first_chunk(ck_off, i_n, T, BT, VARLEN)
-    L = eos - bos
-    o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    p_s = i_nh.to(tl.int64) * K * V + p_kv
+    i_h, c0, L, bos, o_t, o_k, o_v, m_k, m_v, m_kv, p_kv, p_s = _state_tile(cu, ck_off, T, H, K, V, BT, BK, BV,
+                                                                             VARLEN)
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         dS += tl.load(dht + p_s, mask=m_kv, other=0.).to(tl.float32)
@@ -495,19 +492,9 @@ def wkv7_bwd_chunked_kernel(r, w, k, v, a, b, do, dht, ckpt, cu, ck_off,
     """The sequential schedule (grid: V-blocks × sequence·heads, the state pass's): walks the
     chunks from last to first with dS in registers, each chunk restarted from its checkpoint.
     One launch; enough programs when B·H fills the GPU."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = seq_bounds(cu, i_n, T, VARLEN)  # int64 rows of the flattened [B·T] time axis
-    c0 = first_chunk(ck_off, i_n, T, BT, VARLEN)
-    L = eos - bos
-    o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < K
-    m_v = o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    p_s = i_nh.to(tl.int64) * K * V + p_kv
+    i_v = tl.program_id(0)
+    i_h, c0, L, bos, o_t, o_k, o_v, m_k, m_v, m_kv, p_kv, p_s = _state_tile(cu, ck_off, T, H, K, V, BT, BK, BV,
+                                                                             VARLEN)
     incl = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
