@@ -230,6 +230,7 @@ assert (prod - solve).abs().max() < 1e-12 and torch.linalg.matrix_power(N_ab, 16
 # %%
 print(inspect.getsource(kc._unit_lower_inverse.fn))
 print(inspect.getsource(kc.wkv7_fwd_prep_kernel.fn))
+print(inspect.getsource(kc._state_tile.fn))
 print(inspect.getsource(kc._chunk_pieces.fn))
 print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
 
