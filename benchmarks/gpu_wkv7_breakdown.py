@@ -29,10 +29,12 @@ def variants(dry, quick=False):
     lb = wkv7.RWKV7_LOWER_BOUND
     out = [(C, b, {}) for C in ((16,) if quick or dry else (16, 32)) for b in (lb, None)]
     if dry:
-        return out + [(16, lb, {"prefetch": False}), (16, lb, {"bwd_schedule": "parallel"})]
+        return out + [(16, lb, {"prefetch": False}), (16, lb, {"bwd_schedule": "parallel"}),
+                      (16, lb, {"check": False}), (16, lb, {"inverse": "dot"})]
     return out + [(16, lb, t) for t in (
-        {"prefetch": False}, {"pieces": "float32"}, {"fwd": (4, 1, 32)}, {"fwd": (4, 1, 16)},
-        {"fwd": (8, 1, 64)}, {"prep": (4, 1)}, {"bwd_schedule": "sequential"}, {"bwd_schedule": "parallel"},
+        {"check": False}, {"prep": (2, 1)}, {"prep": (1, 1)}, {"inverse": "dot"},
+        {"inverse": "dot", "prep": (2, 1)}, {"fwd": (4, 1, 32)}, {"fwd": (4, 1, 16)},
+        {"bwd_schedule": "sequential"}, {"bwd_schedule": "parallel"},
         {"bwd_schedule": "parallel", "bwd": (4, 1, 64)}, {"bwd_schedule": "parallel", "dstate": (8, 1)},
         {"wu": "input"})]
 
@@ -67,10 +69,11 @@ def main(argv=None) -> int:
         K = V = D
         for C, lb, tune in variants(dry, quick):
             saved = dict(kc.TUNE)
-            kc.TUNE.update(tune)
+            check = tune.get("check", True)                 # not a TUNE key: the value check on or off
+            kc.TUNE.update({n: x for n, x in tune.items() if n != "check"})
             try:
                 prep, state, (o, ht, ckpt, flags, pieces) = kc.fwd_launches(
-                    r, w, k, v, a, b, 1.0, None, True, None, True, C, lb)
+                    r, w, k, v, a, b, 1.0, None, True, None, True, C, lb, check=check)
                 do = torch.randn_like(v)
                 parallel = kc.bwd_schedule(B, H, V) == "parallel"
 
@@ -98,6 +101,12 @@ def main(argv=None) -> int:
                 state_bytes = pieces + tok * 2 * e * D + 4 * n_chunks * H * K * V      # pieces, v in, o out; ckpt
                 t_prep, t_state, t_all = ms(prep), ms(state), ms(whole)
                 t_bwd = ms(bwd) if not tune or {"bwd", "bwd_schedule", "dstate"} & set(tune) else float("nan")
+                if {"inverse", "wu"} & set(tune):            # a precision option: its error too
+                    kc.TUNE.clear()
+                    kc.TUNE.update(saved)
+                    ref = kc.fwd(r, w, k, v, a, b, 1.0, None, True, None, False, C, lb)
+                    err = lambda x, y: float((x.float() - y.float()).abs().max() / y.float().abs().max())  # noqa: E731
+                    name += f" [o err vs default {err(o, ref[0]):.1e}, state {err(ht, ref[1]):.1e}]"
                 print(f"{name:60s} prep {t_prep:.3f} ({t_prep / (prep_bytes / copy_tbs / 1e9):.0f}x floor)  "
                       f"state {t_state:.3f} ({t_state / (state_bytes / copy_tbs / 1e9):.0f}x floor, "
                       f"{1e3 * t_state / triton.cdiv(T, C):.2f} us/chunk)  fwd as called {t_all:.3f}  backward {t_bwd:.3f}",

@@ -130,14 +130,14 @@ def _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last, o_t, incl, st
 
 
 @triton.jit
-def _unit_lower_inverse(N, eye, NSQ: tl.constexpr):
+def _unit_lower_inverse(N, eye, NSQ: tl.constexpr, PREC: tl.constexpr = "ieee"):
     """(I − N)⁻¹ = I + N + N² + … for a strictly lower N (N^BT = 0), as the product
     (I + N)(I + N²)(I + N⁴)…: 2·NSQ small dots instead of BT dependent substitution steps."""
     Tm = eye + N
     P = N
     for _ in tl.static_range(NSQ):
-        P = tl.dot(P, P, input_precision="ieee")
-        Tm = Tm + tl.dot(Tm, P, input_precision="ieee")
+        P = tl.dot(P, P, input_precision=PREC)
+        Tm = Tm + tl.dot(Tm, P, input_precision=PREC)
     return Tm
 
 
@@ -156,7 +156,7 @@ def _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower):
 def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd, Rd, Op, Arb, G, T,
                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                          NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
-                         VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+                         VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, INV_PREC: tl.constexpr):
     """Everything of one chunk that does not depend on the state, for all chunks at once (grid:
     chunks × heads), stored at the chunk's token rows: W = T ã and U = T A_ak V (float32), the
     decayed rows k ⊙ e^{c_C − c}, b ⊙ e^{c_C − c}, r ⊙ e^{c}, the state-free part of the output
@@ -182,7 +182,7 @@ def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd
     b_w, b_wd, e_c, e_cp, to_end, c, c_last = _prefixes(w, off_k, m_tk & (o_k < K)[None, :], m_up, o_t, H * K)
     if CHECK:  # the values are checked here, where they are read anyway (no pass of their own)
         bad = _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower)
-        tl.atomic_max(flags, bad)
+        tl.atomic_max(flags, bad, mask=bad > 0)     # only a bad chunk touches the flag: no contention
     incl = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
@@ -190,7 +190,7 @@ def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd
     a_dec = b_a * e_cp
     A_rk, A_rb, A_ak, A_ab = _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last,
                                     o_t, incl, strict, SPAN, BOUNDED, DOT_PREC)
-    Tm = _unit_lower_inverse(A_ab, eye, NSQ)                             # T = (I − A_ab)⁻¹
+    Tm = _unit_lower_inverse(A_ab, eye, NSQ, INV_PREC)                   # T = (I − A_ab)⁻¹
     W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
     U = tl.dot(Tm, tl.dot(A_ak, b_v, input_precision=DOT_PREC), input_precision=DOT_PREC)
     tl.store(Wp + off_k, W.to(Wp.dtype.element_ty), mask=m_tk)
@@ -265,7 +265,8 @@ def wkv7_fwd_chunked_kernel(v, o, h0, ht, ckpt, Wp, Up, Kd, Bd, Rd, Op, Arb, G, 
     if USE_H0:
         S += tl.load(h0 + p_s, mask=m_kv, other=0.).to(tl.float32)
         if CHECK:  # every program reads its tile of the initial state, empty sequences' included
-            tl.atomic_max(flags, tl.max(tl.max((S * 0. != 0.).to(tl.int32), 1), 0))
+            bad = tl.max(tl.max((S * 0. != 0.).to(tl.int32), 1), 0)
+            tl.atomic_max(flags, bad, mask=bad > 0)
     base_k = bos * H * K + i_h * K
     base_v = bos * H * V + i_h * V
     base_a = bos * H * BT + i_h * BT
@@ -556,7 +557,7 @@ def wkv7_bwd_parallel_kernel(r, w, k, v, a, b, do, ckpt, dsk, cu, idx,
 #: dtype of the decayed rows the prep kernel writes ("input": 16 bits for 16-bit inputs, −10 %
 #: at B=1, H=8; float32 inputs keep float32 either way)
 TUNE = {"prep": (4, 2), "fwd": (4, 1, 64), "dstate": (4, 1), "bwd": (8, 1, 64), "prefetch": True, "pieces": "input",
-        "wu": "float32", "bwd_schedule": "auto"}
+        "wu": "float32", "bwd_schedule": "auto", "inverse": "ieee"}
 
 
 def block_v(V, name="fwd", programs=None):
@@ -682,7 +683,8 @@ def fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, 
         wkv7_fwd_prep_kernel[(n_chunks, H)](
             r, w, k, v, a, b, flags, cu_p, idx, lower, Wp, Up, Kd, Bd, Rd, Op, Arb, G, rows,
             H=H, K=K, V=V, BT=chunk_size, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
-            BOUNDED=lower_bound is not None, CHECK=check, VARLEN=varlen, DOT_PREC=prec, **_launch("prep"))
+            BOUNDED=lower_bound is not None, CHECK=check, VARLEN=varlen, DOT_PREC=prec,
+            INV_PREC="ieee" if TUNE["inverse"] == "ieee" else prec, **_launch("prep"))
 
     def state():
         wkv7_fwd_chunked_kernel[(triton.cdiv(V, BV), N * H)](

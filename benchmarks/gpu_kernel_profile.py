@@ -1,0 +1,85 @@
+"""Kernel by kernel: where FLA's ``chunk_rwkv7`` and our ``wkv7.triton_chunked`` spend a forward
+(and, with ``--backward``, a forward+backward), from ``torch.profiler`` on one GPU.
+
+    python benchmarks/gpu_kernel_profile.py [--backward] [--shape B,T,H]   # FLA wheels on PYTHONPATH
+
+Both run on the same inputs (``rwkvlab.bench.make_inputs``, bf16, K = V = 64, the declared lower
+bound) in one process: a few warm calls first (FLA autotunes its kernels there: ~2 minutes for
+the forward, ~5 with the backward), then ``--iters`` profiled calls. Prints each GPU kernel's
+mean time per call (µs) and its share, so a launch of ours can be set beside the FLA launches
+that do the same work. Needs a CUDA GPU; prints why not otherwise.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import rwkvlab  # noqa: F401  (chooses the interpreter on a machine without a GPU)
+from rwkvlab import wkv7
+
+
+def table(fn, iters):
+    """{kernel name: mean µs per call} over ``iters`` calls of ``fn``, longest first."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None)
+        if t is None:
+            t = e.cuda_time_total
+        if t > 0 and e.key not in ("", ) and not e.key.startswith("ProfilerStep"):
+            rows[e.key] = t / iters
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1]))
+
+
+def show(name, rows):
+    total = sum(rows.values())
+    print(f"{name}: {total:.1f} us of GPU kernels per call")
+    for key, us in rows.items():
+        print(f"    {us:9.1f} us  {100 * us / total:5.1f} %  {key[:110]}")
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: this script profiles GPU kernels only")
+        return 0
+    from fla.ops.rwkv7 import chunk_rwkv7
+
+    from rwkvlab.bench import make_inputs
+    backward = "--backward" in args
+    B, T, H = (4, 4096, 32)
+    if "--shape" in args:
+        B, T, H = (int(x) for x in args[args.index("--shape") + 1].split(","))
+    iters = int(args[args.index("--iters") + 1]) if "--iters" in args else 20
+    x = make_inputs("wkv7", B, T, H, 64, dtype=torch.bfloat16, device="cuda")
+    xs = [x[n] for n in "rwkvab"]
+    lb = wkv7.RWKV7_LOWER_BOUND
+    runs = (("FLA chunk_rwkv7(lower_bound)", lambda *t, **k: chunk_rwkv7(*t, scale=1.0, **k)),
+            ("ours triton_chunked(lower_bound)", wkv7.triton_chunked))
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; B={B} T={T} H={H} K=V=64 bf16, "
+          f"{'forward+backward' if backward else 'forward'}, {iters} profiled calls", flush=True)
+    for name, fn in runs:
+        leaves = [t.detach().clone().requires_grad_(backward) for t in xs]
+        do = torch.randn_like(xs[3])
+
+        def call():
+            o, _ = fn(*leaves, output_final_state=True, lower_bound=lb)
+            if backward:
+                o.backward(do)
+                for t in leaves:
+                    t.grad = None
+
+        for _ in range(3):
+            call()
+        show(name, table(call, iters))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
