@@ -71,7 +71,7 @@ def kernels(dt16: bool):
             out += [
                 ("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_prep_kernel",
                  {**common, "BT": 16, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded, "CHECK": True,
-                  "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),
+                  "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee", "INV_PREC": "ieee"}),
                 ("rwkvlab.wkv7.kernels_chunked", "wkv7_bwd_chunked_kernel",
                  {**common, "BT": 16, "BK": 64, "BV": 64, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded,
                   "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}),

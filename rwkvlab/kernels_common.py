@@ -12,6 +12,8 @@ another; ``chunk_table`` gives, per sequence, the index of its first chunk, and 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -58,13 +60,20 @@ def cu_arg(cu_seqlens, dev) -> torch.Tensor:
     return cu_seqlens.to(device=dev, dtype=torch.int32).contiguous()
 
 
+@functools.lru_cache(maxsize=None)
+def _placeholder(dev: str) -> torch.Tensor:
+    """The dummy tables of a dense batch (never read: the kernels take VARLEN=False), one per
+    device, made once: a fresh one per call cost a fill launch and host time every forward."""
+    return torch.zeros(2, dtype=torch.int32, device=dev)
+
+
 def chunk_table(cu_seqlens, B: int, T: int, BT: int, dev):
     """(first chunk per sequence [N + 1] int32, (sequence, local chunk) per chunk [n, 2] int32, n).
 
     Dense batches need neither table (the kernels compute both from T); dummies are returned.
     """
     if cu_seqlens is None:
-        z = torch.zeros(2, dtype=torch.int32, device=dev)
+        z = _placeholder(str(dev))
         return z, z, B * triton.cdiv(T, BT)
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).cpu().long()
     n = (lens + BT - 1) // BT

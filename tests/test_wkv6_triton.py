@@ -334,6 +334,26 @@ def test_subchunk_launches_flag_every_bad_value(arg, bad, varlen):
         wkv6.triton_chunked(**args)
 
 
+def test_subchunk_check_values_off(monkeypatch):
+    """check_values=False: the same answer, bit for bit, without reading the flag (the forward's
+    one sync); NaN in is then NaN out, and a bad check_values is refused."""
+    from rwkvlab.wkv6 import kernels_subchunk as ks
+
+    r, k, v, w, u, s0 = make_inputs(2, 37, 2, 16, 16)
+    want = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True)
+    reads = []
+    monkeypatch.setattr(ks, "raise_flagged", lambda *a, **kw: reads.append(a))
+    got = wkv6.triton_chunked(r, k, v, w, u, initial_state=s0, output_final_state=True, check_values=False)
+    monkeypatch.undo()
+    assert not reads and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    r2 = r.clone()
+    r2[1, 3, 0, 2] = float("nan")
+    assert torch.isnan(wkv6.triton_chunked(r2, k, v, w, u, check_values=False)[0]).any()
+    for bad in (0, "no", None):
+        with pytest.raises(ValueError, match=r"^check_values:"):
+            wkv6.triton_chunked(r, k, v, w, u, check_values=bad)
+
+
 def test_subchunk_rejects_minus_inf_and_positive_w():
     r, k, v, w, u, s0 = make_inputs(2, 37, 2, 16, 16)
     for bad, msg in ((-float("inf"), "w: contains NaN or Inf"), (1e-3, "w: is a log decay")):

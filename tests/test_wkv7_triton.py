@@ -274,6 +274,38 @@ def test_chunked_lower_bound_is_checked():
         wkv7.triton_chunked(*xs, lower_bound=-2.0, chunk_size=32)        # 32 · 2 > FACTORED_SPAN
 
 
+def test_chunked_check_values_off_skips_only_the_value_check(monkeypatch):
+    """check_values=False: the same answer, bit for bit, and no read of the flag (the forward's one
+    sync); a NaN then goes through (documented: as in FLA), while bad structure is still refused."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    xs, h0 = make_inputs(2, 37, 2, 16, 16, seed=21, decay=0.3)
+    lb = wkv7.RWKV7_LOWER_BOUND
+    for kw in ({}, {"lower_bound": lb}):
+        want = wkv7.triton_chunked(*xs, initial_state=h0, output_final_state=True, **kw)
+        reads = []
+        monkeypatch.setattr(kc, "raise_flagged", lambda *a, **k: reads.append(a))
+        got = wkv7.triton_chunked(*xs, initial_state=h0, output_final_state=True, check_values=False, **kw)
+        monkeypatch.undo()
+        assert not reads and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        leaves = [x.clone().requires_grad_() for x in xs]
+        o, _ = wkv7.triton_chunked(*leaves, check_values=False, **kw)
+        g = torch.autograd.grad(o.sum(), leaves)
+        leaves2 = [x.clone().requires_grad_() for x in xs]
+        g2 = torch.autograd.grad(wkv7.triton_chunked(*leaves2, **kw)[0].sum(), leaves2)
+        assert all(torch.equal(x, y) for x, y in zip(g, g2))
+    r = xs[0].clone()
+    r[0, 5, 1, 3] = float("nan")
+    assert torch.isnan(wkv7.triton_chunked(r, *xs[1:], check_values=False)[0]).any()
+    with pytest.raises(ValueError, match=r"^r:"):
+        wkv7.triton_chunked(r, *xs[1:])
+    with pytest.raises(ValueError, match=r"^k:"):
+        wkv7.triton_chunked(xs[0], xs[1], xs[2][:, :-1], *xs[3:], check_values=False)
+    for bad in (0, 1, "yes", None):
+        with pytest.raises(ValueError, match=r"^check_values:"):
+            wkv7.triton_chunked(*xs, check_values=bad)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_slow_decay_over_many_chunks(impl):
     """The regime trained models live in: decay factors 0.99–1.0 (w ∈ (−0.01, 0)), so the state

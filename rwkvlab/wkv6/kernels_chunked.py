@@ -476,7 +476,7 @@ class _ChunkedFunction(torch.autograd.Function):
 
 
 def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None,
-                   chunk_size=None, schedule="subchunk"):
+                   chunk_size=None, schedule="subchunk", check_values=True):
     """RWKV-6 with the chunked Triton kernels (forward and backward).
 
     ``r, k, w``: [B, T, H, K]; ``v``: [B, T, H, V]; ``u``: [H, K]; ``w`` is the log decay (≤ 0);
@@ -488,15 +488,19 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
     ``"sequential"`` (one kernel walking the chunks in order) or ``"parallel"`` (a state pass, then
     outputs parallel over chunks of 16, intra weights built column by column) — the two earlier
     rungs, kept for the chapter. Returns ``(o, final_state)`` as :func:`triton_recurrent` does; any
-    T ≥ 1 (the last chunk is masked).
+    T ≥ 1 (the last chunk is masked). ``check_values=False`` skips the check of the values (NaN/Inf,
+    the sign of w) and with it the subchunk forward's one host–device sync; structure is still
+    checked (NaN in is then NaN out, as in FLA's kernels, which check nothing).
 
         o_t = scale · r_tᵀ (S_{t-1} + diag(u) k_t v_tᵀ),   S_t = diag(exp(w_t)) S_{t-1} + k_t v_tᵀ
     """
     if not isinstance(schedule, str) or schedule not in ("subchunk", "sequential", "parallel"):
         raise ValueError(f"schedule: expected 'subchunk', 'sequential' or 'parallel', got {schedule!r}")
+    if not isinstance(check_values, bool):
+        raise ValueError(f"check_values: expected True or False, got {check_values!r}")
     # the subchunk launches check the values themselves, as they read them (no extra pass, one wait)
     B, T, H, K, V, N = _rec.check_inputs(r, k, v, w, u, scale, initial_state, cu_seqlens,
-                                         check_values=schedule != "subchunk")
+                                         check_values=check_values and schedule != "subchunk")
     if chunk_size is None:
         chunk_size = 64 if schedule == "subchunk" else 16
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size not in (16, 32, 64):
@@ -506,6 +510,6 @@ def triton_chunked(r, k, v, w, u, scale=1.0, initial_state=None, output_final_st
         initial_state = initial_state.float().contiguous()   # any float dtype; the kernels keep float32
     if schedule == "subchunk":
         return _sub.triton_subchunk(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
-                                    cu_seqlens, N, int(chunk_size))
+                                    cu_seqlens, N, int(chunk_size), check_values)
     return _ChunkedFunction.apply(r, k, v, w, u, float(scale), initial_state, bool(output_final_state),
                                   cu_seqlens, N, int(chunk_size), schedule)

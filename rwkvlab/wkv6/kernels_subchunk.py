@@ -608,13 +608,15 @@ def output(qe, ke, v, A, eW, hs, cu_seqlens, BT):
     return o
 
 
-def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, BT=64):
-    """Three launches: the sub-chunks' decayed factors, the state pass, then every chunk's output in parallel."""
-    flags = torch.zeros(1, dtype=torch.int32, device=r.device)
+def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, BT=64, check=True):
+    """Three launches: the sub-chunks' decayed factors, the state pass, then every chunk's output in
+    parallel; with ``check``, the first two flag bad values as they read them, read after the third."""
+    flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
     qe, ke, A, eW = prep(r, k, w, u, scale, cu_seqlens, BT, flags)
     hs, ht = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, flags)
     o = output(qe, ke, v, A, eW, hs, cu_seqlens, BT)
-    raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens)
+    if check:
+        raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens)
     return o, ht
 
 
@@ -656,8 +658,8 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
 
 class _SubchunkFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
-        o, ht = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size)
+    def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size, check):
+        o, ht = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size, check)
         ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens)
         ctx.scale, ctx.N, ctx.chunk_size = scale, N, chunk_size
         return o, ht
@@ -667,11 +669,12 @@ class _SubchunkFunction(torch.autograd.Function):
         r, k, v, w, u, initial_state, cu_seqlens = ctx.saved_tensors
         dr, dk, dv, dw, du, dh0 = bwd(r, k, v, w, u, ctx.scale, initial_state, cu_seqlens, ctx.N, do, dht,
                                       ctx.chunk_size)
-        return dr, dk, dv, dw, du, None, dh0, None, None, None, None
+        return dr, dk, dv, dw, du, None, dh0, None, None, None, None, None
 
 
-def triton_subchunk(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size):
+def triton_subchunk(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size,
+                    check=True):
     """The differentiable call behind ``triton_chunked(schedule="subchunk")``, on inputs it has checked
     (structure only: this design checks the values in its prep kernel and state pass) and made contiguous."""
     return _SubchunkFunction.apply(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N,
-                                   chunk_size)
+                                   chunk_size, check)

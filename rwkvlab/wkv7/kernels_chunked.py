@@ -130,7 +130,7 @@ def _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last, o_t, incl, st
 
 
 @triton.jit
-def _unit_lower_inverse(N, eye, NSQ: tl.constexpr, PREC: tl.constexpr = "ieee"):
+def _unit_lower_inverse(N, eye, NSQ: tl.constexpr, PREC: tl.constexpr):
     """(I − N)⁻¹ = I + N + N² + … for a strictly lower N (N^BT = 0), as the product
     (I + N)(I + N²)(I + N⁴)…: 2·NSQ small dots instead of BT dependent substitution steps."""
     Tm = eye + N
@@ -427,7 +427,7 @@ def _chunk_grads(r, w, k, v, a, b, do, dr, dw, dk, dv, da, db, S, dS, off_k, off
     b_end = b_b * to_end
     A_rk, A_rb, A_ak, A_ab = _pairs(b_r, b_k, b_a, b_b, b_w, b_wd, r_dec, a_dec, c, c_last,
                                     o_t, incl, strict, SPAN, BOUNDED, DOT_PREC)
-    Tm = _unit_lower_inverse(A_ab, eye, NSQ)
+    Tm = _unit_lower_inverse(A_ab, eye, NSQ, "ieee")
     W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
     AkV = tl.dot(A_ak, b_v, input_precision=DOT_PREC)
     E = tl.dot(W, S, input_precision=DOT_PREC) + tl.dot(Tm, AkV, input_precision=DOT_PREC)
@@ -730,11 +730,14 @@ PIECES = ("W", "Rd", "Bd", "Arb", "G")
 
 class _ChunkedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, chunk_size, lower_bound):
+    def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, chunk_size, lower_bound,
+                check_values):
         needs_grad = any(ctx.needs_input_grad[:6]) or ctx.needs_input_grad[7]
         o, ht, ckpt, flags, pieces = fwd(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
-                                         store_ckpt=needs_grad, chunk_size=chunk_size, lower_bound=lower_bound)
-        raise_flagged(flags, r, w, k, v, a, b, scale, h0, cu_seqlens, lower_bound)
+                                         store_ckpt=needs_grad, chunk_size=chunk_size, lower_bound=lower_bound,
+                                         check=check_values)
+        if check_values:    # the one host sync of the forward: the flag decides ValueError or an answer
+            raise_flagged(flags, r, w, k, v, a, b, scale, h0, cu_seqlens, lower_bound)
         N = r.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         parallel = needs_grad and bwd_schedule(N, r.shape[2], v.shape[-1]) == "parallel"
         keep = [pieces[n] for n in PIECES] if parallel else [None] * len(PIECES)
@@ -749,11 +752,11 @@ class _ChunkedFunction(torch.autograd.Function):
         dr, dw, dk, dv, da, db, dh0 = bwd(
             r, w, k, v, a, b, do.contiguous(), None if dht is None else dht.contiguous(), ckpt,
             None if kept[0] is None else dict(zip(PIECES, kept)), ctx.scale, cu_seqlens, need_dh0=ctx.has_h0, chunk_size=ctx.chunk_size, lower_bound=ctx.lower_bound)
-        return dr, dw, dk, dv, da, db, None, dh0, None, None, None, None
+        return dr, dw, dk, dv, da, db, None, dh0, None, None, None, None, None
 
 
 def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False,
-                   cu_seqlens=None, chunk_size=16, lower_bound=None):
+                   cu_seqlens=None, chunk_size=16, lower_bound=None, check_values=True):
     """RWKV-7 with the chunked (WY / UT) Triton kernel; differentiable in every tensor input.
 
     Shapes: ``r, w, k, a, b`` [B, T, H, K]; ``v`` [B, T, H, V]; ``initial_state`` [N, H, K, V]
@@ -768,7 +771,11 @@ def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final
         S_t = diag(exp(w_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T,   o_t = scale · S_t^T r_t
 
     The backward is a chunked Triton kernel too, restarting each chunk from its saved start state.
-    Values (NaN/Inf, the sign of w) are checked inside the forward kernel, which reads them anyway.
+    Values (NaN/Inf, the sign of w, the declared bound) are checked inside the forward kernel,
+    which reads them anyway; reading its flag is the forward's one host–device sync.
+    ``check_values=False`` skips that check and that sync (shapes, dtypes and devices are still
+    checked): for a caller whose values come from its own code and that wants the GPU queue kept
+    full, as FLA's kernels, which check nothing, do. NaN in is then NaN out.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
             or chunk_size not in (16, 32):
@@ -781,8 +788,10 @@ def triton_chunked(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final
         if not lo <= lower_bound <= 0:
             raise ValueError(f"lower_bound: expected a number in [{lo:g}, 0] for chunk_size {int(chunk_size)} "
                              f"(chunk_size·|lower_bound| ≤ {FACTORED_SPAN:g}), got {lower_bound!r}")
+    if not isinstance(check_values, bool):
+        raise ValueError(f"check_values: expected True or False, got {check_values!r}")
     scale, *_ = _rec.check_inputs(r, w, k, v, a, b, scale, initial_state, cu_seqlens, check_values=False)
     r, w, k, v, a, b = (x.contiguous() for x in (r, w, k, v, a, b))
     h0 = None if initial_state is None else initial_state.float().contiguous()
     return _ChunkedFunction.apply(r, w, k, v, a, b, scale, h0, bool(output_final_state), cu_seqlens,
-                                  int(chunk_size), lower_bound)
+                                  int(chunk_size), lower_bound, check_values)
