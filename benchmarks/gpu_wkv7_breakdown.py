@@ -96,9 +96,9 @@ def main(argv=None) -> int:
                 pe = e if kc.TUNE["pieces"] == "input" else 4
                 n_chunks = B * triton.cdiv(T, C)
                 we = e if kc.TUNE["wu"] == "input" else 4
-                pieces = tok * (we * 3 * D + 3 * pe * D + 4 * C) + 4 * n_chunks * H * K   # W, U, A_rk V; Kd, Bd, Rd; A_rb; G
-                prep_bytes = tok * 6 * e * D + pieces                                  # inputs in, pieces out
-                state_bytes = pieces + tok * 2 * e * D + 4 * n_chunks * H * K * V      # pieces, v in, o out; ckpt
+                piece_bytes = tok * (we * 3 * D + 3 * pe * D + 4 * C) + 4 * n_chunks * H * K  # W, U, A_rk V; Kd, Bd, Rd; A_rb; G
+                prep_bytes = tok * 6 * e * D + piece_bytes                             # inputs in, pieces out
+                state_bytes = piece_bytes + tok * 2 * e * D + 4 * n_chunks * H * K * V  # pieces, v in, o out; ckpt
                 t_prep, t_state, t_all = ms(prep), ms(state), ms(whole)
                 t_bwd = ms(bwd) if not tune or {"bwd", "bwd_schedule", "dstate"} & set(tune) else float("nan")
                 if {"inverse", "wu"} & set(tune):            # a precision option: its error too
