@@ -67,6 +67,11 @@ from rwkvlab import model as M
 # input, `initial_state` included, with gradients flowing through `final_state`; takes any
 # $T \ge 1$; returns `o` in the input dtype and accumulates in float32; and raises `ValueError`
 # naming the argument and what was expected when an input is wrong.
+# Both `triton_chunked` kernels also take `check_values=True`. Their forward finds NaN, Inf or
+# a log decay out of range while it reads the inputs, and reading that flag back is the
+# forward's one host–device synchronization. `check_values=False` skips the value check and
+# the wait; shapes, dtypes and devices are still checked, and NaN in is then NaN out, as in
+# FLA's kernels, which check nothing (chapter 11 measures what the wait costs).
 #
 # The models (`rwkvlab.model`, chapters 12–14): RWKV-6 (`x060`) and RWKV-7 (`x070`) as in the
 # official RWKV-LM code, with its parameter names, so `model.state_dict()` is an official
