@@ -423,6 +423,11 @@ def implementations(kind: str, gpu: bool, fla_recurrent: bool = False) -> list[I
         out.append(Impl(kind, "triton_chunked_lb", _ours(mod.triton_chunked, lower_bound=RWKV7_LOWER_BOUND),
                         triton=True, varlen=True, varlen_default=True,
                         note=f"lower_bound=-exp(-0.5)={RWKV7_LOWER_BOUND:.4f}: every chunk factored"))
+    # without the value check and its one host wait, as FLA's kernels run (chapter 11 measures the wait)
+    name, kw = ("triton_chunked_lb_unchecked", {"lower_bound": RWKV7_LOWER_BOUND}) if kind == "wkv7" \
+        else ("triton_chunked_unchecked", {})
+    out.append(Impl(kind, name, _ours(mod.triton_chunked, check_values=False, **kw), triton=True, varlen=True,
+                    note="check_values=False: no value check, no host-device wait" + (", lower_bound" if kw else "")))
     for c in ((16, 32) if kind == "wkv6" else (32,)):
         out.append(Impl(kind, f"triton_chunked_c{c}", _ours(mod.triton_chunked, chunk_size=c), triton=True,
                         gpu_default=False, note=f"C={c}"))
