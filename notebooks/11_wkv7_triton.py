@@ -450,7 +450,12 @@ def step_kernel(S, r, w, k, v, a, b, S_out, o, K: tl.constexpr, V: tl.constexpr,
     m_k, m_v = o_k < K, o_v < V
     p_s = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
     b_S = tl.load(S + p_s, mask=m_k[:, None] & m_v[None, :], other=0.)
-    b_r, b_w, b_k, b_a, b_b = (tl.load(x + i_bh * K + o_k, mask=m_k, other=0.) for x in (r, w, k, a, b))
+    # (one load per line: compiled Triton takes no generator expressions, which the interpreter runs)
+    b_r = tl.load(r + i_bh * K + o_k, mask=m_k, other=0.)
+    b_w = tl.load(w + i_bh * K + o_k, mask=m_k, other=0.)
+    b_k = tl.load(k + i_bh * K + o_k, mask=m_k, other=0.)
+    b_a = tl.load(a + i_bh * K + o_k, mask=m_k, other=0.)
+    b_b = tl.load(b + i_bh * K + o_k, mask=m_k, other=0.)
     b_v = tl.load(v + i_bh * V + o_v, mask=m_v, other=0.)
     b_sa = tl.sum(b_a[:, None] * b_S, axis=0)                                   # aᵀ S (old state)
     b_S = tl.exp(b_w)[:, None] * b_S + b_b[:, None] * b_sa[None, :] + b_k[:, None] * b_v[None, :]

@@ -112,10 +112,11 @@ def check_model(name, to_wkv7, reference, n_h=1, beta_max=1.0, decays=("slow", "
             o_ref, S_ref = reference(x)                                  # the paper's loop, float64
             for impl in impls:
                 args, S0 = to_wkv7(x), x["S0"]
-                if impl.startswith("triton"):
-                    args, S0 = {n: t.float() for n, t in args.items()}, S0.float()
+                if impl.startswith("triton"):        # float32, on the kernels' device (a GPU when there is one)
+                    dev = rwkvlab.device.device()
+                    args, S0 = {n: t.float().to(dev) for n, t in args.items()}, S0.float().to(dev)
                 o, S = family.run(args, impl, initial_state=S0, output_final_state=True)
-                o = family.last_substep(o, n_h)
+                o, S = family.last_substep(o, n_h).cpu(), S.cpu()
                 err = max(rel_err(o.double(), o_ref), rel_err(S.double(), S_ref))
                 worst[impl] = max(worst[impl], err)
     for impl, err in worst.items():
@@ -360,9 +361,10 @@ for impl in ("naive", "chunked"):
 q16, kp16, vp16, bp16 = (torch.nn.functional.pad(t, (0, 13)) if t.shape[-1] == 3 else t for t in (q, kp, vp, bp))
 S0_16 = torch.nn.functional.pad(torch.eye(3), (0, 13, 0, 13))[None, None]
 for impl in ("triton_recurrent", "triton_chunked"):
-    args = {n_: t[:, :48].float() for n_, t in family.deltaproduct(q16, kp16, vp16, bp16).items()}
-    o, _ = family.run(args, impl, initial_state=S0_16)
-    read[impl] = family.last_substep(o, 2)[0, :, 0, :3].double()
+    dev = rwkvlab.device.device()                     # the kernels' device: a GPU when there is one
+    args = {n_: t[:, :48].float().to(dev) for n_, t in family.deltaproduct(q16, kp16, vp16, bp16).items()}
+    o, _ = family.run(args, impl, initial_state=S0_16.to(dev))
+    read[impl] = family.last_substep(o, 2)[0, :, 0, :3].double().cpu()
 
 rwkvlab.check("S3 word, 60 tokens: paper's DeltaProduct loop vs the permutations", o_paper[0, :, 0],
               torch.tensor(truth, dtype=torch.float64), tol=1e-14)

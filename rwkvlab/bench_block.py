@@ -49,11 +49,16 @@ def fla_layer(C: int, dtype: torch.dtype, device):
         from fla.layers.rwkv7 import RWKV7Attention
     except Exception as e:  # noqa: BLE001 - FLA is optional
         return None, None, f"fla.layers.rwkv7 not importable ({type(e).__name__})"
-    layer = RWKV7Attention(mode="chunk", hidden_size=C, head_dim=64, layer_idx=0).to(device=device, dtype=dtype)
+    try:    # fla-core 0.6.0 initialises by depth: layer_idx needs num_hidden_layers beside it
+        layer = RWKV7Attention(mode="chunk", hidden_size=C, head_dim=64, layer_idx=0,
+                               num_hidden_layers=12).to(device=device, dtype=dtype)
+    except Exception as e:  # noqa: BLE001 - another FLA version's signature: say so, time ours alone
+        return None, None, f"fla.layers.rwkv7.RWKV7Attention could not be built ({type(e).__name__}: {e})"
 
     def call(x):
         return layer(x)[0]
-    return layer, call, "fla.layers.rwkv7.RWKV7Attention(mode='chunk', head_dim=64, layer_idx=0), its defaults"
+    return layer, call, ("fla.layers.rwkv7.RWKV7Attention(mode='chunk', head_dim=64, layer_idx=0, "
+                         "num_hidden_layers=12), its defaults")
 
 
 def _time(call, x, params, gpu: bool, reps: int, backward: bool) -> float:
