@@ -487,3 +487,23 @@ def test_fit_learns_and_text_batches(capsys):
     assert x.shape == y.shape == (4, 10) and m is None and (y == x + 1).all()
     with pytest.raises(ValueError, match=r"^data:"):
         train.text_batches(torch.arange(5), 2, 10, torch.Generator())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_triton_core_skips_the_value_checks_wait(version, monkeypatch):
+    """The model calls triton_chunked with check_values=False (its own code made the values; the
+    check's flag read would make every layer wait for the device), and the answer is unchanged."""
+    from rwkvlab.wkv6 import kernels_subchunk as ks
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    dev = rwkvlab.device.device()
+    m = tiny(version).to(dev)
+    idx = tokens(2, 21).to(dev)
+    with torch.no_grad():
+        want, _ = m(idx, impl="chunked")
+        reads = []
+        flagged = kc if version == "x070" else ks
+        monkeypatch.setattr(flagged, "raise_flagged", lambda *a, **k: reads.append(a))
+        got, _ = m(idx, impl="triton_chunked")
+    assert not reads
+    assert (got.float() - want.float()).abs().max() / want.float().abs().max() < 1e-5

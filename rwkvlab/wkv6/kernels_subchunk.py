@@ -608,27 +608,31 @@ def output(qe, ke, v, A, eW, hs, cu_seqlens, BT):
     return o
 
 
-def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, BT=64, check=True):
+def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, BT=64, check=True,
+        return_states=False):
     """Three launches: the sub-chunks' decayed factors, the state pass, then every chunk's output in
-    parallel; with ``check``, the first two flag bad values as they read them, read after the third."""
+    parallel; with ``check``, the first two flag bad values as they read them, read after the third.
+    Returns (o, final state), and the chunk-start states ``hs`` third with ``return_states``."""
     flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
     qe, ke, A, eW = prep(r, k, w, u, scale, cu_seqlens, BT, flags)
     hs, ht = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, flags)
     o = output(qe, ke, v, A, eW, hs, cu_seqlens, BT)
     if check:
         raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens)
-    return o, ht
+    return (o, ht, hs) if return_states else (o, ht)
 
 
-def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
-    """Four launches: chunk-start states again, chunk-end state gradients, then every chunk's gradients (two)."""
+def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64, hs=None):
+    """Three launches: chunk-end state gradients, then every chunk's gradients (two); given no
+    chunk-start states ``hs`` (the forward's, which autograd keeps), a state pass recomputes them first."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     dev, f32 = r.device, torch.float32
     varlen = cu_seqlens is not None
     TT = B * T if varlen else T
     do = do.contiguous()
-    hs, _ = state_pass(k, v, w, initial_state, False, cu_seqlens, N, BT)
+    if hs is None:
+        hs, _ = state_pass(k, v, w, initial_state, False, cu_seqlens, N, BT)
     offs, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, dev)
     BKs, BVs = _state_tiles(N, H, K, V)
     dhs = torch.empty_like(hs)
@@ -659,16 +663,20 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64):
 class _SubchunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size, check):
-        o, ht = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size, check)
-        ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens)
+        o, ht, hs = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size, check,
+                        return_states=True)
+        # the backward needs the chunk-start states the forward just made: keep them (one float32
+        # [K, V] per chunk and head, 1/64 of a state per token) rather than run the state pass again
+        needs_grad = any(ctx.needs_input_grad[:5]) or ctx.needs_input_grad[6]
+        ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, hs if needs_grad else None)
         ctx.scale, ctx.N, ctx.chunk_size = scale, N, chunk_size
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        r, k, v, w, u, initial_state, cu_seqlens = ctx.saved_tensors
+        r, k, v, w, u, initial_state, cu_seqlens, hs = ctx.saved_tensors
         dr, dk, dv, dw, du, dh0 = bwd(r, k, v, w, u, ctx.scale, initial_state, cu_seqlens, ctx.N, do, dht,
-                                      ctx.chunk_size)
+                                      ctx.chunk_size, hs=hs)
         return dr, dk, dv, dw, du, None, dh0, None, None, None, None, None
 
 
