@@ -26,7 +26,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-F32 = {"eW", "h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc", "Wp", "Up", "Op", "Arb", "G", "dsk"}
+F32 = {"eW", "h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc", "Wp", "Up", "Op", "Arb", "G", "dsk",
+       "Of", "Pf", "Gf", "Qf"}
 INT = {"flags": "*i32", "cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32", "idx": "*i32",
        "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32", "lower": "fp32",
        # the decode kernels (kernels_decode): its state S is float32
@@ -67,8 +68,14 @@ def kernels(dt16: bool):
         out.append(("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_chunked_kernel",
                     {**common, "BT": 16, "BK": 64, "BV": 64, "CHECK": True, "USE_H0": True, "STORE_HT": True, "STORE_CKPT": True,
                      "VARLEN": varlen, "PREFETCH": True, "DOT_PREC": "tf32" if dt16 else "ieee"}))
+        out.append(("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_folded_kernel",
+                    {**common, "BS": 64, "BK": 64, "BV": 64, "CHECK": True, "USE_H0": True, "STORE_HT": True,
+                     "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee"}))
         for bounded in (False, True):   # any w ≤ 0 (both paths compiled), or a declared lower bound
             out += [
+                ("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_fold_kernel",
+                 {**common, "BT": 16, "FOLD": 4, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded, "CHECK": True,
+                  "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee", "INV_PREC": "ieee"}),
                 ("rwkvlab.wkv7.kernels_chunked", "wkv7_fwd_prep_kernel",
                  {**common, "BT": 16, "NSQ": 3, "SPAN": 40.0, "BOUNDED": bounded, "CHECK": True,
                   "VARLEN": varlen, "DOT_PREC": "tf32" if dt16 else "ieee", "INV_PREC": "ieee"}),

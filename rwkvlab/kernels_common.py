@@ -56,7 +56,7 @@ def chunk_of(cu_seqlens, chunk_indices, i_c, T, BT: tl.constexpr, VARLEN: tl.con
 def cu_arg(cu_seqlens, dev) -> torch.Tensor:
     """``cu_seqlens`` as the int32 device tensor the kernels read (a 1-element dummy when None)."""
     if cu_seqlens is None:
-        return torch.zeros(1, dtype=torch.int32, device=dev)
+        return _placeholder(str(dev))
     return cu_seqlens.to(device=dev, dtype=torch.int32).contiguous()
 
 

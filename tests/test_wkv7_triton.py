@@ -7,6 +7,7 @@ tests also run larger shapes and bfloat16, with the bf16 tolerance stated below.
 from __future__ import annotations
 
 import functools
+from unittest import mock
 
 import pytest
 import torch
@@ -30,8 +31,32 @@ def _chunked_parallel_backward(*args, **kw):
         kc.TUNE["bwd_schedule"] = saved
 
 
+class GridRecorder:
+    """Stands in for a Triton kernel: records each launch's grid, then launches the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(tuple(grid))
+        return self.kernel[grid]
+
+
+def _chunked_folded(*args, **kw):
+    """triton_chunked with the folded forward switched on (``TUNE["fold"]``): a forward that keeps
+    no checkpoints takes it; with a gradient to take, the forward is the ordinary one."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    saved = kc.TUNE["fold"]
+    kc.TUNE["fold"] = True
+    try:
+        return wkv7.triton_chunked(*args, **kw)
+    finally:
+        kc.TUNE["fold"] = saved
+
+
 IMPLS = {"recurrent": wkv7.triton_recurrent, "chunked": wkv7.triton_chunked,   # both must exist
-         "chunked_parallel_bwd": _chunked_parallel_backward}
+         "chunked_parallel_bwd": _chunked_parallel_backward, "chunked_folded": _chunked_folded}
 
 TOL32 = 1e-5    # float32 kernel vs float64 loop: achieved ≤ 2e-6 in every CPU case here, ≤ 4e-7 on an H200 (2, 512, 4, 64, 64)
 TOL_BF16 = 1e-2  # bfloat16 inputs: 8 bits of mantissa on every load, float32 accumulation (H200: ≤ 3.4e-3)
@@ -272,6 +297,53 @@ def test_chunked_lower_bound_is_checked():
             wkv7.triton_chunked(*xs, lower_bound=bad)
     with pytest.raises(ValueError, match=r"^lower_bound:"):
         wkv7.triton_chunked(*xs, lower_bound=-2.0, chunk_size=32)        # 32 · 2 > FACTORED_SPAN
+
+
+@pytest.mark.parametrize("case", [(1, 64, 1, 16, 16, None), (2, 150, 2, 16, 32, None), (1, 97, 2, 32, 16, "lb"),
+                                  (1, 130, 1, 16, 16, "strong")], ids=str)
+@pytest.mark.parametrize("chunk_size", [16, 32])
+def test_folded_forward_launches_and_matches_naive(case, chunk_size):
+    """The folded forward (steps of 64 tokens: 4 or 2 chunks folded into one map of the step's
+    start state) runs its own two launches, on its own grids, and matches the float64 loop;
+    slow decay over many steps, a strong decay (the exact path inside the fold), the bound."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    B, T, H, K, V, kind = case
+    xs, h0 = make_inputs(B, T, H, K, V, seed=23, decay={"strong": 8.0, "lb": 0.6}.get(kind, 0.05))
+    kw = {"lower_bound": wkv7.RWKV7_LOWER_BOUND} if kind == "lb" else {}
+    if kind == "lb":
+        xs[1] = xs[1].clamp(min=wkv7.RWKV7_LOWER_BOUND)
+    fold_rec, folded_rec = GridRecorder(kc.wkv7_fwd_fold_kernel), GridRecorder(kc.wkv7_fwd_folded_kernel)
+    plain = GridRecorder(kc.wkv7_fwd_chunked_kernel)
+    with mock.patch.object(kc, "wkv7_fwd_fold_kernel", fold_rec), \
+            mock.patch.object(kc, "wkv7_fwd_folded_kernel", folded_rec), \
+            mock.patch.object(kc, "wkv7_fwd_chunked_kernel", plain):
+        o, ht = _chunked_folded(*xs, initial_state=h0, output_final_state=True, chunk_size=chunk_size, **kw)
+    steps = -(-T // kc.FOLD_TOKENS)
+    assert fold_rec.grids == [(B * steps, H)] and len(folded_rec.grids) == 1 and not plain.grids
+    o_ref, ht_ref = reference(xs, h0)
+    assert rel_err(o, o_ref) <= TOL32 and rel_err(ht, ht_ref) <= TOL32
+
+
+def test_folded_forward_varlen_and_only_without_checkpoints():
+    """Packed sequences of lengths 1, 70, 5 and 60 fold per sequence (a step never crosses a
+    sequence's end); a forward with a gradient to take keeps the checkpointed launches."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    cu = torch.tensor([0, 1, 71, 76, 136], device=DEV)
+    xs, h0 = make_inputs(1, 136, 2, 16, 16, seed=24, decay=0.5, n_state=4)
+    o, ht = _chunked_folded(*xs, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    o_ref, ht_ref = reference(xs, h0, cu=cu)
+    assert rel_err(o, o_ref) <= TOL32 and rel_err(ht, ht_ref) <= TOL32
+    bad = h0.clone()
+    bad[2, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"^initial_state:"):
+        _chunked_folded(*xs, initial_state=bad, cu_seqlens=cu)
+    fold_rec = GridRecorder(kc.wkv7_fwd_fold_kernel)
+    leaves = [x.clone().requires_grad_() for x in xs]
+    with mock.patch.object(kc, "wkv7_fwd_fold_kernel", fold_rec):
+        _chunked_folded(*leaves, initial_state=h0, cu_seqlens=cu)[0].sum().backward()
+    assert not fold_rec.grids and all(x.grad is not None for x in leaves)
 
 
 def test_chunked_check_values_off_skips_only_the_value_check(monkeypatch):

@@ -153,18 +153,13 @@ def _invalid(b_r, b_k, b_a, b_b, b_v, b_w, lower):
 
 
 @triton.jit
-def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd, Rd, Op, Arb, G, T,
-                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                         NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
-                         VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, INV_PREC: tl.constexpr):
-    """Everything of one chunk that does not depend on the state, for all chunks at once (grid:
-    chunks × heads), stored at the chunk's token rows: W = T ã and U = T A_ak V (float32), the
-    decayed rows k ⊙ e^{c_C − c}, b ⊙ e^{c_C − c}, r ⊙ e^{c}, the state-free part of the output
-    A_rk V, the read-out matrix A_rb, and per chunk the decay e^{c_C}: the state pass only loads
-    and multiplies. With CHECK it also checks every value it reads (the state pass checks the
-    initial state, which it reads)."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos, eos, t0 = chunk_of(cu, idx, i_c, T, BT, VARLEN)
+def _prep_tiles(r, w, k, v, a, b, flags, lower, t0, eos, i_h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                BT: tl.constexpr, NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr,
+                CHECK: tl.constexpr, DOT_PREC: tl.constexpr, INV_PREC: tl.constexpr):
+    """The state-free pieces of the chunk of ``BT`` tokens starting at row ``t0`` (rows from ``eos``
+    on masked: a chunk past its sequence's end gives zeros and the decay e^0 = 1), in registers:
+    (W, U, k ⊙ e^{c_C − c}, b ⊙ e^{c_C − c}, r ⊙ e^{c}, A_rk V, A_rb, c_C, v) in float32, plus the
+    chunk's masks and offsets (m_t, off_k, off_v). With CHECK it flags bad values as it reads them."""
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, K)
     o_v = tl.arange(0, V)
@@ -193,16 +188,119 @@ def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd
     Tm = _unit_lower_inverse(A_ab, eye, NSQ, INV_PREC)                   # T = (I − A_ab)⁻¹
     W = tl.dot(Tm, a_dec, input_precision=DOT_PREC)
     U = tl.dot(Tm, tl.dot(A_ak, b_v, input_precision=DOT_PREC), input_precision=DOT_PREC)
+    Op = tl.dot(A_rk, b_v, input_precision=DOT_PREC)
+    return W, U, b_k * to_end, b_b * to_end, r_dec, Op, A_rb, c_last, b_v, m_t, off_k, off_v
+
+
+@triton.jit
+def wkv7_fwd_prep_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Wp, Up, Kd, Bd, Rd, Op, Arb, G, T,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                         NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
+                         VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, INV_PREC: tl.constexpr):
+    """Everything of one chunk that does not depend on the state, for all chunks at once (grid:
+    chunks × heads), stored at the chunk's token rows: W = T ã and U = T A_ak V (float32), the
+    decayed rows k ⊙ e^{c_C − c}, b ⊙ e^{c_C − c}, r ⊙ e^{c}, the state-free part of the output
+    A_rk V, the read-out matrix A_rb, and per chunk the decay e^{c_C}: the state pass only loads
+    and multiplies. With CHECK it also checks every value it reads (the state pass checks the
+    initial state, which it reads)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos, eos, t0 = chunk_of(cu, idx, i_c, T, BT, VARLEN)
+    W, U, k_end, b_end, r_dec, O_p, A_rb, c_last, _, m_t, off_k, off_v = _prep_tiles(
+        r, w, k, v, a, b, flags, lower, t0, eos, i_h, H, K, V, BT, NSQ, SPAN, BOUNDED, CHECK, DOT_PREC, INV_PREC)
+    m_tk = m_t[:, None]
     tl.store(Wp + off_k, W.to(Wp.dtype.element_ty), mask=m_tk)
-    tl.store(Up + off_v, U.to(Up.dtype.element_ty), mask=m_tv)
+    tl.store(Up + off_v, U.to(Up.dtype.element_ty), mask=m_tk)
     piece = Kd.dtype.element_ty                     # the decayed rows: float32, or the 16-bit input type
-    tl.store(Kd + off_k, (b_k * to_end).to(piece), mask=m_tk)
-    tl.store(Bd + off_k, (b_b * to_end).to(piece), mask=m_tk)
+    tl.store(Kd + off_k, k_end.to(piece), mask=m_tk)
+    tl.store(Bd + off_k, b_end.to(piece), mask=m_tk)
     tl.store(Rd + off_k, r_dec.to(piece), mask=m_tk)
-    tl.store(Op + off_v, tl.dot(A_rk, b_v, input_precision=DOT_PREC).to(Op.dtype.element_ty), mask=m_tv)
+    tl.store(Op + off_v, O_p.to(Op.dtype.element_ty), mask=m_tk)
+    o_t = tl.arange(0, BT)
     off_a = (t0 + o_t)[:, None] * H * BT + i_h * BT + o_t[None, :]
-    tl.store(Arb + off_a, A_rb, mask=m_t[:, None])
-    tl.store(G + (i_c.to(tl.int64) * H + i_h) * K + o_k, tl.exp(c_last))
+    tl.store(Arb + off_a, A_rb, mask=m_tk)
+    tl.store(G + (i_c.to(tl.int64) * H + i_h) * K + tl.arange(0, K), tl.exp(c_last))
+
+
+@triton.jit
+def wkv7_fwd_fold_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Rf, Of, Pf, Gf, Qf, T,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, FOLD: tl.constexpr,
+                         NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, CHECK: tl.constexpr,
+                         VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, INV_PREC: tl.constexpr):
+    """The folded prep (grid: steps of FOLD·BT tokens × heads): the ``FOLD`` chunks of one step,
+    each made as :func:`_prep_tiles` makes it, folded into one affine map of the step's start state.
+
+    Chunk j hands on S_{j+1} = P_j S_j + Q_j (P_j = diag(e^{c_C}) + b̂ᵀ W, Q_j = k̂ᵀ V + b̂ᵀ U) and
+    reads out O_j = R_j S_j + L_j (R_j = r̃ + A_rb W, L_j = A_rk V + A_rb U). With S_j = P̄ S + Q̄
+    in terms of the step's start state S (P̄ = I, Q̄ = 0 before the first chunk), the step's rows
+    are R_j P̄ and R_j Q̄ + L_j (stored per token: Rf, Of), and (P̄, Q̄) ← (P_j P̄, P_j Q̄ + Q_j).
+    Per step it stores the total decay e^{Σ c_C} (Gf, exact, kept out of the product so that the
+    state pass applies it in full precision), P̄ − diag(that decay) (Pf) and Q̄ (Qf)."""
+    i_s, i_h = tl.program_id(0), tl.program_id(1)
+    bos, eos, s0 = chunk_of(cu, idx, i_s, T, FOLD * BT, VARLEN)
+    o_k = tl.arange(0, K)
+    o_v = tl.arange(0, V)
+    eye_k = tl.where(o_k[:, None] == o_k[None, :], 1., 0.)
+    P = eye_k                                      # P̄: the step's map so far, on S
+    Q = tl.zeros([K, V], dtype=tl.float32)         # Q̄
+    g_tot = tl.zeros([K], dtype=tl.float32)        # Σ c_C of the chunks so far (log)
+    for j in tl.static_range(FOLD):
+        W, U, k_end, b_end, r_dec, O_p, A_rb, c_last, b_v, m_t, off_k, off_v = _prep_tiles(
+            r, w, k, v, a, b, flags, lower, s0 + j * BT, eos, i_h, H, K, V, BT, NSQ, SPAN, BOUNDED, CHECK,
+            DOT_PREC, INV_PREC)
+        R_j = tl.dot(A_rb, W, acc=r_dec, input_precision=DOT_PREC)              # r̃ + A_rb W
+        L_j = tl.dot(A_rb, U, acc=O_p, input_precision=DOT_PREC)                # A_rk V + A_rb U
+        tl.store(Rf + off_k, tl.dot(R_j, P, input_precision=DOT_PREC).to(Rf.dtype.element_ty),
+                 mask=m_t[:, None])
+        tl.store(Of + off_v, tl.dot(R_j, Q, acc=L_j, input_precision=DOT_PREC).to(Of.dtype.element_ty),
+                 mask=m_t[:, None])
+        # P_j = diag(e^{c_C}) + b̂ᵀ W and Q_j = k̂ᵀ V + b̂ᵀ U, then (P̄, Q̄) ← (P_j P̄, P_j Q̄ + Q_j)
+        P_j = tl.dot(tl.trans(b_end), W, acc=eye_k * tl.exp(c_last)[:, None], input_precision=DOT_PREC)
+        Q_j = tl.dot(tl.trans(b_end), U, acc=tl.dot(tl.trans(k_end), b_v, input_precision=DOT_PREC),
+                     input_precision=DOT_PREC)
+        P = tl.dot(P_j, P, input_precision=DOT_PREC)
+        Q = tl.dot(P_j, Q, acc=Q_j, input_precision=DOT_PREC)
+        g_tot += c_last
+    g = tl.exp(g_tot)
+    p_step = (i_s.to(tl.int64) * H + i_h)
+    tl.store(Gf + p_step * K + o_k, g)
+    tl.store(Pf + p_step * K * K + o_k[:, None] * K + o_k[None, :], P - eye_k * g[:, None])
+    tl.store(Qf + p_step * K * V + o_k[:, None] * V + o_v[None, :], Q)
+
+
+@triton.jit
+def wkv7_fwd_folded_kernel(o, h0, ht, Rf, Of, Pf, Gf, Qf, flags, cu, ck_off, scale, T,
+                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BS: tl.constexpr,
+                           BK: tl.constexpr, BV: tl.constexpr, CHECK: tl.constexpr, USE_H0: tl.constexpr,
+                           STORE_HT: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The state pass on folded steps of BS tokens: per step one product on the chain,
+    S ← e^{Σc} ⊙ S + (P̄ − diag e^{Σc}) S + Q̄, and the output R̄ S + Ō beside it (off the chain).
+    No checkpoints: this pass serves forwards that need no backward."""
+    i_h, c0, L, bos, o_t, o_k, o_v, m_k, m_v, m_kv, p_kv, p_s = _state_tile(cu, ck_off, T, H, K, V, BS, BK, BV,
+                                                                             VARLEN)
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        S += tl.load(h0 + p_s, mask=m_kv, other=0.).to(tl.float32)
+        if CHECK:
+            bad = tl.max(tl.max((S * 0. != 0.).to(tl.int32), 1), 0)
+            tl.atomic_max(flags, bad, mask=bad > 0)
+    base_k = bos * H * K + i_h * K
+    base_v = bos * H * V + i_h * V
+    p_kk = o_k[:, None] * K + o_k[None, :]
+    for i_s in range(0, tl.cdiv(L, BS)):
+        m_t = (i_s * BS + o_t) < L
+        off_k = base_k + (i_s * BS + o_t)[:, None] * H * K + o_k[None, :]
+        off_v = base_v + (i_s * BS + o_t)[:, None] * H * V + o_v[None, :]
+        p_step = ((c0 + i_s) * H + i_h).to(tl.int64)
+        b_R = tl.load(Rf + off_k, mask=m_t[:, None] & m_k[None, :], other=0.)
+        b_O = tl.load(Of + off_v, mask=m_t[:, None] & m_v[None, :], other=0.)
+        b_P = tl.load(Pf + p_step * K * K + p_kk, mask=m_k[:, None] & m_k[None, :], other=0.)
+        b_g = tl.load(Gf + p_step * K + o_k, mask=m_k, other=1.)
+        b_Q = tl.load(Qf + p_step * K * V + p_kv, mask=m_kv, other=0.)
+        b_o = tl.dot(b_R.to(tl.float32), S, acc=b_O.to(tl.float32), input_precision=DOT_PREC)
+        tl.store(o + off_v, (scale * b_o).to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+        S = tl.dot(b_P, S, acc=b_g[:, None] * S + b_Q, input_precision=DOT_PREC)
+    if STORE_HT:
+        tl.store(ht + p_s, S, mask=m_kv)
 
 
 @triton.jit
@@ -558,7 +656,13 @@ def wkv7_bwd_parallel_kernel(r, w, k, v, a, b, do, ckpt, dsk, cu, idx,
 #: at B=1, H=8; float32 inputs keep float32 either way). The prep kernel on 2 warps: 0.776 → 0.642 ms
 #: at B=4, H=32, T=4096 (more of its small programs resident per multiprocessor; 1 warp: 0.640).
 TUNE = {"prep": (2, 1), "fwd": (4, 1, 64), "dstate": (4, 1), "bwd": (8, 1, 64), "prefetch": True, "pieces": "input",
-        "wu": "float32", "bwd_schedule": "auto", "inverse": "ieee"}
+        "wu": "float32", "bwd_schedule": "auto", "inverse": "ieee",
+        # the folded forward (steps of FOLD_TOKENS, one product a step on the chain) for forwards
+        # that keep no checkpoints: built and tested, not yet timed, so off by default
+        "fold": False, "fold_prep": (4, 1), "fold_state": (8, 1, 64)}
+
+#: tokens per step of the folded state pass (chunks of 16 or 32 folded 4 or 2 at a time)
+FOLD_TOKENS = 64
 
 
 def block_v(V, name="fwd", programs=None):
@@ -647,6 +751,55 @@ def bwd(r, w, k, v, a, b, do, dht, ckpt, pieces, scale, cu_seqlens, need_dh0, ch
     return dr, dw, dk, dv, da, db, dh0
 
 
+def folds(store_ckpt):
+    """Whether a forward takes the folded launches: only one that keeps no checkpoints (the
+    backward restarts from the state at every chunk, which the folded pass does not stop at), and
+    only when ``TUNE["fold"]`` says so."""
+    return bool(TUNE["fold"]) and not store_ckpt
+
+
+def fold_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, chunk_size, lower_bound=None, check=True):
+    """The folded forward's buffers and two launches, as :func:`fwd_launches` returns them (no
+    checkpoints, no pieces): ``wkv7_fwd_fold_kernel`` over steps of :data:`FOLD_TOKENS` tokens,
+    then ``wkv7_fwd_folded_kernel``."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    step = FOLD_TOKENS
+    N, _, cu, st_off = checkpoint_layout(B, T, cu_seqlens, step, r.device)
+    _, idx, n_steps = chunk_table(cu_seqlens, B, T, step, r.device)
+    BV = min(V, TUNE["fold_state"][2])
+    while BV > 32 and not device.interpreting() and 2 * N * H * triton.cdiv(V, BV) <= _multiprocessors():
+        BV //= 2                                   # few programs: split V, as the state pass does
+    f32 = dict(dtype=torch.float32, device=r.device)
+    Rf = torch.empty(B, T, H, K, dtype=r.dtype if TUNE["pieces"] == "input" else torch.float32, device=r.device)
+    Of = torch.empty(B, T, H, V, dtype=r.dtype if TUNE["wu"] == "input" else torch.float32, device=r.device)
+    Pf, Gf, Qf = torch.empty(n_steps, H, K, K, **f32), torch.empty(n_steps, H, K, **f32), torch.empty(n_steps, H, K, V, **f32)
+    o = torch.empty_like(v)
+    ht = torch.empty(N, H, K, V, **f32) if store_ht else None
+    flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
+    prec = "ieee" if r.dtype == torch.float32 else "tf32"
+    lower = -3.0e38 if lower_bound is None else float(lower_bound)
+    varlen = cu_seqlens is not None
+    rows = B * T if varlen else T
+    cu_p = cu_arg(cu_seqlens, r.device)
+    warps, stages = TUNE["fold_prep"][:2]
+
+    def prep():
+        wkv7_fwd_fold_kernel[(n_steps, H)](
+            r, w, k, v, a, b, flags, cu_p, idx, lower, Rf, Of, Pf, Gf, Qf, rows,
+            H=H, K=K, V=V, BT=chunk_size, FOLD=step // chunk_size, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
+            BOUNDED=lower_bound is not None, CHECK=check, VARLEN=varlen, DOT_PREC=prec,
+            INV_PREC="ieee" if TUNE["inverse"] == "ieee" else prec, num_warps=warps, num_stages=stages)
+
+    def state():
+        wkv7_fwd_folded_kernel[(triton.cdiv(V, BV), N * H)](
+            o, h0, ht, Rf, Of, Pf, Gf, Qf, flags, cu, st_off, scale, T, H=H, K=K, V=V, BS=step, BK=K, BV=BV,
+            CHECK=check, USE_H0=h0 is not None, STORE_HT=store_ht, VARLEN=varlen, DOT_PREC=prec,
+            num_warps=TUNE["fold_state"][0], num_stages=TUNE["fold_state"][1])
+
+    return prep, state, (o, ht, None, flags, None)
+
+
 def fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size,
                  lower_bound=None, check=True):
     """The forward's buffers and its two launches, not yet run: ``(prep, state, (o, ht, ckpt,
@@ -703,9 +856,12 @@ def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_siz
     """Two launches on contiguous tensors: every chunk's state-free pieces in parallel, then the
     state pass. Returns (o, final_state, checkpoints, flags, pieces): the checkpoints are the
     state at every chunk start, ``pieces`` what the backward reads of the prep's outputs; ``flags`` (with ``check``) is one int32 that either launch sets if a
-    value it read was NaN/Inf or a log decay lay outside [lower_bound, 0] (see raise_flagged)."""
-    prep, state, out = fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt,
-                                    chunk_size, lower_bound, check)
+    value it read was NaN/Inf or a log decay lay outside [lower_bound, 0] (see raise_flagged).
+    A forward without checkpoints takes the folded launches instead when :func:`folds` says so."""
+    launches = fold_launches if folds(store_ckpt) else fwd_launches
+    extra = () if folds(store_ckpt) else (store_ckpt,)
+    prep, state, out = launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, *extra,
+                                chunk_size, lower_bound, check)
     prep()
     state()
     return out
