@@ -229,16 +229,21 @@ else:
     from fla.ops.delta_rule import chunk_delta_rule
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
+    # fla-core 0.6.0's delta-rule kernels take 16-bit inputs only ("does not support float32"):
+    # FLA gets bf16, and ours the same bf16 values in float32, so the gap is FLA's bf16 rounding
+    # (the book's bf16 tolerance, 1e-2); the states stay float32 on both sides
     x = {n: t.float().cuda() for n, t in family.random_inputs(2, 100, 4, 64, 64, seed=3).items()}
+    xb = {n: t if n == "S0" else t.bfloat16() for n, t in x.items()}
+    x = {n: t.float() for n, t in xb.items()}
     common = dict(scale=1.0, initial_state=x["S0"], output_final_state=True)
-    got = chunk_delta_rule(q=x["q"], k=x["k"], v=x["v"], beta=x["beta"], **common)
+    got = chunk_delta_rule(q=xb["q"], k=xb["k"], v=xb["v"], beta=xb["beta"], **common)
     want = family.run(family.deltanet(x["q"], x["k"], x["v"], x["beta"]), "triton_chunked",
                       initial_state=x["S0"], output_final_state=True)
-    rwkvlab.check("FLA chunk_delta_rule vs wkv7 triton_chunked", got, want, tol=5e-3)
-    got = chunk_gated_delta_rule(q=x["q"], k=x["k"], v=x["v"], g=x["g"], beta=x["beta"], **common)
+    rwkvlab.check("FLA chunk_delta_rule (bf16) vs wkv7 triton_chunked", got, want, tol=1e-2)
+    got = chunk_gated_delta_rule(q=xb["q"], k=xb["k"], v=xb["v"], g=x["g"], beta=xb["beta"], **common)
     want = family.run(family.gated_deltanet(x["q"], x["k"], x["v"], x["beta"], x["g"]), "triton_chunked",
                       initial_state=x["S0"], output_final_state=True)
-    rwkvlab.check("FLA chunk_gated_delta_rule vs wkv7 triton_chunked", got, want, tol=5e-3)
+    rwkvlab.check("FLA chunk_gated_delta_rule (bf16) vs wkv7 triton_chunked", got, want, tol=1e-2)
 
 # %% [markdown]
 # ## 3. Kimi Delta Attention: a per-channel gate, a constrained DPLR

@@ -463,8 +463,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
+            cls, note = official_cls, official_note
+            if SIZES[size][3] != 64 and "CUDA kernel" in official_note:
+                # rwkv 0.8.32 builds its x070 CUDA kernel for heads of 64 only (rwkv/model.py:
+                # HEAD_SIZE = 64, passed to nvcc as -D_N_); other head sizes read garbage there
+                # (NaN logits), so such a size gets the package's torch path
+                cls, note = import_official(False)
+                print(f"  {size}: heads of {SIZES[size][3]}; the official CUDA kernel takes heads of 64 only: "
+                      f"{note}", flush=True)
             try:
-                run_size(size, args, dev, dtype, official_cls, official_note, lambda s: print(s, flush=True), rows, tmp)
+                run_size(size, args, dev, dtype, cls, note, lambda s: print(s, flush=True), rows, tmp)
             except Exception as e:  # noqa: BLE001  a size that fails is a row, the run goes on
                 rows.append(dict(size=size, impl="-", phase="-", status=f"failed: {type(e).__name__}: {str(e)[:160]}"))
                 print(f"  {size}: failed: {type(e).__name__}: {e}", flush=True)

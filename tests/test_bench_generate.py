@@ -20,8 +20,9 @@ def _threads():
 def test_bench_generate_rows_and_agreement_with_the_official_runtime(tmp_path, capsys):
     pytest.importorskip("rwkv")
     out = tmp_path / "g.csv"
+    # float32 on any device (a GPU's default is bf16, whose rounding is far above the 1e-5 below)
     rc = BG.main(["--sizes", "ch14", "--tokens", "4", "--prompt", "16", "--batch", "1,2", "--contexts", "8,32",
-                  "--reps", "1", "--threads", "1", "--no-startup", "--out", str(out)])
+                  "--reps", "1", "--threads", "1", "--no-startup", "--dtype", "fp32", "--out", str(out)])
     assert rc == 0
     text = out.read_text()
     assert text.startswith("# rwkvlab bench generate") and "# command: python -m rwkvlab bench generate --sizes ch14" in text

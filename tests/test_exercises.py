@@ -47,13 +47,13 @@ def test_solution_passes_and_stub_is_not_attempted(id_):
     assert editions.has_solution(src), f"{id_}: the solution must sit between the markers"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(src, f"<exercise {id_}>", "exec"), {"__name__": "__exercise__"})
+        editions.run_cell(src, f"<exercise {id_}>")      # kept in linecache: compiled Triton reads it back
     assert f"exercise {id_} " in out.getvalue() and "passed  ok" in out.getvalue()
     stub, n = editions.strip_solutions(src)
     assert n >= 1
     with pytest.raises(NotImplementedError, match=re.escape(f"exercise {id_}: not implemented")):
         with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(stub, f"<stub {id_}>", "exec"), {"__name__": "__exercise__"})
+            editions.run_cell(stub, f"<stub {id_}>")
 
 
 @pytest.mark.parametrize("id_", IDS)
@@ -170,3 +170,25 @@ def test_at_least_two_wrong_answers_per_exercise():
         assert isinstance(wrong, dict), f"{path.name}: no WRONG table"
         for e in (e for e in EXS if e.chapter == ch):
             assert len(wrong.get(e.id, [])) >= 2, f"{e.id}: fewer than two wrong answers in {path.name}"
+
+
+def test_run_cell_keeps_a_kernels_source_for_compiled_triton():
+    """Compiled Triton (a GPU machine) reads a @triton.jit function's source back and refuses one
+    exec'd from a bare string; run_cell keeps the cell where inspect finds it, as Jupyter does.
+    Checked here with the interpreter switched off before the kernel is defined (nothing launches)."""
+    code = (
+        "import os\n"
+        "from rwkvlab.exercises import editions\n"
+        "os.environ.pop('TRITON_INTERPRET', None)\n"
+        "src = 'import triton\\nimport triton.language as tl\\n@triton.jit\\ndef kern(x):\\n    tl.store(x, 1.0)\\n'\n"
+        "try:\n"
+        "    exec(compile(src, '<bare>', 'exec'), {})\n"
+        "    print('bare: accepted')\n"
+        "except ValueError as e:\n"
+        "    print('bare:', e)\n"
+        "k = editions.run_cell(src, '<cell kern>')['kern']\n"
+        "print('run_cell:', type(k).__name__, k.src.splitlines()[0])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "bare: @jit functions should be defined in a Python file" in res.stdout   # the failure is real
+    assert "run_cell: JITFunction def kern(x):" in res.stdout

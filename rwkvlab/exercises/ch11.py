@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import wkv7
+from .. import device, wkv7
 from . import call, compare, exercise
 
 
@@ -60,7 +60,8 @@ def _check_11_10(fn):
         r, w, k, v, a, b = _step_inputs(B, H, K, V, 120 + i)
         S = torch.randn(B, H, K, V, generator=_g(220 + i))
         case = f"{i} (B={B}, H={H}, K={K}, V={V})"
-        out = call(fn, case, S, r, w, k, v, a, b)
+        dev = device.device()           # a compiled kernel reads only GPU tensors; the interpreter, CPU ones
+        out = call(fn, case, *(x.to(dev) for x in (S, r, w, k, v, a, b)))
         if not (isinstance(out, tuple) and len(out) == 2):
             raise AssertionError(f"case {case}: expected (o, S_new), got {type(out).__name__}")
         d = [x.double() for x in (r, w, k, v, a, b)]

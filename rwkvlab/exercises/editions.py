@@ -53,6 +53,20 @@ def has_solution(source: str) -> bool:
     return any(line.strip() == BEGIN for line in source.splitlines())
 
 
+def run_cell(source: str, name: str) -> dict:
+    """Run one cell's ``source`` as Jupyter would, under the file name ``name``; returns its globals.
+
+    The source is kept in :mod:`linecache` first, as Jupyter keeps every cell it runs: compiled
+    Triton reads a ``@triton.jit`` function's source back (``inspect``), and without it refuses
+    the kernel ("@jit functions should be defined in a Python file"); the interpreter does not."""
+    import linecache
+
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    scope = {"__name__": "__exercise__"}
+    exec(compile(source, name, "exec"), scope)
+    return scope
+
+
 def exercise_cells(path: Path) -> dict[str, str]:
     """``{id: source}`` of the code cells of a chapter that call ``exercises.check(id, …)``."""
     import jupytext
