@@ -9,7 +9,7 @@ trained RWKV-7 layer's (``rwkvlab.bench.make_inputs``): the prep kernel, the sta
 whole forward as a caller sees it (value checks and the flag read included), and the backward
 kernel alone, for chunk sizes 16 and 32, with and without the declared bound, then the state
 pass's settings one at a time (``TUNE`` overrides: prefetch, piece dtype, V-block, warps), and
-the backward's two schedules. Also prints each
+the backward's two schedules, and the folded forward (``{"fold": True}``). Also prints each
 launch's memory floor at the copy bandwidth measured in the same run, so "latency-bound" or
 "bandwidth-bound" can be read off the ratio. Needs a CUDA GPU; prints why not otherwise.
 """
@@ -30,13 +30,52 @@ def variants(dry, quick=False):
     out = [(C, b, {}) for C in ((16,) if quick or dry else (16, 32)) for b in (lb, None)]
     if dry:
         return out + [(16, lb, {"prefetch": False}), (16, lb, {"bwd_schedule": "parallel"}),
-                      (16, lb, {"check": False}), (16, lb, {"inverse": "dot"})]
+                      (16, lb, {"check": False}), (16, lb, {"inverse": "dot"}), (16, lb, {"fold": True}),
+                      (16, None, {"fold": True}), (32, lb, {"fold": True})]
     return out + [(16, lb, t) for t in (
         {"check": False}, {"prep": (2, 1)}, {"prep": (1, 1)}, {"inverse": "dot"},
         {"inverse": "dot", "prep": (2, 1)}, {"fwd": (4, 1, 32)}, {"fwd": (4, 1, 16)},
         {"bwd_schedule": "sequential"}, {"bwd_schedule": "parallel"},
         {"bwd_schedule": "parallel", "bwd": (4, 1, 64)}, {"bwd_schedule": "parallel", "dstate": (8, 1)},
-        {"wu": "input"})]
+        {"wu": "input"}, {"fold": True}, {"fold": True, "fold_prep": (8, 1)}, {"fold": True, "fold_state": (4, 1, 64)},
+        {"fold": True, "check": False})] + [(32, lb, {"fold": True})]
+
+
+def fold_row(ms, dry, copy_tbs, r, w, k, v, a, b, B, T, H, D, C, lb, tune, check):
+    """One row for the folded forward (``TUNE["fold"]``): its two launches alone and the whole
+    forward, or in a dry run the launches against triton_chunked's (folded and not)."""
+    import triton
+
+    from rwkvlab.checking import rel_err
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    prep, state, (o, ht, _, flags, _) = kc.fold_launches(r, w, k, v, a, b, 1.0, None, True, None, C, lb, check=check)
+    prep(), state()
+    name = f"B={B} T={T} H={H} C={C} {'bounded' if lb is not None else 'any w'} {tune}"
+
+    def whole():
+        wkv7.triton_chunked(r, w, k, v, a, b, output_final_state=True, chunk_size=C, lower_bound=lb,
+                            check_values=check)
+
+    if dry:
+        want = wkv7.triton_chunked(r, w, k, v, a, b, chunk_size=C, lower_bound=lb)[0]
+        assert torch.equal(o, want), "the folded launches here no longer match triton_chunked's"
+        kc.TUNE["fold"] = False
+        plain = wkv7.triton_chunked(r, w, k, v, a, b, chunk_size=C, lower_bound=lb)[0]
+        print(f"{name}: the launches match triton_chunked's; vs the unfolded forward {rel_err(o, plain):.1e} "
+              "(dry run, nothing timed)")
+        return
+    tok, e = B * T * H, r.element_size()
+    n_steps = B * triton.cdiv(T, kc.FOLD_TOKENS)
+    pe = e if kc.TUNE["pieces"] == "input" else 4
+    we = e if kc.TUNE["wu"] == "input" else 4
+    piece_bytes = tok * (pe * D + we * D) + 4 * n_steps * H * (D * D + D + D * D)      # R̄, Ō; P̄, e^Σc, Q̄
+    prep_bytes, state_bytes = tok * 6 * e * D + piece_bytes, piece_bytes + tok * e * D
+    t_prep, t_state, t_all = ms(prep), ms(state), ms(whole)
+    print(f"{name:60s} prep {t_prep:.3f} ({t_prep / (prep_bytes / copy_tbs / 1e9):.0f}x floor)  "
+          f"state {t_state:.3f} ({t_state / (state_bytes / copy_tbs / 1e9):.0f}x floor, "
+          f"{1e3 * t_state / triton.cdiv(T, kc.FOLD_TOKENS):.2f} us/step of {kc.FOLD_TOKENS})  "
+          f"fwd as called {t_all:.3f}  backward (none: no checkpoints)", flush=True)
 
 
 def main(argv=None) -> int:
@@ -72,6 +111,9 @@ def main(argv=None) -> int:
             check = tune.get("check", True)                 # not a TUNE key: the value check on or off
             kc.TUNE.update({n: x for n, x in tune.items() if n != "check"})
             try:
+                if tune.get("fold"):        # the folded forward: no checkpoints, so no backward row
+                    fold_row(ms, dry, copy_tbs, r, w, k, v, a, b, B, T, H, D, C, lb, tune, check)
+                    continue
                 prep, state, (o, ht, ckpt, flags, pieces) = kc.fwd_launches(
                     r, w, k, v, a, b, 1.0, None, True, None, True, C, lb, check=check)
                 do = torch.randn_like(v)
