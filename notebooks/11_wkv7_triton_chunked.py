@@ -224,11 +224,13 @@ print(f"max |(I+N)(I+N^2)(I+N^4)(I+N^8) - (I-N)^-1| = {(prod - solve).abs().max(
 assert (prod - solve).abs().max() < 1e-12 and torch.linalg.matrix_power(N_ab, 16).abs().max() == 0
 
 # %% [markdown]
-# Here are the two launches. In the prep kernel, match each block of lines to the choices above;
-# in the state pass, find the five products and the loads issued one chunk ahead.
+# Here are the two launches. The prep kernel's body is `_prep_tiles` (section 4's folded forward
+# reuses it): match each block of its lines to the choices above. In the state pass, find the
+# five products and the loads issued one chunk ahead.
 
 # %%
 print(inspect.getsource(kc._unit_lower_inverse.fn))
+print(inspect.getsource(kc._prep_tiles.fn))
 print(inspect.getsource(kc.wkv7_fwd_prep_kernel.fn))
 print(inspect.getsource(kc._state_tile.fn))
 print(inspect.getsource(kc._chunk_pieces.fn))
@@ -888,7 +890,7 @@ dots = {                                                # (m, n, k) per tl.dot, 
     + [(C, K_, C)] * 8 + [(C, K_, C)] * 3,              # _pair_grads_factored, then dw's 0/1 sums
 }
 n_dots = lambda f: inspect.getsource(f.fn).count("tl.dot(")                      # noqa: E731
-assert len(dots["prep"]) == n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse) + n_dots(kc.wkv7_fwd_prep_kernel)
+assert len(dots["prep"]) == n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse) + n_dots(kc._prep_tiles)
 assert len(dots["state pass"]) == n_dots(kc.wkv7_fwd_chunked_kernel)
 assert len(dots["backward"]) == (n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse)
                                  + n_dots(kc._pair_grads_factored) + n_dots(kc._chunk_grads))
@@ -1028,6 +1030,53 @@ assert sched["parallel"] < sched["sequential"] / 3             # ...and the para
 # values its own code produced, wants the GPU's queue kept full. So the check stays on by
 # default, and `check_values=False` is the documented way to buy back the wait, as a choice
 # the caller makes.
+
+# %% [markdown]
+# ### Folding chunks: one product per step
+#
+# At B = 1, H = 8 the state pass is sixteen programs, each walking 4096 chunks of 16 tokens
+# one after another. Every chunk puts two dependent products on the chain: $E = WS + U$, then
+# the hand-off that needs $E$. At that size the chain is the whole cost. Chapter 10's torch
+# form already writes the hand-off differently:
+#
+# $$S_{j+1} = P_j S_j + Q_j, \qquad O_j = R_j S_j + L_j,$$
+#
+# with $P_j = \operatorname{diag}(e^{c_C}) + \hat b^	op W$ ($K	imes K$),
+# $Q_j = \hat k^	op V + \hat b^	op U$, $R_j = 	ilde r + A_{rb} W$ and
+# $L_j = A_{rk}V + A_{rb}U$, none of which depends on the state. Affine maps compose. Write
+# $S_j = ar P S + ar Q$ for the state at chunk $j$ of a step, in terms of the state $S$ at
+# the step's start; before the first chunk $ar P = I$ and $ar Q = 0$. Then chunk $j$ reads
+# out $O_j = (R_jar P)\,S + (R_jar Q + L_j)$, and the next chunk sees
+# $(ar P, ar Q) \leftarrow (P_jar P,\; P_jar Q + Q_j)$.
+#
+# So a prep launch can fold four chunks of 16 into one step of 64 tokens. `wkv7_fwd_fold_kernel`
+# makes each chunk's pieces with the same body as the prep (`_prep_tiles`), then stores per
+# token $R_jar P$ and $R_jar Q + L_j$, and per step $ar P$ and $ar Q$. The state pass,
+# `wkv7_fwd_folded_kernel`, then does per 64 tokens one product on its chain,
+# $S \leftarrow ar P S + ar Q$, and one beside it, the output. The decay on $ar P$'s
+# diagonal, $e^{\sum c_C}$, is stored apart and applied in float32, because a tf32 operand
+# would round it at every step. What the fold gives up is the checkpoints: the backward restarts
+# from the state at every chunk of 16, and the folded pass never stops there. So it serves
+# forwards that take no gradient, behind `kc.TUNE["fold"]`. It is off by default because it has
+# not been timed yet; `benchmarks/NOTES.md` has the prediction (about 1.2–1.35× FLA's speed at
+# B = 1, H = 8, T = 65536, and slower than the unfolded forward at B = 4, H = 32).
+#
+# The cell runs it on two packed sequences whose lengths are not multiples of 64, and checks
+# it against the float64 loop and against the unfolded forward:
+
+# %%
+xs_f = inputs(1, 170, 2, 16, 16, seed=31, decay=0.1, N=2)
+cu_f = torch.tensor([0, 101, 170], device=xs_f[0].device)
+want_f = ref.naive64(*xs_f[:6], xs_f[6], output_final_state=True, cu_seqlens=cu_f.cpu())
+plain_f = wkv7.triton_chunked(*xs_f[:6], initial_state=xs_f[6], output_final_state=True, cu_seqlens=cu_f)
+fold_grid = GridRecorder(kc.wkv7_fwd_fold_kernel)
+with mock.patch.dict(kc.TUNE, fold=True), mock.patch.object(kc, "wkv7_fwd_fold_kernel", fold_grid):
+    got_f = wkv7.triton_chunked(*xs_f[:6], initial_state=xs_f[6], output_final_state=True, cu_seqlens=cu_f)
+print(f"steps of {kc.FOLD_TOKENS} tokens: fold grid {fold_grid.grids[0]} "
+      f"(sequences of 101 and 69 tokens: 2 + 2 steps, 2 heads)")
+rwkvlab.check("folded forward vs naive float64 (o, final state)", got_f, want_f, 1e-5)
+rwkvlab.check("folded forward vs the unfolded one", got_f, plain_f, 1e-5)
+assert fold_grid.grids == [(4, 2)]
 
 # %% [markdown]
 # The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,
