@@ -1291,7 +1291,7 @@ else:
 # ## Exercises
 #
 # Chapter 11 numbers its exercises across its two files: 1–4 and the self-checking 9–11 (the
-# recurrent kernel and its adjoint) are at the end of *Triton I*.
+# recurrent kernel and its adjoint) are at the end of *Triton I*; 12 is self-checking too.
 #
 # 5. **What the prefetch buys.** The state pass loads chunk $i+1$'s pieces before chunk $i$'s
 #    products (`kc._chunk_pieces`, `TUNE["prefetch"]`). Predict how much it saves per chunk at
@@ -1313,6 +1313,28 @@ else:
 #    `kf.fused_addcmul` and to the eager pieces, and profile the kernel with Nsight Compute
 #    (`ncu --set full`). What fraction of the DRAM bandwidth does it reach? Try other `BR`, `BC`
 #    and `num_warps`. Then put the NaN scan back and measure what it costs.
+# 12. **Fold two chunks into one step** (self-checking). Section 4's folded forward composes
+#     the chunks' affine maps. Write the composition for two chunks, in torch: the cell below
+#     prints the specification and checks your function against the float64 loop over both
+#     chunks' tokens.
+
+# %%
+import torch
+
+from rwkvlab import exercises
+
+print(exercises.spec("11.12"))
+
+
+def fold(P1, Q1, R1, L1, P2, Q2, R2, L2):
+    ### BEGIN SOLUTION
+    R = torch.cat([R1, R2 @ P1], dim=-2)              # chunk 2 reads S_2 = P1 S_1 + Q1
+    O = torch.cat([L1, R2 @ Q1 + L2], dim=-2)
+    return R, O, P2 @ P1, P2 @ Q1 + Q2                # chunk 2's map acts after chunk 1's
+    ### END SOLUTION
+
+
+exercises.check("11.12", fold)
 
 # %% [markdown]
 # A short answer to exercise 7 (the student edition hides it):

@@ -50,10 +50,23 @@ def _segment_no_readout(r, w, k, v, a, b, do, dS_end):
     return _segment(r, w, a, b, torch.zeros_like(do), dS_end, late=False)
 
 
+def _fold_p_order(P1, Q1, R1, L1, P2, Q2, R2, L2):
+    return torch.cat([R1, R2 @ P1], -2), torch.cat([L1, R2 @ Q1 + L2], -2), P1 @ P2, P2 @ Q1 + Q2
+
+
+def _fold_no_q1(P1, Q1, R1, L1, P2, Q2, R2, L2):
+    return torch.cat([R1, R2 @ P1], -2), torch.cat([L1, L2], -2), P2 @ P1, P2 @ Q1 + Q2
+
+
+def _fold_rows_unmapped(P1, Q1, R1, L1, P2, Q2, R2, L2):
+    return torch.cat([R1, R2], -2), torch.cat([L1, R2 @ Q1 + L2], -2), P2 @ P1, P2 @ Q1 + Q2
+
+
 WRONG = {
     "11.9": [(_transposed, "transposed"), (_no_exp, "LOG decay")],
     "11.10": [(_step_removal_after, "BEFORE this token"), (_step_drops_tail, "last value block")],
     "11.11": [(_segment_late, "before pulling"), (_segment_no_readout, "read-outs are missing")],
+    "11.12": [(_fold_p_order, "right to left"), (_fold_no_q1, "also sees Q1"), (_fold_rows_unmapped, "R2 P1: it reads")],
 }
 
 
@@ -62,3 +75,4 @@ WRONG = {
 def test_wrong_answer_fails_with_its_hint(id_, fn, hint):
     with pytest.raises(AssertionError, match=hint):
         exercises.check(id_, fn)
+

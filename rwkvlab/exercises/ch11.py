@@ -1,5 +1,5 @@
-"""Checkers for chapter 11 (RWKV-7 in Triton I, the recurrent kernel): the step's adjoint, a Triton step kernel,
-a segment's backward. Chapter 11's second file (Triton II) has no self-checking exercises."""
+"""Checkers for chapter 11: in Triton I (the recurrent kernel) the step's adjoint, a Triton step
+kernel, a segment's backward; in Triton II (the chunked kernels) folding two chunks into one step."""
 from __future__ import annotations
 
 import torch
@@ -125,5 +125,69 @@ def _check_11_11(fn):
                         _segment_mistake(r, w, a, b, do, dS_end, "none"),
                     "o_t reads the state AFTER token t: add r_t do_tᵀ before pulling G back through token t, not after":
                         _segment_mistake(r, w, a, b, do, dS_end, "after"),
+                })
+    return len(cases)
+
+
+def _chunk_map(r, w, k, v, a, b):
+    """One chunk's affine maps from its inputs ([B, H, C, ·], float64): (P, Q, R, L) with
+    S_end = P S + Q and O = R S + L for the chunk's start state S (chapter 10's algebra)."""
+    from ..wkv7 import reference as ref
+
+    M = ref.intra_chunk_matrices(r, w, k, a, b)
+    C = r.shape[-2]
+    eye = torch.eye(C, dtype=r.dtype)
+    Tm = torch.linalg.solve_triangular(eye - M["A_ab"], eye.expand_as(M["A_ab"]), upper=False, unitriangular=True)
+    W, TA = Tm @ M["a_start"], Tm @ M["A_ak"]
+    P = M["b_end"].transpose(-1, -2) @ W + torch.diag_embed(M["gamma"])
+    Q = (M["k_end"] + TA.transpose(-1, -2) @ M["b_end"]).transpose(-1, -2) @ v
+    R = M["r_start"] + M["A_rb"] @ W
+    L = (M["A_rk"] + M["A_rb"] @ TA) @ v
+    return P, Q, R, L
+
+
+@exercise("11.12", "fold two chunks into one step", difficulty="medium", spec="""
+    Write fold(P1, Q1, R1, L1, P2, Q2, R2, L2) -> (R, O, P, Q). Chunk j of C tokens hands its
+    successor S_{j+1} = P_j S_j + Q_j (P_j [B, H, K, K], Q_j [B, H, K, V]) and reads out its rows
+    O_j = R_j S_j + L_j (R_j [B, H, C, K], L_j [B, H, C, V]), where S_j is the state at the chunk's
+    start. Return the same maps for the two chunks as one step, in terms of the first chunk's
+    start state S_1: rows R [B, H, 2C, K] and O [B, H, 2C, V] (chunk 1's rows first) with
+    outputs R S_1 + O, and P, Q with the state after both chunks P S_1 + Q. This is what
+    wkv7_fwd_fold_kernel does for four chunks.""")
+def _check_11_12(fn):
+    cases = [(1, 1, 2, 4, 4), (2, 3, 8, 8, 16), (1, 2, 16, 16, 8)]      # (B, H, C, K, V)
+    for i, (B, H, C, K, V) in enumerate(cases):
+        g = _g(240 + i)
+        steps = [_step_inputs(B, H, K, V, 2000 * i + t) for t in range(2 * C)]
+        r, w, k, v, a, b = (torch.stack([s_[j] for s_ in steps], 2).double() for j in range(6))   # [B, H, 2C, ·]
+        maps = [_chunk_map(*(x[:, :, j * C:(j + 1) * C] for x in (r, w, k, v, a, b))) for j in (0, 1)]
+        (P1, Q1, R1, L1), (P2, Q2, R2, L2) = maps
+        S1 = torch.randn(B, H, K, V, generator=g, dtype=torch.float64)
+        tr = lambda x: x.transpose(1, 2)                                          # noqa: E731  [B, T, H, ·]
+        o_ref, S_ref = wkv7.naive(*(tr(x) for x in (r, w, k, v, a, b)), initial_state=S1, output_final_state=True)
+        case = f"{i} (B={B}, H={H}, C={C}, K={K}, V={V})"
+        out = call(fn, case, *(x.float() for x in (P1, Q1, R1, L1, P2, Q2, R2, L2)))
+        if not (isinstance(out, tuple) and len(out) == 4):
+            raise AssertionError(f"case {case}: expected (R, O, P, Q), got {type(out).__name__}")
+        R, O, P, Q = (x.double() if isinstance(x, torch.Tensor) else x for x in out)
+        for name, x, shape in (("R", R, (B, H, 2 * C, K)), ("O", O, (B, H, 2 * C, V)), ("P", P, (B, H, K, K)),
+                               ("Q", Q, (B, H, K, V))):
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape:
+                raise AssertionError(f"case {case}: {name} should be a tensor of shape {shape}, got "
+                                     f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        # judged by what the maps do: the outputs and the final state of the loop over the 2C tokens
+        o_got, S_got = R @ S1 + O, P @ S1 + Q
+        wrong_order = (P1 @ P2) @ S1 + (P2 @ Q1 + Q2)
+        compare(case, S_got, S_ref, tol=1e-5, name="P S_1 + Q (the state after the step)",
+                hint="after chunk 1, S_2 = P1 S_1 + Q1; after chunk 2, P2 S_2 + Q2", mistakes={
+                    "maps compose right to left: chunk 2 acts after chunk 1, so P = P2 P1, not P1 P2": wrong_order,
+                    "Q: chunk 1's Q1 passes through chunk 2's map too: Q = P2 Q1 + Q2": P2 @ P1 @ S1 + Q1 + Q2,
+                })
+        o2_no_q = torch.cat([R1 @ S1 + L1, R2 @ (P1 @ S1) + L2], 2)
+        o2_no_p = torch.cat([R1 @ S1 + L1, R2 @ S1 + R2 @ Q1 + L2], 2)
+        compare(case, o_got, tr(o_ref), tol=1e-5, name="R S_1 + O (the step's outputs)",
+                hint="chunk 2 reads S_2 = P1 S_1 + Q1: its rows are R2 P1 and R2 Q1 + L2", mistakes={
+                    "chunk 2's rows in terms of S_1 are R2 P1: it reads S_2 = P1 S_1 + Q1, not S_1": o2_no_p,
+                    "chunk 2's read-out also sees Q1 through S_2 = P1 S_1 + Q1: O = L2 + R2 Q1": o2_no_q,
                 })
     return len(cases)
