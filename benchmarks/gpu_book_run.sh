@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_book_run.sh [shards] [timeout_s]     # defaults: 8 shards, 540 s
 #   FILES="tests/test_model.py notebooks/13_two_modes.py" bash benchmarks/gpu_book_run.sh 2
 #   SKIP_WHEELS=1 FILES=... bash benchmarks/gpu_book_run.sh 2 300    # a dry run of the sharding on CPU
+#   PART=1/2 bash benchmarks/gpu_book_run.sh 12 540; PART=2/2 ...      # the book in two device calls
+# (one H200 machine, 16 cores, 12 shards: the whole book did not fit in one 10-minute call)
 #
 # Wheels: anything under .whl/ (and .whl/nb/: nbval, jupytext, ipykernel, matplotlib and their
 # dependencies, for a machine whose Python has torch and triton but not the book's requirements)
@@ -25,6 +27,12 @@ fi
 export PYTHONUNBUFFERED=1
 all=($(printf '%s\n' notebooks/[0-9]*.py tests/test_*.py | LC_ALL=C sort))   # one order on every machine
 files=($(printf '%s\n' ${FILES:-${all[@]}} | LC_ALL=C sort))                 # FILES="a b": only those (a rerun)
+if [ -n "${PART:-}" ]; then          # PART=1/2, PART=2/2: every other file, for a book split over two calls
+  p=${PART%/*}; n=${PART#*/}; kept=()
+  for ((j = p - 1; j < ${#files[@]}; j += n)); do kept+=("${files[j]}"); done
+  files=("${kept[@]}")
+  echo "part $PART: ${#files[@]} files"
+fi
 # tests/test_jupyterlab.py checks what `pip install -r requirements.txt` put under sys.prefix, and
 # tests/test_roundtrip.py needs JupyterLab's server from it; the wheels here go to /tmp/site and
 # carry neither, so both are left out and said so (neither has anything GPU-specific)
