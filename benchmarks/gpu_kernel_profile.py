@@ -1,7 +1,10 @@
 """Kernel by kernel: where FLA's ``chunk_rwkv7`` and our ``wkv7.triton_chunked`` spend a forward
 (and, with ``--backward``, a forward+backward), from ``torch.profiler`` on one GPU.
 
-    python benchmarks/gpu_kernel_profile.py [--backward] [--shape B,T,H]   # FLA wheels on PYTHONPATH
+    python benchmarks/gpu_kernel_profile.py [--backward] [--shape B,T,H] [--kind wkv6] [--ours-only]
+
+(FLA wheels on PYTHONPATH; ``--kind wkv6`` profiles ``chunk_rwkv6`` and ``wkv6.triton_chunked``
+instead; ``--ours-only`` skips FLA and its minutes of autotuning.)
 
 Both run on the same inputs (``rwkvlab.bench.make_inputs``, bf16, K = V = 64, the declared lower
 bound) in one process: a few warm calls first (FLA autotunes its kernels there: ~2 minutes for
@@ -49,27 +52,35 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU here: this script profiles GPU kernels only")
         return 0
-    from fla.ops.rwkv7 import chunk_rwkv7
-
+    from rwkvlab import wkv6
     from rwkvlab.bench import make_inputs
     backward = "--backward" in args
+    kind = args[args.index("--kind") + 1] if "--kind" in args else "wkv7"
     B, T, H = (4, 4096, 32)
     if "--shape" in args:
         B, T, H = (int(x) for x in args[args.index("--shape") + 1].split(","))
     iters = int(args[args.index("--iters") + 1]) if "--iters" in args else 20
-    x = make_inputs("wkv7", B, T, H, 64, dtype=torch.bfloat16, device="cuda")
-    xs = [x[n] for n in "rwkvab"]
-    lb = wkv7.RWKV7_LOWER_BOUND
-    runs = (("FLA chunk_rwkv7(lower_bound)", lambda *t, **k: chunk_rwkv7(*t, scale=1.0, **k)),
-            ("ours triton_chunked(lower_bound)", wkv7.triton_chunked))
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; B={B} T={T} H={H} K=V=64 bf16, "
+    x = make_inputs(kind, B, T, H, 64, dtype=torch.bfloat16, device="cuda")
+    if kind == "wkv7":
+        xs, kw, iv = [x[n] for n in "rwkvab"], {"lower_bound": wkv7.RWKV7_LOWER_BOUND}, 3
+        runs = [("ours triton_chunked(lower_bound)", wkv7.triton_chunked)]
+        if "--ours-only" not in args:
+            from fla.ops.rwkv7 import chunk_rwkv7
+            runs.insert(0, ("FLA chunk_rwkv7(lower_bound)", lambda *t, **k: chunk_rwkv7(*t, scale=1.0, **k)))
+    else:
+        xs, kw, iv = [x[n] for n in ("r", "k", "v", "w", "u")], {}, 2
+        runs = [("ours wkv6.triton_chunked", wkv6.triton_chunked)]
+        if "--ours-only" not in args:
+            from fla.ops.rwkv6 import chunk_rwkv6
+            runs.insert(0, ("FLA chunk_rwkv6", lambda *t, **k: chunk_rwkv6(*t, scale=1.0, **k)))
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {kind} B={B} T={T} H={H} K=V=64 bf16, "
           f"{'forward+backward' if backward else 'forward'}, {iters} profiled calls", flush=True)
     for name, fn in runs:
         leaves = [t.detach().clone().requires_grad_(backward) for t in xs]
-        do = torch.randn_like(xs[3])
+        do = torch.randn_like(xs[iv])
 
         def call():
-            o, _ = fn(*leaves, output_final_state=True, lower_bound=lb)
+            o, _ = fn(*leaves, output_final_state=True, **kw)
             if backward:
                 o.backward(do)
                 for t in leaves:
