@@ -811,9 +811,10 @@ assert all(max(e["O"] for e in mat_err[how]) < 2 * min(e["O"] for e in mat_err[h
 # v3's process). At B = 1, H = 8 it is about 0.57×. So the targets are not met. The breakdown
 # record says where the time is now. At B = 4, T = 4096 the prep launch takes 0.88 ms, more
 # than the state pass: 32,768 programs of 182 registers each, at three times its memory floor.
-# The backward kernel takes 3.46 ms, 63 % of a training step. It is still one sequential
-# kernel that recomputes each chunk's matrices inside its chain, the design the forward has
-# just left. `benchmarks/NOTES.md` keeps the log.
+# The backward kernel takes 3.46 ms, 63 % of a training step. At this shape it is the
+# sequential schedule, one kernel that recomputes each chunk's matrices inside its chain; the
+# parallel schedule of section 2 takes over where few programs would leave the GPU idle (timed
+# below). `benchmarks/NOTES.md` keeps the log.
 
 # %% [markdown]
 # ### The roofline of each launch
@@ -944,11 +945,12 @@ assert m_lb["prep"] > m_lb["state"] and m_lb["bwd"] > 3 * m_lb["state"]     # th
 # FLA's choice (64-token chunks in its state pass, built from 16-token pieces).
 #
 # What the floors do not show is where most of a training step goes. The backward runs at
-# 9 times its floor. It is the v3 design carried into the gradient: one sequential kernel
-# that, chunk by chunk, recomputes the pairwise matrices, $\mathcal T$, $W$ and $U$, and then
-# runs the adjoint, all inside its chain. The forward's lesson applies to it unchanged. Move
-# the state-free work into parallel launches, and keep only the products with $\bar S$ in the
-# sequential one.
+# 9 times its floor. Its sequential schedule is the v3 design carried into the gradient: one
+# kernel that, chunk by chunk, recomputes the pairwise matrices, $\mathcal T$, $W$ and $U$, and
+# then runs the adjoint, all inside its chain. The forward's lesson applies to it unchanged:
+# the parallel schedule keeps only the products with $\bar S$ in its sequential launch, and
+# pays off where the grid is small (next section); at B = 4, H = 32 the sequential one still
+# runs, because the GPU is already full.
 
 # %% [markdown]
 # ### Beside FLA, kernel by kernel, and the one wait
