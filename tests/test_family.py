@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+import rwkvlab
+
 from rwkvlab import delta, family
 from rwkvlab.checking import rel_err
 
@@ -49,10 +51,11 @@ def test_every_mapping_matches_its_papers_loop_float64(shape, decay, impl):
 @pytest.mark.parametrize("impl", ["triton_recurrent", "triton_chunked"])
 def test_every_mapping_on_the_triton_kernels_float32(impl):
     x = family.random_inputs(1, 19, 2, 16, 16, n_h=2, decay="fast", seed=4)
+    dev = rwkvlab.device.device()           # the kernels' device: compiled kernels read GPU tensors only
     for name, (args, (o_ref, S_ref), n_h) in _models(x).items():
-        args = {n: t.float() for n, t in args.items()}
-        o, S = family.run(args, impl, initial_state=x["S0"].float(), output_final_state=True)
-        o = family.last_substep(o, n_h)
+        args = {n: t.float().to(dev) for n, t in args.items()}
+        o, S = family.run(args, impl, initial_state=x["S0"].float().to(dev), output_final_state=True)
+        o, S = family.last_substep(o, n_h).cpu(), S.cpu()
         assert o.dtype == torch.float32
         assert rel_err(o.double(), o_ref) < 2e-6, (name, rel_err(o.double(), o_ref))
         assert rel_err(S.double(), S_ref) < 2e-6, (name, rel_err(S.double(), S_ref))
@@ -162,13 +165,17 @@ def test_against_fla_when_available():
     from fla.ops.delta_rule import chunk_delta_rule
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
+    # fla-core 0.6.0's delta-rule kernels refuse float32: FLA gets bf16, ours the same values in
+    # float32, so the gap is FLA's bf16 rounding (the book's bf16 tolerance)
     x = {n: t.float().cuda() for n, t in family.random_inputs(2, 100, 4, 64, 64, seed=3).items()}
+    xb = {n: t if n == "S0" else t.bfloat16() for n, t in x.items()}
+    x = {n: t.float() for n, t in xb.items()}
     common = dict(scale=1.0, initial_state=x["S0"], output_final_state=True)
-    got = chunk_delta_rule(q=x["q"], k=x["k"], v=x["v"], beta=x["beta"], **common)
+    got = chunk_delta_rule(q=xb["q"], k=xb["k"], v=xb["v"], beta=xb["beta"], **common)
     want = family.run(family.deltanet(x["q"], x["k"], x["v"], x["beta"]), "triton_chunked",
                       initial_state=x["S0"], output_final_state=True)
-    assert max(rel_err(got[0], want[0]), rel_err(got[1], want[1])) < 5e-3
-    got = chunk_gated_delta_rule(q=x["q"], k=x["k"], v=x["v"], g=x["g"], beta=x["beta"], **common)
+    assert max(rel_err(got[0], want[0]), rel_err(got[1], want[1])) < 1e-2
+    got = chunk_gated_delta_rule(q=xb["q"], k=xb["k"], v=xb["v"], g=x["g"], beta=xb["beta"], **common)
     want = family.run(family.gated_deltanet(x["q"], x["k"], x["v"], x["beta"], x["g"]), "triton_chunked",
                       initial_state=x["S0"], output_final_state=True)
-    assert max(rel_err(got[0], want[0]), rel_err(got[1], want[1])) < 5e-3
+    assert max(rel_err(got[0], want[0]), rel_err(got[1], want[1])) < 1e-2
