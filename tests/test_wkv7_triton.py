@@ -578,3 +578,59 @@ def test_decay_spike_keeps_float32_accuracy(name, impl):
     got = run(impl, [t.float().to(DEV) for t in x], s0.float().to(DEV))
     for n, a, b in zip(["o", "final_state", "r", "w", "k", "v", "a", "b", "initial_state"], got, want):
         assert rel_err(a, b) < 2e-6, (n, rel_err(a, b))
+
+
+TAIL_CASES = [(2, 21, 3, 16), (1, 1, 1, 32), (1, 40, 2, 64)]      # (B, T, H, head size): rows not a multiple of the block
+if GPU:
+    TAIL_CASES += [(4, 1024, 32, 64), (2, 513, 12, 64)]
+
+
+def _tail_reference(o, r, k, v, g, w, b, rk, H):
+    from rwkvlab import rwkv7_ops
+
+    B, T, C = o.shape
+    y = torch.group_norm(o.reshape(B * T, C), H, w, b, 64e-5).reshape(B, T, C)
+    return (y + rwkv7_ops.output_correction(r, k, v, rk, H)) * g
+
+
+@pytest.mark.parametrize("case", TAIL_CASES, ids=str)
+def test_fused_output_matches_group_norm_bonus_gate_forward_and_backward(case):
+    """fused_output against the torch pieces (GroupNorm per head, rwkv7_ops.output_correction, the
+    gate) in float64 with autograd: the output and all eight gradients, on an output with a large
+    mean and spread per head (the norm's cancellation) and channel parameters far from 1 and 0."""
+    from rwkvlab.wkv7 import kernels_fused as kf
+
+    B, T, H, N = case
+    C = H * N
+    g0 = torch.Generator().manual_seed(sum(case))
+    mk = lambda *s: torch.randn(*s, generator=g0, dtype=torch.float64)  # noqa: E731
+    ts = [mk(B, T, C) * 3 + 5, mk(B, T, C), mk(B, T, C) / N ** 0.5, mk(B, T, C), torch.sigmoid(mk(B, T, C)),
+          mk(C), mk(C), mk(H, N)]
+    dout = mk(B, T, C)
+    leaves = [t.clone().requires_grad_() for t in ts]
+    want = _tail_reference(*leaves, H)
+    g_want = torch.autograd.grad(want, leaves, dout)
+    for dtype, tol in ((torch.float32, 1e-5),) + (((torch.bfloat16, 1e-2),) if GPU else ()):
+        xs = [t.to(DEV, dtype if i < 5 else torch.float32).requires_grad_() for i, t in enumerate(ts)]
+        got = kf.fused_output(*xs[:5], xs[5], xs[6], xs[7], H, 64e-5)
+        assert got.dtype == dtype and rel_err(got, want) <= tol
+        g_got = torch.autograd.grad(got, xs, dout.to(DEV, dtype))
+        for name, a_, b_ in zip(["o", "r", "k", "v", "g", "weight", "bias", "r_k"], g_got, g_want):
+            assert a_.shape == b_.shape and rel_err(a_, b_) <= tol, (name, dtype, rel_err(a_, b_))
+
+
+def test_fused_output_bad_inputs():
+    from rwkvlab.wkv7 import kernels_fused as kf
+
+    o = torch.randn(1, 4, 32, device=DEV)
+    w = torch.ones(32, device=DEV)
+    with pytest.raises(ValueError, match=r"^k:"):
+        kf.fused_output(o, o, o[:, :3], o, o, w, w, w, 2, 1e-5)
+    with pytest.raises(ValueError, match=r"^n_head:"):
+        kf.fused_output(o, o, o, o, o, w, w, w, 3, 1e-5)
+    with pytest.raises(ValueError, match=r"^n_head:.*power of two"):
+        kf.fused_output(o, o, o, o, o, w, w, w, 4, 1e-5)          # heads of 8
+    with pytest.raises(ValueError, match=r"^r_k:"):
+        kf.fused_output(o, o, o, o, o, w, w, w[:31], 2, 1e-5)
+    with pytest.raises(ValueError, match=r"^eps:"):
+        kf.fused_output(o, o, o, o, o, w, w, w, 2, 0.0)

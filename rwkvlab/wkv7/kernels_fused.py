@@ -23,7 +23,7 @@ import triton.language as tl
 
 from .. import device, validate
 
-__all__ = ["fused_addcmul"]
+__all__ = ["fused_addcmul", "fused_output"]
 
 
 @triton.jit
@@ -147,3 +147,141 @@ def fused_addcmul(x, *mus, shift_state=None):
     validate.same_device({"x": x, "shift_state": shift_state, **{f"mus[{i}]": m for i, m in enumerate(mus)}})
     mu = torch.stack([m.reshape(C).to(x.dtype) for m in mus]).contiguous()
     return tuple(_FusedAddcmul.apply(x.contiguous(), shift_state, mu).unbind(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The block's tail: per-head GroupNorm, the bonus, the gate (paper Eqs. 20-21), in one pass.
+#
+#     y = GroupNorm_H(o) ⊙ γ + β,   z = y + (Σ_head r ⊙ ρ ⊙ k̃) v,   out = z ⊙ g
+#
+# Eager torch runs a group norm (stats, then the affine), three products and a sum for the bonus,
+# an add and the gate: each a pass over [B, T, C]. One program here owns a block of rows and one
+# head (the norm's group and the bonus's sum are both per head), reads o, r, k̃, v, g once and
+# writes out once; the backward reads them and the gradient once and writes the five input
+# gradients, with γ, β and ρ reduced per block of rows.
+
+
+@triton.jit
+def _tail_fwd_kernel(o, r, k, v, g, gamma, beta, rho, out, mean, rstd, n_rows, eps,
+                     C: tl.constexpr, H: tl.constexpr, N: tl.constexpr, BR: tl.constexpr):
+    i_r, i_h = tl.program_id(0), tl.program_id(1)
+    rows = (i_r * BR + tl.arange(0, BR)).to(tl.int64)
+    cols = i_h * N + tl.arange(0, N)
+    m = (rows < n_rows)[:, None]
+    off = rows[:, None] * C + cols[None, :]
+    b_o = tl.load(o + off, mask=m, other=0.).to(tl.float32)
+    mu = tl.sum(b_o, 1) / N
+    d = b_o - mu[:, None]
+    rs = 1. / tl.sqrt(tl.sum(d * d, 1) / N + eps)
+    y = d * rs[:, None] * tl.load(gamma + cols).to(tl.float32)[None, :] + tl.load(beta + cols).to(tl.float32)[None, :]
+    b_r = tl.load(r + off, mask=m, other=0.).to(tl.float32)
+    b_k = tl.load(k + off, mask=m, other=0.).to(tl.float32)
+    s = tl.sum(b_r * b_k * tl.load(rho + cols).to(tl.float32)[None, :], 1)            # the bonus's weight
+    z = y + s[:, None] * tl.load(v + off, mask=m, other=0.).to(tl.float32)
+    tl.store(out + off, (z * tl.load(g + off, mask=m, other=0.).to(tl.float32)).to(out.dtype.element_ty), mask=m)
+    tl.store(mean + rows * H + i_h, mu, mask=rows < n_rows)
+    tl.store(rstd + rows * H + i_h, rs, mask=rows < n_rows)
+
+
+@triton.jit
+def _tail_bwd_kernel(o, r, k, v, g, gamma, beta, rho, mean, rstd, dout, do, dr, dk, dv, dg,
+                     dgamma, dbeta, drho, n_rows, C: tl.constexpr, H: tl.constexpr, N: tl.constexpr,
+                     BR: tl.constexpr):
+    i_r, i_h = tl.program_id(0), tl.program_id(1)
+    rows = (i_r * BR + tl.arange(0, BR)).to(tl.int64)
+    cols = i_h * N + tl.arange(0, N)
+    m_r = rows < n_rows
+    m = m_r[:, None]
+    off = rows[:, None] * C + cols[None, :]
+    b_o = tl.load(o + off, mask=m, other=0.).to(tl.float32)
+    b_r = tl.load(r + off, mask=m, other=0.).to(tl.float32)
+    b_k = tl.load(k + off, mask=m, other=0.).to(tl.float32)
+    b_v = tl.load(v + off, mask=m, other=0.).to(tl.float32)
+    b_g = tl.load(g + off, mask=m, other=0.).to(tl.float32)
+    b_dout = tl.load(dout + off, mask=m, other=0.).to(tl.float32)
+    w_g = tl.load(gamma + cols).to(tl.float32)
+    w_r = tl.load(rho + cols).to(tl.float32)
+    mu = tl.load(mean + rows * H + i_h, mask=m_r, other=0.)
+    rs = tl.load(rstd + rows * H + i_h, mask=m_r, other=0.)
+    xhat = (b_o - mu[:, None]) * rs[:, None]
+    s = tl.sum(b_r * b_k * w_r[None, :], 1)
+    z = xhat * w_g[None, :] + tl.load(beta + cols).to(tl.float32)[None, :] + s[:, None] * b_v
+    dz = b_dout * b_g                                       # out = z ⊙ g
+    tl.store(dg + off, (b_dout * z).to(dg.dtype.element_ty), mask=m)
+    tl.store(dv + off, (dz * s[:, None]).to(dv.dtype.element_ty), mask=m)            # z ∋ s v
+    ds = tl.sum(dz * b_v, 1)                                # s = Σ r ρ k̃
+    tl.store(dr + off, (ds[:, None] * b_k * w_r[None, :]).to(dr.dtype.element_ty), mask=m)
+    tl.store(dk + off, (ds[:, None] * b_r * w_r[None, :]).to(dk.dtype.element_ty), mask=m)
+    # the group norm: dx = rstd (dx̂ − mean(dx̂) − x̂ mean(dx̂ ⊙ x̂)), with dx̂ = dz ⊙ γ (means over the head)
+    dxh = dz * w_g[None, :]
+    c1 = tl.sum(dxh * xhat, 1) / N
+    c2 = tl.sum(dxh, 1) / N
+    tl.store(do + off, (rs[:, None] * (dxh - c2[:, None] - xhat * c1[:, None])).to(do.dtype.element_ty), mask=m)
+    # γ, β, ρ: this block's partial sums over its rows, one slot per row-block (summed by the caller)
+    tl.store(dgamma + i_r * C + cols, tl.sum(dz * xhat, 0))
+    tl.store(dbeta + i_r * C + cols, tl.sum(dz, 0))
+    tl.store(drho + i_r * C + cols, tl.sum(ds[:, None] * b_r * b_k, 0))
+
+
+def _tail_rows():
+    return 16 if device.interpreting() else 32
+
+
+class _FusedOutput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, o, r, k, v, g, gamma, beta, rho, H, eps):
+        B, T, C = o.shape
+        n_rows, BR = B * T, _tail_rows()
+        out = torch.empty_like(o)
+        mean = torch.empty(n_rows, H, dtype=torch.float32, device=o.device)
+        rstd = torch.empty_like(mean)
+        _tail_fwd_kernel[(triton.cdiv(n_rows, BR), H)](o, r, k, v, g, gamma, beta, rho, out, mean, rstd, n_rows, eps,
+                                                       C=C, H=H, N=C // H, BR=BR)
+        ctx.save_for_backward(o, r, k, v, g, gamma, beta, rho, mean, rstd)
+        ctx.H = H
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        o, r, k, v, g, gamma, beta, rho, mean, rstd = ctx.saved_tensors
+        B, T, C = o.shape
+        H, n_rows, BR = ctx.H, B * T, _tail_rows()
+        n_rb = triton.cdiv(n_rows, BR)
+        do, dr, dk, dv, dg = (torch.empty_like(x) for x in (o, r, k, v, g))
+        part = dict(dtype=torch.float32, device=o.device)
+        dgamma, dbeta, drho = (torch.empty(n_rb, C, **part) for _ in range(3))
+        _tail_bwd_kernel[(n_rb, H)](o, r, k, v, g, gamma, beta, rho, mean, rstd, dout.contiguous(), do, dr, dk, dv, dg,
+                                    dgamma, dbeta, drho, n_rows, C=C, H=H, N=C // H, BR=BR)
+        return (do, dr, dk, dv, dg, dgamma.sum(0).to(gamma.dtype), dbeta.sum(0).to(beta.dtype),
+                drho.sum(0).to(rho.dtype), None, None)
+
+
+def fused_output(o, r, k, v, g, weight, bias, r_k, n_head, eps):
+    """The RWKV-7 block's tail in one Triton pass: ``(GroupNorm_H(o) + bonus) ⊙ g``.
+
+    Equal to ``(group_norm(o, n_head, weight, bias, eps) + rwkv7_ops.output_correction(r, k, v,
+    r_k, n_head)) * g`` on ``[B, T, C]`` tensors (``k`` the replacement key k̃; ``weight``,
+    ``bias`` [C], ``r_k`` with C elements), in o's dtype with float32 inside; differentiable in
+    all eight tensors. The head size C / n_head must be a power of two (16..128).
+    """
+    for name, t in (("o", o), ("r", r), ("k", k), ("v", v), ("g", g)):
+        validate.tensor(name, t, ndim=3, dtypes=(torch.float32, torch.float16, torch.bfloat16), finite=False)
+        if t.shape != o.shape:
+            raise ValueError(f"{name}: expected the shape of o {tuple(o.shape)}, got {tuple(t.shape)}")
+    B, T, C = o.shape
+    if isinstance(n_head, bool) or not isinstance(n_head, int) or n_head < 1 or C % n_head:
+        raise ValueError(f"n_head: expected a positive divisor of C = {C}, got {n_head!r}")
+    N = C // n_head
+    if N < 16 or N > 128 or N & (N - 1):
+        raise ValueError(f"n_head: the head size C / n_head must be a power of two in 16..128, got {N}")
+    for name, t in (("weight", weight), ("bias", bias), ("r_k", r_k)):
+        validate.tensor(name, t, finite=False)
+        if t.numel() != C:
+            raise ValueError(f"{name}: expected {C} elements (one per channel), got shape {tuple(t.shape)}")
+    eps = validate.real("eps", eps)
+    if not eps > 0:
+        raise ValueError(f"eps: expected a positive number, got {eps!r}")
+    validate.same_device({"o": o, "r": r, "k": k, "v": v, "g": g, "weight": weight, "bias": bias, "r_k": r_k})
+    flat = lambda t: t.reshape(C).contiguous()                      # noqa: E731
+    return _FusedOutput.apply(o.contiguous(), r.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(),
+                              flat(weight), flat(bias), flat(r_k), n_head, float(eps))
