@@ -1235,9 +1235,34 @@ rwkvlab.check("fused_addcmul: grads of x, six mu, shift_state vs autograd", dgot
 # small kernel of its own, as in FLA. The output correction needs a per-head sum
 # of $r\odot\tilde k\odot\rho$, which fits naturally into the per-head GroupNorm that runs just
 # before it: one kernel reads the WKV output, normalizes each head, adds the bonus and applies
-# the gate $g$. Channel mixing is two matrix products around $\mathrm{relu}(\cdot)^2$. Its
-# squared ReLU belongs in the first product's epilogue, which is where any matmul library with
-# custom epilogues puts it.
+# the gate $g$. That kernel is `kf.fused_output`; the next cell counts what it saves. Channel
+# mixing is two matrix products around $\mathrm{relu}(\cdot)^2$. Its squared ReLU belongs in the
+# first product's epilogue, which is where any matmul library with custom epilogues puts it.
+#
+# `fused_output`'s program owns a block of rows and one head, because both the norm's
+# statistics and the bonus's sum are per head. It reads $o, r, \tilde k, v, g$ once and writes
+# the result once: six passes. Its backward is the usual group-norm adjoint,
+# $\bar o = \sigma^{-1}\big(\bar{\hat x} - \operatorname{mean}(\bar{\hat x}) - \hat x\,
+# \operatorname{mean}(\bar{\hat x}\odot\hat x)\big)$ with $\bar{\hat x} = \bar z\odot\gamma$, beside
+# the bonus's ($\bar v = s\,\bar z$, $\bar s = \sum \bar z\odot v$, then $\bar r$, $\bar k$,
+# $\bar\rho$ from $s = \sum r\odot\rho\odot\tilde k$), with $\gamma, \beta, \rho$ summed per block
+# of rows. The model's time mix takes both fused kernels by default on a GPU
+# (`rwkvlab.model.x070.FUSED`), and the test suite holds the two paths to the same logits and
+# parameter gradients.
+
+# %%
+H_t, N_t = Cx // 64, 64
+o_t, r_t, k_t, v_t, g_t = (torch.randn(Bx, Tx, Cx) for _ in range(5))
+gn_w, gn_b, rho_t = torch.randn(Cx), torch.randn(Cx), torch.randn(H_t, N_t)
+with CountBytes() as eager_tail:
+    y_t = torch.nn.functional.group_norm(o_t.reshape(Bx * Tx, Cx), H_t, gn_w, gn_b, 64e-5).reshape(Bx, Tx, Cx)
+    want_t = (y_t + rwkv7_ops.output_correction(r_t, k_t, v_t, rho_t, H_t)) * g_t
+print(f"GroupNorm + bonus + gate, eager torch: {eager_tail.ops} kernels, "
+      f"{eager_tail.total / unit:.1f} tensor-sized passes; fused_output: 1 kernel, 6 passes")
+got_t = kf.fused_output(*(t.to(DEV) for t in (o_t, r_t, k_t, v_t, g_t)), gn_w.to(DEV), gn_b.to(DEV),
+                        rho_t.to(DEV), H_t, 64e-5)
+rwkvlab.check("fused_output vs group_norm + output_correction + gate", got_t, want_t, 1e-5)
+assert eager_tail.total / unit > 2 * 6
 
 # %%
 if rwkvlab.device.has_gpu():

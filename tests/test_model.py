@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import rwkvlab
 from rwkvlab import model as M
 from rwkvlab import wkv6, wkv7
+from rwkvlab.checking import rel_err
 from rwkvlab.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -507,3 +508,38 @@ def test_triton_core_skips_the_value_checks_wait(version, monkeypatch):
         got, _ = m(idx, impl="triton_chunked")
     assert not reads
     assert (got.float() - want.float()).abs().max() / want.float().abs().max() < 1e-5
+
+
+def test_x070_fused_time_mix_pieces_match_the_torch_ones(monkeypatch):
+    """x070's time mix with its elementwise pieces as Triton kernels (token shift + six mixes,
+    GroupNorm + bonus + gate; what a GPU takes by default) against the torch pieces: the logits,
+    the state handed on, and the gradient of every parameter, over two segments (the shift state)."""
+    from rwkvlab.model import x070
+    from rwkvlab.wkv7 import kernels_fused as kf
+
+    dev = rwkvlab.device.device()
+    idx = tokens(2, 19).to(dev)
+    out = {}
+    for fused in (False, True):
+        monkeypatch.setattr(x070, "FUSED", fused)
+        calls = []
+        for name in ("fused_addcmul", "fused_output"):
+            real = getattr(kf, name)
+            monkeypatch.setattr(kf, name, lambda *a, _real=real, **k: (calls.append(1), _real(*a, **k))[1])
+        m = tiny("x070", seed=3).to(dev)
+        with torch.no_grad():
+            for p in m.parameters():          # every parameter away from its init, so each path matters
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())).to(dev))
+        logits1, state = m(idx[:, :11], impl="chunked")
+        logits2, _ = m(idx[:, 11:], state, impl="chunked")
+        loss = logits1.float().square().mean() + logits2.float().square().mean()
+        grads = torch.autograd.grad(loss, list(m.parameters()), allow_unused=True)   # block 0's v0..v2: unused
+        out[fused] = (torch.cat([logits1, logits2], 1), grads, bool(calls))
+        monkeypatch.undo()
+    (l0, g0, c0), (l1, g1, c1) = out[False], out[True]
+    assert not c0 and c1                                       # the switch picks the path
+    assert rel_err(l1, l0) < 1e-5
+    names = [n for n, _ in tiny("x070").named_parameters()]
+    for n, a_, b_ in zip(names, g1, g0):
+        assert (a_ is None) == (b_ is None), n
+        assert a_ is None or rel_err(a_, b_) < 1e-5, (n, rel_err(a_, b_))    # achieved ≤ 2e-6

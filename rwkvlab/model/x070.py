@@ -59,6 +59,20 @@ class Config(Sizes):
         return cls(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, head_size=head_size, **d)
 
 
+#: the time mix's elementwise pieces as Triton kernels (``kernels_fused``: the token shift with its
+#: six mixes, and GroupNorm + bonus + gate) instead of torch operations: None (the default) takes
+#: them on a GPU, where they save passes over memory and launches; True also in the interpreter
+#: (tests); False never. Same results either way (tests/test_model.py).
+FUSED = None
+
+
+def _fused(x: torch.Tensor) -> bool:
+    if FUSED is not None:
+        return bool(FUSED)
+    from .. import device
+    return x.is_cuda and not device.interpreting()
+
+
 class TimeMix(nn.Module):
     """``att``: the RWKV-7 time mix around the generalised-delta-rule state."""
 
@@ -86,9 +100,13 @@ class TimeMix(nn.Module):
         d = self.w0 + torch.tanh(xw @ self.w1) @ self.w2
         return -torch.exp(-F.softplus(-d) - 0.5)
 
-    def projections(self, x: torch.Tensor, x_prev: torch.Tensor, v_first: torch.Tensor | None):
-        """Everything before the state update, for ``x`` [B, T, C]: a dict of [B, T, C] tensors."""
-        xr, xw, xk, xv, xa, xg = ops.addcmul_mix(x, x_prev, self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
+    def projections(self, x: torch.Tensor, x_prev: torch.Tensor | None, v_first: torch.Tensor | None,
+                    mixes: tuple | None = None):
+        """Everything before the state update, for ``x`` [B, T, C]: a dict of [B, T, C] tensors.
+        ``mixes``: the six token-shift mixes already made (the fused kernel's), else from ``x_prev``."""
+        if mixes is None:
+            mixes = ops.addcmul_mix(x, x_prev, self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
+        xr, xw, xk, xv, xa, xg = mixes
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
@@ -105,13 +123,23 @@ class TimeMix(nn.Module):
     def forward(self, x, shift, S, v_first, core):
         B, T, C = x.shape
         H = self.n_head
-        x_prev, last = ops.token_shift(x, shift)
-        p = self.projections(x, x_prev, v_first)
+        fused = _fused(x)
+        if fused:   # the token shift and the six mixes in one Triton pass (kernels_fused)
+            from ..wkv7 import kernels_fused as kf
+            mixes = kf.fused_addcmul(x, self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g, shift_state=shift)
+            p, last = self.projections(x, None, v_first, mixes=mixes), x[:, -1]
+        else:
+            x_prev, last = ops.token_shift(x, shift)
+            p = self.projections(x, x_prev, v_first)
         heads = lambda t: t.reshape(B, T, H, C // H)  # noqa: E731
         r, w, k, v, a, kk = (heads(p[n]) for n in ("r", "w", "k", "v", "a", "kk"))
         # the WKV-7 call (RWKV-LM: RWKV7_OP(r, w, k, v, -kk, kk*a)): core is wkv7.<impl>(..., initial_state=S,
         # output_final_state=True) in parallel mode and wkv7.step in RNN mode (RWKV7.sequence_core / step_core)
         o, S = core(r, w, k, v, -kk, kk * a, S)
+        if fused:   # GroupNorm, bonus and gate in one Triton pass
+            o = kf.fused_output(o.reshape(B, T, C), p["r"], p["k"], p["v"], p["g"], self.ln_x.weight,
+                                self.ln_x.bias, self.r_k, H, self.ln_x.eps)
+            return self.output(o), last, S, p["v_first"]
         o = self.ln_x(o.reshape(B * T, C)).reshape(B, T, C)
         o = o + ops.output_correction(p["r"], p["k"], p["v"], self.r_k, H)
         return self.output(o * p["g"]), last, S, p["v_first"]
