@@ -27,7 +27,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 F32 = {"eW", "h0", "ht", "hs", "dhs", "xs", "dht", "dh0", "du", "ckpt", "scratch", "dwT", "acc", "Wp", "Up", "Op", "Arb", "G", "dsk",
-       "Of", "Pf", "Gf", "Qf"}
+       "Of", "Pf", "Gf", "Qf", "mean", "rstd", "dgamma", "dbeta", "drho", "dmu", "dshift"}
 INT = {"flags": "*i32", "cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i32", "chunk_indices": "*i32", "ck_off": "*i32", "idx": "*i32",
        "T": "i32", "rows": "i32", "n_rows": "i32", "part_stride": "i64", "scale": "fp32", "lower": "fp32",
        # the decode kernels (kernels_decode): its state S is float32
@@ -92,6 +92,11 @@ def kernels(dt16: bool):
     out += [("rwkvlab.wkv7.kernels_decode", "token_mix_decode_kernel", {"M": m, "BC": 1024}) for m in (6, 1)]
     out += [("rwkvlab.wkv7.kernels_decode", "lora_act_decode_kernel", {"BLOCK": 128}),
             ("rwkvlab.wkv7.kernels_decode", "relu_square_decode_kernel", {"BLOCK": 1024})]
+    # the training block's fused pieces (kernels_fused): mixes, and GroupNorm + bonus + gate
+    out += [("rwkvlab.wkv7.kernels_fused", "_mix_fwd_kernel", {"C": 2048, "M": 6, "BR": 32, "BC": 128, "USE_SHIFT": True}),
+            ("rwkvlab.wkv7.kernels_fused", "_mix_bwd_kernel", {"C": 2048, "M": 6, "BR": 32, "BC": 128, "USE_SHIFT": True}),
+            ("rwkvlab.wkv7.kernels_fused", "_tail_fwd_kernel", {"C": 2048, "H": 32, "N": 64, "BR": 32}),
+            ("rwkvlab.wkv7.kernels_fused", "_tail_bwd_kernel", {"C": 2048, "H": 32, "N": 64, "BR": 16})]
     return out
 
 
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
     # reload the kernel modules now that TRITON_INTERPRET is unset, so @triton.jit builds real kernels
     for name in ("rwkvlab.kernels_common", "rwkvlab.wkv6.kernels_recurrent", "rwkvlab.wkv6.kernels_subchunk",
                  "rwkvlab.wkv6.kernels_chunked", "rwkvlab.wkv7.kernels_recurrent", "rwkvlab.wkv7.kernels_chunked",
-                 "rwkvlab.wkv7.kernels_decode"):
+                 "rwkvlab.wkv7.kernels_decode", "rwkvlab.wkv7.kernels_fused"):
         importlib.reload(importlib.import_module(name))
     failures = 0
     for mod, kname, consts in kernels(args.dtype == "bf16"):
