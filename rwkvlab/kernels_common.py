@@ -104,3 +104,28 @@ def checkpoint_layout(B: int, T: int, cu_seqlens, C: int, dev):
     ck_off = torch.zeros_like(n_ck)
     ck_off[1:] = torch.cumsum(n_ck, 0)[:-1]
     return len(lens), int(n_ck.sum()), cu, ck_off.to(torch.int32)
+
+
+class FlagRead:
+    """The value-check flag read back as soon as the launches that set it are done, not later.
+
+    Made right after the last launch that can set ``flags``: on a GPU it queues a copy of the
+    flag into pinned host memory and an event behind it, so :meth:`value` waits for those
+    launches only, while the launches queued after it (an output pass, a state pass) keep the
+    GPU busy during the wait and during the host's work for the next call. Elsewhere (the
+    interpreter, where launches run as they are called) it reads the flag at once.
+    """
+
+    def __init__(self, flags: torch.Tensor):
+        if flags.is_cuda:
+            self._host = torch.empty(1, dtype=flags.dtype, pin_memory=True)
+            self._host.copy_(flags, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host, self._event = flags.clone(), None
+
+    def value(self) -> int:
+        if self._event is not None:
+            self._event.synchronize()
+        return int(self._host[0])

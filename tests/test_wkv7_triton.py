@@ -262,6 +262,40 @@ def test_chunked_checks_values_in_its_kernel(arg, bad):
         wkv7.triton_chunked(*[named[n] for n in "rwkvab"], initial_state=named["initial_state"])
 
 
+@pytest.mark.parametrize("arg", ["r", "w", "k", "v", "a", "b"])
+def test_chunked_reads_the_flag_after_the_prep_without_an_initial_state(arg, monkeypatch):
+    """Without an initial state the prep's flag is final before the state pass: the forward reads
+    it then (FlagRead, made before the state pass is launched), and a bad value is still a
+    ValueError naming the argument; with an initial state, which the state pass checks, it waits."""
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    xs, h0 = make_inputs(1, 37, 2, 16, 16, seed=25)
+    order = []
+    real_read, real_launches = kc.FlagRead, kc.fwd_launches
+
+    def launches(*a, **k):
+        prep, state, out = real_launches(*a, **k)
+        return prep, (lambda: (order.append("state"), state())), out
+
+    monkeypatch.setattr(kc, "FlagRead", lambda f: (order.append("read"), real_read(f))[1])
+    monkeypatch.setattr(kc, "fwd_launches", launches)
+    named = dict(zip("rwkvab", xs))
+    x = named[arg].clone()
+    x.view(-1)[x.numel() // 3] = -float("inf") if arg == "w" else float("nan")
+    named[arg] = x
+    with pytest.raises(ValueError, match=rf"^{arg}:"):
+        wkv7.triton_chunked(*[named[n] for n in "rwkvab"])
+    assert order == ["read", "state"]
+    order.clear()
+    o, _ = wkv7.triton_chunked(*xs, initial_state=h0)
+    assert order == ["state"] and torch.isfinite(o).all()      # the initial state's check is the state pass's
+    lb = wkv7.RWKV7_LOWER_BOUND
+    w = xs[1].clamp(min=lb).clone()
+    w[0, 20, 1, 3] = lb - 0.05
+    with pytest.raises(ValueError, match=r"^w: below the declared lower_bound"):
+        wkv7.triton_chunked(xs[0], w, *xs[2:], lower_bound=lb)
+
+
 def test_chunked_checks_every_sequences_initial_state():
     """The state pass checks the initial state it reads, one tile per program: a NaN in the
     initial state of any packed sequence (here a one-token one) is a ValueError naming it."""
@@ -355,11 +389,14 @@ def test_chunked_check_values_off_skips_only_the_value_check(monkeypatch):
     lb = wkv7.RWKV7_LOWER_BOUND
     for kw in ({}, {"lower_bound": lb}):
         want = wkv7.triton_chunked(*xs, initial_state=h0, output_final_state=True, **kw)
-        reads = []
-        monkeypatch.setattr(kc, "raise_flagged", lambda *a, **k: reads.append(a))
+        checks, reads = [], []
+        real = kc.fwd_launches
+        monkeypatch.setattr(kc, "fwd_launches", lambda *a, **k: (checks.append(a[-1]), real(*a, **k))[1])
+        monkeypatch.setattr(kc, "FlagRead", lambda f: reads.append(f))
         got = wkv7.triton_chunked(*xs, initial_state=h0, output_final_state=True, check_values=False, **kw)
         monkeypatch.undo()
-        assert not reads and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert checks == [False] and not reads                 # launched unchecked, no flag to read
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         leaves = [x.clone().requires_grad_() for x in xs]
         o, _ = wkv7.triton_chunked(*leaves, check_values=False, **kw)
         g = torch.autograd.grad(o.sum(), leaves)

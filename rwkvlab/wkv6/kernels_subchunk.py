@@ -56,7 +56,7 @@ import triton.language as tl
 
 from .. import device
 from . import kernels_recurrent as _rec
-from ..kernels_common import chunk_of, chunk_table, cu_arg, dot16, first_chunk, seq_bounds
+from ..kernels_common import FlagRead, chunk_of, chunk_table, cu_arg, dot16, first_chunk, seq_bounds
 
 __all__ = ["fwd", "bwd", "triton_subchunk"]
 
@@ -616,8 +616,9 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
     qe, ke, A, eW = prep(r, k, w, u, scale, cu_seqlens, BT, flags)
     hs, ht = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, flags)
+    early = FlagRead(flags) if check else None      # final now: the output pass runs through the wait
     o = output(qe, ke, v, A, eW, hs, cu_seqlens, BT)
-    if check:
+    if check and early.value():
         raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens)
     return (o, ht, hs) if return_states else (o, ht)
 

@@ -44,7 +44,7 @@ import triton.language as tl
 
 from .. import device, validate
 from . import kernels_recurrent as _rec
-from ..kernels_common import checkpoint_layout, chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
+from ..kernels_common import FlagRead, checkpoint_layout, chunk_of, chunk_table, cu_arg, first_chunk, seq_bounds
 
 __all__ = ["triton_chunked", "FACTORED_SPAN"]
 
@@ -890,11 +890,19 @@ class _ChunkedFunction(torch.autograd.Function):
     def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, chunk_size, lower_bound,
                 check_values):
         needs_grad = any(ctx.needs_input_grad[:6]) or ctx.needs_input_grad[7]
-        o, ht, ckpt, flags, pieces = fwd(r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens,
-                                         store_ckpt=needs_grad, chunk_size=chunk_size, lower_bound=lower_bound,
-                                         check=check_values)
-        if check_values:    # the one host sync of the forward: the flag decides ValueError or an answer
-            raise_flagged(flags, r, w, k, v, a, b, scale, h0, cu_seqlens, lower_bound)
+        launches = fold_launches if folds(needs_grad) else fwd_launches
+        extra = () if folds(needs_grad) else (needs_grad,)
+        prep, state, (o, ht, ckpt, flags, pieces) = launches(
+            r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, *extra, chunk_size, lower_bound,
+            check_values)
+        prep()
+        # the prep checks every input value; the state pass checks only the initial state. Without
+        # one, the flag is final after the prep: read it then, and the state pass keeps the GPU
+        # busy through the wait and the host's next call (FlagRead)
+        early = FlagRead(flags) if check_values and h0 is None else None
+        state()
+        if check_values and (early.value() if early is not None else flags.item()):
+            raise_flagged(flags, r, w, k, v, a, b, scale, h0, cu_seqlens, lower_bound)   # names the argument
         N = r.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
         parallel = needs_grad and bwd_schedule(N, r.shape[2], v.shape[-1]) == "parallel"
         keep = [pieces[n] for n in PIECES] if parallel else [None] * len(PIECES)
