@@ -1031,7 +1031,16 @@ assert sched["parallel"] < sched["sequential"] / 3             # ...and the para
 # reader calling the kernel by hand wants it. A model calling it once per layer per step, on
 # values its own code produced, wants the GPU's queue kept full. So the check stays on by
 # default, and `check_values=False` is the documented way to buy back the wait, as a choice
-# the caller makes.
+# the caller makes; the models make it.
+#
+# The wait itself can also be made shorter without giving anything up. The flag is final as
+# soon as the last launch that sets it is done, and that is the prep when there is no initial
+# state (the state pass checks only the initial state, which it reads). So the forward now
+# queues a copy of the flag into pinned host memory right after the prep, with an event behind
+# it (`kernels_common.FlagRead`), launches the state pass, and waits for the event only. While
+# the host waits and then prepares its next call, the state pass keeps the GPU busy. RWKV-6's
+# forward does the same after its state pass, with its output pass behind it. The records
+# above predate this; `benchmarks/NOTES.md` has the prediction.
 
 # %% [markdown]
 # ### Folding chunks: one product per step
