@@ -660,7 +660,9 @@ for scale in (0.5, 1.0):                                       # w in (-scale, 0
 #
 # Carrying $E$ through the loop instead (section 4's order) saves multiply-adds when $C < K$,
 # but needs three small operations per chunk instead of one, and in plain torch each pays a fixed
-# cost (exercise 5). "At once" means one *segment* at a time: about `SEGMENT` token-heads
+# cost (exercise 5). The maps $S \mapsto PS + Q$ also compose: two chunks in a row are one map
+# with $P_2P_1$ and $P_2Q_1 + Q_2$. Chapter 11's folded forward uses that to take 64 tokens per
+# sequential step on a GPU. "At once" means one *segment* at a time: about `SEGMENT` token-heads
 # (batch × heads × tokens) of whole chunks, so that a segment's intermediates are still in the
 # CPU's cache when they are used; only the state passes between segments.
 #

@@ -1,4 +1,4 @@
-"""RWKV-7 in chunkwise-parallel (WY / UT) form: two forward launches and one backward, on tl.dot.
+"""RWKV-7 in chunkwise-parallel (WY / UT) form on tl.dot: two forward launches, a backward on one of two schedules.
 
 Per chunk of ``BT`` tokens (chapter 10's algebra; ``c_t = Σ_{j≤t} w_j`` the running log decay
 inside the chunk)::
@@ -25,13 +25,21 @@ exactly, pair by pair, from a [BT, BT, BK] block of exponents each summed over i
 (≤ 0, so nothing overflows, and a decay spike costs no float32 accuracy). A caller that declares
 ``lower_bound`` (RWKV-7's own w ≥ −e^{−1/2}) gets kernels compiled without the exact path.
 
+A forward that keeps no checkpoints can instead take the folded launches (``TUNE["fold"]``):
+``wkv7_fwd_fold_kernel`` composes the chunks of a 64-token step into one affine map of the step's
+start state (S ← P̄ S + Q̄, outputs R̄ S + Ō), and ``wkv7_fwd_folded_kernel`` applies one map per
+step: one product on the chain every 64 tokens instead of two every 16.
+
 Backward (``wkv7_bwd_chunked_kernel``): the state pass's grid, walking the chunks from last to
 first with ``dS`` in registers. Per chunk it reloads the forward's chunk-start state, recomputes
 the pairwise matrices, ``T``, ``W``, ``U`` and ``E``, and runs the adjoint of every line above
 (the triangular inverse's adjoint is ``dA_ab = Tᵀ dT Tᵀ``). The decay gradient collects, for each
 ``w_j``, the exponents whose interval contains ``j``; on the exact path it leaves out the
 exponents that are 0 by construction, so no O(1) terms cancel and a strong decay's tiny gradient
-survives in float32. The sums over t are products with 0/1 matrices.
+survives in float32. The sums over t are products with 0/1 matrices. Where that grid would leave
+most multiprocessors idle, the parallel schedule runs instead (``bwd_schedule``): a light dS pass
+(``wkv7_bwd_dstate_kernel``) on the forward's saved pieces, then every chunk's gradients at once
+(``wkv7_bwd_parallel_kernel``), with the same chunk body (``_chunk_grads``).
 """
 from __future__ import annotations
 
