@@ -367,6 +367,20 @@ def _ours(fn, **kw):
     return call
 
 
+def _folded(fn, **kw):
+    """wkv7.triton_chunked with ``TUNE["fold"]`` on for the call (a forward without a gradient folds)."""
+    from .wkv7 import kernels_chunked as kc
+
+    def call(**x):
+        saved = kc.TUNE["fold"]
+        kc.TUNE["fold"] = True
+        try:
+            return fn(**x, scale=1.0, output_final_state=True, **kw)
+        finally:
+            kc.TUNE["fold"] = saved
+    return call
+
+
 def _fla(fn, **kw):
     try:
         params = inspect.signature(fn).parameters
@@ -428,6 +442,11 @@ def implementations(kind: str, gpu: bool, fla_recurrent: bool = False) -> list[I
         else ("triton_chunked_unchecked", {})
     out.append(Impl(kind, name, _ours(mod.triton_chunked, check_values=False, **kw), triton=True, varlen=True,
                     note="check_values=False: no value check, no host-device wait" + (", lower_bound" if kw else "")))
+    if kind == "wkv7":  # the folded forward (one product per 64 tokens on the chain); a backward unfolds it
+        out.append(Impl(kind, "triton_chunked_lb_folded", _folded(mod.triton_chunked, lower_bound=RWKV7_LOWER_BOUND,
+                                                                  check_values=False),
+                        triton=True, varlen=True, gpu_default=False,
+                        note="TUNE['fold']=True, unchecked, lower_bound: the forward folded; fwd+bwd is the unfolded path"))
     for c in ((16, 32) if kind == "wkv6" else (32,)):
         out.append(Impl(kind, f"triton_chunked_c{c}", _ours(mod.triton_chunked, chunk_size=c), triton=True,
                         gpu_default=False, note=f"C={c}"))
