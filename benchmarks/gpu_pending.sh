@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/gpu_pending.sh [1|2]     # two calls' worth; outputs under $OUT (or ./gpu_pending/)
 #
-# Call 1: the wkv7 launches one by one (the folded forward, TUNE["wu"], both backward schedules),
+# Call 1: a smoke test of the new GPU defaults, the wkv7 launches one by one (the folded forward, TUNE["wu"], both backward schedules),
 # then the wkv6 backward's launches (ours only: FLA's autotune costs minutes).
 # Call 2: wkv7 against FLA in one process with the final settings (FLA's forward+backward last),
 # then `bench generate` at the 0.1B shape against the official runtime.
@@ -14,8 +14,9 @@ cd "$(dirname "$0")/.."
 part=${1:-1}
 out=${OUT:-gpu_pending}
 mkdir -p "$out"
-if ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+if ls .whl/*.whl > /dev/null 2>&1; then   # FLA, einops, rwkv; and pytest with its kin from .whl/nb/
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    $(ls .whl/*.whl .whl/nb/*.whl 2>/dev/null) || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1
@@ -26,9 +27,13 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, say how it en
   echo "== $name: exit ${PIPESTATUS[0]}"
 }
 if [ "$part" = 1 ]; then
-  step wkv7_breakdown 330 python3 benchmarks/gpu_wkv7_breakdown.py --quick
-  step wkv6_bwd_profile 150 python3 benchmarks/gpu_kernel_profile.py --kind wkv6 --backward --ours-only
-  step wkv7_bwd_profile 90 python3 benchmarks/gpu_kernel_profile.py --backward --ours-only
+  # first, the paths that became defaults on a GPU without having run compiled there: the model's
+  # fused time mix, the early flag read, the folded forward, fused_output (tests, GPU shapes)
+  step smoke 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_model.py tests/test_wkv7_triton.py \
+    -k "fused or value_checks or fold or flag or check_values"
+  step wkv7_breakdown 300 python3 benchmarks/gpu_wkv7_breakdown.py --quick
+  step wkv6_bwd_profile 100 python3 benchmarks/gpu_kernel_profile.py --kind wkv6 --backward --ours-only
+  step wkv7_bwd_profile 60 python3 benchmarks/gpu_kernel_profile.py --backward --ours-only
 else
   step wkv7_vs_fla 420 python3 benchmarks/results/h200_wkv7_v5_2026-12-01.py
   step generate_01b 150 python3 -m rwkvlab bench generate --sizes 0.1b --out-dir "$out"
