@@ -264,17 +264,9 @@ print(inspect.getsource(kc.wkv7_fwd_chunked_kernel.fn))
 # %%
 from unittest import mock
 
+from rwkvlab.checking import GridRecorder
 
-class GridRecorder:
-    """Stands in for a Triton kernel object: notes the grid of each launch `kernel[grid](...)`."""
-
-    def __init__(self, kernel):
-        self.kernel, self.grids = kernel, []
-
-    def __getitem__(self, grid):
-        self.grids.append(tuple(grid))
-        return self.kernel[grid]
-
+print(inspect.getsource(GridRecorder))
 
 CHUNK = inspect.signature(kc.triton_chunked).parameters["chunk_size"].default   # 16
 Bs, Ts, Hs, Ks, Vs = 2, 40, 2, 16, 16

@@ -70,3 +70,16 @@ def check(name: str, got, ref, tol: float = 1e-5, quiet: bool = False) -> float:
         why = "" if math.isfinite(err) else " (NaN or Inf in the result or the reference)"
         raise AssertionError(f"{name}: relative error {err:.3e} exceeds {tol:.0e}{why}")
     return err
+
+
+class GridRecorder:
+    """Stands in for a Triton kernel object: notes the grid of each launch ``kernel[grid](...)``,
+    then launches the real kernel. Patch it over a module's kernel (``unittest.mock.patch.object``)
+    to see which launches a call makes, and on which grids."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(tuple(grid))
+        return self.kernel[grid]

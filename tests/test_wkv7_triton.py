@@ -14,7 +14,7 @@ import torch
 
 import rwkvlab
 from rwkvlab import wkv7
-from rwkvlab.checking import rel_err
+from rwkvlab.checking import GridRecorder, rel_err
 
 GPU = rwkvlab.device.has_gpu()
 DEV = rwkvlab.device.device()
@@ -29,17 +29,6 @@ def _chunked_parallel_backward(*args, **kw):
         return wkv7.triton_chunked(*args, **kw)
     finally:
         kc.TUNE["bwd_schedule"] = saved
-
-
-class GridRecorder:
-    """Stands in for a Triton kernel: records each launch's grid, then launches the real kernel."""
-
-    def __init__(self, kernel):
-        self.kernel, self.grids = kernel, []
-
-    def __getitem__(self, grid):
-        self.grids.append(tuple(grid))
-        return self.kernel[grid]
 
 
 def _chunked_folded(*args, **kw):

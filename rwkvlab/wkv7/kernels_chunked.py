@@ -766,6 +766,20 @@ def folds(store_ckpt):
     return bool(TUNE["fold"]) and not store_ckpt
 
 
+def _forward_args(r, T, cu_seqlens, lower_bound, check):
+    """What both forwards (plain and folded) pass their prep kernel besides the tensors: the value
+    flag (zeroed; None without ``check``), the dot precisions (float32 inputs get full-precision
+    dots; on a GPU 16-bit inputs may use tf32 tensor cores; T's squarings per ``TUNE["inverse"]``),
+    the lower bound as the kernel reads it, the varlen switch, the row count and ``cu_seqlens``."""
+    flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
+    prec = "ieee" if r.dtype == torch.float32 else "tf32"
+    inv_prec = "ieee" if TUNE["inverse"] == "ieee" else prec
+    lower = -3.0e38 if lower_bound is None else float(lower_bound)
+    varlen = cu_seqlens is not None
+    return (flags, prec, inv_prec, lower, varlen, r.shape[0] * T if varlen else T,
+            cu_arg(cu_seqlens, r.device))
+
+
 def fold_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, chunk_size, lower_bound=None, check=True):
     """The folded forward's buffers and two launches, as :func:`fwd_launches` returns them (no
     checkpoints, no pieces): ``wkv7_fwd_fold_kernel`` over steps of :data:`FOLD_TOKENS` tokens,
@@ -775,21 +789,14 @@ def fold_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, chunk_size,
     step = FOLD_TOKENS
     N, _, cu, st_off = checkpoint_layout(B, T, cu_seqlens, step, r.device)
     _, idx, n_steps = chunk_table(cu_seqlens, B, T, step, r.device)
-    BV = min(V, TUNE["fold_state"][2])
-    while BV > 32 and not device.interpreting() and 2 * N * H * triton.cdiv(V, BV) <= _multiprocessors():
-        BV //= 2                                   # few programs: split V, as the state pass does
+    BV = block_v(V, "fold_state", programs=N * H)  # few programs: split V, as the state pass does
     f32 = dict(dtype=torch.float32, device=r.device)
     Rf = torch.empty(B, T, H, K, dtype=r.dtype if TUNE["pieces"] == "input" else torch.float32, device=r.device)
     Of = torch.empty(B, T, H, V, dtype=r.dtype if TUNE["wu"] == "input" else torch.float32, device=r.device)
     Pf, Gf, Qf = torch.empty(n_steps, H, K, K, **f32), torch.empty(n_steps, H, K, **f32), torch.empty(n_steps, H, K, V, **f32)
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, **f32) if store_ht else None
-    flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
-    prec = "ieee" if r.dtype == torch.float32 else "tf32"
-    lower = -3.0e38 if lower_bound is None else float(lower_bound)
-    varlen = cu_seqlens is not None
-    rows = B * T if varlen else T
-    cu_p = cu_arg(cu_seqlens, r.device)
+    flags, prec, inv_prec, lower, varlen, rows, cu_p = _forward_args(r, T, cu_seqlens, lower_bound, check)
     warps, stages = TUNE["fold_prep"][:2]
 
     def prep():
@@ -797,7 +804,7 @@ def fold_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, chunk_size,
             r, w, k, v, a, b, flags, cu_p, idx, lower, Rf, Of, Pf, Gf, Qf, rows,
             H=H, K=K, V=V, BT=chunk_size, FOLD=step // chunk_size, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
             BOUNDED=lower_bound is not None, CHECK=check, VARLEN=varlen, DOT_PREC=prec,
-            INV_PREC="ieee" if TUNE["inverse"] == "ieee" else prec, num_warps=warps, num_stages=stages)
+            INV_PREC=inv_prec, num_warps=warps, num_stages=stages)
 
     def state():
         wkv7_fwd_folded_kernel[(triton.cdiv(V, BV), N * H)](
@@ -833,20 +840,14 @@ def fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, 
     o = torch.empty_like(v)
     ht = torch.empty(N, H, K, V, **f32) if store_ht else None
     ckpt = torch.empty(n_ck, H, K, V, **f32) if store_ckpt else None
-    flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
-    # float32 inputs get full-precision dots; on a GPU, 16-bit inputs may use tf32 tensor cores
-    prec = "ieee" if r.dtype == torch.float32 else "tf32"
-    lower = -3.0e38 if lower_bound is None else float(lower_bound)
-    varlen = cu_seqlens is not None
-    rows = B * T if varlen else T
-    cu_p = cu_arg(cu_seqlens, r.device)
+    flags, prec, inv_prec, lower, varlen, rows, cu_p = _forward_args(r, T, cu_seqlens, lower_bound, check)
 
     def prep():
         wkv7_fwd_prep_kernel[(n_chunks, H)](
             r, w, k, v, a, b, flags, cu_p, idx, lower, Wp, Up, Kd, Bd, Rd, Op, Arb, G, rows,
             H=H, K=K, V=V, BT=chunk_size, NSQ=_squarings(chunk_size), SPAN=FACTORED_SPAN,
             BOUNDED=lower_bound is not None, CHECK=check, VARLEN=varlen, DOT_PREC=prec,
-            INV_PREC="ieee" if TUNE["inverse"] == "ieee" else prec, **_launch("prep"))
+            INV_PREC=inv_prec, **_launch("prep"))
 
     def state():
         wkv7_fwd_chunked_kernel[(triton.cdiv(V, BV), N * H)](
