@@ -476,16 +476,21 @@ def test_breakdown_script_launches_what_triton_chunked_launches(capsys):
     assert capsys.readouterr().out.count("match triton_chunked") == len(mod.variants(dry=True))
 
 
-def test_backward_schedule_follows_the_grid(monkeypatch):
-    """"auto": the parallel backward where the sequential grid would leave most of a 132-SM GPU
-    idle, the one-launch sequential backward otherwise and in the interpreter."""
+def test_backward_schedule_and_fold_follow_the_device(monkeypatch):
+    """"auto": the parallel backward on a GPU and the sequential one in the interpreter; the
+    folded forward only without checkpoints and where the state pass would idle a 132-SM GPU."""
     from rwkvlab.wkv7 import kernels_chunked as kc
 
+    assert kc.bwd_schedule(1, 8, 64) == "sequential" and not kc.folds(False, 1, 8, 64)  # interpreter
     monkeypatch.setattr(kc.device, "interpreting", lambda: False)
     monkeypatch.setattr(kc, "_multiprocessors", lambda: 132)
-    assert kc.bwd_schedule(1, 8, 64) == "parallel" and kc.bwd_schedule(4, 32, 64) == "sequential"
+    assert kc.bwd_schedule(1, 8, 64) == "parallel" and kc.bwd_schedule(4, 32, 64) == "parallel"
+    assert kc.folds(False, 1, 8, 64) and not kc.folds(True, 1, 8, 64) and not kc.folds(False, 4, 32, 64)
     monkeypatch.setitem(kc.TUNE, "bwd_schedule", "sequential")
-    assert kc.bwd_schedule(1, 8, 64) == "sequential"
+    monkeypatch.setitem(kc.TUNE, "fold", False)
+    assert kc.bwd_schedule(1, 8, 64) == "sequential" and not kc.folds(False, 1, 8, 64)
+    monkeypatch.setitem(kc.TUNE, "fold", True)
+    assert kc.folds(False, 4, 32, 64)
 
 
 def test_state_pass_splits_v_only_when_the_gpu_would_idle():

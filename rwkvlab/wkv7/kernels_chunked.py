@@ -25,7 +25,8 @@ exactly, pair by pair, from a [BT, BT, BK] block of exponents each summed over i
 (≤ 0, so nothing overflows, and a decay spike costs no float32 accuracy). A caller that declares
 ``lower_bound`` (RWKV-7's own w ≥ −e^{−1/2}) gets kernels compiled without the exact path.
 
-A forward that keeps no checkpoints can instead take the folded launches (``TUNE["fold"]``):
+A forward that keeps no checkpoints can instead take the folded launches (``TUNE["fold"]``; by
+default where the state pass alone would leave most multiprocessors idle, as at B=1, H=8):
 ``wkv7_fwd_fold_kernel`` composes the chunks of a 64-token step into one affine map of the step's
 start state (S ← P̄ S + Q̄, outputs R̄ S + Ō), and ``wkv7_fwd_folded_kernel`` applies one map per
 step: one product on the chain every 64 tokens instead of two every 16.
@@ -36,8 +37,8 @@ the pairwise matrices, ``T``, ``W``, ``U`` and ``E``, and runs the adjoint of ev
 (the triangular inverse's adjoint is ``dA_ab = Tᵀ dT Tᵀ``). The decay gradient collects, for each
 ``w_j``, the exponents whose interval contains ``j``; on the exact path it leaves out the
 exponents that are 0 by construction, so no O(1) terms cancel and a strong decay's tiny gradient
-survives in float32. The sums over t are products with 0/1 matrices. Where that grid would leave
-most multiprocessors idle, the parallel schedule runs instead (``bwd_schedule``): a light dS pass
+survives in float32. The sums over t are products with 0/1 matrices. On a GPU the parallel
+schedule runs instead (``bwd_schedule``; faster at every shape measured): a light dS pass
 (``wkv7_bwd_dstate_kernel``) on the forward's saved pieces, then every chunk's gradients at once
 (``wkv7_bwd_parallel_kernel``), with the same chunk body (``_chunk_grads``).
 """
@@ -663,11 +664,17 @@ def wkv7_bwd_parallel_kernel(r, w, k, v, a, b, do, ckpt, dsk, cu, idx,
 #: dtype of the decayed rows the prep kernel writes ("input": 16 bits for 16-bit inputs, −10 %
 #: at B=1, H=8; float32 inputs keep float32 either way). The prep kernel on 2 warps: 0.776 → 0.642 ms
 #: at B=4, H=32, T=4096 (more of its small programs resident per multiprocessor; 1 warp: 0.640).
-TUNE = {"prep": (2, 1), "fwd": (4, 1, 64), "dstate": (4, 1), "bwd": (8, 1, 64), "prefetch": True, "pieces": "input",
-        "wu": "float32", "bwd_schedule": "auto", "inverse": "ieee",
-        # the folded forward (steps of FOLD_TOKENS, one product a step on the chain) for forwards
-        # that keep no checkpoints: built and tested, not yet timed, so off by default
-        "fold": False, "fold_prep": (4, 1), "fold_state": (8, 1, 64)}
+#: The parallel backward's kernel on 4 warps ("bwd_parallel"), and that schedule everywhere on a
+#: GPU: at B=4, H=32, T=4096 it took 3.36 ms against the sequential one's 3.57 (8 warps) and its
+#: own 4.13 on 8 warps; at B=1, H=8, T=65536 7.27 against 8.10 (8 warps) and 56.2 sequential
+#: (benchmarks/results/pending1_2026-12-01/wkv7_breakdown.txt).
+#: "fold": "auto" folds a forward that keeps no checkpoints when its state pass would leave most
+#: multiprocessors idle (B=1, H=8, T=65536: 5.40 → 4.44 ms; at B=4, H=32 the folded prep's
+#: 2.0 ms costs more than the chain saves: 1.11 → 2.28), True / False force it.
+TUNE = {"prep": (2, 1), "fwd": (4, 1, 64), "dstate": (4, 1), "bwd": (8, 1, 64), "bwd_parallel": (4, 1),
+        "prefetch": True, "pieces": "input", "wu": "float32", "bwd_schedule": "auto", "inverse": "ieee",
+        # the folded forward (steps of FOLD_TOKENS, one product a step on the chain)
+        "fold": "auto", "fold_prep": (4, 1), "fold_state": (8, 1, 64)}
 
 #: tokens per step of the folded state pass (chunks of 16 or 32 folded 4 or 2 at a time)
 FOLD_TOKENS = 64
@@ -710,16 +717,13 @@ def _squarings(chunk_size):
 def bwd_schedule(N, H, V):
     """``"sequential"`` (one launch: each (sequence·head, V-block) walks its chunks backwards)
     or ``"parallel"`` (a light dS pass on that grid, then every chunk's gradients at once), per
-    ``TUNE["bwd_schedule"]``; ``"auto"`` takes the parallel one when the sequential grid would
-    leave most multiprocessors idle (B=1, H=8: 8 programs on 132), the sequential one otherwise
-    (and in the interpreter, where fewer programs run faster)."""
+    ``TUNE["bwd_schedule"]``; ``"auto"`` takes the parallel one on a GPU (faster at every shape
+    measured: B=1, H=8, where the sequential grid leaves 124 of 132 multiprocessors idle, by 7×;
+    B=4, H=32 by 6 %), the sequential one in the interpreter, where fewer programs run faster."""
     choice = TUNE["bwd_schedule"]
     if choice != "auto":
         return choice
-    if device.interpreting():
-        return "sequential"
-    NV = triton.cdiv(V, block_v(V, "bwd"))
-    return "parallel" if 2 * N * H * NV <= _multiprocessors() else "sequential"
+    return "sequential" if device.interpreting() else "parallel"
 
 
 def bwd(r, w, k, v, a, b, do, dht, ckpt, pieces, scale, cu_seqlens, need_dh0, chunk_size, lower_bound=None):
@@ -754,16 +758,24 @@ def bwd(r, w, k, v, a, b, do, dht, ckpt, pieces, scale, cu_seqlens, need_dh0, ch
             VARLEN=varlen, DOT_PREC=prec, **_launch("dstate"))
         wkv7_bwd_parallel_kernel[(NV, n_chunks, H)](
             r, w, k, v, a, b, do, ckpt, dsk, cu_arg(cu_seqlens, r.device), idx, dr, dw, dk, dv, da, db, scale,
-            B * T * H * K, B * T if varlen else T, BV=BV, **consts, **_launch("bwd"))
+            B * T * H * K, B * T if varlen else T, BV=BV, **consts, **_launch("bwd_parallel"))
     dr, dw, dk, da, db = (x.sum(0).to(r.dtype) if NV > 1 else x[0] for x in (dr, dw, dk, da, db))
     return dr, dw, dk, dv, da, db, dh0
 
 
-def folds(store_ckpt):
+def folds(store_ckpt, N, H, V):
     """Whether a forward takes the folded launches: only one that keeps no checkpoints (the
     backward restarts from the state at every chunk, which the folded pass does not stop at), and
-    only when ``TUNE["fold"]`` says so."""
-    return bool(TUNE["fold"]) and not store_ckpt
+    then as ``TUNE["fold"]`` says: True, False, or "auto": on a GPU where the state pass's grid
+    (N·H sequence·heads times its V-blocks) would fill under half the multiprocessors."""
+    choice = TUNE["fold"]
+    if store_ckpt or not choice:
+        return False
+    if choice != "auto":
+        return True
+    if device.interpreting():
+        return False
+    return 2 * N * H * triton.cdiv(V, block_v(V, programs=N * H)) <= _multiprocessors()
 
 
 def _forward_args(r, T, cu_seqlens, lower_bound, check):
@@ -860,6 +872,11 @@ def fwd_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, 
     return prep, state, (o, ht, ckpt, flags, pieces)
 
 
+def _grid_size(r, v, cu_seqlens):
+    """(sequences, heads, V) of a call: what the state pass's grid is made of."""
+    return (r.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1), r.shape[2], v.shape[-1]
+
+
 def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_size, lower_bound=None,
         check=True):
     """Two launches on contiguous tensors: every chunk's state-free pieces in parallel, then the
@@ -867,8 +884,9 @@ def fwd(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, store_ckpt, chunk_siz
     state at every chunk start, ``pieces`` what the backward reads of the prep's outputs; ``flags`` (with ``check``) is one int32 that either launch sets if a
     value it read was NaN/Inf or a log decay lay outside [lower_bound, 0] (see raise_flagged).
     A forward without checkpoints takes the folded launches instead when :func:`folds` says so."""
-    launches = fold_launches if folds(store_ckpt) else fwd_launches
-    extra = () if folds(store_ckpt) else (store_ckpt,)
+    fold = folds(store_ckpt, *_grid_size(r, v, cu_seqlens))
+    launches = fold_launches if fold else fwd_launches
+    extra = () if fold else (store_ckpt,)
     prep, state, out = launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, *extra,
                                 chunk_size, lower_bound, check)
     prep()
@@ -899,8 +917,9 @@ class _ChunkedFunction(torch.autograd.Function):
     def forward(ctx, r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, chunk_size, lower_bound,
                 check_values):
         needs_grad = any(ctx.needs_input_grad[:6]) or ctx.needs_input_grad[7]
-        launches = fold_launches if folds(needs_grad) else fwd_launches
-        extra = () if folds(needs_grad) else (needs_grad,)
+        fold = folds(needs_grad, *_grid_size(r, v, cu_seqlens))
+        launches = fold_launches if fold else fwd_launches
+        extra = () if fold else (needs_grad,)
         prep, state, (o, ht, ckpt, flags, pieces) = launches(
             r, w, k, v, a, b, scale, h0, output_final_state, cu_seqlens, *extra, chunk_size, lower_bound,
             check_values)
@@ -912,7 +931,7 @@ class _ChunkedFunction(torch.autograd.Function):
         state()
         if check_values and (early.value() if early is not None else flags.item()):
             raise_flagged(flags, r, w, k, v, a, b, scale, h0, cu_seqlens, lower_bound)   # names the argument
-        N = r.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+        N = _grid_size(r, v, cu_seqlens)[0]
         parallel = needs_grad and bwd_schedule(N, r.shape[2], v.shape[-1]) == "parallel"
         keep = [pieces[n] for n in PIECES] if parallel else [None] * len(PIECES)
         ctx.save_for_backward(r, w, k, v, a, b, ckpt, cu_seqlens, *keep)
