@@ -831,12 +831,14 @@ assert spike_err["sequential C=16"] > 1e-5
 #    $16\times16$ products per earlier sub-chunk: at $K = V = 64$, 32 against 28 products of size
 #    $16\cdot16\cdot64$ per chunk — about the same arithmetic, but no reloading of earlier
 #    sub-chunks and no decay factor per pair of sub-chunks.
-# 3. **Backward.** The state pass again (autograd keeps only the inputs); a reverse pass
-#    `wkv6_bwd_dh_kernel`, the mirror image of 1, for the gradient $\bar S$ of every chunk-*end*
-#    state, $\bar S \leftarrow \mathrm{diag}(e^{W})\bar S + (q\odot e^{P})^\top\bar O$; and
-#    two gradient kernels, one program per chunk and head each: `wkv6_bwd_dq_kernel` walks the
-#    sub-chunks forward carrying $S$ (for $\bar q$), `wkv6_bwd_dkv_kernel` walks them backward
-#    carrying $\bar S$ (for $\bar k, \bar v, \bar w$).
+# 3. **Backward.** Autograd keeps what the forward made: the chunk-start states and the prep's
+#    factors. A reverse pass `wkv6_bwd_dh_kernel`, the mirror image of 1, gives the gradient
+#    $\bar S$ of every chunk-*end* state,
+#    $\bar S \leftarrow \mathrm{diag}(e^{W})\bar S + (q\odot e^{P})^\top\bar O$. Then three
+#    gradient kernels, one program per chunk and head each: `wkv6_bwd_dq_kernel` walks the
+#    sub-chunks forward carrying $S$ (for $\bar q$), `wkv6_bwd_dv_kernel` is the output kernel run
+#    backwards on the prep's factors (for $\bar v$), and `wkv6_bwd_dkw_kernel` walks the sub-chunks
+#    backward carrying $\bar S$ (for $\bar k, \bar w$).
 #
 # The picture shows one chunk's $64\times64$ weight matrix as the output kernel sees it, and the
 # grids for the training shape of Section 4.
@@ -938,11 +940,16 @@ print(inspect.getsource(ks.wkv6_fwd_o_kernel.fn))
 # - `wkv6_bwd_dq_kernel` walks the sub-chunks first to last carrying $S$, exactly as the output
 #   kernel does: $\bar q'_I = e^{p}\odot \bar O_I S^\top$ plus the sub-chunk's own block
 #   ($\bar A$ pushed through the keys, three quarter `tl.dot`s and three in-quarter steps).
-# - `wkv6_bwd_dkv_kernel` walks them last to first carrying $\bar S$, the gradient of each
-#   sub-chunk's *end* state: $\bar k'_I = e^{s}\odot V_I\bar S^\top$ and
-#   $\bar v_I = (k_I\odot e^{s})\bar S$ plus the own block's share, then
-#   $\bar S \leftarrow \mathrm{diag}(e^{W_I})\bar S + (q_I\odot e^{p})^\top\bar O_I$. Inside a
+# - `wkv6_bwd_dv_kernel` walks them last to first carrying $\bar S$, the gradient of each
+#   sub-chunk's *end* state: $\bar v_I = (k_I\odot e^{s})\bar S + A_I^\top\bar O_I$, then
+#   $\bar S \leftarrow \mathrm{diag}(e^{W_I})\bar S + (q_I\odot e^{p})^\top\bar O_I$. Every factor
+#   in it is one the forward's prep stored ($A_I$ is the own block with the bonus on its
+#   diagonal), so, like the output kernel, it only loads and multiplies.
+# - `wkv6_bwd_dkw_kernel` walks them last to first the same way for
+#   $\bar k'_I = e^{s}\odot V_I\bar S^\top$ plus the own block's share. Inside a
 #   quarter it steps over the *queries* after each key, the transpose of the forward's steps.
+#   (Until `dv` had its own kernel, this one computed it too: one program did the work of both,
+#   at 255 registers and an 88-byte spill; now 48.)
 #
 # The decay gradient uses the identity of Section 3, now inside one chunk:
 #
@@ -953,10 +960,10 @@ print(inspect.getsource(ks.wkv6_fwd_o_kernel.fn))
 # last token $e$, $\bar w_e = \mathrm{rowsum}(\bar S_e\odot e^{w_e}S_{e-1})$ directly, and
 # $k_e\odot\bar k'_e = \mathrm{rowsum}(\bar S_e\odot k_ev_e^\top)$ is the rest of
 # $\mathrm{rowsum}(\bar S_e\odot S_e)$. The first kernel ends its sweep holding $S_\text{end}$,
-# so it writes that row sum, and $q\odot\bar q'$ per token, to two float32 buffers; the second
+# so it writes that row sum, and $q\odot\bar q'$ per token, to two float32 buffers; the dk kernel
 # runs the two sums right to left, as a running vector across sub-chunks and a reverse cumulative
 # sum inside each. No per-token state is ever stored, as in the recurrent kernel. The excerpt is
-# that step of the second kernel's loop body.
+# that step of the dk kernel's loop body.
 
 # %% [markdown]
 # The backward's four launches and what flows between them through device memory; each box
@@ -969,12 +976,12 @@ from matplotlib.patches import FancyBboxPatch
 BKb, BVb = ks._state_tiles(Bg, Hg, Kg, Vg)
 n_state = (Kg // BKb) * (Vg // BVb) * Bg * Hg
 launch_boxes = [
-    (0.2, "state pass", f"{n_state} programs: one {BKb}x{BVb} state\ntile each, chunks in order", "hs: S at every chunk start"),
-    (3.0, "reverse state pass", f"{n_state} programs, chunks last to first:\ndS <- e^W dS + (q e^P)^T dO", "dhs: dS at every chunk end"),
-    (5.8, "dq kernel", f"{n_ch * Hg} programs: one chunk·head,\nsub-chunks first to last, carrying S",
+    (0.2, "reverse state pass", f"{n_state} programs, chunks last to first:\ndS <- e^W dS + (q e^P)^T dO", "dhs: dS at every chunk end"),
+    (3.0, "dq kernel", f"{n_ch * Hg} programs: one chunk·head,\nsub-chunks first to last, carrying S",
      "dr, du;  xs = q * dq',  acc = rowsum(dS*S)"),
-    (8.6, "dk, dv, dw kernel", f"{n_ch * Hg} programs: one chunk·head,\nsub-chunks last to first, carrying dS",
-     "dk, dv, dw"),
+    (5.8, "dv kernel", f"{n_ch * Hg} programs: one chunk·head,\nsub-chunks last to first, carrying dS", "dv"),
+    (8.6, "dk, dw kernel", f"{n_ch * Hg} programs: one chunk·head,\nsub-chunks last to first, carrying dS",
+     "dk, dw"),
 ]
 fig, ax = plt.subplots(figsize=(12, 2.9))
 ax.set_xlim(0, 11.4), ax.set_ylim(0, 2.4), ax.axis("off")
@@ -985,14 +992,14 @@ for x0, name, owns, writes in launch_boxes:
     ax.text(x0 + 1.25, 0.62, "writes " + writes, ha="center", fontsize=7, color="C3", wrap=True)
 for (x0, *_), (x1, *_) in zip(launch_boxes, launch_boxes[1:]):
     ax.annotate("", xy=(x1, 1.55), xytext=(x0 + 2.5, 1.55), arrowprops=dict(arrowstyle="->"))
-ax.text(5.7, 0.15, "hs and dhs are read by the dq kernel; dhs, xs and acc by the last one; no per-token state is stored",
-        ha="center", fontsize=8)
+ax.text(5.7, 0.15, "kept from the forward: hs (the dq kernel reads it) and the prep's factors (the dv kernel's); "
+        "dhs goes to all three, xs and acc to the last; no per-token state is stored", ha="center", fontsize=8)
 ax.set_title(f"the backward at B={Bg}, T={Tg}, H={Hg}, K=V={Kg}: four launches, in stream order", fontsize=10)
 plt.show()
 assert n_state * 16 == n_ch * Hg                      # 16x more per-chunk programs than state tiles here
 
 # %%
-src = inspect.getsource(ks.wkv6_bwd_dkv_kernel.fn)
+src = inspect.getsource(ks.wkv6_bwd_dkw_kernel.fn)
 start = src.index("        b_x = tl.load(xs")
 print(src[start:src.index("        b_dk += b_dAd", start)])
 

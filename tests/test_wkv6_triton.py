@@ -335,8 +335,8 @@ def test_subchunk_launches_flag_every_bad_value(arg, bad, varlen):
 
 
 def test_subchunk_backward_reuses_the_forwards_chunk_states(monkeypatch):
-    """The backward takes the chunk-start states the forward computed (no second state pass) and
-    gives the same gradients, bit for bit, as recomputing them."""
+    """The backward takes the chunk-start states and the prep's factors the forward computed (no
+    second state pass, no second prep) and gives the same gradients, bit for bit, as recomputing them."""
     from rwkvlab.wkv6 import kernels_subchunk as ks
 
     r, k, v, w, u, s0 = make_inputs(2, 150, 2, 16, 16)
@@ -344,12 +344,13 @@ def test_subchunk_backward_reuses_the_forwards_chunk_states(monkeypatch):
     o, ht = wkv6.triton_chunked(*leaves[:5], initial_state=leaves[5], output_final_state=True)
     go, gs = torch.randn_like(o), torch.randn_like(ht)
     calls = []
-    real = ks.state_pass
-    monkeypatch.setattr(ks, "state_pass", lambda *a, **kw: (calls.append(1), real(*a, **kw))[1])
+    for name in ("state_pass", "prep"):
+        real = getattr(ks, name)
+        monkeypatch.setattr(ks, name, lambda *a, _f=real, _n=name, **kw: (calls.append(_n), _f(*a, **kw))[1])
     got = torch.autograd.grad((o * go).sum() + (ht * gs).sum(), leaves)
-    assert not calls                                       # the forward's states were kept
+    assert not calls                                       # the forward's states and factors were kept
     want = ks.bwd(r, k, v, w, u, 1.0, s0.float(), None, 2, go, gs)   # recomputes them
-    assert calls and all(torch.equal(a, b) for a, b in zip(got, want))
+    assert sorted(calls) == ["prep", "state_pass"] and all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 def test_subchunk_check_values_off(monkeypatch):

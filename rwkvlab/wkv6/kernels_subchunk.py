@@ -37,10 +37,12 @@ Who owns what:
 - ``wkv6_fwd_o_kernel`` (output): one program per (chunk, V-block, head), all independent: reads
   its chunk's ``hs`` and the prep's factors, carries the state through the sub-chunks with only
   loads and products, writes ``o``.
-- backward: the state pass again (``hs``), ``wkv6_bwd_dh_kernel`` (the same pass in reverse time
-  for dS, the gradient of each chunk-end state), then two kernels of one program per (chunk,
-  V-block, head): ``wkv6_bwd_dq_kernel`` (dq, du) and ``wkv6_bwd_dkv_kernel`` (dk, dv, dw), which
-  build their decays themselves. The ``dw`` uses the identity of the recurrent kernel
+- backward: ``wkv6_bwd_dh_kernel`` (the state pass in reverse time for dS, the gradient of each
+  chunk-end state; the forward's ``hs`` and prep factors are kept for it), then three kernels of
+  one program per (chunk, V-block, head): ``wkv6_bwd_dq_kernel`` (dq, du),
+  ``wkv6_bwd_dv_kernel`` (dv: the output kernel run backwards on the prep's factors, loads and
+  products only) and ``wkv6_bwd_dkw_kernel`` (dk, dw); the dq and dk kernels build their decays
+  themselves. The ``dw`` uses the identity of the recurrent kernel
   (``dw_m = Σ_{i>m} q_i ⊙ dq'_i − Σ_{j≥m} k_j ⊙ dk'_j + rowsum(dS_end ⊙ S_end)`` inside a chunk,
   primes meaning the gradients without the bonus), so no per-token state is ever needed.
 
@@ -65,7 +67,8 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # (v4 on an H200, benchmarks/results/h200_wkv6_v4_2026-12-01.txt: the prep kernel at 1 warp took
 # 0.31 ms against 0.73 at 4; the state pass capped at 128 registers and the output kernel at 3
 # stages were within 1 % of the next setting)
-TUNE = {"fwd_prep": (1, 1), "fwd_h": (4, 2, 128), "fwd_o": (4, 3), "bwd_dh": (4, 2), "bwd_dq": (4, 1), "bwd_dkv": (4, 1)}
+TUNE = {"fwd_prep": (1, 1), "fwd_h": (4, 2, 128), "fwd_o": (4, 3), "bwd_dh": (4, 2), "bwd_dq": (4, 1), "bwd_dv": (4, 3),
+        "bwd_dkw": (4, 1)}
 BC = 16  # sub-chunk length: the smallest tile side tl.dot accepts
 QB = 4  # quarter: the diagonal 16×16 blocks are split once more, into four quarters of 4 tokens
 
@@ -437,14 +440,52 @@ def wkv6_bwd_dq_kernel(r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu_seqlens, 
 
 
 @triton.jit
-def wkv6_bwd_dkv_kernel(r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu_seqlens, chunk_indices, scale, T,
+def wkv6_bwd_dv_kernel(qe, ke, do, A, eW, dhs, dv, cu_seqlens, chunk_indices, T,
+                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                       BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       VARLEN: tl.constexpr, DOT16: tl.constexpr):
+    """Gradients, part 2: one chunk's dv, sub-chunks last to first, from the forward's prep factors.
+
+    The output kernel run backwards. With dS the gradient of sub-chunk I's END state (the
+    chunk's from dhs to begin with):
+      dv_I = (k ⊙ e^{s})_I dS + A_Iᵀ dO_I,   then   dS ← diag(e^{W_I}) dS + (q ⊙ e^{p})_Iᵀ dO_I
+    A_I is the forward's own 16×16 block with the bonus on its diagonal, so this is all of dv;
+    like the output kernel it only loads and multiplies.
+    """
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, eos, t0 = chunk_of(cu_seqlens, chunk_indices, i_c, T, BT, VARLEN)
+    o_i = tl.arange(0, BC)
+    o_k, o_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    n_sub = tl.cdiv(tl.minimum(BT, eos - t0), BC)
+
+    b_dh = tl.load(dhs + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+                   mask=m_k[:, None] & m_v[None, :], other=0.)
+    for II in range(0, n_sub):
+        I = n_sub - 1 - II
+        s_i = t0 + I * BC
+        o_t = s_i + o_i
+        p_s = (i_c.to(tl.int64) * (BT // BC) + I) * H + i_h      # this sub-chunk's row of A and eW
+        b_qe = _rows(qe, s_i, eos, i_h, H, K, o_k, m_k, BC)
+        b_ke = _rows(ke, s_i, eos, i_h, H, K, o_k, m_k, BC)
+        b_do = _rows(do, s_i, eos, i_h, H, V, o_v, m_v, BC)
+        b_A = tl.load(A + p_s * BC * BC + o_i[:, None] * BC + o_i[None, :]).to(tl.float32)
+        b_dv = _mm(b_ke, b_dh, do, DOT16) + _mm(tl.trans(b_A), b_do, do, DOT16)
+        tl.store(dv + (o_t[:, None] * H + i_h) * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
+                 mask=(o_t < eos)[:, None] & m_v[None, :])
+        b_eW = tl.load(eW + p_s * K + o_k, mask=m_k, other=0.)
+        b_dh = b_dh * b_eW[:, None] + _mm(tl.trans(b_qe), b_do, do, DOT16)
+
+
+@triton.jit
+def wkv6_bwd_dkw_kernel(r, k, v, w, u, do, dhs, dk, dw, xs, acc, cu_seqlens, chunk_indices, scale, T,
                         rows, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                         BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                         VARLEN: tl.constexpr, DOT16: tl.constexpr):
-    """Gradients, part 2: one chunk's dk, dv and dw (this V-block's share), sub-chunks last to first.
+    """Gradients, part 3: one chunk's dk and dw (this V-block's share), sub-chunks last to first.
 
     Carrying dS, the gradient of each sub-chunk's END state (from dhs), back through the chunk:
-      dk'_I = e^{s} ⊙ V_I dSᵀ + (own block),   dv_I = (k ⊙ e^{s})_I dS + (own block)ᵀ dO_I
+      dk'_I = e^{s} ⊙ V_I dSᵀ + (own block: dA = dO Vᵀ, keys' side)
       dw = Σ_{i>m} q ⊙ dq' − Σ_{j≥m} k ⊙ dk' + rowsum(dS_end ⊙ S_end), right to left
     with x = q ⊙ dq' and the rowsum from part 1.
     """
@@ -463,7 +504,7 @@ def wkv6_bwd_dkv_kernel(r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu_seqlens,
     b_dh = tl.load(dhs + p_h, mask=m_kv, other=0.)   # dS at the chunk end
     b_acc = tl.load(acc + ((i_v * tl.num_programs(0) + i_c).to(tl.int64) * H + i_h) * K + o_k, mask=m_k, other=0.)
 
-    # ---- backward sweep: dk, dv, dw
+    # ---- backward sweep: dk, dw
     for II in range(0, n_sub):
         I = n_sub - 1 - II
         s_i = t0 + I * BC
@@ -474,19 +515,14 @@ def wkv6_bwd_dkv_kernel(r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu_seqlens,
         b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
         b_do = _rows(do, s_i, eos, i_h, H, V, o_v, m_v, BC)
         b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
-        b_es = tl.exp2(b_s)
-        b_dk = _mm(b_v, tl.trans(b_dh), v, DOT16) * b_es
-        b_dv = _mm(b_k * b_es, b_dh, v, DOT16)
-        # own block, queries in later quarters (three dots per gradient, one per query quarter R)
+        b_dk = _mm(b_v, tl.trans(b_dh), v, DOT16) * tl.exp2(b_s)
+        # own block, queries in later quarters (one dot per query quarter R)
         b_dA = _mm(b_do, tl.trans(b_v), v, DOT16)
         b_qe = b_q * tl.exp2(b_pq)
-        b_A = tl.zeros([BC, BC], dtype=tl.float32)
         for R in tl.static_range(1, BC // QB):
-            b_eR = tl.exp2(_key_exp(b_sq, qt1, qt2, R, BC, QB))
             b_qR = tl.where(q4[:, None] == R, b_qe, 0.)
-            b_A += _mm_tf32(b_qR, tl.trans(b_k * b_eR), DOT16)
-            b_dk += _mm_tf32(tl.trans(tl.where(q4[:, None] == R, b_dA, 0.)), b_qR, DOT16) * b_eR
-        b_dv += _mm(tl.trans(b_A), b_do, v, DOT16)
+            b_dk += _mm_tf32(tl.trans(tl.where(q4[:, None] == R, b_dA, 0.)), b_qR, DOT16) \
+                * tl.exp2(_key_exp(b_sq, qt1, qt2, R, BC, QB))
         # own block, queries in the key's own quarter: query i = j + d, decay e^{w_{j+1}+…+w_{i-1}}
         b_L = tl.zeros([BC, BK], dtype=tl.float32)
         for d in tl.static_range(1, QB):
@@ -494,15 +530,10 @@ def wkv6_bwd_dkv_kernel(r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu_seqlens,
             t_q = o_t + d
             m_it = m_i & (t_q < eos)
             b_qi = _gather(r, t_q, m_it, i_h, H, K, o_k, m_k) * scale
-            b_doi = _gather(do, t_q, m_it, i_h, H, V, o_v, m_v)
-            b_E = tl.exp2(b_L)
-            b_a = tl.sum(b_qi * b_k * b_E, axis=1)                          # A[j+d, j]
-            b_dAi = tl.sum(b_doi * b_v, axis=1)                            # dA[j+d, j]
-            b_dv += b_a[:, None] * b_doi
-            b_dk += b_dAi[:, None] * b_qi * b_E
+            b_dAi = tl.sum(_gather(do, t_q, m_it, i_h, H, V, o_v, m_v) * b_v, axis=1)   # dA[j+d, j]
+            b_dk += b_dAi[:, None] * b_qi * tl.exp2(b_L)
             b_L += tl.where(m_i[:, None], _gather(w, t_q, m_it, i_h, H, K, o_k, m_k) * LOG2E, 0.)
         b_dAd = tl.sum(b_do * b_v, axis=1)
-        b_dv += tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None] * b_do              # the bonus's share
 
         p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
         m_tk = m_t[:, None] & m_k[None, :]
@@ -513,8 +544,6 @@ def wkv6_bwd_dkv_kernel(r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu_seqlens,
         b_dk += b_dAd[:, None] * b_u[None, :] * b_q
         tl.store(dk + p_part + p_k, b_dk.to(dk.dtype.element_ty), mask=m_tk)
         tl.store(dw + p_part + p_k, b_dw.to(dw.dtype.element_ty), mask=m_tk)
-        tl.store(dv + (o_t[:, None] * H + i_h) * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
-                 mask=m_t[:, None] & m_v[None, :])
         b_dh = b_dh * tl.exp2(b_tot)[:, None] + _mm(tl.trans(b_q * tl.exp2(b_p)), b_do, do, DOT16)
 
 
@@ -612,7 +641,8 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
         return_states=False):
     """Three launches: the sub-chunks' decayed factors, the state pass, then every chunk's output in
     parallel; with ``check``, the first two flag bad values as they read them, read after the third.
-    Returns (o, final state), and the chunk-start states ``hs`` third with ``return_states``."""
+    Returns (o, final state); with ``return_states`` also the chunk-start states ``hs`` and the
+    prep's factors (qe, ke, A, eW), which the backward reuses."""
     flags = torch.zeros(1, dtype=torch.int32, device=r.device) if check else None
     qe, ke, A, eW = prep(r, k, w, u, scale, cu_seqlens, BT, flags)
     hs, ht = state_pass(k, v, w, initial_state, output_final_state, cu_seqlens, N, BT, flags)
@@ -620,12 +650,13 @@ def fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, 
     o = output(qe, ke, v, A, eW, hs, cu_seqlens, BT)
     if check and early.value():
         raise_flagged(flags, r, k, v, w, u, scale, initial_state, cu_seqlens)
-    return (o, ht, hs) if return_states else (o, ht)
+    return (o, ht, hs, (qe, ke, A, eW)) if return_states else (o, ht)
 
 
-def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64, hs=None):
-    """Three launches: chunk-end state gradients, then every chunk's gradients (two); given no
-    chunk-start states ``hs`` (the forward's, which autograd keeps), a state pass recomputes them first."""
+def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64, hs=None, factors=None):
+    """Four launches: chunk-end state gradients, then every chunk's gradients (three: dq and du;
+    dv; dk and dw). Given no chunk-start states ``hs`` or no prep ``factors`` (qe, ke, A, eW: the
+    forward's, which autograd keeps), the state pass or the prep recomputes them first."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     dev, f32 = r.device, torch.float32
@@ -634,6 +665,7 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64, hs=N
     do = do.contiguous()
     if hs is None:
         hs, _ = state_pass(k, v, w, initial_state, False, cu_seqlens, N, BT)
+    qe, ke, A, eW = prep(r, k, w, u, scale, cu_seqlens, BT) if factors is None else factors
     offs, idx, n_chunks = chunk_table(cu_seqlens, B, T, BT, dev)
     BKs, BVs = _state_tiles(N, H, K, V)
     dhs = torch.empty_like(hs)
@@ -655,8 +687,10 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64, hs=N
     consts = dict(H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=dot16(r))
     wkv6_bwd_dq_kernel[grid](r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu, idx, float(scale), TT, B * T,
                              **consts, **_launch("bwd_dq"))
-    wkv6_bwd_dkv_kernel[grid](r, k, v, w, u, do, dhs, dk, dv, dw, xs, acc, cu, idx, float(scale), TT, B * T,
-                              **consts, **_launch("bwd_dkv"))
+    wkv6_bwd_dv_kernel[grid](qe, ke, do, A, eW, dhs, dv, cu, idx, TT, H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV,
+                             VARLEN=varlen, DOT16=dot16(r), **_launch("bwd_dv"))
+    wkv6_bwd_dkw_kernel[grid](r, k, v, w, u, do, dhs, dk, dw, xs, acc, cu, idx, float(scale), TT, B * T,
+                              **consts, **_launch("bwd_dkw"))
     dr, dk, dw = (x.sum(0).to(r.dtype) if NV > 1 else x[0] for x in (dr, dk, dw))
     return dr, dk, dv, dw, du.sum((0, 1)).to(u.dtype), dh0
 
@@ -664,20 +698,22 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64, hs=N
 class _SubchunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size, check):
-        o, ht, hs = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N, chunk_size, check,
-                        return_states=True)
-        # the backward needs the chunk-start states the forward just made: keep them (one float32
-        # [K, V] per chunk and head, 1/64 of a state per token) rather than run the state pass again
+        o, ht, hs, factors = fwd(r, k, v, w, u, scale, initial_state, output_final_state, cu_seqlens, N,
+                                 chunk_size, check, return_states=True)
+        # the backward needs the chunk-start states and the prep's factors the forward just made:
+        # keep them (a float32 [K, V] per chunk and head, 1/64 of a state per token; qe and ke as
+        # large as r and k) rather than run the state pass and the prep again
         needs_grad = any(ctx.needs_input_grad[:5]) or ctx.needs_input_grad[6]
-        ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, hs if needs_grad else None)
+        keep = (hs, *factors) if needs_grad else (None,) * 5
+        ctx.save_for_backward(r, k, v, w, u, initial_state, cu_seqlens, *keep)
         ctx.scale, ctx.N, ctx.chunk_size = scale, N, chunk_size
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        r, k, v, w, u, initial_state, cu_seqlens, hs = ctx.saved_tensors
+        r, k, v, w, u, initial_state, cu_seqlens, hs, *factors = ctx.saved_tensors
         dr, dk, dv, dw, du, dh0 = bwd(r, k, v, w, u, ctx.scale, initial_state, cu_seqlens, ctx.N, do, dht,
-                                      ctx.chunk_size, hs=hs)
+                                      ctx.chunk_size, hs=hs, factors=factors)
         return dr, dk, dv, dw, du, None, dh0, None, None, None, None, None
 
 
