@@ -1180,7 +1180,10 @@ for line in log_v4:
         copy_bw = float(m[1]) * 1e12
 print(f"{log_v4[0]}\naccuracy vs float64: float32 <= {max(acc['float32']):.1e}, bfloat16 <= {max(acc['bfloat16']):.1e}, "
       f"decay spike {max(acc['spike']):.1e}; bad inputs caught: {sum('caught:' in l for l in log_v4)} of 3")
-assert tune_v4 == ks.TUNE   # the package launches with the settings this sweep chose
+# the package launches with the settings this sweep chose (the backward's dk kernel was split in
+# two after it, dv apart: section 6; those two launches keep v4's (4, 1) and the output kernel's (4, 3))
+assert all(ks.TUNE[key] == tune_v4[key] for key in ("fwd_prep", "fwd_h", "fwd_o", "bwd_dh", "bwd_dq"))
+assert ks.TUNE["bwd_dkw"] == tune_v4["bwd_dkv"] and ks.TUNE["bwd_dv"] == tune_v4["fwd_o"]
 
 # each launch alone, at the best setting of the sweep, against its roofline floor (Section 6)
 best = {name: min(times.values()) for name, times in sweep.items()}
@@ -1332,8 +1335,74 @@ assert v5_rows[4, 4096][1] < v5_rows[4, 4096][2] < v5_rows[4, 4096][0]     # unc
 # %% [markdown]
 # Unchecked, the forward is faster than FLA's at both lengths measured. Checked, it pays about
 # 0.3 ms a call at $T = 4096$ for the guarantee; at $T = 1024$ this one run has the two within
-# noise of each other. The backward did not change, so forward+backward is still behind FLA's,
-# and the gradient kernels remain the open item.
+# noise of each other. Forward+backward was still behind FLA's, so the gradient kernels were next.
+#
+# ### Where the backward's time went, and dv on its own
+#
+# A profile of one forward+backward (`benchmarks/gpu_kernel_profile.py --kind wkv6 --backward
+# --ours-only`, record `h200_backward_profile_2026-12-01.txt`, taken one commit before the change
+# below) lists every launch's GPU time:
+
+# %%
+prof6, in_wkv6 = {}, False
+for line in (bench.RESULTS / "h200_backward_profile_2026-12-01.txt").read_text().splitlines():
+    if line.startswith("ours wkv6"):
+        in_wkv6, total6 = True, float(re.search(r"([\d.]+) us of GPU kernels", line)[1])
+    elif line.startswith("ours"):
+        in_wkv6 = False
+    elif in_wkv6 and (m := re.match(r"\s+([\d.]+) us\s+[\d.]+ %\s+(wkv6_\w+)", line)):
+        prof6[m[2]] = float(m[1])
+for name, us in prof6.items():
+    print(f"  {name:24s} {us:7.1f} us  {us / total6:5.1%}")
+grad_kernels = prof6["wkv6_bwd_dq_kernel"] + prof6["wkv6_bwd_dkv_kernel"]
+print(f"B=4 T=4096 H=32: {total6:.0f} us of kernels per forward+backward, {grad_kernels / total6:.0%} of it "
+      f"in the two gradient kernels")
+assert grad_kernels / total6 > 0.7
+
+# %% [markdown]
+# Almost three quarters of a training step is the two per-chunk gradient kernels, each at 255
+# registers. The forward had the same problem in v3, and v4's answer was to compute every
+# decayed factor once, in the prep, so that the output kernel only loads and multiplies. The
+# backward can reuse those factors for one of its gradients outright. $\bar v$ needs nothing
+# but them:
+#
+# $$\bar V_I = (k_I\odot e^{s})\,\bar S_{\text{end}} + A_I^\top \bar O_I, \qquad
+#   \bar S \leftarrow \operatorname{diag}(e^{W_I})\,\bar S + (q_I\odot e^{p})^\top\bar O_I ,$$
+#
+# with $A_I$ the own block *including* the bonus on its diagonal, exactly what the prep stored.
+# So `wkv6_bwd_dv_kernel` is the output kernel run backwards, and `wkv6_bwd_dkw_kernel` keeps
+# only $\bar k$ and $\bar w$. Autograd now keeps the prep's factors with the chunk-start states
+# (qe and ke are as large as r and k). Compiled for sm_90 (`benchmarks/compile_check.py`), the
+# dv kernel needs 136 registers and no spill, and the dk kernel's spill fell from 88 to 48
+# bytes. The prediction written before any GPU ran it, at $B=4, T=4096, H=32$: the dk kernel
+# 1.56 → about 1.1 ms, the dv kernel about the output kernel's 0.16 ms, so a training step about
+# 0.3 ms shorter, roughly 3.8 ms end to end against FLA's 3.30.
+#
+# The one GPU run of this design reached only $T = 1024$ before its time limit (FLA autotunes its
+# backward and then its packed-batch kernels for minutes; `bench_h200_wkv6_2026-12-01.csv`,
+# `python -m rwkvlab bench --kinds wkv6 --impls =triton_chunked,=triton_chunked_unchecked,=fla.chunk_rwkv6,...`).
+# Beside FLA in that process:
+
+# %%
+rec6 = {r["impl"]: r for r in bench.read_csv(bench.RESULTS / "bench_h200_wkv6_2026-12-01.csv") if r["layout"] == "dense"}
+fla6 = rec6["fla.chunk_rwkv6"]
+for impl in ("triton_chunked", "triton_chunked_unchecked", "fla.chunk_rwkv6"):
+    r_ = rec6[impl]
+    ratio = "" if impl.startswith("fla") else \
+        f"   FLA / ours {fla6['fwd_ms'] / r_['fwd_ms']:.2f}x, {fla6['fwdbwd_ms'] / r_['fwdbwd_ms']:.2f}x"
+    print(f"B=4 T={r_['T']} H=32 {impl:26s} fwd {r_['fwd_ms']:.3f}  fwd+bwd {r_['fwdbwd_ms']:.3f} ms{ratio}")
+grads6 = (bench.RESULTS / "h200_grad_check_2026-12-01.txt").read_text().splitlines()[1]
+print(grads6)
+assert fla6["fwdbwd_ms"] > rec6["triton_chunked_unchecked"]["fwdbwd_ms"] * 2
+
+# %% [markdown]
+# At $T = 1024$ a step is a few launches per call and the host's work weighs as much as the
+# GPU's: the same FLA forward took 0.73 ms in the check-values run and 0.54 ms here, and this
+# run's checked forward (0.64 ms) is slower than that record's (0.35). So these rows say that
+# the new backward is right on the GPU (the last line: bf16 gradients within $6.3\cdot10^{-3}$ of
+# float32 on the same inputs, `benchmarks/gpu_grad_check.py`) and, unchecked, well ahead of FLA at
+# this length; they do not test the prediction at $T = 4096$. That run is the first item of
+# `benchmarks/NOTES.md`'s list for the next GPU session.
 #
 # On a CUDA machine the last cell of the section checks bfloat16 against float64 and times the
 # rungs live.
