@@ -33,6 +33,7 @@ if [ "$part" = 1 ]; then
     --impls =triton_chunked,=triton_chunked_unchecked,=fla.chunk_rwkv6,=triton_chunked_unchecked+varlen
 else
   step grad_check 100 python3 benchmarks/gpu_grad_check.py wkv7
-  step bench_wkv7 450 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" \
+  step wkv7_fold 120 python3 benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # the fold prep's new form
+  step bench_wkv7 380 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" \
     --impls =triton_chunked_lb,=triton_chunked_lb_unchecked,=fla.chunk_rwkv7_lb,=triton_chunked_lb_unchecked+varlen
 fi

@@ -3,6 +3,7 @@
     python benchmarks/gpu_wkv7_breakdown.py            # B=4, T=4096, H=32 and B=1, T=65536, H=8, bf16
     python benchmarks/gpu_wkv7_breakdown.py --quick    # chunk size 16 only
     python benchmarks/gpu_wkv7_breakdown.py --dry-run  # CPU: run each launch once on a tiny shape, check o
+    python benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # only the variants naming "fold" (and the shipped row)
 
 Times each launch alone with ``triton.testing.do_bench`` (medians, ms) on inputs shaped like a
 trained RWKV-7 layer's (``rwkvlab.bench.make_inputs``): the prep kernel, the state pass, the
@@ -36,7 +37,8 @@ def variants(dry, quick=False):
         {"check": False}, {"prep": (2, 1)}, {"prep": (1, 1)}, {"inverse": "dot"},
         {"inverse": "dot", "prep": (2, 1)}, {"fwd": (4, 1, 32)}, {"fwd": (4, 1, 16)},
         {"bwd_schedule": "sequential"}, {"bwd_schedule": "parallel"},
-        {"bwd_schedule": "parallel", "bwd": (4, 1, 64)}, {"bwd_schedule": "parallel", "dstate": (8, 1)},
+        {"bwd_schedule": "parallel", "bwd_parallel": (8, 1)}, {"bwd_schedule": "sequential", "bwd": (4, 1, 64)},
+        {"bwd_schedule": "parallel", "dstate": (8, 1)},
         {"wu": "input"}, {"fold": True}, {"fold": True, "fold_prep": (8, 1)}, {"fold": True, "fold_state": (4, 1, 64)},
         {"fold": True, "check": False})] + [(32, lb, {"fold": True})]
 
@@ -81,6 +83,8 @@ def fold_row(ms, dry, copy_tbs, r, w, k, v, a, b, B, T, H, D, C, lb, tune, check
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     dry, quick = "--dry-run" in args, "--quick" in args
+    # --match TEXT: only the variants whose TUNE overrides mention TEXT (and the shipped settings)
+    match = args[args.index("--match") + 1] if "--match" in args else None
     if not dry and not torch.cuda.is_available():
         print("no CUDA GPU here: this script times GPU launches only (--dry-run checks the launches on CPU)")
         return 0
@@ -107,6 +111,8 @@ def main(argv=None) -> int:
         r, w, k, v, a, b = (x[n] for n in "rwkvab")
         K = V = D
         for C, lb, tune in variants(dry, quick):
+            if match is not None and tune and match not in repr(tune):
+                continue
             saved = dict(kc.TUNE)
             check = tune.get("check", True)                 # not a TUNE key: the value check on or off
             kc.TUNE.update({n: x for n, x in tune.items() if n != "check"})

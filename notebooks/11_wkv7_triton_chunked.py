@@ -1126,7 +1126,18 @@ assert par4 < seq4 and par1 < seq1                       # the parallel schedule
 # schedules were closer than section 2's picture suggested: once its kernel ran on 4 warps
 # instead of 8 (fewer registers per program, more programs resident), the parallel schedule
 # beat the sequential one at B = 4, H = 32 too, so it is now the schedule on every GPU
-# (`kc.bwd_schedule`), and the sequential one runs in the interpreter. The public function beside
+# (`kc.bwd_schedule`), and the sequential one runs in the interpreter.
+#
+# The fold's prep was the part to fix, and its algebra says how. $P_j$ is a scaling of the
+# identity plus a rank-16 term, so $\bar P$ never has to meet it as a $K\times K$ matrix. Keep
+# $\bar P = \operatorname{diag}(G) + N$, with $G$ the product of the chunks' decays so far; then
+# $R_j\bar P = R_j\odot G + R_jN$, and
+# $N \leftarrow g_j\odot N + \hat b_j^\top\,(W_j\odot G + W_jN)$, $G \leftarrow g_jG$. Every product is
+# now $16\times K$ by $K\times K$ or $K\times16$ by $16\times K$, a quarter of a $K\times K\times K$
+# product, about half the multiply-adds per chunk in all, and the compiled kernel spills 88 bytes
+# per thread instead of 208 (`benchmarks/compile_check.py`). The records above are of the earlier
+# form; this one is checked against the float64 loop (the cell of the previous section runs it)
+# but not yet timed, and `benchmarks/NOTES.md` has its prediction. The public function beside
 # FLA, with these settings:
 
 # %%
@@ -1157,7 +1168,8 @@ assert cell[("fla.chunk_rwkv7_lb", 4096)][1] >= cell[("triton_chunked_lb_uncheck
 # re-reads about 1.2 KB of pieces per token and head, most of them float32. At B = 1, H = 8 the last
 # same-process comparison (the check-values record above) had FLA's forward at 4.05 ms; the
 # folded forward's 4.4 (4.3 unchecked) from the breakdown would be about 0.92–0.94× of it, not
-# measured beside it. `benchmarks/NOTES.md` keeps the log and what to try next.
+# measured beside it, and measured before the fold's prep lost its $K\times K\times K$ products.
+# `benchmarks/NOTES.md` keeps the log and what to try next.
 #
 # The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,
 # it prints a note: the interpreter would take hours at these shapes.

@@ -238,41 +238,49 @@ def wkv7_fwd_fold_kernel(r, w, k, v, a, b, flags, cu, idx, lower, Rf, Of, Pf, Gf
     """The folded prep (grid: steps of FOLD·BT tokens × heads): the ``FOLD`` chunks of one step,
     each made as :func:`_prep_tiles` makes it, folded into one affine map of the step's start state.
 
-    Chunk j hands on S_{j+1} = P_j S_j + Q_j (P_j = diag(e^{c_C}) + b̂ᵀ W, Q_j = k̂ᵀ V + b̂ᵀ U) and
-    reads out O_j = R_j S_j + L_j (R_j = r̃ + A_rb W, L_j = A_rk V + A_rb U). With S_j = P̄ S + Q̄
-    in terms of the step's start state S (P̄ = I, Q̄ = 0 before the first chunk), the step's rows
-    are R_j P̄ and R_j Q̄ + L_j (stored per token: Rf, Of), and (P̄, Q̄) ← (P_j P̄, P_j Q̄ + Q_j).
-    Per step it stores the total decay e^{Σ c_C} (Gf, exact, kept out of the product so that the
-    state pass applies it in full precision), P̄ − diag(that decay) (Pf) and Q̄ (Qf)."""
+    Chunk j hands on S_{j+1} = P_j S_j + Q_j (P_j = diag(g_j) + b̂_jᵀ W_j with g_j = e^{c_C},
+    Q_j = k̂ᵀ V + b̂ᵀ U) and reads out O_j = R_j S_j + L_j (R_j = r̃ + A_rb W, L_j = A_rk V + A_rb U).
+    With S_j = P̄ S + Q̄ in terms of the step's start state S, the step's rows are R_j P̄ and
+    R_j Q̄ + L_j (stored per token: Rf, Of), and (P̄, Q̄) ← (P_j P̄, P_j Q̄ + Q_j).
+
+    P̄ is kept as diag(G) + N (G = Π g of the chunks so far, N the rest), and the product P_j P̄
+    is never formed as K×K times K×K: P_j is the identity's scaling plus a rank-BT term, so
+      R_j P̄ = R_j ⊙ G + R_j N,    N ← g_j ⊙ N + b̂ᵀ (W_j ⊙ G + W_j N),    G ← g_j G,
+      Q̄ ← g_j ⊙ Q̄ + k̂ᵀ V + b̂ᵀ (W_j Q̄ + U):
+    products of BT×K by K×K and K×BT by BT×K, a quarter of the work of a K×K×K product each.
+    Per step it stores the total decay G (Gf, exact: a sum of logs, kept out of the product so
+    that the state pass applies it in full precision), N = P̄ − diag(G) (Pf) and Q̄ (Qf)."""
     i_s, i_h = tl.program_id(0), tl.program_id(1)
     bos, eos, s0 = chunk_of(cu, idx, i_s, T, FOLD * BT, VARLEN)
     o_k = tl.arange(0, K)
     o_v = tl.arange(0, V)
-    eye_k = tl.where(o_k[:, None] == o_k[None, :], 1., 0.)
-    P = eye_k                                      # P̄: the step's map so far, on S
+    N = tl.zeros([K, K], dtype=tl.float32)         # P̄ − diag(G)
     Q = tl.zeros([K, V], dtype=tl.float32)         # Q̄
-    g_tot = tl.zeros([K], dtype=tl.float32)        # Σ c_C of the chunks so far (log)
+    g_tot = tl.zeros([K], dtype=tl.float32)        # log G: Σ c_C of the chunks so far
     for j in tl.static_range(FOLD):
         W, U, k_end, b_end, r_dec, O_p, A_rb, c_last, b_v, m_t, off_k, off_v = _prep_tiles(
             r, w, k, v, a, b, flags, lower, s0 + j * BT, eos, i_h, H, K, V, BT, NSQ, SPAN, BOUNDED, CHECK,
             DOT_PREC, INV_PREC)
         R_j = tl.dot(A_rb, W, acc=r_dec, input_precision=DOT_PREC)              # r̃ + A_rb W
         L_j = tl.dot(A_rb, U, acc=O_p, input_precision=DOT_PREC)                # A_rk V + A_rb U
-        tl.store(Rf + off_k, tl.dot(R_j, P, input_precision=DOT_PREC).to(Rf.dtype.element_ty),
-                 mask=m_t[:, None])
-        tl.store(Of + off_v, tl.dot(R_j, Q, acc=L_j, input_precision=DOT_PREC).to(Of.dtype.element_ty),
-                 mask=m_t[:, None])
-        # P_j = diag(e^{c_C}) + b̂ᵀ W and Q_j = k̂ᵀ V + b̂ᵀ U, then (P̄, Q̄) ← (P_j P̄, P_j Q̄ + Q_j)
-        P_j = tl.dot(tl.trans(b_end), W, acc=eye_k * tl.exp(c_last)[:, None], input_precision=DOT_PREC)
-        Q_j = tl.dot(tl.trans(b_end), U, acc=tl.dot(tl.trans(k_end), b_v, input_precision=DOT_PREC),
-                     input_precision=DOT_PREC)
-        P = tl.dot(P_j, P, input_precision=DOT_PREC)
-        Q = tl.dot(P_j, Q, acc=Q_j, input_precision=DOT_PREC)
+        G = tl.exp(g_tot)[None, :]
+        if j == 0:                                 # P̄ = I, Q̄ = 0 before the first chunk
+            R_out, WP, WQ, O_out = R_j, W, U, L_j
+        else:
+            R_out = tl.dot(R_j, N, acc=R_j * G, input_precision=DOT_PREC)        # R_j P̄
+            WP = tl.dot(W, N, acc=W * G, input_precision=DOT_PREC)               # W_j P̄
+            WQ = tl.dot(W, Q, acc=U, input_precision=DOT_PREC)                   # W_j Q̄ + U
+            O_out = tl.dot(R_j, Q, acc=L_j, input_precision=DOT_PREC)            # R_j Q̄ + L_j
+        tl.store(Rf + off_k, R_out.to(Rf.dtype.element_ty), mask=m_t[:, None])
+        tl.store(Of + off_v, O_out.to(Of.dtype.element_ty), mask=m_t[:, None])
+        g_j = tl.exp(c_last)[:, None]
+        N = tl.dot(tl.trans(b_end), WP, acc=N * g_j, input_precision=DOT_PREC)
+        Q = tl.dot(tl.trans(b_end), WQ, acc=tl.dot(tl.trans(k_end), b_v, acc=Q * g_j, input_precision=DOT_PREC),
+                   input_precision=DOT_PREC)
         g_tot += c_last
-    g = tl.exp(g_tot)
     p_step = (i_s.to(tl.int64) * H + i_h)
-    tl.store(Gf + p_step * K + o_k, g)
-    tl.store(Pf + p_step * K * K + o_k[:, None] * K + o_k[None, :], P - eye_k * g[:, None])
+    tl.store(Gf + p_step * K + o_k, tl.exp(g_tot))
+    tl.store(Pf + p_step * K * K + o_k[:, None] * K + o_k[None, :], N)
     tl.store(Qf + p_step * K * V + o_k[:, None] * V + o_v[None, :], Q)
 
 
