@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 import torch
 
@@ -90,6 +91,36 @@ def same_device(named: dict) -> None:
         raise ValueError(f"all tensors must be on one device; got {desc}")
 
 
+_SEQS: dict[int, dict] = {}   # id(cu_seqlens) -> its host copy and the tables made from it
+
+
+def _seqs(cu: torch.Tensor) -> dict:
+    """The memo entry of ``cu``: made (one host read) unless this very tensor, unchanged since,
+    already has one. The identity check goes through a weak reference, so an id reused by a
+    later tensor is never mistaken for this one; the entry goes when the tensor does."""
+    try:
+        version = cu._version
+    except RuntimeError:              # an inference-mode tensor keeps no version: not remembered
+        return {"host": cu.tolist()}
+    key = id(cu)
+    e = _SEQS.get(key)
+    if e is not None and e["ref"]() is cu and e["version"] == version:
+        return e
+
+    def forget(ref, key=key):
+        if _SEQS.get(key, {}).get("ref") is ref:
+            _SEQS.pop(key, None)
+    e = {"ref": weakref.ref(cu, forget), "version": version, "host": cu.tolist()}
+    _SEQS[key] = e
+    return e
+
+
+def host_list(cu: torch.Tensor) -> list:
+    """``cu.tolist()``, read once per tensor: the memo is kept for as long as this tensor lives
+    unchanged, so the kernels' tables (``kernels_common``) and later calls reuse the read."""
+    return _seqs(cu)["host"]
+
+
 def cu_seqlens(cu, B: int, T: int) -> int:
     """Check ``cu_seqlens`` and return the number of sequences ``N``."""
     if cu is None:
@@ -101,7 +132,7 @@ def cu_seqlens(cu, B: int, T: int) -> int:
         raise ValueError(f"cu_seqlens: variable-length input must be packed with B == 1, got B = {B}")
     if cu.numel() < 2:
         raise ValueError("cu_seqlens: expected at least two entries [0, ..., T]")
-    c = cu.tolist()
+    c = host_list(cu)   # one read per tensor: the kernels' tables are made from the same copy
     if c[0] != 0:
         raise ValueError(f"cu_seqlens: must start at 0, starts at {c[0]}")
     if c[-1] != T:

@@ -554,3 +554,43 @@ def test_the_package_reads_no_data_relative_to_its_own_files():
         assert "__file__" not in f.read_text(encoding="utf-8"), f"{f.relative_to(pkg)} locates files from __file__"
     for f in (book.root() / "notebooks").glob("[0-9][0-9]_*.py"):
         assert "book import ROOT" not in f.read_text(encoding="utf-8"), f.name
+
+
+def test_packed_batch_reads_cu_seqlens_once(monkeypatch):
+    """A packed batch's tables come from one host read of cu_seqlens per tensor: a read of a GPU
+    tensor waits for all queued work, and one read per launch cost ~1 ms a call on an H200. The
+    first forward reads it once (validation and tables share the copy), its backward and a second
+    forward with the same tensor not at all; after an in-place change it is read again. Counted:
+    every host read (tolist, cpu, item, int, bool) made from rwkvlab's own files."""
+    import traceback
+
+    from rwkvlab import wkv6, wkv7
+
+    reads = []
+    for name in ("tolist", "cpu", "item", "__int__", "__bool__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **kw):
+            frame = traceback.extract_stack()[-2]
+            if "rwkvlab" in frame.filename:
+                reads.append((_name, frame.filename.rsplit("rwkvlab", 1)[-1], frame.lineno))
+            return _real(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+
+    g = torch.Generator().manual_seed(0)
+    for kind, fn in (("wkv6", wkv6.triton_chunked), ("wkv7", wkv7.triton_chunked)):
+        cu = torch.tensor([0, 30, 70, 100])
+        x = [torch.randn(1, 100, 2, 16, generator=g).requires_grad_() for _ in range(6)]
+        w = (-0.5 * torch.rand(1, 100, 2, 16, generator=g)).requires_grad_()
+        args = (x[0], x[1], x[2], w, x[3][0, 0]) if kind == "wkv6" else (x[0], w, x[1], x[2], x[3], x[4])
+        reads.clear()
+        o, ht = fn(*args, cu_seqlens=cu, output_final_state=True, check_values=False)
+        assert len(reads) == 1, (kind, reads)
+        reads.clear()
+        (o.sum() + ht.sum()).backward()
+        assert reads == [], (kind, reads)
+        o2, _ = fn(*args, cu_seqlens=cu, output_final_state=True, check_values=False)
+        assert reads == [] and torch.equal(o2, o), (kind, reads)
+        cu[1] = 40                                           # changed in place: read again, new tables
+        o3, _ = fn(*args, cu_seqlens=cu, output_final_state=True, check_values=False)
+        assert len(reads) == 1 and not torch.equal(o3, o), (kind, reads)
