@@ -97,7 +97,8 @@ _SEQS: dict[int, dict] = {}   # id(cu_seqlens) -> its host copy and the tables m
 def _seqs(cu: torch.Tensor) -> dict:
     """The memo entry of ``cu``: made (one host read) unless this very tensor, unchanged since,
     already has one. The identity check goes through a weak reference, so an id reused by a
-    later tensor is never mistaken for this one; the entry goes when the tensor does."""
+    later tensor is never mistaken for this one; the entry goes when the tensor does. An in-place
+    write bumps ``_version`` and is seen; one that bypasses it (``.data``, a NumPy view) is not."""
     try:
         version = cu._version
     except RuntimeError:              # an inference-mode tensor keeps no version: not remembered
