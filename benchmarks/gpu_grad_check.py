@@ -15,12 +15,8 @@ import sys
 
 import torch
 
-from rwkvlab import wkv6, wkv7
+from rwkvlab import rel_err, wkv6, wkv7
 from rwkvlab.bench import make_inputs
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
 def check(kind):
@@ -39,7 +35,7 @@ def check(kind):
             dht = torch.randn(ht.shape, generator=g, device="cuda")
         torch.autograd.backward([o.float(), ht.float()], [do, dht])
         grads[name] = [o.detach(), ht.detach()] + [t.grad for t in leaves]
-    errs = [rel(a, b) for a, b in zip(grads["ours"], grads["ref"])]
+    errs = [rel_err(a, b) for a, b in zip(grads["ours"], grads["ref"])]
     labels = ["o", "state"] + [f"d{n}" for n in names]
     print(f"{kind} bf16 triton_chunked vs float32 chunked (B=2 T=1024 H=4 K=V=64): "
           + "  ".join(f"{n} {e:.1e}" for n, e in zip(labels, errs)), flush=True)
