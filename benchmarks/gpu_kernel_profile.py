@@ -2,9 +2,12 @@
 (and, with ``--backward``, a forward+backward), from ``torch.profiler`` on one GPU.
 
     python benchmarks/gpu_kernel_profile.py [--backward] [--shape B,T,H] [--kind wkv6] [--ours-only]
+        [--variants "bwd_dq=8,1 bwd_dkw=8,1,..."]
 
 (FLA wheels on PYTHONPATH; ``--kind wkv6`` profiles ``chunk_rwkv6`` and ``wkv6.triton_chunked``
-instead; ``--ours-only`` skips FLA and its minutes of autotuning.)
+instead; ``--ours-only`` skips FLA and its minutes of autotuning. ``--variants`` profiles ours once
+more per entry, with that one launch setting of the kind's ``TUNE`` table changed, so a kernel's
+time under each setting sits beside the default's in one process.)
 
 Both run on the same inputs (``rwkvlab.bench.make_inputs``, bf16, K = V = 64, the declared lower
 bound) in one process: a few warm calls first (FLA autotunes its kernels there: ~2 minutes for
@@ -89,6 +92,20 @@ def main(argv=None) -> int:
         for _ in range(3):
             call()
         show(name, table(call, iters))
+    from rwkvlab.wkv6 import kernels_subchunk
+    from rwkvlab.wkv7 import kernels_chunked
+    tune = (kernels_subchunk if kind == "wkv6" else kernels_chunked).TUNE
+    for spec in (args[args.index("--variants") + 1].split() if "--variants" in args else []):
+        key, val = spec.split("=")
+        old, tune[key] = tune[key], tuple(int(v) for v in val.split(","))
+        try:
+            for _ in range(3):
+                call()
+            show(f"{runs[-1][0]} with TUNE[{key!r}] = {tune[key]} (default {old})", table(call, iters))
+        except Exception as e:  # a setting that does not compile or launch: say so, go on
+            print(f"TUNE[{key!r}] = {tune[key]}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+        finally:
+            tune[key] = old
     return 0
 
 

@@ -8,7 +8,8 @@
 # `python -m rwkvlab bench` on a GPU), ours checked and unchecked, and our packed batch; FLA's
 # packed-batch row is left out (on 2026-12-01 it had not finished when the run hit its limit).
 # Call 2: the same for wkv7 with the declared bound, against chunk_rwkv7(..., lower_bound).
-# Both start with benchmarks/gpu_grad_check.py (bf16 gradients against float32, a few seconds).
+# Both start with benchmarks/gpu_grad_check.py (bf16 gradients against float32, a few seconds);
+# call 1 then profiles the wkv6 backward's kernels under a few launch settings (gpu_kernel_profile.py).
 # Before either: `python benchmarks/compile_check.py` on CPU (a compile error costs a whole call).
 set -u
 cd "$(dirname "$0")/.."
@@ -28,12 +29,15 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, say how it en
   echo "== $name: exit ${PIPESTATUS[0]}"
 }
 if [ "$part" = 1 ]; then
-  step grad_check 100 python3 benchmarks/gpu_grad_check.py wkv6
-  step bench_wkv6 450 python3 -m rwkvlab bench --kinds wkv6 --no-plot --out-dir "$out" \
+  step grad_check 60 python3 benchmarks/gpu_grad_check.py wkv6
+  # the v5 backward's three gradient kernels under other launch settings, one process, kernel by kernel
+  step wkv6_tune 100 python3 benchmarks/gpu_kernel_profile.py --kind wkv6 --backward --ours-only --iters 10 \
+    --variants "bwd_dq=8,1 bwd_dq=4,2 bwd_dkw=8,1 bwd_dkw=4,2 bwd_dv=4,2 bwd_dv=8,2"
+  step bench_wkv6 420 python3 -m rwkvlab bench --kinds wkv6 --no-plot --out-dir "$out" \
     --impls =triton_chunked,=triton_chunked_unchecked,=fla.chunk_rwkv6,=triton_chunked_unchecked+varlen
 else
-  step grad_check 100 python3 benchmarks/gpu_grad_check.py wkv7
+  step grad_check 60 python3 benchmarks/gpu_grad_check.py wkv7
   step wkv7_fold 120 python3 benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # the fold prep's new form
-  step bench_wkv7 380 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" \
+  step bench_wkv7 400 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" \
     --impls =triton_chunked_lb,=triton_chunked_lb_unchecked,=fla.chunk_rwkv7_lb,=triton_chunked_lb_unchecked+varlen
 fi
