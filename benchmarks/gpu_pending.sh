@@ -32,7 +32,7 @@ if [ "$part" = 1 ]; then
   step grad_check 60 python3 benchmarks/gpu_grad_check.py wkv6
   # the v5 backward's three gradient kernels under other launch settings, one process, kernel by kernel
   step wkv6_tune 100 python3 benchmarks/gpu_kernel_profile.py --kind wkv6 --backward --ours-only --iters 10 \
-    --variants "bwd_dq=8,1 bwd_dq=4,2 bwd_dkw=8,1 bwd_dkw=4,2 bwd_dv=4,2 bwd_dv=8,2"
+    --variants "bwd_dq=8,1 bwd_dq=8,2 bwd_dkw=8,1 bwd_dkw=8,2 bwd_dv=4,2 bwd_dv=8,3"
   step bench_wkv6 420 python3 -m rwkvlab bench --kinds wkv6 --no-plot --out-dir "$out" \
     --impls =triton_chunked,=triton_chunked_unchecked,=fla.chunk_rwkv6,=triton_chunked_unchecked+varlen
 else
