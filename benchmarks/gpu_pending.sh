@@ -36,8 +36,8 @@ if [ "$part" = 1 ]; then
   step bench_wkv6 420 python3 -m rwkvlab bench --kinds wkv6 --no-plot --out-dir "$out" \
     --impls =triton_chunked,=triton_chunked_unchecked,=fla.chunk_rwkv6,=triton_chunked_unchecked+varlen
 else
-  step grad_check 60 python3 benchmarks/gpu_grad_check.py wkv7
-  step wkv7_fold 120 python3 benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # the fold prep's new form
-  step bench_wkv7 400 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" \
+  step grad_check 50 python3 benchmarks/gpu_grad_check.py wkv7
+  step wkv7_fold 100 python3 benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # the fold prep's new form
+  step bench_wkv7 360 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" \
     --impls =triton_chunked_lb,=triton_chunked_lb_unchecked,=fla.chunk_rwkv7_lb,=triton_chunked_lb_unchecked+varlen
 fi

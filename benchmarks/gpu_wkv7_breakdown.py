@@ -4,6 +4,7 @@
     python benchmarks/gpu_wkv7_breakdown.py --quick    # chunk size 16 only
     python benchmarks/gpu_wkv7_breakdown.py --dry-run  # CPU: run each launch once on a tiny shape, check o
     python benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # only the variants naming "fold" (and the shipped row)
+    python benchmarks/gpu_wkv7_breakdown.py --quick --match fold --shape 1,65536,8   # one shape only
 
 Times each launch alone with ``triton.testing.do_bench`` (medians, ms) on inputs shaped like a
 trained RWKV-7 layer's (``rwkvlab.bench.make_inputs``): the prep kernel, the state pass, the
@@ -39,7 +40,7 @@ def variants(dry, quick=False):
         {"bwd_schedule": "sequential"}, {"bwd_schedule": "parallel"},
         {"bwd_schedule": "parallel", "bwd_parallel": (8, 1)}, {"bwd_schedule": "sequential", "bwd": (4, 1, 64)},
         {"bwd_schedule": "parallel", "dstate": (8, 1)},
-        {"wu": "input"}, {"fold": True}, {"fold": True, "fold_prep": (8, 1)}, {"fold": True, "fold_state": (4, 1, 64)},
+        {"wu": "input"}, {"fold": True}, {"fold": True, "fold_prep": (4, 1)}, {"fold": True, "fold_state": (4, 1, 64)},
         {"fold": True, "check": False})] + [(32, lb, {"fold": True})]
 
 
@@ -104,6 +105,8 @@ def main(argv=None) -> int:
         buf = torch.empty(2 ** 28, dtype=torch.uint8, device=dev)
         copy_tbs = 2 * buf.numel() / ms(lambda: buf.clone()) / 1e9
         shapes, D, dtype = ((4, 4096, 32), (1, 65536, 8)), 64, torch.bfloat16
+        if "--shape" in args:
+            shapes = (tuple(int(n) for n in args[args.index("--shape") + 1].split(",")),)
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
               f"copy {copy_tbs:.2f} TB/s (read + write)")
     for B, T, H in shapes:

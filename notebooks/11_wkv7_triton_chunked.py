@@ -1137,9 +1137,37 @@ assert par4 < seq4 and par1 < seq1                       # the parallel schedule
 # now $16\times K$ by $K\times K$ or $K\times16$ by $16\times K$, a quarter of a $K\times K\times K$
 # product, about half the multiply-adds per chunk in all, and the compiled kernel spills 88 bytes
 # per thread instead of 208 (`benchmarks/compile_check.py`). The records above are of the earlier
-# form; this one is checked against the float64 loop (the cell of the previous section runs it)
-# but not yet timed, and `benchmarks/NOTES.md` has its prediction. The public function beside
-# FLA, with these settings:
+# form; this one is checked against the float64 loop (the cell of the previous section runs it).
+# Its prediction, written before it ran: the fold's prep 2.05 → 1.35–1.55 ms at B = 1, H = 8,
+# T = 65536, the forward 4.44 → 3.7–3.95. A later session timed it
+# (`benchmarks/results/h200_wkv7_v7_breakdown_2026-12-01.txt`, the same script with
+# `--match fold`):
+
+# %%
+bd7 = (results / "h200_wkv7_v7_breakdown_2026-12-01.txt").read_text()
+b1 = bd7[bd7.index("--shape 1,65536,8"):]          # the call that timed only B = 1, H = 8
+fold7 = {}
+for m in re.finditer(r"B=1 T=65536 H=8 C=16 bounded (\{.*?\})?\s*prep ([\d.]+).*?state ([\d.]+).*?"
+                     r"fwd as called ([\d.]+)", b1):
+    fold7[m[1] or "{}"] = (float(m[2]), float(m[3]), float(m[4]))
+for label, key in (("folded, 4 warps", "{'fold': True}"), ("folded, prep on 8 warps", "{'fold': True, 'fold_prep': (8, 1)}"),
+                   ("folded, no value check", "{'fold': True, 'check': False}")):
+    print(f"B=1 H=8 T=65536 {label:26s} prep {fold7[key][0]:.3f}  state {fold7[key][1]:.3f}  forward {fold7[key][2]:.3f} ms")
+old_prep, new_prep = brk[(1, "{'fold': True}")][0], fold7["{'fold': True}"][0]
+print(f"the fold's prep: {old_prep:.2f} ms before the rebuild, {new_prep:.2f} after (predicted 1.35-1.55)")
+assert new_prep < old_prep                                  # faster, but by far less than predicted
+assert fold7["{'fold': True, 'fold_prep': (8, 1)}"][2] < fold7["{'fold': True}"][2]
+
+# %% [markdown]
+# A miss: the prep fell by 6 %, not by a quarter. Halving the multiply-adds did not halve the
+# time because the products were not what it waited on. Each chunk's step is a chain (the new
+# $N$ needs the previous one) of seven small products whose operands are built elementwise in
+# registers, and at 255 registers a program the multiprocessor holds too few of them to hide
+# each product's latency; 8 warps instead of 4 spill less (32 bytes instead of 88) and took
+# 1.86 ms, so `TUNE["fold_prep"]` is now `(8, 1)`. The folded forward at B = 1, H = 8 is
+# 4.29 ms checked, 4.18 without the value check; FLA's 4.05 was measured in an earlier process,
+# so the ratio, about 0.94–0.97×, is a cross-process estimate and short of 1.0 either way.
+# The public function beside FLA, with these settings:
 
 # %%
 from rwkvlab import bench
@@ -1167,9 +1195,10 @@ assert cell[("fla.chunk_rwkv7_lb", 4096)][1] >= cell[("triton_chunked_lb_uncheck
 # launches and its host work weigh most. The 1.5× aim is met only there. At T = 16384 the
 # forward is 9× its memory floor, not the 5× aimed for: the prep still writes and the state pass
 # re-reads about 1.2 KB of pieces per token and head, most of them float32. At B = 1, H = 8 the last
-# same-process comparison (the check-values record above) had FLA's forward at 4.05 ms; the
-# folded forward's 4.4 (4.3 unchecked) from the breakdown would be about 0.92–0.94× of it, not
-# measured beside it, and measured before the fold's prep lost its $K\times K\times K$ products.
+# same-process comparison (the check-values record above) had FLA's forward at 4.05 ms, and the
+# folded forward measured above is 4.29 (4.18 unchecked): about 0.94–0.97×, not measured beside
+# it. FLA's rows at T = 16384 and at B = 1 were never reached in one process with ours: its
+# autotune for those shapes outlasted every 10-minute run so far.
 # `benchmarks/NOTES.md` keeps the log and what to try next.
 #
 # The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,

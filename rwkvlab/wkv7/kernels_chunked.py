@@ -675,14 +675,16 @@ def wkv7_bwd_parallel_kernel(r, w, k, v, a, b, do, ckpt, dsk, cu, idx,
 #: The parallel backward's kernel on 4 warps ("bwd_parallel"), and that schedule everywhere on a
 #: GPU: at B=4, H=32, T=4096 it took 3.36 ms against the sequential one's 3.57 (8 warps) and its
 #: own 4.13 on 8 warps; at B=1, H=8, T=65536 7.27 against 8.10 (8 warps) and 56.2 sequential
-#: (benchmarks/results/pending1_2026-12-01/wkv7_breakdown.txt).
+#: (benchmarks/results/h200_wkv7_v6_breakdown_2026-12-01.txt).
 #: "fold": "auto" folds a forward that keeps no checkpoints when its state pass would leave most
 #: multiprocessors idle (B=1, H=8, T=65536: 5.40 → 4.44 ms; at B=4, H=32 the folded prep's
-#: 2.0 ms costs more than the chain saves: 1.11 → 2.28), True / False force it.
+#: 2.0 ms costs more than the chain saves: 1.11 → 2.28), True / False force it. The fold's prep
+#: on 8 warps: 1.92 → 1.86 ms, forward 4.36 → 4.29 at B=1, H=8, T=65536, one process
+#: (benchmarks/results/h200_wkv7_v7_breakdown_2026-12-01.txt).
 TUNE = {"prep": (2, 1), "fwd": (4, 1, 64), "dstate": (4, 1), "bwd": (8, 1, 64), "bwd_parallel": (4, 1),
         "prefetch": True, "pieces": "input", "wu": "float32", "bwd_schedule": "auto", "inverse": "ieee",
         # the folded forward (steps of FOLD_TOKENS, one product a step on the chain)
-        "fold": "auto", "fold_prep": (4, 1), "fold_state": (8, 1, 64)}
+        "fold": "auto", "fold_prep": (8, 1), "fold_state": (8, 1, 64)}
 
 #: tokens per step of the folded state pass (chunks of 16 or 32 folded 4 or 2 at a time)
 FOLD_TOKENS = 64
