@@ -1,6 +1,6 @@
 """Compile rwkvlab's Triton kernels for an H100/H200 (sm_90) on a machine without a GPU.
 
-    python benchmarks/compile_check.py [--dtype bf16|fp32] [--warps 4] [name-substring ...]
+    python benchmarks/compile_check.py [--dtype bf16|fp32] [--warps 4] [--qscan] [name-substring ...]
 
 Triton can build a kernel for a GPU it does not see: this script asks it for sm_90 code for each
 kernel of wkv6 and wkv7 (dense and varlen variants) and prints the registers per thread and the
@@ -34,7 +34,7 @@ INT = {"flags": "*i32", "cu_seqlens": "*i32", "cu": "*i32", "chunk_offsets": "*i
        "S": "*fp32", "eps": "fp32", "decay_scale": "fp32", "B": "i32", "C": "i32", "n": "i32", "BD": "i32"}
 
 
-def kernels(dt16: bool):
+def kernels(dt16: bool, qscan: bool = False):
     """(module, kernel name, constexprs) for every kernel, dense and varlen."""
     common = dict(H=32, K=64, V=64)
     out = []
@@ -46,17 +46,20 @@ def kernels(dt16: bool):
              {**common, "BT": 64, "BK": 32, "BV": 32, "USE_H0": True, "STORE_HT": True, "VARLEN": varlen, "DOT16": dt16,
               "CHECK": True}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_prep_kernel",
-             {"H": 32, "K": 64, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "VARLEN": varlen, "DOT16": dt16, "CHECK": True}),
+             {"H": 32, "K": 64, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "VARLEN": varlen, "DOT16": dt16, "CHECK": True,
+              "QSCAN": qscan}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_fwd_o_kernel",
              {**common, "BT": 64, "BC": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dh_kernel",
              {**common, "BT": 64, "BK": 32, "BV": 32, "USE_DHT": True, "STORE_DH0": True, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dq_kernel",
-             {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
+             {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16,
+              "QSCAN": qscan}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dv_kernel",
              {**common, "BT": 64, "BC": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv6.kernels_subchunk", "wkv6_bwd_dkw_kernel",
-             {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
+             {**common, "BT": 64, "BC": 16, "QB": 4, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16,
+              "QSCAN": qscan}),
             ("rwkvlab.wkv6.kernels_chunked", "wkv6_output_kernel",
              {**common, "BT": 16, "BK": 64, "BV": 64, "VARLEN": varlen, "DOT16": dt16}),
             ("rwkvlab.wkv7.kernels_recurrent", "wkv7_fwd_recurrent_kernel",
@@ -108,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--stages", type=int, default=2)
     p.add_argument("--maxnreg", type=int, default=None, help="cap on registers per thread (ptxas spills past it)")
+    p.add_argument("--qscan", action="store_true", help='wkv6 sub-chunk kernels with TUNE["quarters"] = "scan"')
     p.add_argument("names", nargs="*", help="only kernels whose name contains one of these")
     args = p.parse_args(argv)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -117,7 +121,7 @@ def main(argv=None) -> int:
                  "rwkvlab.wkv7.kernels_decode", "rwkvlab.wkv7.kernels_fused"):
         importlib.reload(importlib.import_module(name))
     failures = 0
-    for mod, kname, consts in kernels(args.dtype == "bf16"):
+    for mod, kname, consts in kernels(args.dtype == "bf16", args.qscan):
         if args.names and not any(n in kname for n in args.names):
             continue
         fn = getattr(importlib.import_module(mod), kname)

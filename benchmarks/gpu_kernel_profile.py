@@ -2,7 +2,7 @@
 (and, with ``--backward``, a forward+backward), from ``torch.profiler`` on one GPU.
 
     python benchmarks/gpu_kernel_profile.py [--backward] [--shape B,T,H] [--kind wkv6] [--ours-only]
-        [--variants "bwd_dq=8,1 bwd_dkw=8,1,..."]
+        [--variants "bwd_dq=8,1 bwd_dkw=8,1 quarters=scan ..."]
 
 (FLA wheels on PYTHONPATH; ``--kind wkv6`` profiles ``chunk_rwkv6`` and ``wkv6.triton_chunked``
 instead; ``--ours-only`` skips FLA and its minutes of autotuning. ``--variants`` profiles ours once
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     tune = (kernels_subchunk if kind == "wkv6" else kernels_chunked).TUNE
     for spec in (args[args.index("--variants") + 1].split() if "--variants" in args else []):
         key, val = spec.split("=")
-        old, tune[key] = tune[key], tuple(int(v) for v in val.split(","))
+        old, tune[key] = tune[key], (tuple(int(v) for v in val.split(",")) if val[0].isdigit() else val)
         try:
             for _ in range(3):
                 call()

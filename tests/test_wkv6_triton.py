@@ -353,6 +353,29 @@ def test_subchunk_backward_reuses_the_forwards_chunk_states(monkeypatch):
     assert sorted(calls) == ["prep", "state_pass"] and all(torch.equal(a, b) for a, b in zip(got, want))
 
 
+@pytest.mark.parametrize("case", ["slow decay, packed", "spike"])
+def test_subchunk_quarter_scan_matches_naive(monkeypatch, case):
+    """TUNE["quarters"] = "scan" builds the in-quarter decay sums from one shifted read and a
+    cumulative sum per quarter instead of three shifted reads: the same sums in another order, so
+    the same float32 accuracy, slow decay over several chunks and a decay spike alike, gradients too."""
+    monkeypatch.setitem(kernels_subchunk.TUNE, "quarters", "scan")
+    if case == "spike":
+        xs, cu = make_inputs(1, 40, 2, 16, 16, seed=5), None
+        xs[3] = torch.full_like(xs[3], -0.01)
+        xs[3][:, [9, 23]] = -1e4
+    else:  # w ≈ −0.007: a state that remembers across all of its chunks
+        xs, cu = make_inputs(1, 150, 2, 16, 16, seed=6, decay=0.005, N=2), torch.tensor([0, 83, 150], device=DEV)
+    xs = [x.requires_grad_() for x in xs]
+    o, ht = wkv6.triton_chunked(*xs[:5], scale=0.7, initial_state=xs[5], output_final_state=True, cu_seqlens=cu)
+    got = torch.autograd.grad(o.sum() + ht.sum(), xs)
+    ref_xs = [x.detach().double().cpu().requires_grad_() for x in xs]
+    o64, ht64 = wkv6.naive(*ref_xs[:5], scale=0.7, initial_state=ref_xs[5], output_final_state=True,
+                           cu_seqlens=None if cu is None else cu.cpu())
+    want = torch.autograd.grad(o64.sum() + ht64.sum(), ref_xs)
+    errs = [rel_err(o, o64), rel_err(ht, ht64)] + [rel_err(a, b) for a, b in zip(got, want)]
+    assert max(errs) < 2e-6, errs
+
+
 def test_subchunk_check_values_off(monkeypatch):
     """check_values=False: the same answer, bit for bit, without reading the flag (the forward's
     one sync); NaN in is then NaN out, and a bad check_values is refused."""

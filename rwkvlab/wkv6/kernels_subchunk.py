@@ -68,7 +68,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # 0.31 ms against 0.73 at 4; the state pass capped at 128 registers and the output kernel at 3
 # stages were within 1 % of the next setting)
 TUNE = {"fwd_prep": (1, 1), "fwd_h": (4, 2, 128), "fwd_o": (4, 3), "bwd_dh": (4, 2), "bwd_dq": (4, 1), "bwd_dv": (4, 3),
-        "bwd_dkw": (4, 1)}
+        "bwd_dkw": (4, 1), "quarters": "gather"}
 BC = 16  # sub-chunk length: the smallest tile side tl.dot accepts
 QB = 4  # quarter: the diagonal 16×16 blocks are split once more, into four quarters of 4 tokens
 
@@ -218,24 +218,33 @@ def _gather(x, t, m, i_h, H: tl.constexpr, D: tl.constexpr, o_d, m_d):
 
 @triton.jit
 def _quarter_decays(w, s0, eos, i_h, H: tl.constexpr, K: tl.constexpr, o_k, m_k,
-                    BC: tl.constexpr, QB: tl.constexpr):
+                    BC: tl.constexpr, QB: tl.constexpr, QSCAN: tl.constexpr = False):
     """Log2 decays of the sub-chunk w[s0 : s0 + BC], built from quarters of QB tokens.
 
     Returns (pq, sq, qt1, qt2, p, s, total): pq_i sums w from i's quarter start to i − 1, sq_j
     from j + 1 to j's quarter end (each at most QB − 1 terms, read as shifted rows), qtL is
     quarter L's total; p_i sums w from the sub-chunk's start to i − 1, s_j from j + 1 to its end,
     total all of it. Every one is pq or sq plus whole quarter totals: a sum of a few non-positive
-    terms, never a difference.
+    terms, never a difference. pq and sq come from QB − 1 shifted reads each, or with QSCAN from
+    one shifted read each and a cumulative sum inside every quarter (the same sums, in another
+    order; ``TUNE["quarters"]``).
     """
     o_i = tl.arange(0, BC)
     t = s0 + o_i
     r4 = o_i % QB
     m_t = t < eos
-    b_pq = tl.zeros([BC, o_k.shape[0]], dtype=tl.float32)
-    b_sq = tl.zeros([BC, o_k.shape[0]], dtype=tl.float32)
-    for d in tl.static_range(1, QB):
-        b_pq += _gather(w, t - d, m_t & (r4 >= d), i_h, H, K, o_k, m_k)
-        b_sq += _gather(w, t + d, (t + d < eos) & (r4 + d < QB), i_h, H, K, o_k, m_k)
+    if QSCAN:   # row i holds w_{i-1} (w_{i+1}) inside its quarter; sum forwards (backwards) per quarter
+        b_wd = _gather(w, t - 1, m_t & (r4 >= 1), i_h, H, K, o_k, m_k)
+        b_wu = _gather(w, t + 1, (t + 1 < eos) & (r4 + 1 < QB), i_h, H, K, o_k, m_k)
+        shape4: tl.constexpr = [BC // QB, QB, o_k.shape[0]]
+        b_pq = tl.reshape(tl.cumsum(tl.reshape(b_wd, shape4), axis=1), [BC, o_k.shape[0]])
+        b_sq = tl.reshape(tl.cumsum(tl.reshape(b_wu, shape4), axis=1, reverse=True), [BC, o_k.shape[0]])
+    else:
+        b_pq = tl.zeros([BC, o_k.shape[0]], dtype=tl.float32)
+        b_sq = tl.zeros([BC, o_k.shape[0]], dtype=tl.float32)
+        for d in tl.static_range(1, QB):
+            b_pq += _gather(w, t - d, m_t & (r4 >= d), i_h, H, K, o_k, m_k)
+            b_sq += _gather(w, t + d, (t + d < eos) & (r4 + d < QB), i_h, H, K, o_k, m_k)
     b_pq, b_sq = b_pq * LOG2E, b_sq * LOG2E
     b_w = _gather(w, t, m_t, i_h, H, K, o_k, m_k) * LOG2E
     q4 = (o_i // QB)[:, None]
@@ -296,7 +305,7 @@ def _diag_weights(k, w, b_q, b_k, b_u, b_pq, b_sq, qt1, qt2, s0, eos, i_h, H: tl
 def wkv6_fwd_prep_kernel(r, k, w, u, qe, ke, A, eW, flags, cu_seqlens, chunk_indices, scale, T,
                          H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                          QB: tl.constexpr, BK: tl.constexpr, VARLEN: tl.constexpr, DOT16: tl.constexpr,
-                         CHECK: tl.constexpr):
+                         CHECK: tl.constexpr, QSCAN: tl.constexpr):
     """Everything of one sub-chunk that needs a decay, written once for the output kernel to load.
 
     With p, s the exclusive prefix and suffix of w inside the sub-chunk and W its total:
@@ -316,7 +325,7 @@ def wkv6_fwd_prep_kernel(r, k, w, u, qe, ke, A, eW, flags, cu_seqlens, chunk_ind
     b_r = _rows(r, s0, eos, i_h, H, K, o_k, m_k, BC)
     b_q = b_r * scale
     b_k = _rows(k, s0, eos, i_h, H, K, o_k, m_k, BC)
-    b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s0, eos, i_h, H, K, o_k, m_k, BC, QB)
+    b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s0, eos, i_h, H, K, o_k, m_k, BC, QB, QSCAN)
     b_A = _diag_weights(k, w, b_q, b_k, b_u, b_pq, b_sq, qt1, qt2, s0, eos, i_h, H, K, o_k, m_k,
                         BC, QB, DOT16)
     p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
@@ -372,7 +381,7 @@ def wkv6_fwd_o_kernel(qe, ke, v, A, eW, o, hs, cu_seqlens, chunk_indices, T,
 def wkv6_bwd_dq_kernel(r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu_seqlens, chunk_indices, scale, T,
                        rows, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                        BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       VARLEN: tl.constexpr, DOT16: tl.constexpr):
+                       VARLEN: tl.constexpr, DOT16: tl.constexpr, QSCAN: tl.constexpr):
     """Gradients, part 1: one chunk's dq and du (this V-block's share), sub-chunks first to last.
 
     Carrying S, the state at each sub-chunk's start (from hs), through the chunk:
@@ -404,7 +413,7 @@ def wkv6_bwd_dq_kernel(r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu_seqlens, 
         b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
         b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
         b_do = _rows(do, s_i, eos, i_h, H, V, o_v, m_v, BC)
-        b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
+        b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB, QSCAN)
         b_dq = _mm(b_do, tl.trans(b_h), v, DOT16) * tl.exp2(b_p)
         # own block, keys in earlier quarters: dq_i += e^{pq_i} Σ_j dA_ij k_j e^{key_exp}
         b_dA = _mm(b_do, tl.trans(b_v), v, DOT16)
@@ -421,13 +430,13 @@ def wkv6_bwd_dq_kernel(r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu_seqlens, 
             t_j = s_i + q4 * QB + jj
             m_jt = m_j & (t_j < eos)
             b_kj = _gather(k, t_j, m_jt, i_h, H, K, o_k, m_k)
-            b_dAj = tl.sum(b_do * _gather(v, t_j, m_jt, i_h, H, V, o_v, m_v), axis=1)
+            b_dAj = tl.where(m_jt, tl.sum(tl.where(o_i[None, :] == (q4 * QB + jj)[:, None], b_dA, 0.), axis=1), 0.)
             b_dq += b_dAj[:, None] * b_kj * tl.exp2(b_L)
             b_L += tl.where(m_j[:, None], _gather(w, t_j, m_jt, i_h, H, K, o_k, m_k) * LOG2E, 0.)
         p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
         m_tk = m_t[:, None] & m_k[None, :]
         tl.store(xs + p_part + p_k, b_q * b_dq, mask=m_tk)
-        b_dAd = tl.sum(b_do * b_v, axis=1)                                   # dA_ii = do_i · v_i
+        b_dAd = tl.sum(tl.where(o_i[None, :] == o_i[:, None], b_dA, 0.), axis=1)   # dA_ii = do_i · v_i
         b_du += tl.sum(b_dAd[:, None] * b_q * b_k, axis=0)
         b_dq += b_dAd[:, None] * b_u[None, :] * b_k                         # the bonus (no decay)
         tl.store(dr + p_part + p_k, (b_dq * scale).to(dr.dtype.element_ty), mask=m_tk)
@@ -481,7 +490,7 @@ def wkv6_bwd_dv_kernel(qe, ke, do, A, eW, dhs, dv, cu_seqlens, chunk_indices, T,
 def wkv6_bwd_dkw_kernel(r, k, v, w, u, do, dhs, dk, dw, xs, acc, cu_seqlens, chunk_indices, scale, T,
                         rows, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                         BC: tl.constexpr, QB: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        VARLEN: tl.constexpr, DOT16: tl.constexpr):
+                        VARLEN: tl.constexpr, DOT16: tl.constexpr, QSCAN: tl.constexpr):
     """Gradients, part 3: one chunk's dk and dw (this V-block's share), sub-chunks last to first.
 
     Carrying dS, the gradient of each sub-chunk's END state (from dhs), back through the chunk:
@@ -514,7 +523,7 @@ def wkv6_bwd_dkw_kernel(r, k, v, w, u, do, dhs, dk, dw, xs, acc, cu_seqlens, chu
         b_k = _rows(k, s_i, eos, i_h, H, K, o_k, m_k, BC)
         b_v = _rows(v, s_i, eos, i_h, H, V, o_v, m_v, BC)
         b_do = _rows(do, s_i, eos, i_h, H, V, o_v, m_v, BC)
-        b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB)
+        b_pq, b_sq, qt1, qt2, b_p, b_s, b_tot = _quarter_decays(w, s_i, eos, i_h, H, K, o_k, m_k, BC, QB, QSCAN)
         b_dk = _mm(b_v, tl.trans(b_dh), v, DOT16) * tl.exp2(b_s)
         # own block, queries in later quarters (one dot per query quarter R)
         b_dA = _mm(b_do, tl.trans(b_v), v, DOT16)
@@ -530,10 +539,10 @@ def wkv6_bwd_dkw_kernel(r, k, v, w, u, do, dhs, dk, dw, xs, acc, cu_seqlens, chu
             t_q = o_t + d
             m_it = m_i & (t_q < eos)
             b_qi = _gather(r, t_q, m_it, i_h, H, K, o_k, m_k) * scale
-            b_dAi = tl.sum(_gather(do, t_q, m_it, i_h, H, V, o_v, m_v) * b_v, axis=1)   # dA[j+d, j]
+            b_dAi = tl.where(m_it, tl.sum(tl.where(o_i[:, None] == o_i[None, :] + d, b_dA, 0.), axis=0), 0.)  # dA[j+d, j]
             b_dk += b_dAi[:, None] * b_qi * tl.exp2(b_L)
             b_L += tl.where(m_i[:, None], _gather(w, t_q, m_it, i_h, H, K, o_k, m_k) * LOG2E, 0.)
-        b_dAd = tl.sum(b_do * b_v, axis=1)
+        b_dAd = tl.sum(tl.where(o_i[None, :] == o_i[:, None], b_dA, 0.), axis=1)
 
         p_k = (o_t[:, None] * H + i_h) * K + o_k[None, :]
         m_tk = m_t[:, None] & m_k[None, :]
@@ -610,7 +619,7 @@ def prep(r, k, w, u, scale, cu_seqlens, BT, flags=None):
     wkv6_fwd_prep_kernel[(n_sub, H)](
         r, k, w, u, qe, ke, A, eW, flags, cu_arg(cu_seqlens, r.device), idx, float(scale),
         B * T if varlen else T, H=H, K=K, BT=BT, BC=BC, QB=QB, BK=BK, VARLEN=varlen, DOT16=dot16(r),
-        CHECK=flags is not None, **_launch("fwd_prep"))
+        CHECK=flags is not None, QSCAN=TUNE["quarters"] == "scan", **_launch("fwd_prep"))
     return qe, ke, A, eW
 
 
@@ -684,7 +693,8 @@ def bwd(r, k, v, w, u, scale, initial_state, cu_seqlens, N, do, dht, BT=64, hs=N
     xs = torch.empty(NV, B, T, H, K, dtype=f32, device=dev)  # q ⊙ dq' for dw, per V-block
     acc = torch.empty(NV, n_chunks, H, K, dtype=f32, device=dev)  # rowsum(dS_end ⊙ S_end) per chunk
     cu, grid = cu_arg(cu_seqlens, dev), (n_chunks, NV, H)
-    consts = dict(H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=dot16(r))
+    consts = dict(H=H, K=K, V=V, BT=BT, BC=BC, QB=QB, BK=BK, BV=BV, VARLEN=varlen, DOT16=dot16(r),
+                  QSCAN=TUNE["quarters"] == "scan")
     wkv6_bwd_dq_kernel[grid](r, k, v, w, u, do, hs, dhs, dr, du, xs, acc, cu, idx, float(scale), TT, B * T,
                              **consts, **_launch("bwd_dq"))
     wkv6_bwd_dv_kernel[grid](qe, ke, do, A, eW, dhs, dv, cu, idx, TT, H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV,
