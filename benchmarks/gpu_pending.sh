@@ -2,7 +2,7 @@
 # The GPU measurements benchmarks/NOTES.md still asks for, in the order they matter, each under its
 # own time limit so that one slow step cannot take the others' share of a 10-minute device call.
 #
-#   bash benchmarks/gpu_pending.sh [1|2]     # two calls' worth; outputs under $OUT (or ./gpu_pending/)
+#   bash benchmarks/gpu_pending.sh [1|2|3|4|5]   # one call's worth each; outputs under $OUT (or ./gpu_pending/)
 #
 # Call 1: wkv6 against FLA's chunk_rwkv6 in one process at the four target shapes (the defaults of
 # `python -m rwkvlab bench` on a GPU), ours checked and unchecked, and our packed batch; FLA's
@@ -10,7 +10,12 @@
 # Call 2: the same for wkv7 with the declared bound, against chunk_rwkv7(..., lower_bound).
 # Both start with benchmarks/gpu_grad_check.py (bf16 gradients against float32, a few seconds);
 # call 1 then profiles the wkv6 backward's kernels under a few launch settings (gpu_kernel_profile.py).
-# Before either: `python benchmarks/compile_check.py` on CPU (a compile error costs a whole call).
+# Calls 1 and 2 ran on 2026-12-01 (session 4); what they left is calls 3-5:
+# Call 3: wkv6's backward after it took dA entries from its tile (untimed), kernel by kernel, with
+#   TUNE["quarters"] = "scan" beside it; then ours beside FLA at T=4096 only.
+# Call 4: wkv7 beside FLA's chunk_rwkv7(lower_bound) at T=16384 only (FLA's autotune takes minutes a shape).
+# Call 5: the same at B=1, H=8, T=65536.
+# Before any: `python benchmarks/compile_check.py` on CPU (a compile error costs a whole call).
 set -u
 cd "$(dirname "$0")/.."
 part=${1:-1}
@@ -35,6 +40,18 @@ if [ "$part" = 1 ]; then
     --variants "bwd_dq=8,1 bwd_dq=8,2 bwd_dkw=8,1 bwd_dkw=8,2 bwd_dv=4,2 bwd_dv=8,3"
   step bench_wkv6 420 python3 -m rwkvlab bench --kinds wkv6 --no-plot --out-dir "$out" \
     --impls =triton_chunked,=triton_chunked_unchecked,=fla.chunk_rwkv6,=triton_chunked_unchecked+varlen
+elif [ "$part" = 3 ]; then
+  step grad_check 50 python3 benchmarks/gpu_grad_check.py wkv6
+  step wkv6_profile 90 python3 benchmarks/gpu_kernel_profile.py --kind wkv6 --backward --ours-only --iters 10 \
+    --variants "quarters=scan"
+  step bench_wkv6 400 python3 -m rwkvlab bench --kinds wkv6 --no-plot --out-dir "$out" --T 4096 \
+    --impls =triton_chunked_unchecked,=fla.chunk_rwkv6
+elif [ "$part" = 4 ]; then
+  step bench_wkv7 560 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" --T 16384 \
+    --impls =triton_chunked_lb_unchecked,=fla.chunk_rwkv7_lb
+elif [ "$part" = 5 ]; then
+  step bench_wkv7 560 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" --B 1 --H 8 --T 65536 \
+    --impls =triton_chunked_lb_unchecked,=fla.chunk_rwkv7_lb
 else
   step grad_check 50 python3 benchmarks/gpu_grad_check.py wkv7
   step wkv7_fold 100 python3 benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # the fold prep's new form

@@ -1434,6 +1434,19 @@ assert all(cell6[("fla.chunk_rwkv6", "dense", B_, T_)]["fwd_ms"] >= 0.99 * cell6
 # design would store what those two kernels rebuild, or give each sub-chunk its own program
 # instead of carrying the state through four of them.
 #
+# Two smaller steps came after that run, and neither has been timed on a GPU yet. Both
+# kernels already hold the sub-chunk's $16\times16$ tile $\bar A = \bar O V^\top$ (one `tl.dot`),
+# yet the in-quarter steps gathered a row of $v$ (or of $\bar o$) per step to form one entry of
+# it again, $\bar A_{ij} = \bar o_i\cdot v_j$; they now pick the entry out of the tile (a masked
+# sum over 16 columns instead of a gathered $16\times64$ tile and a sum over 64), which also
+# cut the compiled spill of the dq kernel from 48 to 32 bytes and of the dk kernel from 48 to
+# 40. And `TUNE["quarters"] = "scan"` builds the in-quarter sums $pq$ and $sq$ from one shifted
+# read each and a cumulative sum inside every quarter instead of three shifted reads, the same
+# non-positive terms summed in another order, so the float32 accuracy under a decay spike is
+# unchanged (`tests/test_wkv6_triton.py` checks both forms against the float64 loop). The
+# prediction for the first, at $T = 4096$: the dq and dk kernels about 0.1 ms faster each,
+# a training step about 3.45 ms; the second is an option to time, not the default.
+#
 # On a CUDA machine the last cell of the section checks bfloat16 against float64 and times the
 # rungs live.
 
