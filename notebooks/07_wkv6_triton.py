@@ -1344,14 +1344,20 @@ assert v5_rows[4, 4096][1] < v5_rows[4, 4096][2] < v5_rows[4, 4096][0]     # unc
 # below) lists every launch's GPU time:
 
 # %%
-prof6, in_wkv6 = {}, False
-for line in (bench.RESULTS / "h200_backward_profile_2026-12-01.txt").read_text().splitlines():
-    if line.startswith("ours wkv6"):
-        in_wkv6, total6 = True, float(re.search(r"([\d.]+) us of GPU kernels", line)[1])
-    elif line.startswith("ours"):
-        in_wkv6 = False
-    elif in_wkv6 and (m := re.match(r"\s+([\d.]+) us\s+[\d.]+ %\s+(wkv6_\w+)", line)):
-        prof6[m[2]] = float(m[1])
+def profile_block(record, heading):
+    """One run's table in a benchmarks/gpu_kernel_profile.py record: {wkv6 kernel: us per call}
+    and the run's total, for the block whose first line starts with ``heading``."""
+    rows, total, on = {}, None, False
+    for line in (bench.RESULTS / record).read_text().splitlines():
+        if line.startswith(("ours", "FLA")):
+            on = line.startswith(heading)
+            total = float(re.search(r"([\d.]+) us of GPU kernels", line)[1]) if on else total
+        elif on and (m := re.match(r"\s+([\d.]+) us\s+[\d.]+ %\s+(wkv6_\w+)", line)):
+            rows[m[2]] = float(m[1])
+    return rows, total
+
+
+prof6, total6 = profile_block("h200_backward_profile_2026-12-01.txt", "ours wkv6.triton_chunked:")
 for name, us in prof6.items():
     print(f"  {name:24s} {us:7.1f} us  {us / total6:5.1%}")
 grad_kernels = prof6["wkv6_bwd_dq_kernel"] + prof6["wkv6_bwd_dkv_kernel"]
@@ -1399,13 +1405,13 @@ for B_, T_ in shapes6:
           f"{p_['fwdbwd_ms'] / d_['fwdbwd_ms']:.2f}x forward+backward")
 x16 = cell6[("triton_chunked_unchecked", "dense", 4, 16384)]["x_floor"]
 print(f"forward at T=16384, unchecked: {x16:.1f}x its memory-traffic floor")
-prof5, on = {}, False
-for line in (bench.RESULTS / "h200_wkv6_v5_profile_2026-12-01.txt").read_text().splitlines():
-    if line.startswith("ours wkv6"):
-        on = line.startswith("ours wkv6.triton_chunked:")     # the shipped settings, not a variant
-    elif on and (m := re.match(r"\s+([\d.]+) us\s+[\d.]+ %\s+(wkv6_\w+)", line)):
-        prof5[m[2]] = float(m[1])
+rec5 = "h200_wkv6_v5_profile_2026-12-01.txt"
+prof5, _ = profile_block(rec5, "ours wkv6.triton_chunked:")        # the shipped launch settings
 print("kernels per forward+backward at B=4 T=4096 (us):", ", ".join(f"{n[5:-7]} {us:.0f}" for n, us in prof5.items()))
+for key, kernel in (("bwd_dq", "wkv6_bwd_dq_kernel"), ("bwd_dkw", "wkv6_bwd_dkw_kernel")):
+    on8, _ = profile_block(rec5, f"ours wkv6.triton_chunked with TUNE['{key}'] = (8, 1)")
+    print(f"  {kernel} on 8 warps instead of 4: {on8[kernel]:.0f} us against {prof5[kernel]:.0f}")
+    assert on8[kernel] > prof5[kernel]                  # more warps (and no spill) made it slower
 grads6 = (bench.RESULTS / "h200_wkv6_v5_profile_2026-12-01.txt").read_text().splitlines()[2]
 print(grads6)
 fb4 = cell6[("triton_chunked_unchecked", "dense", 4, 4096)]["fwdbwd_ms"]
@@ -1429,8 +1435,8 @@ assert all(cell6[("fla.chunk_rwkv6", "dense", B_, T_)]["fwd_ms"] >= 0.99 * cell6
 # Where the rest is: the dq and dk kernels together are still two thirds of the step, and both
 # are dominated not by their matrix products but by the decays they rebuild elementwise for
 # every sub-chunk (`_quarter_decays`, the three within-quarter steps) at 255 registers. The
-# same profile with 8 warps instead of 4 (no spill at 8) was *slower* for both, 2.10 and 2.20
-# ms (the variants in the record), so the launch settings are not where the 10 % is. The next
+# same profile with 8 warps instead of 4 (no spill at 8) was *slower* for both (the cell's last
+# lines), so the launch settings are not where the 10 % is. The next
 # design would store what those two kernels rebuild, or give each sub-chunk its own program
 # instead of carrying the state through four of them.
 #

@@ -1120,7 +1120,7 @@ assert par4 < seq4 and par1 < seq1                       # the parallel schedule
 # %% [markdown]
 # The fold does what it was built for, and less than predicted. At B = 1, H = 8 the state pass
 # fell from 5.7 to 2.4 ms, a quarter of the links at 1.7 times the cost per link. But the fold's
-# prep, with four $64\times64\times64$ products per chunk on top of the ordinary prep, takes
+# prep, with two $64\times64\times64$ products per chunk on top of the ordinary prep, takes
 # 2.0 ms where 1.0–1.5 was predicted (`benchmarks/NOTES.md`), and the forward lands at 4.4 ms,
 # not 3–3.5. At B = 4, H = 32 the GPU is already full, the shorter chain saves little, and the
 # fold's prep makes the forward twice as slow. Hence the rule in `kc.folds`. The backward's two
@@ -1165,7 +1165,7 @@ assert fold7["{'fold': True, 'fold_prep': (8, 1)}"][2] < fold7["{'fold': True}"]
 # registers, and at 255 registers a program the multiprocessor holds too few of them to hide
 # each product's latency; 8 warps instead of 4 spill less (32 bytes instead of 88) and took
 # 1.86 ms, so `TUNE["fold_prep"]` is now `(8, 1)`. The folded forward at B = 1, H = 8 is
-# 4.29 ms checked, 4.18 without the value check; FLA's 4.05 was measured in an earlier process,
+# 4.29 ms checked (4.18 without the value check, with the prep on 4 warps); FLA's 4.05 was measured in an earlier process,
 # so the ratio, about 0.94–0.97×, is a cross-process estimate and short of 1.0 either way.
 # The public function beside FLA, with these settings:
 
