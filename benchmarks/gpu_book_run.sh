@@ -38,6 +38,10 @@ fi
 # carry neither, so both are left out and said so (neither has anything GPU-specific)
 skip_env="tests/test_jupyterlab.py tests/test_roundtrip.py"
 echo "not run here: $skip_env (they check the README's install, which this script does not do)"
+# with pytest-timeout installed (the H200 machine has it), a test or cell past PER_TEST seconds
+# fails with its stack, and the shard goes on: one hang costs one test, not the shard's log
+per_test=()
+python3 -c "import pytest_timeout" 2> /dev/null && per_test=(--timeout "${PER_TEST:-300}")
 for ((i = 0; i < shards; i++)); do
   # each shard passes the folders, as the README's command does, and ignores the other shards'
   # files: a chapter named on the command line would also be imported by pytest as a module
@@ -49,11 +53,13 @@ for ((i = 0; i < shards; i++)); do
     [[ "$picked" == *" $f "* ]] || ignore+=("--ignore=$f")
   done
   # SIGINT at the limit: pytest stops and still prints its summary (which tests ran, which failed)
-  timeout -s INT -k 30 "$limit" python3 -m pytest -v -rfE -p no:cacheprovider --nbval notebooks tests "${ignore[@]}" \
-    > "$out/shard$i.txt" 2>&1 &
+  timeout -s INT -k 30 "$limit" python3 -m pytest -v -rfE -p no:cacheprovider --durations=15 "${per_test[@]}" \
+    --nbval notebooks tests "${ignore[@]}" > "$out/shard$i.txt" 2>&1 &
 done
 wait
 for ((i = 0; i < shards; i++)); do
   echo "shard $i: $(tail -n 1 "$out/shard$i.txt")"
 done
 grep -h "^FAILED\|^ERROR" "$out"/shard*.txt || echo "no FAILED or ERROR lines"
+# every shard's log in one file (a device call brings back only a few files)
+for ((i = 0; i < shards; i++)); do echo "######## shard $i"; cat "$out/shard$i.txt"; done | gzip > "$out/shards.txt.gz"

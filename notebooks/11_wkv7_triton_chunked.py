@@ -272,7 +272,9 @@ CHUNK = inspect.signature(kc.triton_chunked).parameters["chunk_size"].default   
 Bs, Ts, Hs, Ks, Vs = 2, 40, 2, 16, 16
 xs_g = inputs(Bs, Ts, Hs, Ks, Vs, seed=18)
 prep_rec, state_rec = GridRecorder(kc.wkv7_fwd_prep_kernel), GridRecorder(kc.wkv7_fwd_chunked_kernel)
-with mock.patch.object(kc, "wkv7_fwd_prep_kernel", prep_rec), mock.patch.object(kc, "wkv7_fwd_chunked_kernel", state_rec):
+# fold=False: these two launches by name (on a GPU, a grid this small would take section 4's folded ones)
+with mock.patch.dict(kc.TUNE, fold=False), mock.patch.object(kc, "wkv7_fwd_prep_kernel", prep_rec), \
+        mock.patch.object(kc, "wkv7_fwd_chunked_kernel", state_rec):
     wkv7.triton_chunked(*xs_g[:6], initial_state=xs_g[6])
 assert prep_rec.grids == [(Bs * -(-Ts // CHUNK), Hs)]                  # one program per chunk and head
 assert state_rec.grids == [(-(-Vs // kc.block_v(Vs)), Bs * Hs)]        # V-blocks x sequence·heads
@@ -1072,7 +1074,8 @@ assert sched["parallel"] < sched["sequential"] / 3             # ...and the para
 xs_f = inputs(1, 170, 2, 16, 16, seed=31, decay=0.1, N=2)
 cu_f = torch.tensor([0, 101, 170], device=xs_f[0].device)
 want_f = ref.naive64(*xs_f[:6], xs_f[6], output_final_state=True, cu_seqlens=cu_f.cpu())
-plain_f = wkv7.triton_chunked(*xs_f[:6], initial_state=xs_f[6], output_final_state=True, cu_seqlens=cu_f)
+with mock.patch.dict(kc.TUNE, fold=False):       # unfolded by name ("auto" would fold this grid on a GPU)
+    plain_f = wkv7.triton_chunked(*xs_f[:6], initial_state=xs_f[6], output_final_state=True, cu_seqlens=cu_f)
 fold_grid = GridRecorder(kc.wkv7_fwd_fold_kernel)
 with mock.patch.dict(kc.TUNE, fold=True), mock.patch.object(kc, "wkv7_fwd_fold_kernel", fold_grid):
     got_f = wkv7.triton_chunked(*xs_f[:6], initial_state=xs_f[6], output_final_state=True, cu_seqlens=cu_f)

@@ -98,7 +98,7 @@ def run(args) -> list[dict]:
                   note="the model's own call (triton_chunked, lower_bound)" if gpu else "CPU: torch chunked core")
         rows.append(ok)
         print(f"C={C} ours: fwd {ok['fwd_ms']:.3f} ms, fwd+bwd {ok['fwdbwd_ms']:.3f} ms", flush=True)
-        if not gpu:
+        if not gpu or args.no_fla:
             continue
         flayer, fcall, note = fla_layer(C, dtype, dev)
         if flayer is None:
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--reps", type=int, default=3, help="CPU: timed repetitions (median)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fla", action="store_true",
+                   help="time ours alone (FLA's kernels autotune for minutes at every new shape)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default benchmarks/results/block_<device>_<date>.csv)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)

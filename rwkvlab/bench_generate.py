@@ -75,8 +75,12 @@ def import_official(gpu: bool):
     """``rwkv.model.RWKV`` for x070, with its CUDA kernel when that builds; (class, note).
 
     The package reads its switches from the environment when it is imported; they are set for
-    the import and put back afterwards."""
+    the import and put back afterwards. Importing it also switches torch to TF32 matrix products
+    for the whole process (rwkv 0.8.32, rwkv/model.py lines 10-12 and 178-180: cudnn.allow_tf32,
+    cuda.matmul.allow_tf32, cudnn.benchmark); those are put back too, so that float32 stays
+    float32 on a GPU, in its runs and ours (with TF32 on, the 1e-5 agreement below became 2e-4)."""
     saved = {k: os.environ.get(k) for k in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON")}
+    flags = torch_precision_flags()
     try:
         return _import_official(gpu)
     finally:
@@ -85,6 +89,20 @@ def import_official(gpu: bool):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        set_torch_precision_flags(flags)
+
+
+def torch_precision_flags() -> dict:
+    """The process-wide torch switches that change what a float32 product computes."""
+    return {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "cudnn.benchmark": torch.backends.cudnn.benchmark}
+
+
+def set_torch_precision_flags(flags: dict) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = flags["cuda.matmul.allow_tf32"]
+    torch.backends.cudnn.allow_tf32 = flags["cudnn.allow_tf32"]
+    torch.backends.cudnn.benchmark = flags["cudnn.benchmark"]
 
 
 def _import_official(gpu: bool):

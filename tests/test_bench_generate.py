@@ -42,3 +42,20 @@ def test_bench_generate_rows_and_agreement_with_the_official_runtime(tmp_path, c
 def test_bench_generate_refuses_unknown_sizes():
     with pytest.raises(SystemExit):
         BG.main(["--sizes", "7b", "--no-official"])
+
+
+def test_importing_the_official_runtime_leaves_float32_alone():
+    """rwkv 0.8.32 turns on TF32 for the whole process when it is imported (rwkv/model.py lines
+    10-12); import_official puts torch's switches back, whatever they were before."""
+    pytest.importorskip("rwkv")
+    for setting in (False, True):
+        before = BG.torch_precision_flags()
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = setting
+            torch.backends.cudnn.benchmark = setting
+            want = BG.torch_precision_flags()
+            cls, note = BG.import_official(False)
+            assert cls is not None, note
+            assert BG.torch_precision_flags() == want
+        finally:
+            BG.set_torch_precision_flags(before)

@@ -578,10 +578,11 @@ def test_packed_batch_reads_cu_seqlens_once(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, spy)
 
     g = torch.Generator().manual_seed(0)
+    dev = rwkvlab.device.device()                   # the Triton rungs' device: a GPU's, or the CPU's
     for kind, fn in (("wkv6", wkv6.triton_chunked), ("wkv7", wkv7.triton_chunked)):
-        cu = torch.tensor([0, 30, 70, 100])
-        x = [torch.randn(1, 100, 2, 16, generator=g).requires_grad_() for _ in range(6)]
-        w = (-0.5 * torch.rand(1, 100, 2, 16, generator=g)).requires_grad_()
+        cu = torch.tensor([0, 30, 70, 100], device=dev)
+        x = [torch.randn(1, 100, 2, 16, generator=g).to(dev).requires_grad_() for _ in range(6)]
+        w = (-0.5 * torch.rand(1, 100, 2, 16, generator=g)).to(dev).requires_grad_()
         args = (x[0], x[1], x[2], w, x[3][0, 0]) if kind == "wkv6" else (x[0], w, x[1], x[2], x[3], x[4])
         reads.clear()
         o, ht = fn(*args, cu_seqlens=cu, output_final_state=True, check_values=False)
