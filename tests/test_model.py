@@ -503,9 +503,9 @@ def test_triton_core_skips_the_value_checks_wait(version, monkeypatch):
     with torch.no_grad():
         want, _ = m(idx, impl="chunked")
         checks = []
-        if version == "x070":            # the check switch as the launches receive it
-            real = kc.fwd_launches
-            monkeypatch.setattr(kc, "fwd_launches", lambda *a, **k: (checks.append(a[-1]), real(*a, **k))[1])
+        if version == "x070":            # the check switch as both forwards (plain and folded) receive it
+            real = kc._forward_args
+            monkeypatch.setattr(kc, "_forward_args", lambda *a, **k: (checks.append(a[4]), real(*a, **k))[1])
         else:
             real = ks.fwd
             monkeypatch.setattr(ks, "fwd", lambda *a, **k: (checks.append(a[11]), real(*a, **k))[1])
