@@ -784,6 +784,15 @@ if not gpu_csvs:
 # between the two at 1,024. Only the 1.5B shape at the longest context shows the cache's cost
 # clearly above the launches.
 #
+# One trap for anyone who puts the official runtime in a process beside float32 code on a GPU:
+# importing it switches torch to TF32 matrix products for the whole process (rwkv 0.8.32,
+# `rwkv/model.py` lines 10-12 set `torch.backends.cuda.matmul.allow_tf32` and
+# `torch.backends.cudnn.allow_tf32`). On the H200, with the switch left on, our float32 logits
+# differed from the official ones by 2e-4 and unrelated float32 tests failed after it
+# (`benchmarks/results/h200_book_run_2026-12-02.txt`). `bench_generate.import_official` puts the
+# switches back, so both runtimes compute float32 in float32, and the two then agree within
+# `tests/test_bench_generate.py`'s 1e-5 there too (same record). On CPU the switch does nothing.
+#
 # The generation work has targets on the H200 (`benchmarks/NOTES.md` lists them). The cell below
 # says where the records leave them. The 0.1B rates at batch 1 and 64 are the latest record's,
 # with the fused kernel. The ratio to the official runtime is the one measured in a single
