@@ -2,7 +2,7 @@
 # The GPU measurements benchmarks/NOTES.md still asks for, in the order they matter, each under its
 # own time limit so that one slow step cannot take the others' share of a 10-minute device call.
 #
-#   bash benchmarks/gpu_pending.sh [1|2|3|4|5]   # one call's worth each; outputs under $OUT (or ./gpu_pending/)
+#   bash benchmarks/gpu_pending.sh [1|2|3|4|5|6]   # one call's worth each; outputs under $OUT (or ./gpu_pending/)
 #
 # Call 1: wkv6 against FLA's chunk_rwkv6 in one process at the four target shapes (the defaults of
 # `python -m rwkvlab bench` on a GPU), ours checked and unchecked, and our packed batch; FLA's
@@ -13,8 +13,16 @@
 # Calls 1 and 2 ran on 2026-12-01 (session 4); what they left is calls 3-5:
 # Call 3: wkv6's backward after it took dA entries from its tile (untimed), kernel by kernel, with
 #   TUNE["quarters"] = "scan" beside it; then ours beside FLA at T=4096 only.
-# Call 4: wkv7 beside FLA's chunk_rwkv7(lower_bound) at T=16384 only (FLA's autotune takes minutes a shape).
-# Call 5: the same at B=1, H=8, T=65536.
+# Call 4: wkv7 beside FLA's chunk_rwkv7(lower_bound) at the four target shapes, one process. FLA's
+#   kernels autotune on their first call, keyed by block sizes and head sizes, not by T
+#   (fla/ops/generalized_delta_rule/dplr/*.py, key=['BT', 'BK', 'BV'] and the like; cumsum and
+#   solve_tril add B and H), so the minutes go to the first shape and the rest reuse the choice;
+#   fla-core 0.6.0 also stores the choice in Triton's cache (FLA_CACHE_RESULTS=1, fla/utils/env.py).
+# Call 5: call 4 again, sent at once if call 4 ran out: TRITON_CACHE_DIR below is an ignored folder
+#   of the working tree, which a warm machine keeps between calls, so FLA's tuning and every
+#   compiled kernel are found there and the rows come quickly.
+# Call 6: `python -m rwkvlab bench block` (the model's RWKV-7 time mix against FLA's RWKV7Attention,
+#   widths 768 and 2048, T=4096); never run on a GPU yet.
 # Before any: `python benchmarks/compile_check.py` on CPU (a compile error costs a whole call).
 set -u
 cd "$(dirname "$0")/.."
@@ -27,6 +35,7 @@ if ls .whl/*.whl > /dev/null 2>&1; then   # FLA, einops, rwkv; and pytest with i
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.triton_cache}   # kept by a warm machine (see call 5)
 step() {  # step NAME SECONDS COMMAND...: run it, keep its output, say how it ended
   local name=$1 limit=$2; shift 2
   echo "== $name (limit ${limit}s): $*"
@@ -46,12 +55,11 @@ elif [ "$part" = 3 ]; then
     --variants "quarters=scan"
   step bench_wkv6 400 python3 -m rwkvlab bench --kinds wkv6 --no-plot --out-dir "$out" --T 4096 \
     --impls =triton_chunked_unchecked,=fla.chunk_rwkv6
-elif [ "$part" = 4 ]; then
-  step bench_wkv7 560 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" --T 16384 \
+elif [ "$part" = 4 ] || [ "$part" = 5 ]; then
+  step bench_wkv7 570 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" \
     --impls =triton_chunked_lb_unchecked,=fla.chunk_rwkv7_lb
-elif [ "$part" = 5 ]; then
-  step bench_wkv7 560 python3 -m rwkvlab bench --kinds wkv7 --no-plot --out-dir "$out" --B 1 --H 8 --T 65536 \
-    --impls =triton_chunked_lb_unchecked,=fla.chunk_rwkv7_lb
+elif [ "$part" = 6 ]; then
+  step bench_block 570 python3 -m rwkvlab bench block --out "$out/block_h200.csv"
 else
   step grad_check 50 python3 benchmarks/gpu_grad_check.py wkv7
   step wkv7_fold 100 python3 benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # the fold prep's new form

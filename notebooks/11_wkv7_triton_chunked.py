@@ -1200,8 +1200,10 @@ assert cell[("fla.chunk_rwkv7_lb", 4096)][1] >= cell[("triton_chunked_lb_uncheck
 # re-reads about 1.2 KB of pieces per token and head, most of them float32. At B = 1, H = 8 the last
 # same-process comparison (the check-values record above) had FLA's forward at 4.05 ms, and the
 # folded forward measured above is 4.29 (4.18 unchecked): about 0.94–0.97×, not measured beside
-# it. FLA's rows at T = 16384 and at B = 1 were never reached in one process with ours: its
-# autotune for those shapes outlasted every 10-minute run so far.
+# it. FLA's rows at T = 16384 and at B = 1 were never reached in one process with ours: FLA's
+# kernels tune themselves on their first call, for minutes (keyed by block and head sizes, not
+# by T, so the first shape pays for all), and that plus the runs' other rows outlasted every
+# 10-minute call so far.
 # `benchmarks/NOTES.md` keeps the log and what to try next.
 #
 # The cell below repeats the bf16 check and a small timing when a GPU is present. Without one,
