@@ -670,7 +670,15 @@ grad_check(functools.partial(wkv6.triton_chunked, schedule="parallel"), "triton_
 # C = 16" row of the table, plus the float32 partial sums of $\bar r, \bar k, \bar w$ (the
 # `NV = 1` row on a GPU, where the chunked kernels take `BV = 64`).
 
+#
+# The kernel below reuses the forward's `_chunk_decays` and calls three helpers of its own,
+# listed first: the four adjoint products (each through `_mm`, a `tl.dot` on 16-bit operands or
+# in exact float32, which the sub-chunk kernels of §8 share), the intra-chunk part column by
+# column with the bonus's diagonal, and the decay gradient's two reverse cumulative sums.
+
 # %%
+for helper in (ks._mm, kc._chunk_adjoint_dots, kc._intra_grads, kc._decay_grads):
+    print(inspect.getsource(helper.fn))
 print(inspect.getsource(kc.wkv6_bwd_chunked_kernel.fn))
 print(inspect.getsource(kc.bwd))
 

@@ -441,9 +441,15 @@ ref.forward_check(wkv7.triton_chunked, "triton_chunked",
 # of numbers of its own size.) The check below puts a
 # constant $w = -20$ on every channel, which makes the true $\bar w$ about $10^{-9}$ of the other
 # gradients.
+#
+# The code, in the order it is called: the factored pairs' gradients; `_row_grads`, which gives
+# each row its own decay factor's share and takes the three 0/1 sums of $\bar w_j$ above;
+# `_chunk_grads`, one chunk's recomputation and adjoint, which calls them; and the sequential
+# kernel that walks the chunks.
 
 # %%
 print(inspect.getsource(kc._pair_grads_factored.fn))
+print(inspect.getsource(kc._row_grads.fn))
 print(inspect.getsource(kc._chunk_grads.fn))
 print(inspect.getsource(kc.wkv7_bwd_chunked_kernel.fn))
 
@@ -888,7 +894,7 @@ n_dots = lambda f: inspect.getsource(f.fn).count("tl.dot(")                     
 assert len(dots["prep"]) == n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse) + n_dots(kc._prep_tiles)
 assert len(dots["state pass"]) == n_dots(kc.wkv7_fwd_chunked_kernel)
 assert len(dots["backward"]) == (n_dots(kc._pairs_factored) + NSQ * n_dots(kc._unit_lower_inverse)
-                                 + n_dots(kc._pair_grads_factored) + n_dots(kc._chunk_grads))
+                                 + n_dots(kc._pair_grads_factored) + n_dots(kc._chunk_grads) + n_dots(kc._row_grads))
 programs = {"prep": n_ch, "state pass": n_ch * NV, "backward": n_ch * NVb}         # chunk steps, all programs
 flops = {n: programs[n] * sum(2 * m * nn * kk for m, nn, kk in dots[n]) for n in dots}
 floor = {n: max(sum(traffic[n]) / BW, flops[n] / PEAK) * 1e3 for n in dots}      # ms

@@ -64,6 +64,7 @@ import triton.language as tl
 from .. import device
 from . import kernels_recurrent as _rec
 from . import kernels_subchunk as _sub
+from .kernels_subchunk import _mm
 from ..kernels_common import chunk_of, chunk_table, cu_arg, dot16, first_chunk, seq_bounds
 
 __all__ = ["triton_chunked"]
@@ -244,6 +245,49 @@ def wkv6_output_kernel(r, k, v, w, u, o, hs, cu_seqlens, chunk_indices, scale, T
 
 
 @triton.jit
+def _chunk_adjoint_dots(b_do, b_v, b_h, b_dh, b_kg, v, DOT16: tl.constexpr):
+    """The chunk's four adjoint products: dA = dO Vᵀ, dQ~ = dO Sᵀ, dK~ = V dSᵀ and K~ dS (the
+    inter-chunk part of dV), on 16-bit operands (v's dtype) or exact float32 (``_mm``, the
+    sub-chunk kernels' product)."""
+    return (_mm(b_do, tl.trans(b_v), v, DOT16), _mm(b_do, tl.trans(b_h), v, DOT16),
+            _mm(b_v, tl.trans(b_dh), v, DOT16), _mm(b_kg, b_dh, v, DOT16))
+
+
+@triton.jit
+def _intra_grads(k, b_q, b_k, b_u, b_v, b_do, b_c, b_cp, b_dA, t0, eos, i_h, o_i, o_k, m_k,
+                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """Inside the chunk: A rebuilt column by column with exact exponents (the bonus on its
+    diagonal), dA's strictly lower part pushed into dq and dk, and dA's diagonal do_i · v_i."""
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dq_in = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk_in = tl.zeros([BT, BK], dtype=tl.float32)
+    for j in range(0, BT):
+        t_j = t0 + j + 0 * o_k
+        b_kj = tl.load(k + (t_j * H + i_h) * K + o_k, mask=m_k & (t_j < eos), other=0.).to(tl.float32)
+        b_cj = tl.sum(tl.where(o_i[:, None] == j, b_c, 0.), axis=0)
+        b_e = tl.exp(tl.where(o_i[:, None] > j, b_cp - b_cj[None, :], float("-inf")))
+        b_A = tl.where(o_i[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_e, axis=1)[:, None], b_A)
+        b_dAj = tl.sum(tl.where(o_i[None, :] == j, b_dA, 0.), axis=1)       # column j of dA
+        b_dq_in += b_dAj[:, None] * b_kj[None, :] * b_e
+        b_dk_in = tl.where(o_i[:, None] == j, tl.sum(b_dAj[:, None] * b_q * b_e, axis=0)[None, :], b_dk_in)
+    b_dAd = tl.sum(b_do * b_v, axis=1)                                      # dA[i, i] = do_i · v_i
+    b_A = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], b_A)
+    return b_A, b_dq_in, b_dk_in, b_dAd
+
+
+@triton.jit
+def _decay_grads(b_q, b_k, b_qg, b_kg, b_dqg, b_dkg, b_dq_in, b_dk_in, b_dh, b_h, b_clast):
+    """dw of one chunk: the gradients of the cumulative decays c_i, c_{i-1} and c_last, each
+    pushed back to the w_m it sums (c_i for i >= m, c_{i-1} for i > m, c_last for all)."""
+    b_dcp = b_qg * b_dqg + b_q * b_dq_in
+    b_dc = -b_k * b_dk_in - b_kg * b_dkg
+    b_dclast = tl.sum(b_kg * b_dkg, axis=0) + tl.exp(b_clast) * tl.sum(b_dh * b_h, axis=1)
+    # two reverse cumulative sums over the chunk's rows
+    return (tl.sum(b_dc, axis=0)[None, :] - tl.cumsum(b_dc, axis=0) + b_dc
+            + tl.sum(b_dcp, axis=0)[None, :] - tl.cumsum(b_dcp, axis=0) + b_dclast[None, :])
+
+
+@triton.jit
 def wkv6_bwd_chunked_kernel(r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du, dh0, cu_seqlens, chunk_offsets,
                             scale, T, rows,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -283,73 +327,29 @@ def wkv6_bwd_chunked_kernel(r, k, v, w, u, do, hs, dht, dr, dk, dv, dw, du, dh0,
         m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
         b_q = tl.load(r + p_k, mask=m_tk, other=0.).to(tl.float32) * scale
         b_k = tl.load(k + p_k, mask=m_tk, other=0.).to(tl.float32)
-        b_w = tl.load(w + p_k, mask=m_tk, other=0.).to(tl.float32)
         b_v = tl.load(v + p_v, mask=m_tv, other=0.).to(tl.float32)
         b_do = tl.load(do + p_v, mask=m_tv, other=0.).to(tl.float32)
-        b_c = tl.cumsum(b_w, axis=0)
-        b_cp = b_c - b_w
-        b_clast = tl.sum(b_w, axis=0)
+        b_c, b_cp, b_clast = _chunk_decays(w, p_k, m_tk)
         p_hs = ((boc + i_c) * H + i_h).to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
         b_h = tl.load(hs + p_hs, mask=m_kv, other=0.)        # S at the chunk start
         b_qg = b_q * tl.exp(b_cp)                              # Q~ = q ⊙ exp(c_{i-1})
         b_kg = b_k * tl.exp(b_clast[None, :] - b_c)            # K~ = k ⊙ exp(c_last - c_j)
-
-        if DOT16:
-            dt = v.dtype.element_ty
-            b_dA = tl.dot(b_do.to(dt), tl.trans(b_v).to(dt))                 # dA = dO Vᵀ
-            b_dqg = tl.dot(b_do.to(dt), tl.trans(b_h).to(dt))                # dQ~ = dO Sᵀ
-            b_dkg = tl.dot(b_v.to(dt), tl.trans(b_dh).to(dt))                # dK~ = V dSᵀ
-            b_dv = tl.dot(b_kg.to(dt), b_dh.to(dt))                          # K~ dS
-        else:
-            b_dA = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
-            b_dqg = tl.dot(b_do, tl.trans(b_h), input_precision="ieee")
-            b_dkg = tl.dot(b_v, tl.trans(b_dh), input_precision="ieee")
-            b_dv = tl.dot(b_kg, b_dh, input_precision="ieee")
+        b_dA, b_dqg, b_dkg, b_dv = _chunk_adjoint_dots(b_do, b_v, b_h, b_dh, b_kg, v, DOT16)
         b_dA = tl.where(m_low, b_dA, 0.)
-
-        # intra-chunk: rebuild A column by column (exact exponents) and push dA into dq, dk
-        b_A = tl.zeros([BT, BT], dtype=tl.float32)
-        b_dq_in = tl.zeros([BT, BK], dtype=tl.float32)
-        b_dk_in = tl.zeros([BT, BK], dtype=tl.float32)
-        for j in range(0, BT):
-            t_j = t0 + j + 0 * o_k
-            b_kj = tl.load(k + (t_j * H + i_h) * K + o_k, mask=m_k & (t_j < eos), other=0.).to(tl.float32)
-            b_cj = tl.sum(tl.where(o_i[:, None] == j, b_c, 0.), axis=0)
-            b_e = tl.exp(tl.where(o_i[:, None] > j, b_cp - b_cj[None, :], float("-inf")))
-            b_A = tl.where(o_i[None, :] == j, tl.sum(b_q * b_kj[None, :] * b_e, axis=1)[:, None], b_A)
-            b_dAj = tl.sum(tl.where(o_i[None, :] == j, b_dA, 0.), axis=1)       # column j of dA
-            b_dq_in += b_dAj[:, None] * b_kj[None, :] * b_e
-            b_dk_in = tl.where(o_i[:, None] == j, tl.sum(b_dAj[:, None] * b_q * b_e, axis=0)[None, :], b_dk_in)
-        b_dAd = tl.sum(b_do * b_v, axis=1)                                      # dA[i, i] = do_i · v_i
-        b_A = tl.where(o_i[:, None] == o_i[None, :], tl.sum(b_q * b_u[None, :] * b_k, axis=1)[:, None], b_A)
-
+        b_A, b_dq_in, b_dk_in, b_dAd = _intra_grads(k, b_q, b_k, b_u, b_v, b_do, b_c, b_cp, b_dA, t0, eos, i_h,
+                                                    o_i, o_k, m_k, H, K, BT, BK)
         # dq, dk (this V-block's share), dv, du
         b_dq = b_dqg * tl.exp(b_cp) + b_dq_in + b_dAd[:, None] * b_u[None, :] * b_k
         b_dk = b_dkg * tl.exp(b_clast[None, :] - b_c) + b_dk_in + b_dAd[:, None] * b_u[None, :] * b_q
-        if DOT16:
-            b_dv += tl.dot(tl.trans(b_A).to(v.dtype.element_ty), b_do.to(v.dtype.element_ty))
-        else:
-            b_dv += tl.dot(tl.trans(b_A), b_do, input_precision="ieee")
+        b_dv += _mm(tl.trans(b_A), b_do, v, DOT16)
         b_du += tl.sum(b_dAd[:, None] * b_q * b_k, axis=0)
-
-        # dw: gradients of the cumulative decays c_i, c_{i-1}, c_last, then back to each w_m
-        b_dcp = b_qg * b_dqg + b_q * b_dq_in
-        b_dc = -b_k * b_dk_in - b_kg * b_dkg
-        b_dclast = tl.sum(b_kg * b_dkg, axis=0) + tl.exp(b_clast) * tl.sum(b_dh * b_h, axis=1)
-        # w_m enters c_i for i >= m, c_{i-1} for i > m, and c_last: reverse cumulative sums
-        b_dw = (tl.sum(b_dc, axis=0)[None, :] - tl.cumsum(b_dc, axis=0) + b_dc
-                + tl.sum(b_dcp, axis=0)[None, :] - tl.cumsum(b_dcp, axis=0) + b_dclast[None, :])
-
+        b_dw = _decay_grads(b_q, b_k, b_qg, b_kg, b_dqg, b_dkg, b_dq_in, b_dk_in, b_dh, b_h, b_clast)
         tl.store(dr + p_part + p_k, b_dq * scale, mask=m_tk)
         tl.store(dk + p_part + p_k, b_dk, mask=m_tk)
         tl.store(dw + p_part + p_k, b_dw, mask=m_tk)
         tl.store(dv + p_v, b_dv.to(dv.dtype.element_ty), mask=m_tv)
         # dS at the chunk start: diag(exp(c_last)) dS + Q~ᵀ dO
-        if DOT16:
-            b_dh = b_dh * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_qg).to(v.dtype.element_ty),
-                                                              b_do.to(v.dtype.element_ty))
-        else:
-            b_dh = b_dh * tl.exp(b_clast)[:, None] + tl.dot(tl.trans(b_qg), b_do, input_precision="ieee")
+        b_dh = b_dh * tl.exp(b_clast)[:, None] + _mm(tl.trans(b_qg), b_do, v, DOT16)
 
     tl.store(du + (i_v.to(tl.int64) * NT + i_nh) * K + o_k, b_du, mask=m_k)
     if STORE_DH0:

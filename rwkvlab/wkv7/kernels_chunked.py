@@ -520,6 +520,28 @@ def wkv7_bwd_dstate_kernel(do, dht, Wp, Rd, Bd, Arb, G, dsk, dh0, cu, ck_off, sc
 
 
 @triton.jit
+def _row_grads(p_dr, p_da, p_dk, p_db, p_dc, p_dcp, d_rdec, d_adec, d_kend, d_bend, d_gam,
+               r_dec, a_dec, k_end, b_end, e_c, e_cp, to_end, gamma, incl, strict, DOT_PREC: tl.constexpr):
+    """The rows' gradients dr, dw, dk, da, db of one chunk from the pairwise matrices' share (p_*)
+    and the decayed rows' adjoints (d_*: of r̃, ã, k̄, b̄, and of γ = e^{c_C} through d_gam)."""
+    b_dr = p_dr + d_rdec * e_c
+    b_da = p_da + d_adec * e_cp
+    b_dk = p_dk + d_kend * to_end
+    b_db = p_db + d_bend * to_end
+    # gradients of the log decays: c_t = Σ_{j≤t} w_j, c_{t-1} = Σ_{j<t} w_j, and the exponent
+    # to the chunk's end Σ_{j>t} w_j; the sums over t are products with 0/1 matrices
+    d_c = p_dc + d_rdec * r_dec                                               # ∂/∂c_t
+    d_cp = p_dcp + d_adec * a_dec                                             # ∂/∂c_{t-1}
+    q = d_kend * k_end + d_bend * b_end                                       # exponent c_C − c_t
+    f_incl = tl.where(incl, 1., 0.)
+    f_strict = tl.where(strict, 1., 0.)
+    b_dw = tl.dot(tl.trans(f_incl), d_c, input_precision=DOT_PREC) \
+        + tl.dot(tl.trans(f_strict), d_cp, input_precision=DOT_PREC) \
+        + tl.dot(f_strict, q, input_precision=DOT_PREC) + (d_gam * gamma)[None, :]
+    return b_dr, b_dw, b_dk, b_da, b_db
+
+
+@triton.jit
 def _chunk_grads(r, w, k, v, a, b, do, dr, dw, dk, dv, da, db, S, dS, off_k, off_v, off_p, m_t, m_up,
                  m_k, m_v, o_t, incl, strict, eye, scale, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
                  NSQ: tl.constexpr, SPAN: tl.constexpr, BOUNDED: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -572,20 +594,9 @@ def _chunk_grads(r, w, k, v, a, b, do, dr, dw, dk, dv, da, db, S, dS, off_k, off
     p_dr, p_da, p_dk, p_db, p_dc, p_dcp = _pair_grads(dA_rk, dA_rb, dA_ak, dA_ab, b_r, b_k, b_a, b_b,
                                                       b_w, b_wd, r_dec, a_dec, e_c, e_cp, c, c_last,
                                                       o_t, SPAN, BOUNDED, DOT_PREC)
-    b_dr = p_dr + d_rdec * e_c
-    b_da = p_da + d_adec * e_cp
-    b_dk = p_dk + d_kend * to_end
-    b_db = p_db + d_bend * to_end
-    # gradients of the log decays: c_t = Σ_{j≤t} w_j, c_{t-1} = Σ_{j<t} w_j, and the exponent
-    # to the chunk's end Σ_{j>t} w_j; the sums over t are products with 0/1 matrices
-    d_c = p_dc + d_rdec * r_dec                                               # ∂/∂c_t
-    d_cp = p_dcp + d_adec * a_dec                                             # ∂/∂c_{t-1}
-    q = d_kend * k_end + d_bend * b_end                                       # exponent c_C − c_t
-    f_incl = tl.where(incl, 1., 0.)
-    f_strict = tl.where(strict, 1., 0.)
-    b_dw = tl.dot(tl.trans(f_incl), d_c, input_precision=DOT_PREC) \
-        + tl.dot(tl.trans(f_strict), d_cp, input_precision=DOT_PREC) \
-        + tl.dot(f_strict, q, input_precision=DOT_PREC) + (d_gam * gamma)[None, :]
+    b_dr, b_dw, b_dk, b_da, b_db = _row_grads(p_dr, p_da, p_dk, p_db, p_dc, p_dcp, d_rdec, d_adec, d_kend,
+                                              d_bend, d_gam, r_dec, a_dec, k_end, b_end, e_c, e_cp, to_end,
+                                              gamma, incl, strict, DOT_PREC)
     tl.store(dr + off_p, b_dr.to(dr.dtype.element_ty), mask=m_tk)
     tl.store(dw + off_p, b_dw.to(dw.dtype.element_ty), mask=m_tk)
     tl.store(dk + off_p, b_dk.to(dk.dtype.element_ty), mask=m_tk)

@@ -90,6 +90,28 @@ def wkv7_fwd_recurrent_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, sca
 
 
 @triton.jit
+def _step_adjoint(dS, S_prev, S_t, b_r, b_w, b_k, b_a, b_b, b_v, b_do, scale):
+    """One token of the adjoint, Section 3's equations: from dS (the gradient of S_t that the later
+    tokens handed back) and the states S_{t-1}, S_t around the token, the gradients of r_t, k_t,
+    v_t, w_t, a_t, b_t, and dS_{t-1} for the token before."""
+    # the read-out o_t = scale S_t^T r_t feeds dS_t and dr_t
+    dS += scale * b_r[:, None] * b_do[None, :]
+    b_dr = scale * tl.sum(S_t * b_do[None, :], 1)
+    # the write k v^T
+    b_dk = tl.sum(dS * b_v[None, :], 1)
+    b_dv = tl.sum(dS * b_k[:, None], 0)
+    # the decay and the rank-one correction b (a^T S_{t-1})
+    e_w = tl.exp(b_w)
+    b_dw = e_w * tl.sum(dS * S_prev, 1)
+    sa = tl.sum(b_a[:, None] * S_prev, 0)
+    b_db = tl.sum(dS * sa[None, :], 1)
+    u = tl.sum(b_b[:, None] * dS, 0)
+    b_da = tl.sum(S_prev * u[None, :], 1)
+    # hand dS back through the transition: dS_{t-1} = e^w dS + a (b^T dS)
+    return e_w[:, None] * dS + b_a[:, None] * u[None, :], b_dr, b_dk, b_dv, b_dw, b_da, b_db
+
+
+@triton.jit
 def wkv7_bwd_recurrent_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_off,
                               dr, dw, dk, dv, da, db, dh0, scale, part_stride,
                               T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -150,21 +172,8 @@ def wkv7_bwd_recurrent_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_o
             b_b = tl.load(b + off_k, mask=m_k, other=0.).to(tl.float32)
             b_v = tl.load(v + off_v, mask=m_v, other=0.).to(tl.float32)
             b_do = tl.load(do + off_v, mask=m_v, other=0.).to(tl.float32)
-            # the read-out o_t = scale S_t^T r_t feeds dS_t and dr_t
-            dS += scale * b_r[:, None] * b_do[None, :]
-            b_dr = scale * tl.sum(S_t * b_do[None, :], 1)
-            # the write k v^T
-            b_dk = tl.sum(dS * b_v[None, :], 1)
-            b_dv = tl.sum(dS * b_k[:, None], 0)
-            # the decay and the rank-one correction b (a^T S_{t-1})
-            e_w = tl.exp(b_w)
-            b_dw = e_w * tl.sum(dS * S_prev, 1)
-            sa = tl.sum(b_a[:, None] * S_prev, 0)
-            b_db = tl.sum(dS * sa[None, :], 1)
-            u = tl.sum(b_b[:, None] * dS, 0)
-            b_da = tl.sum(S_prev * u[None, :], 1)
-            # hand dS back through the transition: dS_{t-1} = e^w dS + a (b^T dS)
-            dS = e_w[:, None] * dS + b_a[:, None] * u[None, :]
+            dS, b_dr, b_dk, b_dv, b_dw, b_da, b_db = _step_adjoint(dS, S_prev, S_t, b_r, b_w, b_k, b_a, b_b,
+                                                                   b_v, b_do, scale)
             off_p = base_p + (t0 + j) * H * K + o_k
             tl.store(dr + off_p, b_dr, mask=m_k)
             tl.store(dk + off_p, b_dk, mask=m_k)
