@@ -90,6 +90,25 @@ def wkv7_fwd_recurrent_kernel(r, w, k, v, a, b, o, h0, ht, ckpt, cu, ck_off, sca
 
 
 @triton.jit
+def _replay_segment(w, k, v, a, b, p_ckpt, p_scr, base_k, base_v, n_t, o_k, o_v, m_k, m_v, m_kv,
+                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """The forward again over one segment of n_t tokens, from its checkpoint: the states
+    S_{t0}, ..., S_{t0+n_t} into this program's scratch, one [BK, BV] tile each."""
+    S = tl.load(p_ckpt, mask=m_kv, other=0.)
+    tl.store(p_scr, S)
+    for j in range(0, n_t):
+        off_k = base_k + j * H * K + o_k
+        b_w = tl.load(w + off_k, mask=m_k, other=0.).to(tl.float32)
+        b_k = tl.load(k + off_k, mask=m_k, other=0.).to(tl.float32)
+        b_a = tl.load(a + off_k, mask=m_k, other=0.).to(tl.float32)
+        b_b = tl.load(b + off_k, mask=m_k, other=0.).to(tl.float32)
+        b_v = tl.load(v + base_v + j * H * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        sa = tl.sum(b_a[:, None] * S, 0)
+        S = tl.exp(b_w)[:, None] * S + b_b[:, None] * sa[None, :] + b_k[:, None] * b_v[None, :]
+        tl.store(p_scr + (j + 1) * BK * BV, S)
+
+
+@triton.jit
 def _step_adjoint(dS, S_prev, S_t, b_r, b_w, b_k, b_a, b_b, b_v, b_do, scale):
     """One token of the adjoint, Section 3's equations: from dS (the gradient of S_t that the later
     tokens handed back) and the states S_{t-1}, S_t around the token, the gradients of r_t, k_t,
@@ -145,18 +164,8 @@ def wkv7_bwd_recurrent_kernel(r, w, k, v, a, b, do, dht, ckpt, scratch, cu, ck_o
         t0 = seg * C
         n_t = tl.minimum(C, L - t0)
         # 1. recompute S_{t0}, ..., S_{t0+n_t} from the checkpoint into the scratch buffer
-        S = tl.load(ckpt + ((c0 + seg) * H + i_h) * K * V + p_kv, mask=m_kv, other=0.)
-        tl.store(p_scr, S)
-        for j in range(0, n_t):
-            off_k = base_k + (t0 + j) * H * K + o_k
-            b_w = tl.load(w + off_k, mask=m_k, other=0.).to(tl.float32)
-            b_k = tl.load(k + off_k, mask=m_k, other=0.).to(tl.float32)
-            b_a = tl.load(a + off_k, mask=m_k, other=0.).to(tl.float32)
-            b_b = tl.load(b + off_k, mask=m_k, other=0.).to(tl.float32)
-            b_v = tl.load(v + base_v + (t0 + j) * H * V + o_v, mask=m_v, other=0.).to(tl.float32)
-            sa = tl.sum(b_a[:, None] * S, 0)
-            S = tl.exp(b_w)[:, None] * S + b_b[:, None] * sa[None, :] + b_k[:, None] * b_v[None, :]
-            tl.store(p_scr + (j + 1) * BK * BV, S)
+        _replay_segment(w, k, v, a, b, ckpt + ((c0 + seg) * H + i_h) * K * V + p_kv, p_scr,
+                        base_k + t0 * H * K, base_v + t0 * H * V, n_t, o_k, o_v, m_k, m_v, m_kv, H, K, V, BK, BV)
         tl.debug_barrier()
         # 2. walk the segment backwards, carrying dS
         for jj in range(0, n_t):
