@@ -7,6 +7,7 @@
 #   FILES="tests/test_model.py notebooks/13_two_modes.py" bash benchmarks/gpu_book_run.sh 2
 #   SKIP_WHEELS=1 FILES=... bash benchmarks/gpu_book_run.sh 2 300    # a dry run of the sharding on CPU
 #   PART=1/2 bash benchmarks/gpu_book_run.sh 12 540; PART=2/2 ...      # the book in two device calls
+#   XDIST=8 (default), HEAVY="...", PER_TEST=300 (default): see below
 # (one H200 machine, 16 cores, 12 shards: the whole book did not fit in one 10-minute call)
 #
 # Wheels: anything under .whl/ (and .whl/nb/: nbval, jupytext, ipykernel, matplotlib, nbconvert,
@@ -28,11 +29,27 @@ fi
 export PYTHONUNBUFFERED=1
 all=($(printf '%s\n' notebooks/[0-9]*.py tests/test_*.py | LC_ALL=C sort))   # one order on every machine
 files=($(printf '%s\n' ${FILES:-${all[@]}} | LC_ALL=C sort))                 # FILES="a b": only those (a rerun)
-if [ -n "${PART:-}" ]; then          # PART=1/2, PART=2/2: every other file, for a book split over two calls
-  p=${PART%/*}; n=${PART#*/}; kept=()
-  for ((j = p - 1; j < ${#files[@]}; j += n)); do kept+=("${files[j]}"); done
+# test files too long for one shard on a GPU (every shape compiles new kernels: 15-60 s a test,
+# ~2,500 s in all for test_wkv6_triton on 2026-12-02) run on XDIST pytest-xdist workers of their
+# own when xdist imports (the H200 machine has it); chapters never do (a chapter's cells share one
+# kernel, which xdist does not keep). HEAVY="" puts them back in the shards.
+heavy=()
+if python3 -c "import xdist" 2> /dev/null; then
+  kept=()
+  for f in "${files[@]}"; do
+    if [[ " ${HEAVY-tests/test_kernel_sizes.py tests/test_wkv6_triton.py} " == *" $f "* ]]; then heavy+=("$f"); else kept+=("$f"); fi
+  done
   files=("${kept[@]}")
-  echo "part $PART: ${#files[@]} files"
+fi
+pick_part() {  # pick_part NAME...: every n-th of the names, for PART=p/n
+  local j
+  for ((j = p - 1; j < $#; j += n)); do echo "${@:j+1:1}"; done
+}
+if [ -n "${PART:-}" ]; then          # PART=1/2, PART=2/2: every other file, for a book split over two calls
+  p=${PART%/*}; n=${PART#*/}
+  files=($(pick_part "${files[@]}"))
+  heavy=($(pick_part "${heavy[@]}"))     # the heavy files are shared out on their own, one a part
+  echo "part $PART: $(( ${#files[@]} + ${#heavy[@]} )) files"
 fi
 # tests/test_jupyterlab.py checks what `pip install -r requirements.txt` put under sys.prefix, and
 # tests/test_roundtrip.py needs JupyterLab's server from it; the wheels here go to /tmp/site and
@@ -43,22 +60,10 @@ echo "not run here: $skip_env (they check the README's install, which this scrip
 # fails with its stack, and the shard goes on: one hang costs one test, not the shard's log
 per_test=()
 python3 -c "import pytest_timeout" 2> /dev/null && per_test=(--timeout "${PER_TEST:-300}")
-# test files too long for one shard on a GPU (every shape compiles new kernels: 15-60 s a test,
-# ~2,500 s in all for test_wkv6_triton on 2026-12-02) run on XDIST pytest-xdist workers of their
-# own when xdist imports (the H200 machine has it); chapters never do (a chapter's cells share one
-# kernel, which xdist does not keep). HEAVY="" puts them back in the shards.
-heavy=()
-if python3 -c "import xdist" 2> /dev/null; then
-  kept=()
-  for f in "${files[@]}"; do
-    if [[ " ${HEAVY-tests/test_wkv6_triton.py tests/test_kernel_sizes.py} " == *" $f "* ]]; then heavy+=("$f"); else kept+=("$f"); fi
-  done
-  files=("${kept[@]}")
-fi
 if [ ${#heavy[@]} -gt 0 ]; then
-  echo "on ${XDIST:-5} xdist workers: ${heavy[*]}"
+  echo "on ${XDIST:-8} xdist workers: ${heavy[*]}"
   timeout -s INT -k 30 "$limit" python3 -m pytest -v -rfE -p no:cacheprovider --durations=15 "${per_test[@]}" \
-    -n "${XDIST:-5}" "${heavy[@]}" > "$out/shardx.txt" 2>&1 &
+    -n "${XDIST:-8}" "${heavy[@]}" > "$out/shardx.txt" 2>&1 &
 fi
 for ((i = 0; i < shards; i++)); do
   # each shard passes the folders, as the README's command does, and ignores the other shards'
