@@ -673,7 +673,7 @@ grad_check(functools.partial(wkv6.triton_chunked, schedule="parallel"), "triton_
 #
 # The kernel below reuses the forward's `_chunk_decays` and calls three helpers of its own,
 # listed first: the four adjoint products (each through `_mm`, a `tl.dot` on 16-bit operands or
-# in exact float32, which the sub-chunk kernels of §8 share), the intra-chunk part column by
+# in exact float32, which the sub-chunk kernels of §6 share), the intra-chunk part column by
 # column with the bonus's diagonal, and the decay gradient's two reverse cumulative sums.
 
 # %%

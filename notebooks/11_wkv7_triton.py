@@ -327,16 +327,16 @@ assert 0.5 < (rows[1][1] + rows[1][2]) / GiB < 0.55 and 1.3 < (rows[1][1] + rows
 #
 # ### The backward kernel
 #
-# Here is the kernel, after the two helpers it calls (Triton inlines them, so the split costs
-# nothing: the compiled kernel's registers and spills are the same). `_replay_segment` is the
-# forward again over one segment; `_step_adjoint` is one token of the adjoint, the equations of
-# Section 3 in the same order as the torch loop. The outer loop runs over segments from last
-# to first. Phase 1 recomputes the segment into `scratch`. Phase 2 walks it backwards, one
-# `_step_adjoint` a token, and stores the six gradients' rows. `tl.debug_barrier()` separates
-# the two phases. On a GPU, the
-# threads that read a scratch entry are not necessarily the ones that wrote it, so the writes
-# must be finished and visible first. The interpreter runs one program at a time and needs no
-# barrier, but the kernel is written for both.
+# Here is the kernel, after the two helpers it calls. Triton inlines them, so the split costs
+# nothing (compiled for an H100/H200, the kernel's registers and spills came out the same:
+# `benchmarks/NOTES.md`, "Kernels on a screen"). `_replay_segment` is the forward again over one
+# segment. `_step_adjoint` is one token of the adjoint, the equations of Section 3 in the same
+# order as the torch loop. The outer loop runs over segments from last to first. Phase 1
+# recomputes the segment into `scratch`. Phase 2 walks it backwards, one `_step_adjoint` a
+# token, and stores the six gradients' rows. `tl.debug_barrier()` separates the two phases. On
+# a GPU, the threads that read a scratch entry are not necessarily the ones that wrote it, so
+# the writes must be finished and visible first. The interpreter runs one program at a time
+# and needs no barrier, but the kernel is written for both.
 
 # %%
 print(inspect.getsource(kr._replay_segment.fn))
