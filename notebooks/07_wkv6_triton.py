@@ -669,7 +669,6 @@ grad_check(functools.partial(wkv6.triton_chunked, schedule="parallel"), "triton_
 # extra forward in time and, for $C = 16$ at the shape of Section 4, the "chunk-start states,
 # C = 16" row of the table, plus the float32 partial sums of $\bar r, \bar k, \bar w$ (the
 # `NV = 1` row on a GPU, where the chunked kernels take `BV = 64`).
-
 #
 # The kernel below reuses the forward's `_chunk_decays` and calls three helpers of its own,
 # listed first: the four adjoint products (each through `_mm`, a `tl.dot` on 16-bit operands or
