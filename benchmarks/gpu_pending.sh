@@ -10,7 +10,7 @@
 # Call 2: the same for wkv7 with the declared bound, against chunk_rwkv7(..., lower_bound).
 # Both start with benchmarks/gpu_grad_check.py (bf16 gradients against float32, a few seconds);
 # call 1 then profiles the wkv6 backward's kernels under a few launch settings (gpu_kernel_profile.py).
-# Calls 1 and 2 ran on 2026-12-01 (session 4); what they left is calls 3-5:
+# Calls 1 and 2 ran on 2026-12-01 (session 4); what they left is calls 3-6:
 # Call 3: wkv6's backward after it took dA entries from its tile (untimed), kernel by kernel, with
 #   TUNE["quarters"] = "scan" beside it; then ours beside FLA at T=4096 only.
 # Call 4: wkv7 beside FLA's chunk_rwkv7(lower_bound) at the four target shapes, one process. FLA's
