@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="CPU: timed repetitions (median)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-fla", action="store_true",
-                   help="time ours alone (FLA's kernels autotune for minutes at every new shape)")
+                   help="time ours alone (FLA's kernels autotune for minutes on their first call)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default benchmarks/results/block_<device>_<date>.csv)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)

@@ -69,7 +69,7 @@ def test_make_inputs_statistics():
 def test_bench_block_times_the_model_layer_and_writes_its_csv(tmp_path, capsys):
     """``python -m rwkvlab bench block``: the x070 time mix as the model calls it, forward and
     forward + backward; one small row, ours (FLA's layer needs CUDA, and on an H200 the
-    test did not finish in eight minutes with it: its kernels autotune at each new shape; ``--no-fla``), with its provenance."""
+    test did not finish in eight minutes with it: its kernels autotune on their first call; ``--no-fla``), with its provenance."""
     from rwkvlab import bench_block
 
     out = tmp_path / "block.csv"
