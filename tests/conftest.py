@@ -1,10 +1,7 @@
 """Shared guards for the test suite."""
 import pytest
-import torch
 
-
-def _precision_flags():
-    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+from rwkvlab.bench_generate import set_torch_precision_flags, torch_precision_flags
 
 
 @pytest.fixture(autouse=True)
@@ -12,8 +9,8 @@ def float32_stays_float32():
     """No test may leave torch's TF32 switches changed for the tests after it: on a GPU they turn
     float32 matrix products into TF32 ones for the whole process (the official ``rwkv`` package sets
     them when it is imported), and every 1e-5 comparison after that fails far from its cause."""
-    before = _precision_flags()
+    before = torch_precision_flags()
     yield
-    after = _precision_flags()
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = before
-    assert after == before, f"this test changed torch's (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark) {before} -> {after}"
+    after = torch_precision_flags()
+    set_torch_precision_flags(before)
+    assert after == before, f"this test changed torch's precision switches: {before} -> {after}"
