@@ -25,6 +25,9 @@ wheels=$(ls .whl/*.whl .whl/nb/*.whl 2>/dev/null)
 if [ -n "$wheels" ] && [ -z "${SKIP_WHEELS:-}" ]; then     # SKIP_WHEELS=1: use this Python's own packages
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || exit 1
   export PYTHONPATH=/tmp/site:$PWD
+  # --target puts nbconvert's templates and the wheels' scripts beside the packages, where neither
+  # nbconvert nor the shell looks by itself (the HTML book's tests failed without these on 2026-12-02)
+  export JUPYTER_PATH=/tmp/site/share/jupyter PATH=/tmp/site/bin:$PATH
 fi
 export PYTHONUNBUFFERED=1
 all=($(printf '%s\n' notebooks/[0-9]*.py tests/test_*.py | LC_ALL=C sort))   # one order on every machine
