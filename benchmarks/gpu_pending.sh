@@ -2,7 +2,7 @@
 # The GPU measurements benchmarks/NOTES.md still asks for, in the order they matter, each under its
 # own time limit so that one slow step cannot take the others' share of a 10-minute device call.
 #
-#   bash benchmarks/gpu_pending.sh [1|2|3|4|5|6]   # one call's worth each; outputs under $OUT (or ./gpu_pending/)
+#   bash benchmarks/gpu_pending.sh [1|2|3|4|5|6|7]   # one call's worth each; outputs under $OUT (or ./gpu_pending/)
 #
 # Call 1: wkv6 against FLA's chunk_rwkv6 in one process at the four target shapes (the defaults of
 # `python -m rwkvlab bench` on a GPU), ours checked and unchecked, and our packed batch; FLA's
@@ -23,6 +23,8 @@
 #   compiled kernel are found there and the rows come quickly.
 # Call 6: `python -m rwkvlab bench block` (the model's RWKV-7 time mix against FLA's RWKV7Attention,
 #   widths 768 and 2048, T=4096); never run on a GPU yet.
+# Call 7: the folded state pass's step time for steps of 16, 32 and 64 tokens at B=1, H=8, T=65536
+#   (benchmarks/gpu_fold_steps.py), then call 6's block bench under a shorter limit.
 # Before any: `python benchmarks/compile_check.py` on CPU (a compile error costs a whole call).
 set -u
 cd "$(dirname "$0")/.."
@@ -60,6 +62,9 @@ elif [ "$part" = 4 ] || [ "$part" = 5 ]; then
     --impls =triton_chunked_lb_unchecked,=fla.chunk_rwkv7_lb
 elif [ "$part" = 6 ]; then
   step bench_block 570 python3 -m rwkvlab bench block --out "$out/block_h200.csv"
+elif [ "$part" = 7 ]; then
+  step fold_steps 150 python3 benchmarks/gpu_fold_steps.py
+  step bench_block 400 python3 -m rwkvlab bench block --out "$out/block_h200.csv"
 else
   step grad_check 50 python3 benchmarks/gpu_grad_check.py wkv7
   step wkv7_fold 100 python3 benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # the fold prep's new form
