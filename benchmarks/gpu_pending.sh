@@ -2,7 +2,7 @@
 # The GPU measurements benchmarks/NOTES.md still asks for, in the order they matter, each under its
 # own time limit so that one slow step cannot take the others' share of a 10-minute device call.
 #
-#   bash benchmarks/gpu_pending.sh [1|2|3|4|5|6|7]   # one call's worth each; outputs under $OUT (or ./gpu_pending/)
+#   bash benchmarks/gpu_pending.sh [1|2|3|4|5|6|7|8]   # one call's worth each; outputs under $OUT (or ./gpu_pending/)
 #
 # Call 1: wkv6 against FLA's chunk_rwkv6 in one process at the four target shapes (the defaults of
 # `python -m rwkvlab bench` on a GPU), ours checked and unchecked, and our packed batch; FLA's
@@ -25,6 +25,8 @@
 #   widths 768 and 2048, T=4096); never run on a GPU yet.
 # Call 7: the folded state pass's step time for steps of 16, 32 and 64 tokens at B=1, H=8, T=65536
 #   (benchmarks/gpu_fold_steps.py), then call 6's block bench under a shorter limit.
+# Call 8: the block bench at width 2048 alone (call 7 ran out in FLA's tuning there), then where
+#   the GPU-only check-and-time cells of chapters 11 and 07 spend their time (cell_profile.py).
 # Before any: `python benchmarks/compile_check.py` on CPU (a compile error costs a whole call).
 set -u
 cd "$(dirname "$0")/.."
