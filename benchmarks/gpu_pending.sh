@@ -68,9 +68,9 @@ elif [ "$part" = 7 ]; then
   step fold_steps 150 python3 benchmarks/gpu_fold_steps.py
   step bench_block 400 python3 -m rwkvlab bench block --out "$out/block_h200.csv"
 elif [ "$part" = 8 ]; then
-  step bench_block_2048 290 python3 -m rwkvlab bench block --C 2048 --out "$out/block_h200_2048.csv"
-  step cells_ch11 110 python3 benchmarks/cell_profile.py notebooks/11_wkv7_triton_chunked.py 0,1,21 --top 30
-  step cells_ch07 120 python3 benchmarks/cell_profile.py notebooks/07_wkv6_triton.py 0,1,35 --top 30
+  step bench_block_2048 250 python3 -m rwkvlab bench block --C 2048 --out "$out/block_h200_2048.csv"
+  step cells_ch11 100 python3 benchmarks/cell_profile.py notebooks/11_wkv7_triton_chunked.py 0,1,21 --top 30
+  step cells_ch07 100 python3 benchmarks/cell_profile.py notebooks/07_wkv6_triton.py 0,1,35 --top 30
 elif [ "$part" = 2 ]; then
   step grad_check 50 python3 benchmarks/gpu_grad_check.py wkv7
   step wkv7_fold 100 python3 benchmarks/gpu_wkv7_breakdown.py --quick --match fold   # the fold prep's new form
