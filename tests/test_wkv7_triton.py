@@ -665,3 +665,23 @@ def test_fused_output_bad_inputs():
         kf.fused_output(o, o, o, o, o, w, w, w[:31], 2, 1e-5)
     with pytest.raises(ValueError, match=r"^eps:"):
         kf.fused_output(o, o, o, o, o, w, w, w, 2, 0.0)
+
+
+def test_fold_steps_script_agrees_at_every_step_size(capsys):
+    """benchmarks/gpu_fold_steps.py times the folded state pass with steps of 16, 32 and 64 tokens;
+    its dry run asserts each folded forward's output against triton_chunked's (float32, 1e-5)."""
+    import importlib.util
+
+    from rwkvlab import book
+    from rwkvlab.wkv7 import kernels_chunked as kc
+
+    path = book.root() / "benchmarks" / "gpu_fold_steps.py"
+    spec = importlib.util.spec_from_file_location("gpu_fold_steps", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = kc.FOLD_TOKENS
+    assert mod.main(["--dry-run"]) == 0
+    assert kc.FOLD_TOKENS == before                     # the script puts the step size back
+    out = capsys.readouterr().out
+    errs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "o vs plain" in line]
+    assert len(errs) == 3 and max(errs) < 1e-5, out
