@@ -3,8 +3,8 @@
 The question behind it: at B=1, H=8, T=65536 the state pass is a chain of 4,096 chunk steps of
 ~1.4 µs (two dependent products each). With each chunk's map S ← P S + Q stored (a 16-token
 "fold" of one chunk) the chain is one product a step; is that step shorter? The folded launches
-already exist (``kernels_chunked.fold_launches``); this script sets ``FOLD_TOKENS`` to each size
-and times the fold prep and the folded state pass alone (``do_bench`` medians), beside the plain
+already exist (``kernels_chunked.fold_launches``, whose ``step`` sets the tokens a step); this
+script times the fold prep and the folded state pass alone (``do_bench`` medians), beside the plain
 training forward's two launches (checkpoints kept).
 
     python benchmarks/gpu_fold_steps.py            # on a GPU
@@ -38,26 +38,22 @@ def main(argv=None) -> int:
         print(torch.cuda.get_device_name())
     x = make_inputs("wkv7", B, T, H, D, dtype=dtype, device=device.device())
     r, w, k, v, a, b = (x[n] for n in "rwkvab")
-    lb = -0.6065306597126334
+    lb = wkv7.RWKV7_LOWER_BOUND
     want = wkv7.triton_chunked(r, w, k, v, a, b, chunk_size=16, lower_bound=lb, check_values=False)[0]
     prep, state, _ = kc.fwd_launches(r, w, k, v, a, b, 1.0, None, False, None, True, 16, lb, check=False)
     prep(), state()
     print(f"B={B} T={T} H={H} K=V={D}: plain training forward: prep {ms(prep):.3f} ms, state {ms(state):.3f} ms "
           f"({T // 16} chunk steps)", flush=True)
-    saved = kc.FOLD_TOKENS
-    try:
-        for step in (16, 32, 64):
-            kc.FOLD_TOKENS = step
-            prep, state, (o, *_) = kc.fold_launches(r, w, k, v, a, b, 1.0, None, False, None, 16, lb, check=False)
-            prep(), state()
-            err = rel_err(o.float(), want.float())
-            t_prep, t_state = ms(prep), ms(state)
-            print(f"  fold of {step:2d} tokens: prep {t_prep:.3f} ms, state {t_state:.3f} ms = "
-                  f"{1e3 * t_state / (T // step):.2f} us/step, {1e3 * t_state / (T // 16):.2f} us per 16 tokens; "
-                  f"o vs plain {err:.1e}", flush=True)
-            assert err < (1e-5 if dtype == torch.float32 else 2e-2), err
-    finally:
-        kc.FOLD_TOKENS = saved
+    for step in (16, 32, 64):
+        prep, state, (o, *_) = kc.fold_launches(r, w, k, v, a, b, 1.0, None, False, None, 16, lb, check=False,
+                                                step=step)
+        prep(), state()
+        err = rel_err(o.float(), want.float())
+        t_prep, t_state = ms(prep), ms(state)
+        print(f"  fold of {step:2d} tokens: prep {t_prep:.3f} ms, state {t_state:.3f} ms = "
+              f"{1e3 * t_state / (T // step):.2f} us/step, {1e3 * t_state / (T // 16):.2f} us per 16 tokens; "
+              f"o vs plain {err:.1e}", flush=True)
+        assert err < (1e-5 if dtype == torch.float32 else 2e-2), err
     return 0
 
 

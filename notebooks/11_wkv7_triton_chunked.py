@@ -1259,7 +1259,8 @@ if rwkvlab.device.has_gpu():
         rwkvlab.check(f"{name} bf16 (2, 1024, 4, 64, 64) vs naive float64",
                       f(*xs[:6], initial_state=xs[6], output_final_state=True), want, 1e-2)
     # the timing inputs: one seeded draw at B=1, H=8, tiled to B=4, H=32 (a kernel's time does not
-    # depend on the values, and drawing all 200M numbers in float64 took 6 of this cell's 11 s)
+    # depend on the values; drawing all 200M numbers in float64 took 5.9 of this cell's 10.9 s on an
+    # H200 machine, benchmarks/results/h200_block_cells_2026-12-03.txt)
     xb = [x.repeat(4, 1, 4, 1) for x in inputs(1, 4096, 8, 64, 64, seed=13, dtype=torch.bfloat16)[:6]]
     print(f"{'kernel':24s} forward ms (B=4, T=4096, H=32, K=V=64, bf16)")
     for name in ("triton_recurrent", "triton_chunked", "chunked"):

@@ -813,13 +813,14 @@ def _forward_args(r, T, cu_seqlens, lower_bound, check):
             cu_arg(cu_seqlens, r.device))
 
 
-def fold_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, chunk_size, lower_bound=None, check=True):
+def fold_launches(r, w, k, v, a, b, scale, h0, store_ht, cu_seqlens, chunk_size, lower_bound=None, check=True,
+                  step=None):
     """The folded forward's buffers and two launches, as :func:`fwd_launches` returns them (no
-    checkpoints, no pieces): ``wkv7_fwd_fold_kernel`` over steps of :data:`FOLD_TOKENS` tokens,
-    then ``wkv7_fwd_folded_kernel``."""
+    checkpoints, no pieces): ``wkv7_fwd_fold_kernel`` over steps of ``step`` tokens (a multiple of
+    ``chunk_size``; :data:`FOLD_TOKENS` unless given), then ``wkv7_fwd_folded_kernel``."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    step = FOLD_TOKENS
+    step = FOLD_TOKENS if step is None else step
     N, _, cu, st_off = checkpoint_layout(B, T, cu_seqlens, step, r.device)
     _, idx, n_steps = chunk_table(cu_seqlens, B, T, step, r.device)
     BV = block_v(V, "fold_state", programs=N * H)  # few programs: split V, as the state pass does
